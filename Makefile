@@ -1,0 +1,46 @@
+# Turnout: the two commands in README.md are `make demo` and `make test`; both set up what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test unit lint docker images clean-containers bench help
+
+help:
+	@echo "make demo    set up, start Turnout, deploy a demo app v1, canary to v2 under load, report"
+	@echo "make test    set up, then run the whole test suite (unit + sockets + real Docker engine)"
+	@echo "make unit    only the tests that need no Docker engine"
+	@echo "make lint    ruff"
+	@echo "make bench   proxy benchmark beside direct, nginx and HAProxy (see bench/README.md)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+docker:
+	scripts/ensure-docker.sh
+
+images: docker
+	scripts/build-images.sh
+
+demo: $(STAMP) images
+	$(BIN)/python -m controller.demo
+
+test: $(STAMP) images
+	$(BIN)/ruff check proxy controller tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy controller tests bench
+
+bench: $(STAMP)
+	bench/proxy_bench.sh
+
+# Remove every container any Turnout test or demo started (they all carry the turnout.managed label).
+clean-containers:
+	-docker ps -aq --filter label=turnout.managed | xargs -r docker rm -f

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Lay out the web root for this version and mode, then serve it in the foreground.
+set -e
+[ "$APP_MODE" = crash ] && { echo "testapp $APP_VERSION: crashing on purpose" >&2; exit 3; }
+mkdir -p /www/cgi-bin
+echo "$APP_VERSION" > /www/version
+cp /app/cgi-bin/* /www/cgi-bin/
+if [ "$APP_MODE" = fail500 ]; then
+  cp /app/cgi-bin/fail /www/cgi-bin/index.cgi
+else
+  echo "$APP_VERSION" > /www/index.html
+fi
+# unhealthy: no /healthz at all, so every probe gets 404
+[ "$APP_MODE" = unhealthy ] || echo ok > /www/healthz
+echo "testapp $APP_VERSION ($APP_MODE) listening on :$PORT" >&2
+exec httpd -f -v -p "$PORT" -h /www

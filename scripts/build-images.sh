@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build Turnout's test and demo images locally FROM scratch (busybox-static); nothing is pulled.
+#   turnout-testapp:v1, :v2, :v3   healthy apps reporting that version
+#   turnout-testapp:unhealthy      /healthz never passes (404)
+#   turnout-testapp:crash          exits at once with status 3
+#   turnout-testapp:fail500        healthy, but / answers 500
+# Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+src="$here/compose/images/testapp"
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+cp -r "$src/Dockerfile" "$src/app" "$ctx/"
+cp /bin/busybox "$ctx/busybox"
+
+build() {  # tag version mode
+  # The engine's legacy builder warns on every build; show its output only when a build fails.
+  if ! out=$(DOCKER_BUILDKIT=0 docker build -q -t "turnout-testapp:$1" --build-arg "VERSION=$2" \
+      --build-arg "MODE=$3" "$ctx" 2>&1); then
+    echo "$out" >&2
+    echo "build-images: building turnout-testapp:$1 failed" >&2
+    exit 1
+  fi
+  echo "built turnout-testapp:$1" >&2
+}
+build v1 v1 ok
+build v2 v2 ok
+build v3 v3 ok
+build unhealthy v-unhealthy unhealthy
+build crash v-crash crash
+build fail500 v-fail500 fail500
