@@ -1,0 +1,203 @@
+"""The admin API (aiohttp): read the table, set pools and weights, pause/resume, drains, metrics.
+
+Served over a unix socket (mode 0600) by default, optionally on loopback TCP with a bearer token.
+Browsers cannot drive it: requests carrying `Origin` are refused, and every change needs the
+`X-Turnout-Client` header, which a cross-site form cannot send. Bad input gets 400 naming the field
+and changes nothing. The controller adds its own routes to the same application.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ProxyError, UnknownService, ValidationError
+from .router import Router
+from .specs import ServiceSpec
+from .table import RoutingTable
+
+ROUTER_KEY = web.AppKey("router", Router)
+CLIENT_HEADER = "X-Turnout-Client"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(ProxyError):
+    """An error with an HTTP status, raised by handlers (ours or the controller's)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.extra = status, message, field, extra
+
+
+def create_admin_app(router: Router, token: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[_guard(token), _errors])
+    app[ROUTER_KEY] = router
+    app.router.add_get("/v1/table", get_table)
+    app.router.add_put("/v1/services/{name}", put_service)
+    app.router.add_delete("/v1/services/{name}", delete_service)
+    app.router.add_patch("/v1/services/{name}/weights", patch_weights)
+    app.router.add_post("/v1/services/{name}/pause", lambda r: _set_state(r, "paused"))
+    app.router.add_post("/v1/services/{name}/resume", lambda r: _set_state(r, "active"))
+    app.router.add_post("/v1/services/{name}/stop", lambda r: _set_state(r, "stopped"))
+    app.router.add_get("/v1/services/{name}/counters", get_counters)
+    app.router.add_get("/v1/drains", get_drains)
+    app.router.add_get("/metrics", get_metrics)
+    return app
+
+
+# ---------------------------------------------------------------- middlewares
+def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if "Origin" in request.headers:
+            raise ApiError(403, "browser requests (with an Origin header) are refused")
+        if token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise ApiError(401, "missing or wrong bearer token")
+        if request.method not in ("GET", "HEAD") and CLIENT_HEADER not in request.headers:
+            raise ApiError(403, f"changes need the {CLIENT_HEADER} header")
+        return await handler(request)
+
+    return guard
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        return _json({"error": exc.message, "field": exc.field}, status=400)
+    except UnknownService as exc:
+        return _json({"error": str(exc)}, status=404)
+    except ApiError as exc:
+        body: dict[str, Any] = {"error": exc.message, **exc.extra}
+        if exc.field:
+            body["field"] = exc.field
+        return _json(body, status=exc.status)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=1))
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", field="body") from None
+
+
+# ---------------------------------------------------------------- handlers
+def describe_table(router: Router) -> dict[str, Any]:
+    table: RoutingTable = router.table
+    services = {}
+    for service in table.services.values():
+        services[service.name] = {
+            "spec": service.spec.to_dict(),
+            "routable": service.routable,
+            "pools": [
+                {
+                    "name": pool.name,
+                    "weight": pool.weight,
+                    "upstreams": [
+                        {"address": u.address, "health": u.health.value, "in_flight": len(u.inflight)}
+                        for u in pool.upstreams
+                    ],
+                    "eligible": [u.address for u in pool.eligible],
+                }
+                for pool in service.pools
+            ],
+        }
+    return {"generation": router.generation, "services": services}
+
+
+def _drain_timeout(request: web.Request) -> float | None:
+    raw = request.query.get("drain_timeout")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValidationError("drain_timeout", f"{raw!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise ValidationError("drain_timeout", "must be between 0 and 3600 seconds")
+    return seconds
+
+
+async def get_table(request: web.Request) -> web.Response:
+    return _json(describe_table(request.app[ROUTER_KEY]))
+
+
+async def put_service(request: web.Request) -> web.Response:
+    """Install a service. `?wait=drain` answers only after removed upstreams drained;
+    `?drain_timeout=S` bounds how long their in-flight requests get."""
+    router = request.app[ROUTER_KEY]
+    spec = ServiceSpec.from_dict(await read_json(request), name=request.match_info["name"])
+    if spec.name != request.match_info["name"]:
+        raise ValidationError("name", "differs from the name in the URL")
+    removed = router.set_service(spec, _drain_timeout(request))
+    return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    removed = router.remove_service(request.match_info["name"], _drain_timeout(request))
+    return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
+
+
+async def patch_weights(request: web.Request) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    body = await read_json(request)
+    weights = body.get("weights") if isinstance(body, dict) else None
+    if not isinstance(weights, dict):
+        raise ValidationError("weights", "must be an object of pool name to integer weight")
+    removed = router.set_weights(request.match_info["name"], weights, _drain_timeout(request))
+    return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
+
+
+async def _set_state(request: web.Request, state: str) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    router.set_state(request.match_info["name"], state)
+    return _json({"generation": router.generation, "state": state})
+
+
+async def get_counters(request: web.Request) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    name = request.match_info["name"]
+    router.service_spec(name)
+    counters = router.metrics.counters(name)
+    return _json({
+        pool: {"requests": c.requests, "by_class": dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"),
+                                                            c.by_class[1:], strict=True)),
+               "proxy_errors": c.proxy_errors, "p50": c.quantile(0.5), "p99": c.quantile(0.99)}
+        for pool, c in counters.items()
+    })
+
+
+async def get_drains(request: web.Request) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    return _json({a: {"in_flight": len(u.inflight)} for a, u in router.draining.items()})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    health = [(s.name, p.name, u.address, u in p.eligible)
+              for s in router.table.services.values() for p in s.pools for u in p.upstreams]
+    return web.Response(text=router.metrics.render(health), content_type="text/plain",
+                        charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def _maybe_drain(request: web.Request, router: Router, removed: list) -> dict[str, Any]:
+    """Removed upstreams are already draining; `?wait=drain` answers only once they are done."""
+    result: dict[str, Any] = {"removed": [u.address for u in removed]}
+    if removed and request.query.get("wait") == "drain":
+        results = await router.wait_drained(removed)
+        result["drained"] = [{"address": r.address, "completed": r.completed, "aborted": r.aborted,
+                              "seconds": round(r.seconds, 3)} for r in results]
+    return result

@@ -1,0 +1,46 @@
+"""The proxy's own settings: one frozen dataclass, validated in one place, with embedded defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:8000"
+    admin_socket: str = ".turnout/admin.sock"  # HTTP over a unix socket, mode 0600
+    admin_tcp: str | None = None  # e.g. "127.0.0.1:8001"; requires admin_token
+    admin_token: str | None = None
+    # Timeouts in seconds.
+    connect_timeout: float = 5.0  # opening a connection to an upstream
+    header_timeout: float = 10.0  # a client must send its whole request head within this (slowloris)
+    body_idle_timeout: float = 30.0  # a client sending a body may pause at most this long
+    idle_timeout: float = 60.0  # an idle keep-alive client connection is closed after this
+    upstream_timeout: float = 60.0  # waiting for an upstream's response head
+    hold_timeout: float = 10.0  # a request waits this long for an upstream to appear, then 503
+    drain_timeout: float = 30.0  # in-flight requests on a removed upstream get this long
+    # Limits.
+    max_header_bytes: int = 32 * 1024  # request line + headers
+    max_body_bytes: int = 0  # 0: unlimited (streamed, never buffered whole)
+    max_connections: int = 10_000
+    # X-Forwarded-* sent by clients are replaced unless the peer is one of these addresses.
+    trusted_proxies: tuple[str, ...] = ()
+    retries: int = 1  # extra attempts on another upstream when connecting failed (idempotent only)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_timeout") and (not isinstance(value, int | float) or value <= 0):
+                raise ValueError(f"proxy.{f.name}: must be a positive number of seconds, got {value!r}")
+        if self.admin_tcp and not self.admin_token:
+            raise ValueError("proxy.admin_tcp: a TCP admin listener requires proxy.admin_token")
+        if self.admin_tcp and self.admin_tcp.rpartition(":")[0] not in ("127.0.0.1", "[::1]", "localhost"):
+            raise ValueError("proxy.admin_tcp: the admin API listens on loopback only")
+        if self.max_header_bytes < 1024:
+            raise ValueError("proxy.max_header_bytes: must be at least 1024")
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)

@@ -1,0 +1,143 @@
+"""Per-service and per-pool (version) counters, cheap enough for the hot path, in Prometheus text.
+
+A `PoolStats` lives as long as its (service, pool) name pair, across snapshot swaps, so a weight change
+never resets the counters the canary analysis compares.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+# Upper bounds in seconds; the last bucket is +Inf.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PoolStats:
+    """Counters of one pool: answers by status class, proxy-made errors, latency histogram."""
+
+    __slots__ = ("by_class", "buckets", "inflight", "latency_sum", "proxy_errors")
+
+    def __init__(self) -> None:
+        self.by_class = [0] * 6  # index = status // 100 (1xx..5xx); 0 unused
+        self.proxy_errors = 0  # 502/503/504 the proxy itself made (counted in by_class too)
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.inflight = 0
+
+    def observe(self, status: int, seconds: float, proxy_made: bool = False) -> None:
+        self.by_class[min(status // 100, 5)] += 1
+        if proxy_made:
+            self.proxy_errors += 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def snapshot(self) -> PoolCounters:
+        return PoolCounters(tuple(self.by_class), self.proxy_errors, tuple(self.buckets), self.latency_sum)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCounters:
+    """An immutable reading of a PoolStats; subtract two readings to get a window."""
+
+    by_class: tuple[int, ...]
+    proxy_errors: int
+    buckets: tuple[int, ...]
+    latency_sum: float
+
+    @property
+    def requests(self) -> int:
+        return sum(self.by_class)
+
+    @property
+    def errors(self) -> int:
+        """Answers that count against a version: 5xx from the app or made by the proxy for it."""
+        return self.by_class[5]
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile q (None without data; inf past the last bound)."""
+        total = sum(self.buckets)
+        if not total:
+            return None
+        rank = q * total
+        seen = 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
+            seen += count
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+    def __sub__(self, earlier: PoolCounters) -> PoolCounters:
+        return PoolCounters(
+            tuple(a - b for a, b in zip(self.by_class, earlier.by_class, strict=True)),
+            self.proxy_errors - earlier.proxy_errors,
+            tuple(a - b for a, b in zip(self.buckets, earlier.buckets, strict=True)),
+            self.latency_sum - earlier.latency_sum,
+        )
+
+
+class Metrics:
+    """Registry of PoolStats by (service, pool), plus proxy-wide counters."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, str], PoolStats] = {}
+        self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
+        self.drain_aborted = 0
+        self.connections = 0  # client connections open now
+
+    def pool(self, service: str, pool: str) -> PoolStats:
+        key = (service, pool)
+        stats = self.pools.get(key)
+        if stats is None:
+            stats = self.pools[key] = PoolStats()
+        return stats
+
+    def counters(self, service: str) -> dict[str, PoolCounters]:
+        return {pool: s.snapshot() for (svc, pool), s in self.pools.items() if svc == service}
+
+    def render(self, health: list[tuple[str, str, str, bool]]) -> str:
+        """Prometheus text exposition; `health` lists (service, pool, upstream, healthy)."""
+        out = [
+            "# HELP turnout_requests_total Requests answered, by service, pool and status class.",
+            "# TYPE turnout_requests_total counter",
+        ]
+        for (svc, pool), s in sorted(self.pools.items()):
+            for cls in range(1, 6):
+                out.append(f'turnout_requests_total{{service="{svc}",pool="{pool}",code="{cls}xx"}} '
+                           f"{s.by_class[cls]}")
+        out += ["# HELP turnout_proxy_errors_total 502/503/504 answers made by the proxy itself.",
+                "# TYPE turnout_proxy_errors_total counter"]
+        for (svc, pool), s in sorted(self.pools.items()):
+            out.append(f'turnout_proxy_errors_total{{service="{svc}",pool="{pool}"}} {s.proxy_errors}')
+        out += ["# HELP turnout_request_duration_seconds Time to the end of the response.",
+                "# TYPE turnout_request_duration_seconds histogram"]
+        for (svc, pool), s in sorted(self.pools.items()):
+            labels = f'service="{svc}",pool="{pool}"'
+            running = 0
+            for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), s.buckets, strict=True):
+                running += count
+                out.append(f'turnout_request_duration_seconds_bucket{{{labels},le="{bound}"}} {running}')
+            out.append(f"turnout_request_duration_seconds_sum{{{labels}}} {s.latency_sum:.6f}")
+            out.append(f"turnout_request_duration_seconds_count{{{labels}}} {running}")
+        out += ["# HELP turnout_requests_in_flight Requests being proxied now.",
+                "# TYPE turnout_requests_in_flight gauge"]
+        for (svc, pool), s in sorted(self.pools.items()):
+            out.append(f'turnout_requests_in_flight{{service="{svc}",pool="{pool}"}} {s.inflight}')
+        out += ["# HELP turnout_upstream_healthy 1 when the upstream is in the effective table.",
+                "# TYPE turnout_upstream_healthy gauge"]
+        for svc, pool, address, healthy in health:
+            out.append(f'turnout_upstream_healthy{{service="{svc}",pool="{pool}",upstream="{address}"}} '
+                       f"{int(healthy)}")
+        out += ["# HELP turnout_unrouted_total Answers made before any pool was chosen, by class.",
+                "# TYPE turnout_unrouted_total counter"]
+        for cls in range(1, 6):
+            out.append(f'turnout_unrouted_total{{code="{cls}xx"}} {self.unrouted[cls]}')
+        out += ["# TYPE turnout_drain_aborted_total counter",
+                f"turnout_drain_aborted_total {self.drain_aborted}",
+                "# TYPE turnout_client_connections gauge",
+                f"turnout_client_connections {self.connections}", ""]
+        return "\n".join(out)

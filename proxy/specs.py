@@ -1,0 +1,191 @@
+"""The desired routing state as plain, validated values (what the admin API and controller set).
+
+Every constructor path goes through `ServiceSpec.from_dict`, which names the bad field in its error, so
+a bad request changes nothing. The effective table (`table.py`) is derived from these plus health.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ValidationError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+BALANCES = ("round_robin", "least_outstanding")
+STATES = ("active", "paused", "stopped")
+MAX_WEIGHT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    """Active HTTP probe per upstream: `rise` passes make it healthy, `fall` failures unhealthy."""
+
+    path: str = "/healthz"
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    name: str
+    weight: int
+    upstreams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    pools: tuple[PoolSpec, ...]
+    hosts: tuple[str, ...] = ()
+    path_prefix: str = "/"
+    balance: str = "round_robin"
+    state: str = "active"
+    sticky: bool = False
+    health: HealthSpec | None = None
+    hold_timeout: float | None = None  # None: the proxy-wide default
+    labels: dict[str, str] = field(default_factory=dict)  # free-form, e.g. which pool is stable
+
+    @property
+    def upstream_addresses(self) -> set[str]:
+        return {address for pool in self.pools for address in pool.upstreams}
+
+    def pool(self, name: str) -> PoolSpec | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pools"] = [asdict(p) | {"upstreams": list(p.upstreams)} for p in self.pools]
+        data["hosts"] = list(self.hosts)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str | None = None) -> ServiceSpec:
+        """Validate untrusted input (admin API JSON); raise ValidationError naming the field."""
+        if not isinstance(data, dict):
+            raise ValidationError("service", "must be a JSON object")
+        known = {"name", "pools", "hosts", "path_prefix", "balance", "state", "sticky", "health",
+                 "hold_timeout", "labels"}
+        for key in data:
+            if key not in known:
+                raise ValidationError(str(key), f"unknown field (known: {', '.join(sorted(known))})")
+        name = data.get("name", name)
+        _check_name("name", name)
+        pools = _pools(data.get("pools"))
+        hosts = data.get("hosts", [])
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+            raise ValidationError("hosts", "must be a list of host names")
+        prefix = data.get("path_prefix", "/")
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ValidationError("path_prefix", "must be a string starting with '/'")
+        balance = data.get("balance", "round_robin")
+        if balance not in BALANCES:
+            raise ValidationError("balance", f"must be one of {', '.join(BALANCES)}")
+        state = data.get("state", "active")
+        if state not in STATES:
+            raise ValidationError("state", f"must be one of {', '.join(STATES)}")
+        sticky = data.get("sticky", False)
+        if not isinstance(sticky, bool):
+            raise ValidationError("sticky", "must be true or false")
+        hold = data.get("hold_timeout")
+        if hold is not None:
+            hold = _number("hold_timeout", hold, minimum=0.0, maximum=3600.0)
+        labels = data.get("labels", {})
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise ValidationError("labels", "must be an object of strings")
+        return cls(
+            name=name,
+            pools=pools,
+            hosts=tuple(h.lower() for h in hosts),
+            path_prefix=prefix,
+            balance=balance,
+            state=state,
+            sticky=sticky,
+            health=_health(data.get("health")),
+            hold_timeout=hold,
+            labels=dict(labels),
+        )
+
+
+def _check_name(where: str, value: Any) -> None:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValidationError(where, "must be 1-63 characters of letters, digits, '_', '.', '-'")
+
+
+def _number(where: str, value: Any, minimum: float, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(where, "must be a number")
+    if not minimum <= value <= maximum:
+        raise ValidationError(where, f"must be between {minimum:g} and {maximum:g}")
+    return float(value)
+
+
+def parse_address(where: str, address: Any) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port), or ValidationError."""
+    if not isinstance(address, str) or ":" not in address:
+        raise ValidationError(where, f"{address!r} is not host:port")
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError(where, f"{address!r} is not host:port with a port in 1-65535")
+    return host, int(port)
+
+
+def _pools(raw: Any) -> tuple[PoolSpec, ...]:
+    if not isinstance(raw, list):
+        raise ValidationError("pools", "must be a list")
+    pools = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"pools[{i}]"
+        if not isinstance(item, dict):
+            raise ValidationError(where, "must be an object")
+        extra = set(item) - {"name", "weight", "upstreams"}
+        if extra:
+            raise ValidationError(f"{where}.{sorted(extra)[0]}", "unknown field")
+        _check_name(f"{where}.name", item.get("name"))
+        if item["name"] in seen:
+            raise ValidationError(f"{where}.name", f"duplicate pool {item['name']!r}")
+        seen.add(item["name"])
+        weight = item.get("weight", 0)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            raise ValidationError(f"{where}.weight", f"must be an integer 0-{MAX_WEIGHT}")
+        upstreams = item.get("upstreams", [])
+        if not isinstance(upstreams, list):
+            raise ValidationError(f"{where}.upstreams", "must be a list of host:port")
+        for j, address in enumerate(upstreams):
+            parse_address(f"{where}.upstreams[{j}]", address)
+        if len(set(upstreams)) != len(upstreams):
+            raise ValidationError(f"{where}.upstreams", "lists an upstream twice")
+        pools.append(PoolSpec(item["name"], weight, tuple(upstreams)))
+    return tuple(pools)
+
+
+def _health(raw: Any) -> HealthSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValidationError("health", "must be an object or null")
+    extra = set(raw) - {"path", "interval", "timeout", "rise", "fall"}
+    if extra:
+        raise ValidationError(f"health.{sorted(extra)[0]}", "unknown field")
+    path = raw.get("path", "/healthz")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValidationError("health.path", "must start with '/'")
+    ints = {}
+    for key in ("rise", "fall"):
+        value = raw.get(key, 2 if key == "rise" else 3)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+            raise ValidationError(f"health.{key}", "must be an integer 1-100")
+        ints[key] = value
+    return HealthSpec(
+        path=path,
+        interval=_number("health.interval", raw.get("interval", 1.0), 0.01, 3600.0),
+        timeout=_number("health.timeout", raw.get("timeout", 1.0), 0.01, 3600.0),
+        **ints,
+    )

@@ -1,0 +1,97 @@
+"""One upstream (`host:port`): its runtime state, shared by every routing snapshot that names it.
+
+Snapshots are immutable and say *which* upstreams get traffic; this object holds what changes per request
+(outstanding count, in-flight exchanges, pooled idle connections) and per probe (health). Identity is
+stable for as long as an address is routed, so a snapshot swap never loses a counter or a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from .specs import parse_address
+
+
+class Health(enum.Enum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class Exchange(Protocol):
+    """A request in flight on an upstream; drain aborts the ones left at its deadline."""
+
+    def abort_for_drain(self) -> None: ...
+
+
+class IdleConnection(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    address: str
+    completed: int  # in flight when the drain began and finished in time
+    aborted: int  # still in flight at the deadline, cut (504 or a closed stream)
+    seconds: float
+
+
+class Upstream:
+    __slots__ = ("_drained", "address", "active_health", "draining", "health", "host", "idle",
+                 "inflight", "passive_failures", "port")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.host, self.port = parse_address("upstream", address)
+        self.inflight: set[Exchange] = set()
+        self.idle: list[IdleConnection] = []  # LIFO: the most recently used connection is the warmest
+        self.health = Health.HEALTHY
+        self.active_health = Health.HEALTHY  # what the active probe last concluded
+        self.passive_failures = 0  # consecutive connect failures / 5xx answers seen by the hot path
+        self.draining = False
+        self._drained: asyncio.Event | None = None
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.inflight)
+
+    def begin(self, exchange: Exchange) -> None:
+        self.inflight.add(exchange)
+
+    def end(self, exchange: Exchange) -> None:
+        self.inflight.discard(exchange)
+        if not self.inflight and self._drained is not None:
+            self._drained.set()
+
+    def close_idle(self) -> None:
+        idle, self.idle = self.idle, []
+        for connection in idle:
+            connection.close()
+
+    async def drain(self, timeout: float) -> DrainResult:
+        """Let in-flight exchanges finish for up to `timeout` s, then abort the rest.
+
+        The caller has already removed this upstream from routing, so nothing new arrives."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.draining = True
+        self.close_idle()
+        before = len(self.inflight)
+        if self.inflight:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                pass
+            finally:
+                self._drained = None
+        leftover = list(self.inflight)
+        for exchange in leftover:
+            exchange.abort_for_drain()
+        self.close_idle()  # connections released while draining were closed, not pooled; be sure
+        return DrainResult(self.address, before - len(leftover), len(leftover), loop.time() - started)
+
+    def __repr__(self) -> str:
+        return f"<Upstream {self.address} {self.health.value} inflight={len(self.inflight)}>"

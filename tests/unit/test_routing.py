@@ -1,0 +1,154 @@
+"""Selection, matching and swaps of the routing snapshot, without sockets."""
+
+import collections
+import random
+
+import pytest
+
+from proxy.errors import UnknownService, ValidationError
+from proxy.router import Router
+from proxy.specs import ServiceSpec
+from proxy.upstream import Health
+
+
+def service(name="web", pools=(("blue", 1, ("127.0.0.1:9001",)),), **extra):
+    return ServiceSpec.from_dict({
+        "name": name,
+        "pools": [{"name": n, "weight": w, "upstreams": list(u)} for n, w, u in pools],
+        **extra,
+    })
+
+
+def draw(router, n=20000, seed=7, host="x", path="/"):
+    rng = random.Random(seed)
+    svc = router.table.match(host, path)
+    return collections.Counter(svc.choose(rng.random).name for _ in range(n))
+
+
+def test_weighted_selection_follows_weights():
+    router = Router()
+    router.set_service(service(pools=(("blue", 95, ("127.0.0.1:1",)), ("green", 5, ("127.0.0.1:2",)))))
+    counts = draw(router)
+    assert 0.04 < counts["green"] / 20000 < 0.06
+    assert counts["blue"] + counts["green"] == 20000
+
+
+def test_weight_zero_receives_nothing():
+    router = Router()
+    router.set_service(service(pools=(("blue", 0, ("127.0.0.1:1",)), ("green", 3, ("127.0.0.1:2",)))))
+    assert draw(router) == {"green": 20000}
+
+
+def test_unhealthy_pool_leaves_the_draw_and_returns():
+    router = Router()
+    router.set_service(service(pools=(("blue", 50, ("127.0.0.1:1",)), ("green", 50, ("127.0.0.1:2",)))))
+    green = router.upstreams["127.0.0.1:2"]
+    router.set_health(green, Health.UNHEALTHY)
+    assert draw(router) == {"blue": 20000}
+    router.set_health(green, Health.HEALTHY)
+    assert set(draw(router)) == {"blue", "green"}
+
+
+def test_service_without_eligible_upstream_is_not_routable():
+    router = Router()
+    router.set_service(service(pools=(("blue", 1, ("127.0.0.1:1",)),)))
+    router.set_health(router.upstreams["127.0.0.1:1"], Health.UNHEALTHY)
+    svc = router.table.match("x", "/")
+    assert not svc.routable and svc.choose() is None
+
+
+def test_round_robin_inside_a_pool():
+    router = Router()
+    router.set_service(service(pools=(("blue", 1, ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")),)))
+    pool = router.table.match("x", "/").choose()
+    picks = collections.Counter(pool.pick().address for _ in range(300))
+    assert picks == {"127.0.0.1:1": 100, "127.0.0.1:2": 100, "127.0.0.1:3": 100}
+
+
+def test_least_outstanding_prefers_the_idle_upstream():
+    router = Router()
+    router.set_service(service(pools=(("blue", 1, ("127.0.0.1:1", "127.0.0.1:2")),),
+                               balance="least_outstanding"))
+    busy = router.upstreams["127.0.0.1:1"]
+    for i in range(3):
+        busy.begin(object())  # type: ignore[arg-type]
+    pool = router.table.match("x", "/").choose()
+    assert {pool.pick().address for _ in range(10)} == {"127.0.0.1:2"}
+    assert pool.pick(avoid=router.upstreams["127.0.0.1:2"]).address == "127.0.0.1:1"
+
+
+def test_host_and_prefix_matching():
+    router = Router()
+    router.set_service(service("api", hosts=["app.localhost"], path_prefix="/api"))
+    router.set_service(service("web", hosts=["app.localhost"]))
+    router.set_service(service("admin", hosts=["admin.localhost"]))
+    assert router.table.match("app.localhost", "/api/x").name == "api"
+    assert router.table.match("app.localhost", "/index").name == "web"
+    assert router.table.match("admin.localhost", "/").name == "admin"
+    assert router.table.match("other.localhost", "/") is None
+
+
+def test_single_service_is_the_default_route():
+    router = Router()
+    router.set_service(service("web", hosts=["web.localhost"]))
+    assert router.table.match("127.0.0.1", "/").name == "web"
+
+
+def test_swap_is_a_new_snapshot_and_old_one_is_untouched():
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",)))))
+    before = router.table
+    generation = router.generation
+    router.set_weights("web", {"blue": 0, "green": 100})
+    assert router.table is not before and router.generation == generation + 1
+    assert [p.weight for p in before.services["web"].pools] == [100, 0]
+    assert [p.weight for p in router.table.services["web"].pools] == [0, 100]
+    # Upstream runtime state survives the swap (same object), so counters and pools carry over.
+    assert router.table.services["web"].pools[0].upstreams[0] is before.services["web"].pools[0].upstreams[0]
+
+
+def test_removed_upstreams_are_reported_and_marked_draining():
+    router = Router()
+    router.set_service(service(pools=(("blue", 1, ("127.0.0.1:1",)),)))
+    old = router.upstreams["127.0.0.1:1"]
+    removed = router.set_service(service(pools=(("green", 1, ("127.0.0.1:2",)),)))
+    assert removed == [old] and old.draining
+    assert "127.0.0.1:1" not in router.upstreams
+
+
+def test_bad_weights_change_nothing():
+    router = Router()
+    router.set_service(service(pools=(("blue", 1, ("127.0.0.1:1",)),)))
+    before = router.table
+    with pytest.raises(ValidationError) as info:
+        router.set_weights("web", {"purple": 1})
+    assert info.value.field == "weights.purple"
+    with pytest.raises(ValidationError):
+        router.set_weights("web", {"blue": -5})
+    with pytest.raises(UnknownService):
+        router.set_weights("nope", {"blue": 1})
+    assert router.table is before
+
+
+def test_conflicting_route_is_refused():
+    router = Router()
+    router.set_service(service("a", hosts=["x.localhost"]))
+    with pytest.raises(ValidationError) as info:
+        router.set_service(service("b", hosts=["x.localhost"]))
+    assert info.value.field == "hosts"
+
+
+def test_sticky_and_forced_pool_selection():
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",))),
+                               sticky=True))
+    svc = router.table.match("x", "/")
+    assert svc.select(forced="green", sticky=None)[0].name == "green"  # testers reach weight 0
+    pool, set_cookie = svc.select(forced=None, sticky=None)
+    assert pool.name == "blue" and set_cookie
+    router.set_weights("web", {"blue": 50, "green": 50})
+    svc = router.table.match("x", "/")
+    assert all(svc.select(None, "blue")[0].name == "blue" for _ in range(200))
+    router.set_weights("web", {"blue": 0, "green": 100})
+    svc = router.table.match("x", "/")
+    assert svc.select(None, "blue")[0].name == "green"  # a pool that no longer gets traffic lets go

@@ -1,0 +1,49 @@
+import pytest
+
+from proxy.errors import ValidationError
+from proxy.specs import ServiceSpec, parse_address
+
+
+def spec(**overrides):
+    data = {"name": "web", "pools": [{"name": "blue", "weight": 100, "upstreams": ["127.0.0.1:9001"]}]}
+    data.update(overrides)
+    return data
+
+
+def test_valid_spec_round_trips():
+    parsed = ServiceSpec.from_dict(spec(hosts=["Web.Localhost"], sticky=True,
+                                        health={"path": "/up", "rise": 1}))
+    assert parsed.hosts == ("web.localhost",)
+    assert parsed.health.path == "/up" and parsed.health.rise == 1 and parsed.health.fall == 3
+    assert ServiceSpec.from_dict(parsed.to_dict()) == parsed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"pools": "x"}, "pools"),
+        ({"pools": [{"name": "blue", "weight": -1, "upstreams": []}]}, "pools[0].weight"),
+        ({"pools": [{"name": "blue", "weight": True, "upstreams": []}]}, "pools[0].weight"),
+        ({"pools": [{"name": "b", "weight": 1, "upstreams": ["nohost"]}]}, "pools[0].upstreams[0]"),
+        ({"pools": [{"name": "b", "weight": 1, "upstreams": ["h:70000"]}]}, "pools[0].upstreams[0]"),
+        ({"pools": [{"name": "b", "weight": 1, "upstreams": ["h:1", "h:1"]}]}, "pools[0].upstreams"),
+        ({"pools": [{"name": "b", "weight": 1}, {"name": "b", "weight": 1}]}, "pools[1].name"),
+        ({"pools": [{"name": "b", "weight": 1, "colour": "x"}]}, "pools[0].colour"),
+        ({"balance": "random"}, "balance"),
+        ({"state": "sleeping"}, "state"),
+        ({"path_prefix": "api"}, "path_prefix"),
+        ({"health": {"interval": 0}}, "health.interval"),
+        ({"health": {"rise": 0}}, "health.rise"),
+        ({"bogus": 1}, "bogus"),
+        ({"name": "has space"}, "name"),
+    ],
+)
+def test_bad_input_names_the_field(overrides, field):
+    with pytest.raises(ValidationError) as info:
+        ServiceSpec.from_dict(spec(**overrides))
+    assert info.value.field == field
+
+
+def test_parse_address_handles_ipv6():
+    assert parse_address("x", "[::1]:8080") == ("::1", 8080)
+    assert parse_address("x", "127.0.0.1:1") == ("127.0.0.1", 1)
