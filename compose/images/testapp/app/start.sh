@@ -13,4 +13,9 @@ fi
 # unhealthy: no /healthz at all, so every probe gets 404
 [ "$APP_MODE" = unhealthy ] || echo ok > /www/healthz
 echo "testapp $APP_VERSION ($APP_MODE) listening on :$PORT" >&2
-exec httpd -f -v -p "$PORT" -h /www
+# httpd as PID 1 would ignore SIGTERM (docker stop would wait its full timeout): run it as a child
+# and let this shell turn SIGTERM into a prompt exit.
+httpd -f -v -p "$PORT" -h /www &
+child=$!
+trap 'kill "$child" 2>/dev/null; exit 0' TERM INT
+wait "$child"

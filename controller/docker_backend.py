@@ -1,0 +1,442 @@
+"""The Docker layer: the only module in Turnout that imports `docker`.
+
+`DockerBackend` starts, inspects, stops, removes and lists *our* containers (see `controller.labels`).
+Every SDK call is blocking, so each public method runs it in a worker thread (`asyncio.to_thread`).
+SDK exceptions never leave this module: they become `controller.errors` types.
+
+Nothing is ever pulled: containers are created with `containers.create` (which, unlike `run`, does not
+pull), so a missing image fails at once with `ImageNotFound`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests
+import structlog
+from docker.types import LogConfig
+
+from controller import labels as lbl
+from controller.errors import ContainerNotFound, DockerError, ImageNotFound
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Containers are reachable only from this host; the proxy forwards to them on loopback.
+PUBLISH_HOST_IP = "127.0.0.1"
+# Size-capped json-file logs, so a chatty app cannot fill the disk.
+LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
+
+# The only options ever passed to `containers.create`. Anything not listed here is not settable through
+# a ContainerSpec on purpose (no privileged, no host network, no pulls, no restart policy: Turnout
+# itself decides when a container is replaced). If you ever add `healthcheck`: its intervals are
+# nanoseconds in docker-py.
+CREATE_OPTIONS = frozenset(
+    {
+        "image",  # ContainerSpec.image, must already be on the host
+        "name",  # turnout-<service>-<version-slug>-<random>
+        "labels",  # controller.labels namespace + backend and spec extras
+        "ports",  # {"<port>/tcp": ("127.0.0.1", None)}: ephemeral host port on loopback only
+        "log_config",  # LOG_CONFIG
+        "environment",  # ContainerSpec.env
+        "command",  # ContainerSpec.command (None keeps the image's CMD)
+        "volumes",  # ContainerSpec.volumes as "source:target[:mode]" binds
+        "mem_limit",  # ContainerSpec.mem_limit
+        "nano_cpus",  # ContainerSpec.cpus * 1e9
+        "restart_policy",  # always {"Name": "no"}
+        "detach",
+    }
+)
+
+_SLUG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def _copy(mapping: Mapping[str, str] | None) -> dict[str, str]:
+    # Plain dict copies (not MappingProxyType): callers cannot change them from outside, and
+    # dataclasses.asdict / json still work on the result (a mappingproxy cannot be deep-copied).
+    return dict(mapping or {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    """What to start: one container of `service` at `version`, listening on container `port`."""
+
+    service: str
+    version: str
+    image: str
+    port: int
+    deployment_id: str
+    pool: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] | None = None
+    volumes: Mapping[str, str] = field(default_factory=dict)  # source (host path or volume) -> target
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    mem_limit: str | int | None = None  # docker notation, e.g. "256m", or bytes
+    cpus: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("service", "version", "image", "pool"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"ContainerSpec.{name} must be a non-empty string, got {value!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ValueError(f"ContainerSpec.port must be an int in 1..65535, got {self.port!r}")
+        if self.cpus is not None and not self.cpus > 0:
+            raise ValueError(f"ContainerSpec.cpus must be > 0, got {self.cpus!r}")
+        if isinstance(self.command, str):
+            raise ValueError("ContainerSpec.command must be a list of arguments, not a string")
+        # Copy what we were given, so the caller's later changes never reach a frozen spec.
+        object.__setattr__(self, "env", _copy(self.env))
+        object.__setattr__(self, "volumes", _copy(self.volumes))
+        object.__setattr__(self, "extra_labels", _copy(self.extra_labels))
+        if self.command is not None:
+            object.__setattr__(self, "command", tuple(self.command))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Container:
+    """What the engine says about one of our containers at the moment it was read."""
+
+    id: str
+    name: str
+    service: str
+    version: str
+    pool: str
+    deployment_id: str
+    image: str
+    address: str | None  # "127.0.0.1:HOSTPORT", None when no port is published (e.g. already exited)
+    state: str  # engine status: created, running, exited, dead, ...
+    exit_code: int | None  # set once the container has stopped
+    labels: dict[str, str] = field(compare=False)  # kept out of eq/hash so a Container stays hashable
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def slug(text: str, max_len: int = 32) -> str:
+    """A container-name-safe form of `text` (lowercase, [a-z0-9_.-], never empty)."""
+    cleaned = _SLUG_UNSAFE.sub("-", text.lower()).strip("-_.")[:max_len].strip("-_.")
+    return cleaned or "x"
+
+
+def container_name(service: str, version: str) -> str:
+    """turnout-<service>-<version-slug>-<short random>, unique enough to start many beside each other."""
+    return f"turnout-{slug(service)}-{slug(version)}-{secrets.token_hex(3)}"
+
+
+def _published_address(attrs: Mapping[str, Any], port: str | None) -> str | None:
+    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    bindings = ports.get(f"{port}/tcp") if port else None
+    for binding in bindings or ():
+        if binding.get("HostIp") == PUBLISH_HOST_IP and binding.get("HostPort"):
+            return f"{PUBLISH_HOST_IP}:{binding['HostPort']}"
+    return None
+
+
+def _to_container(attrs: Mapping[str, Any]) -> Container:
+    config = attrs.get("Config") or {}
+    state = attrs.get("State") or {}
+    labels = dict(config.get("Labels") or {})
+    status = state.get("Status") or "unknown"
+    stopped = status in {"exited", "dead"}
+    return Container(
+        id=attrs["Id"],
+        name=(attrs.get("Name") or "").lstrip("/"),
+        service=labels.get(lbl.SERVICE, ""),
+        version=labels.get(lbl.VERSION, ""),
+        pool=labels.get(lbl.POOL, ""),
+        deployment_id=labels.get(lbl.DEPLOYMENT, ""),
+        image=config.get("Image") or "",
+        address=_published_address(attrs, labels.get(lbl.PORT)),
+        state=status,
+        exit_code=state.get("ExitCode") if stopped else None,
+        labels=labels,
+    )
+
+
+@contextmanager
+def _translated(action: str, container_id: str | None = None) -> Iterator[None]:
+    """Turn SDK and transport errors into ours, so callers never need to import docker."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        if container_id is not None:
+            raise ContainerNotFound(container_id) from exc
+        raise DockerError(f"{action}: {exc.explanation or exc}") from exc
+    except docker.errors.APIError as exc:
+        raise DockerError(f"{action}: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise DockerError(f"{action}: Docker engine unreachable or failing ({exc})") from exc
+
+
+class DockerBackend:
+    """Starts and manages the containers belonging to one Turnout `owner` on one Docker engine.
+
+    `client` is a `docker.DockerClient`; when omitted one is made from the environment on first use
+    (in a worker thread, since making it may talk to the engine). `extra_labels` go on every container
+    this backend starts (tests use them to clean up by label).
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        client: Any | None = None,
+        extra_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        self.owner = owner
+        self.extra_labels = _copy(extra_labels)
+        # Fail now, not at the first start, if the extras clash with our own keys.
+        lbl.labels_for(owner, "check", "check", "", "check", 1, self.extra_labels)
+        self._client = client
+        self._owns_client = client is None
+        self._client_lock = threading.Lock()
+        self._log = log.bind(owner=owner)
+
+    # -- public API (async; every SDK call runs in a thread) ------------------------------------------
+
+    async def start(self, spec: ContainerSpec) -> Container:
+        """Create and start a container for `spec`; return it as read after start (with its address)."""
+        return await self._run(self._start_sync, spec)
+
+    async def inspect(self, container_id: str) -> Container:
+        """Read the container's current state from the engine (any container; read-only)."""
+        return await self._run(self._inspect_sync, container_id)
+
+    async def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        """The last `lines` lines of stdout and stderr, decoded (invalid bytes replaced)."""
+        return await self._run(self._logs_tail_sync, container_id, lines)
+
+    # `timeout` is the engine's SIGTERM grace period, not a limit on this call.
+    async def stop(self, container_id: str, timeout: float = 10) -> Container:
+        """Stop one of our containers (SIGTERM, then SIGKILL after `timeout` s); refuse others'."""
+        return await self._run(self._stop_sync, container_id, timeout)
+
+    async def restart(self, container_id: str) -> Container:
+        """Start one of our stopped containers again (a running one is left as is); refuse others'.
+        The published host port is ephemeral, so the returned address may differ from before."""
+        return await self._run(self._restart_sync, container_id)
+
+    async def remove(self, container_id: str) -> None:
+        """Remove one of our containers, stopping it hard if it still runs; refuse others'.
+        Removing a container that is already gone is a no-op."""
+        await self._run(self._remove_sync, container_id)
+
+    async def list(self, service: str | None = None, all: bool = True) -> list[Container]:
+        """Our containers (managed and owned by us), optionally of one service; stopped ones too if `all`."""
+        return await self._run(self._list_sync, service, all)
+
+    async def image_exists(self, image: str) -> bool:
+        """Whether `image` is present locally (never pulls)."""
+        return await self._run(self._image_exists_sync, image)
+
+    async def ping(self) -> bool:
+        """Whether the engine answers; never raises."""
+        try:
+            return await self._run(self._ping_sync)
+        except DockerError:
+            return False
+
+    async def close(self) -> None:
+        """Close the SDK client if this backend made it (a client passed in belongs to the caller)."""
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await asyncio.to_thread(client.close)
+
+    # -- blocking implementations -----------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    def _docker(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                with _translated("connecting to the Docker engine"):
+                    self._client = docker.from_env()
+            return self._client
+
+    def _create_kwargs(self, spec: ContainerSpec, name: str) -> dict[str, Any]:
+        labels = lbl.labels_for(
+            self.owner,
+            spec.service,
+            spec.version,
+            spec.deployment_id,
+            spec.pool,
+            spec.port,
+            {**self.extra_labels, **spec.extra_labels},
+        )
+        kwargs: dict[str, Any] = {
+            "image": spec.image,
+            "name": name,
+            "labels": labels,
+            "ports": {f"{spec.port}/tcp": (PUBLISH_HOST_IP, None)},
+            "log_config": LogConfig(**LOG_CONFIG),
+            "environment": dict(spec.env),
+            "command": list(spec.command) if spec.command is not None else None,
+            "restart_policy": {"Name": "no"},
+            "detach": True,
+        }
+        if spec.volumes:
+            kwargs["volumes"] = [f"{source}:{target}" for source, target in spec.volumes.items()]
+        if spec.mem_limit is not None:
+            kwargs["mem_limit"] = spec.mem_limit
+        if spec.cpus is not None:
+            kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
+        unexpected = kwargs.keys() - CREATE_OPTIONS
+        if unexpected:  # a programming error here, never user input
+            raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")
+        return kwargs
+
+    def _start_sync(self, spec: ContainerSpec) -> Container:
+        client = self._docker()
+        name = container_name(spec.service, spec.version)
+        try:
+            with _translated(f"creating container {name} from {spec.image}"):
+                created = client.containers.create(**self._create_kwargs(spec, name))
+        except DockerError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                raise ImageNotFound(spec.image) from exc.__cause__
+            raise
+        try:
+            with _translated(f"starting container {name}", created.id):
+                created.start()
+                created.reload()  # the published host port is known only after start
+        except DockerError:
+            self._discard(created)  # do not leave a created-but-unstartable container behind
+            raise
+        container = _to_container(created.attrs)
+        self._log.info(
+            "container.started",
+            service=spec.service,
+            version=spec.version,
+            pool=spec.pool,
+            deployment_id=spec.deployment_id,
+            container_id=container.short_id,
+            container_name=container.name,
+            address=container.address,
+            state=container.state,
+        )
+        return container
+
+    def _discard(self, created: Any) -> None:
+        try:
+            created.remove(force=True, v=True)
+        except docker.errors.DockerException as exc:
+            self._log.warning("container.discard_failed", container_id=created.id[:12], error=str(exc))
+
+    def _get(self, container_id: str) -> Any:
+        with _translated(f"inspecting container {container_id[:12]}", container_id):
+            return self._docker().containers.get(container_id)  # `get` is a fresh inspect
+
+    def _get_ours(self, container_id: str, action: str) -> Any:
+        found = self._get(container_id)
+        labels = found.labels
+        if not lbl.is_ours(labels, self.owner):
+            theirs = labels.get(lbl.OWNER) if labels.get(lbl.MANAGED) == lbl.MANAGED_VALUE else None
+            whose = f"owned by {theirs!r}" if theirs else "not managed by Turnout"
+            raise DockerError(
+                f"refusing to {action} container {container_id[:12]}: it is {whose}, "
+                f"not by this Turnout instance (owner {self.owner!r})"
+            )
+        return found
+
+    def _inspect_sync(self, container_id: str) -> Container:
+        return _to_container(self._get(container_id).attrs)
+
+    def _logs_tail_sync(self, container_id: str, lines: int) -> str:
+        found = self._get(container_id)
+        with _translated(f"reading logs of container {container_id[:12]}", container_id):
+            raw = found.logs(stdout=True, stderr=True, tail=max(0, int(lines)))
+        return raw.decode("utf-8", errors="replace").rstrip("\n")
+
+    def _stop_sync(self, container_id: str, timeout: float) -> Container:
+        found = self._get_ours(container_id, "stop")
+        with _translated(f"stopping container {container_id[:12]}", container_id):
+            # The engine takes whole seconds; round up so a short timeout never becomes 0 (instant kill).
+            found.stop(timeout=max(0, math.ceil(timeout)))
+            found.reload()
+        container = _to_container(found.attrs)
+        self._log.info(
+            "container.stopped",
+            service=container.service,
+            version=container.version,
+            container_id=container.short_id,
+            exit_code=container.exit_code,
+        )
+        return container
+
+    def _restart_sync(self, container_id: str) -> Container:
+        found = self._get_ours(container_id, "restart")
+        if found.status != "running":
+            with _translated(f"restarting container {container_id[:12]}", container_id):
+                found.start()
+                found.reload()  # a new host port may have been assigned
+        container = _to_container(found.attrs)
+        self._log.info(
+            "container.restarted",
+            service=container.service,
+            version=container.version,
+            container_id=container.short_id,
+            address=container.address,
+            state=container.state,
+        )
+        return container
+
+    def _remove_sync(self, container_id: str) -> None:
+        try:
+            found = self._get_ours(container_id, "remove")
+            with _translated(f"removing container {container_id[:12]}", container_id):
+                found.remove(force=True, v=True)  # v: anonymous volumes go with it
+        except ContainerNotFound:
+            self._log.debug("container.already_removed", container_id=container_id[:12])
+            return
+        except DockerError as exc:
+            if isinstance(exc.__cause__, docker.errors.APIError) and "already in progress" in str(exc):
+                return  # a concurrent remove wins; the container goes either way
+            raise
+        self._log.info(
+            "container.removed",
+            service=found.labels.get(lbl.SERVICE),
+            version=found.labels.get(lbl.VERSION),
+            container_id=container_id[:12],
+        )
+
+    def _list_sync(self, service: str | None, all_: bool) -> list[Container]:
+        with _translated("listing containers"):
+            # ignore_removed: a container may vanish between the list call and its inspect.
+            found = self._docker().containers.list(
+                all=all_, filters=lbl.list_filters(self.owner, service), ignore_removed=True
+            )
+        containers = [_to_container(c.attrs) for c in found if lbl.is_ours(c.labels, self.owner)]
+        return sorted(containers, key=lambda c: (c.service, c.version, c.name))
+
+    def _image_exists_sync(self, image: str) -> bool:
+        try:
+            with _translated(f"looking up image {image}"):
+                self._docker().images.get(image)
+        except DockerError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                return False
+            raise
+        return True
+
+    def _ping_sync(self) -> bool:
+        with _translated("pinging the Docker engine"):
+            return bool(self._docker().ping())
