@@ -81,10 +81,6 @@ class ReadinessTimeout(TurnoutError, TimeoutError):
         )
 
 
-class ConfigError(TurnoutError, ValueError):
-    """Bad configuration; names the key (and the file, when there is one)."""
-
-
 class UsageError(TurnoutError, ValueError):
     """A request that cannot be carried out as asked (unknown service, nothing to roll back to, ...)."""
 

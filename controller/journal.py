@@ -1,0 +1,314 @@
+"""The deployment journal: every deployment, its steps and each service's state, in one SQLite file.
+
+Crash-safe by construction: WAL with `synchronous=FULL`, and every write in one transaction, so after a
+SIGKILL the file holds whole records only. A deployment still `running` when the daemon starts again was
+interrupted (`unfinished()`), and recovery decides whether to resume or roll it back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TurnoutError
+
+RUNNING = "running"
+FINAL_STATUSES = ("succeeded", "failed", "rolled_back", "aborted", "interrupted")
+STATUSES = (RUNNING, *FINAL_STATUSES)
+_ID = re.compile(r"d-(\d+)")
+
+# Each entry upgrades the schema by one version; never edit an entry once released, append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE deployments (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids are never reused
+            service TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            from_version TEXT,
+            to_version TEXT NOT NULL,
+            image TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            message TEXT NOT NULL DEFAULT '',
+            options TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX deployments_by_service ON deployments (service, seq)",
+        "CREATE INDEX deployments_running ON deployments (status) WHERE status = 'running'",
+        """CREATE TABLE steps (
+            deployment_seq INTEGER NOT NULL REFERENCES deployments (seq),
+            n INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            at REAL NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (deployment_seq, n)
+        )""",
+        """CREATE TABLE service_state (
+            service TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class JournalError(TurnoutError):
+    """The journal refused a write, or its file cannot be used."""
+
+
+class UnknownDeployment(JournalError, LookupError):
+    def __init__(self, deployment_id: str) -> None:
+        self.deployment_id = deployment_id
+        super().__init__(f"no deployment {deployment_id!r} in the journal")
+
+
+class DeploymentFinished(JournalError):
+    """A finished deployment is history: its status never changes again."""
+
+    def __init__(self, deployment_id: str, status: str) -> None:
+        self.deployment_id = deployment_id
+        self.status = status
+        super().__init__(f"deployment {deployment_id} already finished as {status}")
+
+
+class DeploymentInProgress(JournalError):
+    """One deployment per service at a time: finish (or mark interrupted) the running one first."""
+
+    def __init__(self, service: str, deployment_id: str) -> None:
+        self.service = service
+        self.deployment_id = deployment_id
+        super().__init__(f"service {service!r} already has deployment {deployment_id} running")
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str  # "d-000123", increasing with every begin()
+    service: str
+    strategy: str
+    from_version: str | None
+    to_version: str
+    image: str
+    status: str
+    started_at: float  # Unix time
+    finished_at: float | None
+    message: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status != RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    deployment_id: str
+    n: int  # 1, 2, 3... within its deployment
+    name: str
+    at: float  # Unix time
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def deployment_id(seq: int) -> str:
+    return f"d-{seq:06d}"
+
+
+def _seq(deployment_id: str) -> int:
+    match = _ID.fullmatch(deployment_id) if isinstance(deployment_id, str) else None
+    if not match:
+        raise UnknownDeployment(deployment_id)
+    return int(match[1])
+
+
+def _json(value: dict[str, Any]) -> str:
+    # default=str: Paths, enums and the like are recorded by their text rather than failing a deploy.
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+class Journal:
+    """One SQLite file. Not for concurrent use: one thread at a time (a lock makes misuse safe, not fast).
+    Calls are short single transactions, fine to make from the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except Exception:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: all of them are kept, or (on any exception) none. Nested uses join the outer."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"{self.path}: journal schema {version} is newer than this Turnout "
+                                   f"understands ({SCHEMA_VERSION}); upgrade Turnout")
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    self._db.execute(statement)
+            if row is None:
+                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    # -- deployments ------------------------------------------------------------------------------
+
+    def begin(self, service: str, strategy: str, to_version: str, image: str,
+              from_version: str | None = None, options: dict[str, Any] | None = None) -> Deployment:
+        with self.transaction():
+            running = self._db.execute(
+                "SELECT seq FROM deployments WHERE service = ? AND status = ?", (service, RUNNING)
+            ).fetchone()
+            if running:
+                raise DeploymentInProgress(service, deployment_id(running[0]))
+            cursor = self._db.execute(
+                "INSERT INTO deployments (service, strategy, from_version, to_version, image, status, "
+                "started_at, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (service, strategy, from_version, to_version, image, RUNNING, time.time(),
+                 _json(options or {})),
+            )
+            return self._get(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def step(self, deployment_id: str, name: str, **detail: Any) -> Step:
+        """Record what just happened (steps are allowed after finish too, e.g. late cleanup)."""
+        seq = _seq(deployment_id)
+        with self.transaction():
+            self._get(seq)
+            n = self._db.execute(
+                "SELECT COALESCE(MAX(n), 0) + 1 FROM steps WHERE deployment_seq = ?", (seq,)
+            ).fetchone()[0]
+            at = time.time()
+            self._db.execute("INSERT INTO steps (deployment_seq, n, name, at, detail) VALUES (?, ?, ?, ?, ?)",
+                             (seq, n, name, at, _json(detail)))
+        return Step(deployment_id, n, name, at, json.loads(_json(detail)))
+
+    def finish(self, deployment_id: str, status: str, message: str = "") -> Deployment:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"finish status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+        seq = _seq(deployment_id)
+        with self.transaction():
+            current = self._get(seq)
+            if current.finished:
+                raise DeploymentFinished(current.id, current.status)
+            self._db.execute("UPDATE deployments SET status = ?, finished_at = ?, message = ? WHERE seq = ?",
+                             (status, time.time(), message, seq))
+            return self._get(seq)
+
+    def get(self, deployment_id: str) -> Deployment:
+        with self._lock:
+            return self._get(_seq(deployment_id))
+
+    def history(self, service: str, limit: int = 20) -> list[Deployment]:
+        """Newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deployments WHERE service = ? ORDER BY seq DESC LIMIT ?",
+                (service, limit),
+            ).fetchall()
+        return [_deployment(row) for row in rows]
+
+    def unfinished(self) -> list[Deployment]:
+        """Deployments still `running`: after a restart, the ones the crash interrupted (oldest first)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deployments WHERE status = ? ORDER BY seq", (RUNNING,)
+            ).fetchall()
+        return [_deployment(row) for row in rows]
+
+    def steps(self, deployment_id: str) -> list[Step]:
+        seq = _seq(deployment_id)
+        with self._lock:
+            self._get(seq)
+            rows = self._db.execute(
+                "SELECT n, name, at, detail FROM steps WHERE deployment_seq = ? ORDER BY n", (seq,)
+            ).fetchall()
+        return [Step(deployment_id, n, name, at, json.loads(detail)) for n, name, at, detail in rows]
+
+    def _get(self, seq: int) -> Deployment:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM deployments WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise UnknownDeployment(deployment_id(seq))
+        return _deployment(row)
+
+    # -- service state ----------------------------------------------------------------------------
+
+    def set_service_state(self, service: str, state: dict[str, Any]) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO service_state (service, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (service) DO UPDATE SET state = excluded.state, "
+                "updated_at = excluded.updated_at",
+                (service, _json(state), time.time()),
+            )
+
+    def service_state(self, service: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM service_state WHERE service = ?", (service,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def services(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT service, state FROM service_state ORDER BY service").fetchall()
+        return {service: json.loads(state) for service, state in rows}
+
+
+_COLUMNS = ("seq, service, strategy, from_version, to_version, image, status, started_at, finished_at, "
+            "message, options")
+
+
+def _deployment(row: tuple[Any, ...]) -> Deployment:
+    seq, service, strategy, from_version, to_version, image, status, started, finished, message, options = row
+    return Deployment(deployment_id(seq), service, strategy, from_version, to_version, image, status,
+                      started, finished, message, json.loads(options))

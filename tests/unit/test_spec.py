@@ -1,0 +1,529 @@
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from controller.duration import DurationError, format_duration, parse_duration
+from controller.errors import TurnoutError
+from controller.spec import (
+    CanaryOptions,
+    Config,
+    ConfigError,
+    HealthCheck,
+    Volume,
+    load_config,
+    preset_steps,
+    service_from_flags,
+    with_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+FULL_EXAMPLE = """
+[proxy]
+listen = "127.0.0.1:8000"
+state_dir = "state"
+admin_socket = "/tmp/turnout-test.sock"
+connect_timeout = "2s"
+hold_timeout = "10s"
+max_header_bytes = 16384
+trusted_proxies = ["10.0.0.1"]
+retries = 0
+
+[services.web]
+image = "myapp:v1"
+port = 8080
+replicas = 2
+host = "Web.localhost"
+path_prefix = "/"
+strategy = "rolling"
+env = { KEY = "value", PORT = 8080, DEBUG = true }
+command = "httpd -f -p 8080"
+volumes = { "./data" = "/data", "/etc/ssl" = "/ssl" }
+labels = { team = "x" }
+mem_limit = "256m"
+cpus = 0.5
+sticky = true
+hold_timeout = "5s"
+drain_timeout = "30s"
+
+[services.web.health]
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+healthy = 2
+unhealthy = 3
+start_timeout = "1m30s"
+
+[services.web.canary]
+steps = [5, 25, 50, 100]
+step_pause = "manual"
+max_error_rate = 0.1
+max_p99_ratio = 1.5
+min_requests = 50
+analysis_interval = "2s"
+
+[services.web.rolling]
+max_surge = 0
+max_unavailable = 1
+
+[services.web.bluegreen]
+keep_old = "5m"
+preview = true
+
+[services.api]
+upstreams = ["127.0.0.1:9000", "[::1]:9001"]
+host = ["api.localhost", "api.example.com"]
+"""
+
+
+def write(tmp_path, text, name="turnout.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# -- durations ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), ("1m30s", 90), ("1h2m3s", 3723), ("0s", 0),
+    ("1.5s", 1.5), (" 2S ", 2), ("10", 10), (2, 2), (0.25, 0.25),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text, "x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "s", "5 m", "5d", "-1s", "1m-30s", "abc", True, None, [1], -3,
+                                 float("nan")])
+def test_parse_duration_refuses_and_names_where(bad):
+    with pytest.raises(DurationError, match=r"^services\.web\.health\.interval: ") as info:
+        parse_duration(bad, "services.web.health.interval")
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TurnoutError)
+
+
+@pytest.mark.parametrize(("seconds", "text"),
+                         [(0, "0s"), (0.5, "500ms"), (90, "1m30s"), (3600, "1h"), (1.5, "1.5s")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+    assert parse_duration(text, "x") == seconds
+
+
+# -- the full example and the defaults -------------------------------------------------------------------
+
+def test_full_example_parses(tmp_path):
+    config = load_config(write(tmp_path, FULL_EXAMPLE))
+    assert config.source == tmp_path / "turnout.toml"
+    assert config.state_dir == tmp_path / "state"
+    assert config.journal_path == tmp_path / "state" / "journal.sqlite3"
+    proxy = config.proxy
+    assert proxy.listen == "127.0.0.1:8000" and proxy.admin_socket == "/tmp/turnout-test.sock"
+    assert proxy.connect_timeout == 2 and proxy.hold_timeout == 10 and proxy.max_header_bytes == 16384
+    assert proxy.trusted_proxies == ("10.0.0.1",) and proxy.retries == 0
+
+    web = config.services["web"]
+    assert web.managed and web.name == "web" and web.image == "myapp:v1" and web.port == 8080
+    assert web.replicas == 2 and web.hosts == ("web.localhost",) and web.path_prefix == "/"
+    assert web.health == HealthCheck("/healthz", 1.0, 0.5, 2, 3, 90.0)
+    assert web.health.to_proxy().rise == 2 and web.health.to_proxy().fall == 3
+    assert web.strategy == "rolling"
+    assert web.env == {"KEY": "value", "PORT": "8080", "DEBUG": "true"}
+    assert web.command == ("httpd", "-f", "-p", "8080")
+    assert web.volumes == (Volume(str(tmp_path / "data"), "/data"), Volume("/etc/ssl", "/ssl"))
+    assert str(web.volumes[1]) == "/etc/ssl:/ssl:rw"
+    assert web.labels == {"team": "x"} and web.mem_limit == 256 * 1024 * 1024 and web.cpus == 0.5
+    assert web.sticky and web.hold_timeout == 5 and web.drain_timeout == 30
+    assert web.canary == CanaryOptions((5, 25, 50, 100), None, 0.1, 1.5, 50, 2.0)
+    assert web.canary.manual
+    assert (web.rolling.max_surge, web.rolling.max_unavailable) == (0, 1)
+    assert web.bluegreen.keep_old == 300 and web.bluegreen.preview
+
+    api = config.services["api"]
+    assert not api.managed and api.upstreams == ("127.0.0.1:9000", "[::1]:9001")
+    assert api.image is None and api.port is None and api.health is None
+    assert api.hosts == ("api.localhost", "api.example.com")
+
+
+def test_defaults_without_a_file():
+    config = load_config(None)
+    assert config == Config()
+    assert config.services == {} and config.source is None
+    assert config.proxy.listen == "127.0.0.1:8000"
+    assert config.state_dir == Path(".turnout")
+    assert Path(config.proxy.admin_socket) == Path(".turnout/admin.sock")
+
+
+def test_an_empty_file_gives_defaults_relative_to_the_file(tmp_path):
+    config = load_config(write(tmp_path, ""))
+    assert config.services == {} and config.state_dir == tmp_path / ".turnout"
+    assert config.proxy.admin_socket == str(tmp_path / ".turnout" / "admin.sock")
+
+
+def test_minimal_service_takes_defaults(tmp_path):
+    config = load_config(write(tmp_path, '[services.web]\nport = 8080\n'))
+    web = config.services["web"]
+    assert web.image is None and web.replicas == 1 and web.strategy == "rolling"
+    assert web.health == HealthCheck() and web.canary == CanaryOptions()
+    assert web.hosts == () and web.env == {} and web.command is None and web.volumes == ()
+
+
+def test_demo_config_parses():
+    config = load_config(REPO / "compose" / "demo" / "turnout.toml")
+    web = config.services["web"]
+    assert web.image == "turnout-testapp:v1" and web.port == 8080 and web.replicas == 2
+    assert web.compose_file == REPO / "compose" / "demo" / "compose.yml" and web.compose_service == "web"
+    assert web.canary.steps[-1] == 100
+
+
+# -- every bad value names its key and its file --------------------------------------------------------------
+
+WEB = '[services.web]\nport = 80\n'
+CANARY = WEB + '[services.web.canary]\n'
+BAD = [
+    ('[proxi]\nlisten = "x"', "proxi", "unknown key"),
+    ('[proxy]\nlisten = "nowhere"', "proxy.listen", "host:port"),
+    ('[proxy]\nlisten = 8000', "proxy.listen", "string"),
+    ('[proxy]\nlistne = "127.0.0.1:1"', "proxy.listne", "unknown key"),
+    ('[proxy]\nidle_timeout = "soon"', "proxy.idle_timeout", "not a duration"),
+    ('[proxy]\nidle_timeout = "0s"', "proxy.idle_timeout", "longer than 0"),
+    ('[proxy]\nmax_connections = 0', "proxy.max_connections", "at least 1"),
+    ('[proxy]\nmax_header_bytes = 10', "proxy.max_header_bytes", "at least 1024"),
+    ('[proxy]\nretries = -1', "proxy.retries", "at least 0"),
+    ('[proxy]\ntrusted_proxies = [1]', "proxy.trusted_proxies", "list"),
+    ('[proxy]\nadmin_tcp = "127.0.0.1:8001"', "proxy.admin_tcp", "admin_token"),
+    ('[proxy]\nadmin_socket = "/' + "x" * 120 + '"', "proxy.admin_socket", "too long"),
+    ('services = 3', "services", "must be a table"),
+    ('[services.web]\nport = 80\nimage = "a"\nfoo = 1', "services.web.foo", "unknown key"),
+    ('[services."bad name"]\nport = 80', "services.bad name", "not a valid service name"),
+    ('[services.web]\nimage = "a:v1"', "services.web.port", "required"),
+    ('[services.web]\nport = 0', "services.web.port", "at least 1"),
+    ('[services.web]\nport = 70000', "services.web.port", "at most 65535"),
+    ('[services.web]\nport = "80"', "services.web.port", "whole number"),
+    ('[services.web]\nport = 80\nimage = "my app"', "services.web.image", "spaces"),
+    ('[services.web]\nport = 80\nimage = ""', "services.web.image", "non-empty"),
+    ('[services.web]\nport = 80\nreplicas = 0', "services.web.replicas", "at least 1"),
+    ('[services.web]\nport = 80\nreplicas = true', "services.web.replicas", "whole number"),
+    ('[services.web]\nport = 80\nstrategy = "yolo"', "services.web.strategy", "one of bigbang"),
+    ('[services.web]\nport = 80\nhost = "a b"', "services.web.host", "not a host name"),
+    ('[services.web]\nport = 80\nhost = []', None, None),  # an empty list is simply no host rule
+    ('[services.web]\nport = 80\npath_prefix = "api"', "services.web.path_prefix", "start with '/'"),
+    ('[services.web]\nport = 80\nhealth = { path = "healthz" }', "services.web.health.path", "start with"),
+    ('[services.web]\nport = 80\nhealth = { interval = "fast" }', "services.web.health.interval",
+     "not a duration"),
+    ('[services.web]\nport = 80\nhealth = { timeout = 0 }', "services.web.health.timeout", "longer than 0"),
+    ('[services.web]\nport = 80\nhealth = { healthy = 0 }', "services.web.health.healthy", "at least 1"),
+    ('[services.web]\nport = 80\nhealth = { rise = 2 }', "services.web.health.rise", "unknown key"),
+    ('[services.web]\nport = 80\nhealth = "/healthz"', "services.web.health", "must be a table"),
+    ('[services.web]\nport = 80\nenv = ["A=1"]', "services.web.env", "table"),
+    ('[services.web]\nport = 80\nenv = { A = [1] }', "services.web.env.A", "string or number"),
+    ('[services.web]\nport = 80\ncommand = []', "services.web.command", "non-empty list"),
+    ('[services.web]\nport = 80\ncommand = "echo \'unclosed"', "services.web.command", "cannot split"),
+    ('[services.web]\nport = 80\nvolumes = ["/a"]', "services.web.volumes", "source:target"),
+    ('[services.web]\nport = 80\nvolumes = ["/a:rel"]', "services.web.volumes", "absolute path"),
+    ('[services.web]\nport = 80\nvolumes = ["/a:/b:rx"]', "services.web.volumes", "ro or rw"),
+    ('[services.web]\nport = 80\nvolumes = ["bad name!:/b"]', "services.web.volumes", "volume name"),
+    ('[services.web]\nport = 80\nvolumes = 3', "services.web.volumes", "table of source"),
+    ('[services.web]\nport = 80\nlabels = { "turnout.service" = "x" }', "services.web.labels", "reserved"),
+    ('[services.web]\nport = 80\nmem_limit = "lots"', "services.web.mem_limit", "size such as"),
+    ('[services.web]\nport = 80\nmem_limit = "1m"', "services.web.mem_limit", "at least 6m"),
+    ('[services.web]\nport = 80\ncpus = 0', "services.web.cpus", "greater than 0"),
+    ('[services.web]\nport = 80\nsticky = "yes"', "services.web.sticky", "true or false"),
+    ('[services.web]\nport = 80\nhold_timeout = "0s"', "services.web.hold_timeout", "longer than 0"),
+    ('[services.web]\nport = 80\ndrain_timeout = "1x"', "services.web.drain_timeout", "not a duration"),
+    (CANARY + 'steps = [5, 50]', "services.web.canary.steps",
+     "last step must be 100"),
+    (CANARY + 'steps = [50, 25, 100]', "services.web.canary.steps",
+     "strictly increasing"),
+    (CANARY + 'steps = [5, 5, 100]', "services.web.canary.steps",
+     "strictly increasing"),
+    (CANARY + 'steps = [0, 100]', "services.web.canary.steps",
+     "1..100"),
+    (CANARY + 'steps = [50, 150]', "services.web.canary.steps",
+     "1..100"),
+    (CANARY + 'steps = []', "services.web.canary.steps", "non-empty"),
+    (CANARY + 'steps = [2.5, 100]', "services.web.canary.steps",
+     "whole percentage"),
+    (CANARY + 'step_pause = "later"', "services.web.canary.step_pause",
+     "not a duration"),
+    (CANARY + 'preset = "canary10"', "services.web.canary.preset",
+     "unknown preset"),
+    (CANARY + 'preset = "canary100-5m"', "services.web.canary.preset",
+     "unknown preset"),
+    (CANARY + 'preset = "linear10-xyz"', "services.web.canary.preset",
+     "unknown preset"),
+    (CANARY + 'preset = "all-at-once"\nsteps = [100]',
+     "services.web.canary.steps", "cannot be combined with preset"),
+    (CANARY + 'max_error_rate = 1.5',
+     "services.web.canary.max_error_rate", "at most 1"),
+    (CANARY + 'max_p99_ratio = 0.5',
+     "services.web.canary.max_p99_ratio", "at least 1"),
+    (CANARY + 'min_requests = -1',
+     "services.web.canary.min_requests", "at least 0"),
+    (CANARY + 'analysis_interval = 0',
+     "services.web.canary.analysis_interval", "longer than 0"),
+    (CANARY + 'weights = [1]', "services.web.canary.weights",
+     "unknown key"),
+    (WEB + '[services.web.rolling]\nmax_surge = 0', "services.web.rolling.max_surge",
+     "cannot both be 0"),
+    (WEB + '[services.web.rolling]\nmax_unavailable = -1',
+     "services.web.rolling.max_unavailable", "at least 0"),
+    (WEB + '[services.web.bluegreen]\nkeep_old = "forever"',
+     "services.web.bluegreen.keep_old", "not a duration"),
+    (WEB + '[services.web.bluegreen]\npreview = 1', "services.web.bluegreen.preview",
+     "true or false"),
+    ('[services.api]\nupstreams = []', "services.api.upstreams", "at least one"),
+    ('[services.api]\nupstreams = ["nohost"]', "services.api.upstreams", "host:port"),
+    ('[services.api]\nupstreams = ["h:1", "h:1"]', "services.api.upstreams", "twice"),
+    ('[services.api]\nupstreams = ["h:1"]\nimage = "a:v1"', "services.api.image", "static upstreams"),
+    ('[services.api]\nupstreams = ["h:1"]\nport = 80', "services.api.port", "static upstreams"),
+    ('[services.api]\nupstreams = ["h:1"]\ncompose = "c.yml"', "services.api.compose", "static upstreams"),
+    ('[services.api]\nupstreams = ["h:1"]\n[services.api.canary]\nsteps = [100]', "services.api.canary",
+     "static upstreams"),
+    ('[services.web]\nport = 80\nservice = "web"', "services.web.service", "needs `compose`"),
+    ('[services.web]\nport = 80\ncompose = "missing.yml"', "services.web.compose", "not found"),
+    ('[services.a]\nport = 80\n[services.b]\nport = 81', "services.b.host", "already routed to 'a'"),
+    ('[services.a]\nport = 80\nhost = "x.localhost"\n[services.b]\nport = 81\nhost = "X.localhost"',
+     "services.b.host", "already routed"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), BAD,
+                         ids=[f"{i}-{case[1]}" for i, case in enumerate(BAD)])
+def test_bad_values_name_the_key_and_the_file(tmp_path, text, key, problem):
+    path = write(tmp_path, text)
+    if key is None:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    error = info.value
+    assert error.key == key, str(error)
+    assert problem in error.problem, str(error)
+    assert error.source == path
+    assert str(error).startswith(f"{path}: {key}: ")
+    assert isinstance(error, ValueError) and isinstance(error, TurnoutError)
+
+
+def test_different_path_prefixes_may_share_a_host(tmp_path):
+    text = '[services.a]\nport = 80\n[services.b]\nport = 81\npath_prefix = "/b"'
+    config = load_config(write(tmp_path, text))
+    assert set(config.services) == {"a", "b"}
+
+
+def test_missing_and_malformed_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found") as info:
+        load_config(tmp_path / "nope.toml")
+    assert info.value.source == tmp_path / "nope.toml"
+    bad = write(tmp_path, "[proxy\nlisten = ")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(bad)
+    assert str(info.value).startswith(str(bad))
+
+
+# -- canary presets --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("preset", "steps", "pause"), [
+    ("canary10-5m", (10, 100), 300),
+    ("canary25-30s", (25, 100), 30),
+    ("linear10-1m", (10, 20, 30, 40, 50, 60, 70, 80, 90, 100), 60),
+    ("linear30-10s", (30, 60, 90, 100), 10),
+    ("linear50-1h", (50, 100), 3600),
+    ("all-at-once", (100,), 0),
+])
+def test_presets(tmp_path, preset, steps, pause):
+    assert preset_steps(preset) == (steps, pause)
+    text = f'[services.web]\nport = 80\ncanary = {{ preset = "{preset}", min_requests = 5 }}'
+    canary = load_config(write(tmp_path, text)).services["web"].canary
+    assert (canary.steps, canary.step_pause, canary.preset, canary.min_requests) == (steps, pause, preset, 5)
+
+
+# -- Compose files -----------------------------------------------------------------------------------------
+
+COMPOSE = """
+services:
+  app:
+    image: testapp:v1
+    command: ["httpd", "-f"]
+    ports: ["127.0.0.1:8000:8080/tcp"]
+    environment:
+      - MODE=ok
+      - FROM_HOST
+      - UNSET_ON_HOST
+    labels: {team: web}
+    volumes:
+      - ./html:/www:ro
+      - type: volume
+        source: cache
+        target: /cache
+    mem_limit: 128m
+    cpus: "0.5"
+    restart: unless-stopped
+    x-turnout:
+      replicas: 3
+      host: app.localhost
+      health: {path: /up, interval: 250ms}
+      strategy: canary
+      canary: {preset: linear25-10s}
+"""
+
+
+def test_a_service_reads_its_container_from_a_compose_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FROM_HOST", "yes")
+    monkeypatch.delenv("UNSET_ON_HOST", raising=False)
+    (tmp_path / "stack").mkdir()
+    write(tmp_path / "stack", COMPOSE, "compose.yml")
+    path = write(tmp_path, '[services.web]\ncompose = "stack/compose.yml"\nservice = "app"\nreplicas = 2\n')
+    web = load_config(path).services["web"]
+    assert web.compose_file == tmp_path / "stack" / "compose.yml" and web.compose_service == "app"
+    assert web.image == "testapp:v1" and web.port == 8080 and web.command == ("httpd", "-f")
+    assert web.env == {"MODE": "ok", "FROM_HOST": "yes"}
+    assert web.labels == {"team": "web"} and web.mem_limit == 128 * 1024 * 1024 and web.cpus == 0.5
+    assert web.volumes == (Volume(str(tmp_path / "stack" / "html"), "/www", read_only=True),
+                           Volume("cache", "/cache"))
+    assert web.replicas == 2  # turnout.toml replaces x-turnout
+    assert web.hosts == ("app.localhost",) and web.health.path == "/up" and web.health.interval == 0.25
+    assert web.strategy == "canary" and web.canary.steps == (25, 50, 75, 100)
+
+
+def test_compose_service_defaults_to_the_turnout_service_name(tmp_path):
+    write(tmp_path, "services:\n  web:\n    image: a:v1\n    expose: [9000]\n", "compose.yml")
+    web = load_config(write(tmp_path, '[services.web]\ncompose = "compose.yml"')).services["web"]
+    assert (web.image, web.port, web.compose_service) == ("a:v1", 9000, "web")
+
+
+@pytest.mark.parametrize(("compose", "key", "problem"), [
+    ("services:\n  web:\n    image: a\n    ports: ['80', '81']", "services.web.ports", "several"),
+    ("services:\n  web:\n    image: a\n    ports: ['8000-8010']", "services.web.ports[0]", "container port"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    environment: 3", "services.web.environment",
+     "mapping or a list"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    volumes: ['/only']", "services.web.volumes[0]",
+     "source:target"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    x-turnout: {replica: 2}",
+     "services.web.x-turnout.replica", "unknown key"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    x-turnout: {upstreams: ['h:1']}",
+     "services.web.x-turnout.upstreams", "unknown key"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    x-turnout: {health: {interval: never}}",
+     "services.web.x-turnout.health.interval", "not a duration"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    x-turnout: {canary: {steps: [10]}}",
+     "services.web.x-turnout.canary.steps", "last step must be 100"),
+    ("services:\n  web:\n    image: a b\n    ports: ['80']", "services.web.image", "spaces"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    mem_limit: huge", "services.web.mem_limit",
+     "size such as"),
+    ("services:\n  web:\n    image: a\n    ports: ['80']\n    labels: {turnout.pool: x}",
+     "services.web.labels", "reserved"),
+    ("services:\n  web: [1]", "services.web", "mapping"),
+    ("services: {\n", "", "not valid YAML"),
+])
+def test_errors_inside_a_compose_file_name_it(tmp_path, compose, key, problem):
+    compose_path = write(tmp_path, compose, "compose.yml")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[services.web]\ncompose = "compose.yml"'))
+    assert (info.value.key, info.value.source) == (key, compose_path), str(info.value)
+    assert problem in info.value.problem
+
+
+def test_a_compose_service_without_a_port_needs_one(tmp_path):
+    write(tmp_path, "services:\n  web:\n    image: a:v1\n", "compose.yml")
+    path = write(tmp_path, '[services.web]\ncompose = "compose.yml"')
+    with pytest.raises(ConfigError, match=r"services\.web\.port: required") as info:
+        load_config(path)
+    assert info.value.source == path
+    with_port = write(tmp_path, '[services.web]\ncompose = "compose.yml"\nport = 81')
+    assert load_config(with_port).services["web"].port == 81
+
+
+def test_a_missing_compose_service_lists_what_is_there(tmp_path):
+    write(tmp_path, "services:\n  db: {image: pg}\n  cache: {image: redis}\n", "compose.yml")
+    path = write(tmp_path, '[services.web]\ncompose = "compose.yml"\nservice = "app"')
+    with pytest.raises(ConfigError, match=r"no service 'app' in .*compose.yml \(found: cache, db\)") as info:
+        load_config(path)
+    assert (info.value.key, info.value.source) == ("services.web.service", path)
+
+
+def test_compose_without_pyyaml_is_a_clear_error(tmp_path, monkeypatch):
+    write(tmp_path, "services:\n  web: {image: a}\n", "compose.yml")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # makes `import yaml` raise ImportError
+    path = write(tmp_path, '[services.web]\ncompose = "compose.yml"')
+    with pytest.raises(ConfigError, match="needs PyYAML") as info:
+        load_config(path)
+    assert (info.value.key, info.value.source) == ("services.web.compose", path)
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+
+def test_service_from_flags():
+    web = service_from_flags("web", "app:v2", 8080, replicas=3, health_path="/up", host="Web.localhost",
+                             strategy="bluegreen")
+    assert web.managed and web.strategy == "bluegreen"
+    assert (web.image, web.port, web.replicas) == ("app:v2", 8080, 3)
+    assert web.health == HealthCheck(path="/up") and web.hosts == ("web.localhost",)
+    assert service_from_flags("api", "a:v1", 80).strategy == "rolling"
+
+
+@pytest.mark.parametrize(("kwargs", "flag", "problem"), [
+    ({"port": 0}, "--port", "at least 1"),
+    ({"replicas": 0}, "--replicas", "at least 1"),
+    ({"health_path": "up"}, "--health-path", "start with '/'"),
+    ({"strategy": "fast"}, "--strategy", "one of"),
+    ({"host": "a b"}, "--host", "host name"),
+    ({"image": "a b"}, "--image", "spaces"),
+])
+def test_service_from_flags_names_the_flag(kwargs, flag, problem):
+    args = {"name": "web", "image": "app:v1", "port": 8080} | kwargs
+    with pytest.raises(ConfigError) as info:
+        service_from_flags(**args)
+    assert (info.value.key, info.value.source) == (flag, "command-line options")
+    assert problem in info.value.problem
+
+
+def test_with_overrides_applies_and_validates_options():
+    web = service_from_flags("web", "app:v1", 8080)
+    changed = with_overrides(web, steps="10,50,100", step_pause="manual", max_surge=2, keep_old="1m",
+                             strategy="canary", replicas=None)
+    assert changed.canary.steps == (10, 50, 100) and changed.canary.manual
+    assert changed.rolling.max_surge == 2 and changed.rolling.max_unavailable == 0
+    assert changed.bluegreen.keep_old == 60 and changed.strategy == "canary" and changed.replicas == 1
+    assert changed.canary.max_error_rate == web.canary.max_error_rate
+    assert with_overrides(web) == web
+
+    preset = with_overrides(changed, preset="canary20-1m")
+    assert (preset.canary.steps, preset.canary.step_pause) == ((20, 100), 60)
+    # A new step list keeps the current pause (and drops the preset's name).
+    stepped = with_overrides(preset, steps=[50, 100])
+    assert (stepped.canary.steps, stepped.canary.step_pause, stepped.canary.preset) == ((50, 100), 60, None)
+    paused = with_overrides(changed, step_pause="30s")
+    assert paused.canary.steps == (10, 50, 100) and paused.canary.step_pause == 30
+
+
+@pytest.mark.parametrize(("options", "flag", "problem"), [
+    ({"steps": "10,x,100"}, "--steps", "percentages"),
+    ({"steps": [50, 10, 100]}, "--steps", "strictly increasing"),
+    ({"step_pause": "soon"}, "--step-pause", "not a duration"),
+    ({"preset": "canary10-5m", "steps": [5, 100]}, "--steps", "cannot be combined with preset"),
+    ({"preset": "half"}, "--preset", "unknown preset"),
+    ({"max_surge": 0}, "--max-surge", "cannot both be 0"),
+    ({"max_error_rate": 2}, "--max-error-rate", "at most 1"),
+    ({"keep_old": -1}, "--keep-old", "not a duration"),
+    ({"strategy": "yolo"}, "--strategy", "one of"),
+    ({"replicas": 0}, "--replicas", "at least 1"),
+    ({"hold_timeout": "0s"}, "--hold-timeout", "longer than 0"),
+    ({"colour": "red"}, "--colour", "unknown option"),
+])
+def test_with_overrides_names_the_flag(options, flag, problem):
+    web = service_from_flags("web", "app:v1", 8080)
+    with pytest.raises(ConfigError) as info:
+        with_overrides(web, **options)
+    assert (info.value.key, info.value.source) == (flag, "command-line options"), str(info.value)
+    assert problem in info.value.problem
+
+
+def test_static_services_take_no_deploy_options(tmp_path):
+    api = load_config(write(tmp_path, '[services.api]\nupstreams = ["h:1"]')).services["api"]
+    with pytest.raises(ConfigError, match="static upstreams"):
+        with_overrides(api, strategy="canary")
+
+
+def test_config_with_service_adds_without_changing_the_original():
+    config = load_config(None)
+    web = service_from_flags("web", "app:v1", 8080)
+    assert config.with_service(web).services == {"web": web} and config.services == {}
