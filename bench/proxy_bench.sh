@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Turnout's proxy beside direct-to-upstream, nginx and HAProxy, in one run (loopback only).
+#
+# Uses harness.sh (the shared reverse-proxy harness): an nginx upstream with a 3-byte body on / and a
+# 16 KiB file on /16k, wrk -t1 -c50 (and a c=1 run for added latency), interleaved rounds, medians.
+# wrk and the upstream run on CPU 0, the proxy under test on CPU 1 (its own core).
+# Our proxy runs with routing, per-pool metrics and header handling on, exactly as in production.
+#
+#   bench/proxy_bench.sh                 # REPS=5 DURATION=10: about 6 minutes
+#   REPS=3 DURATION=5 bench/proxy_bench.sh
+# Results: $WORK/summary.txt and $WORK/runs.csv (default /tmp/turnout-bench).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+PY="${TURNOUT_PYTHON:-$ROOT/.venv/bin/python}"
+
+for tool in wrk nginx haproxy curl; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "proxy_bench: installing wrk nginx-light haproxy curl with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy curl >/dev/null
+    break
+  fi
+done
+
+export WORK=${WORK:-/tmp/turnout-bench}
+export REPS=${REPS:-5}
+export DURATION=${DURATION:-10}
+export CANDIDATE_NAME=turnout
+export PYTHON="$PY"
+export CANDIDATE_CMD="$PY -m proxy --listen 127.0.0.1:\$CANDIDATE_PORT --upstream \$UPSTREAM"
+export ONLY=${ONLY:-"direct nginx haproxy turnout"}
+exec "$HERE/harness.sh"

@@ -1,0 +1,138 @@
+"""The controller's routes on the admin API: deploy (streamed progress), status, history, rollback,
+promote, abort, pause, resume. Mounted beside the proxy's own routes (proxy/admin.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from proxy.admin import ApiError, describe_table, read_json
+
+from .deployer import ActiveDeployment, Deployer
+from .errors import DeployInProgress, TurnoutError, UsageError
+from .events import EventLog
+from .spec import ConfigError, ServiceConfig, service_from_flags, with_overrides
+
+DEPLOYER_KEY = web.AppKey("deployer", Deployer)
+
+
+def add_controller_routes(app: web.Application, deployer: Deployer) -> None:
+    app[DEPLOYER_KEY] = deployer
+    app.middlewares.append(_turnout_errors)
+    app.router.add_post("/v1/deploy", post_deploy)
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/status/{service}", get_status)
+    app.router.add_get("/v1/history/{service}", get_history)
+    app.router.add_get("/v1/deployments/{service}/events", get_events)
+    app.router.add_post("/v1/deployments/{service}/rollback", post_rollback)
+    app.router.add_post("/v1/deployments/{service}/{command:promote|abort|pause|resume}", post_command)
+
+
+@web.middleware
+async def _turnout_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), field=getattr(exc, "key", None)) from None
+    except DeployInProgress as exc:
+        raise ApiError(409, str(exc)) from None
+    except UsageError as exc:
+        raise ApiError(400, str(exc)) from None
+    except TurnoutError as exc:
+        raise ApiError(500, str(exc)) from None
+
+
+def _service_config(deployer: Deployer, body: dict[str, Any]) -> ServiceConfig:
+    name = body.get("service")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "service: required", field="service")
+    flags = body.get("flags") or {}
+    config = deployer.configs.get(name)
+    if config is None:
+        config = service_from_flags(name, image=body.get("image"), **flags)
+    options = body.get("options") or {}
+    return with_overrides(config, **options) if options else config
+
+
+async def post_deploy(request: web.Request) -> web.StreamResponse:
+    """Start a deploy. With `?follow=1` the answer streams its events (NDJSON) until it ends."""
+    deployer = request.app[DEPLOYER_KEY]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body: must be a JSON object", field="body")
+    image = body.get("image")
+    if not isinstance(image, str) or not image:
+        raise ApiError(400, "image: required", field="image")
+    config = _service_config(deployer, body)
+    active = deployer.deploy(config, image, body.get("strategy"), body.get("version"))
+    if request.query.get("follow"):
+        return await _stream(request, active.events)
+    return web.json_response(active.describe(), status=202)
+
+
+async def post_rollback(request: web.Request) -> web.StreamResponse:
+    deployer = request.app[DEPLOYER_KEY]
+    body = await read_json(request) if request.can_read_body else {}
+    active = await deployer.rollback(request.match_info["service"], (body or {}).get("to_version"))
+    if request.query.get("follow"):
+        return await _stream(request, active.events)
+    return web.json_response(active.describe(), status=202)
+
+
+async def post_command(request: web.Request) -> web.Response:
+    deployer = request.app[DEPLOYER_KEY]
+    active: ActiveDeployment = deployer.signals_of(request.match_info["service"])
+    command = request.match_info["command"]
+    getattr(active.signals, command)()
+    return web.json_response({**active.describe(), "command": command})
+
+
+async def get_events(request: web.Request) -> web.StreamResponse:
+    deployer = request.app[DEPLOYER_KEY]
+    service = request.match_info["service"]
+    active = deployer.active.get(service) or deployer.finished.get(service)
+    if active is None:
+        raise ApiError(404, f"no deployment of {service!r} since the daemon started")
+    return await _stream(request, active.events)
+
+
+async def get_status(request: web.Request) -> web.Response:
+    deployer = request.app[DEPLOYER_KEY]
+    service = request.match_info.get("service")
+    names = [service] if service else sorted(deployer.configs)
+    if service and service not in deployer.configs:
+        raise ApiError(404, f"unknown service {service!r}")
+    router = deployer.proxy.router
+    return web.json_response({
+        "services": {name: deployer.status(name) for name in names},
+        "table": describe_table(router),
+    })
+
+
+async def get_history(request: web.Request) -> web.Response:
+    deployer = request.app[DEPLOYER_KEY]
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", field="limit") from None
+    records = deployer.journal.history(request.match_info["service"], limit=limit)
+    out = []
+    for record in records:
+        item = record.to_dict() if hasattr(record, "to_dict") else dict(record.__dict__)
+        if request.query.get("steps"):
+            item["steps"] = [s.to_dict() if hasattr(s, "to_dict") else dict(s.__dict__)
+                             for s in deployer.journal.steps(record.id)]
+        out.append(item)
+    return web.json_response({"service": request.match_info["service"], "deployments": out},
+                             dumps=lambda d: json.dumps(d, default=str))
+
+
+async def _stream(request: web.Request, events: EventLog) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    async for event in events.follow():
+        await response.write(json.dumps(event, default=str).encode() + b"\n")
+    await response.write_eof()
+    return response

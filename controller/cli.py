@@ -1,0 +1,272 @@
+"""`turnout`: the command line. It only parses arguments, builds requests and prints answers; the work
+happens in the daemon (`turnout serve`), so a deploy survives the CLI exiting.
+
+Exit codes: 0 success; 1 the operation failed (a deploy failed or was rolled back: the old version
+still serves); 2 bad usage or the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import TurnoutError
+
+EXAMPLES = """\
+examples:
+  turnout serve                                   # proxy on 127.0.0.1:8000, state in .turnout/
+  turnout deploy web --image myapp:v1 --port 8080 --replicas 2
+  turnout deploy web --image myapp:v2 --strategy canary --steps 5,25,50,100 --step-pause 30s
+  turnout status web
+  turnout rollback web
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary) "
+        "on a single Docker host.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_state = Path(os.environ.get("TURNOUT_STATE_DIR", ".turnout"))
+    parser.add_argument("--state-dir", type=Path, default=default_state,
+                        help="daemon state (journal, admin socket) [default: .turnout or $TURNOUT_STATE_DIR]")
+    parser.add_argument("--socket", type=Path, default=None,
+                        help="admin socket of the daemon [default: STATE_DIR/admin.sock]")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy and the controller (the daemon)")
+    serve.add_argument("--config", type=Path, help="turnout.toml (without it: embedded defaults)")
+    serve.add_argument("--listen", help="proxy listen address, e.g. 127.0.0.1:8000")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+
+    deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
+                            description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
+                            "100%%, 1 when the deploy failed or was rolled back (the old version serves).")
+    deploy.add_argument("service")
+    deploy.add_argument("--image", required=True, help="a local image (Turnout never pulls)")
+    deploy.add_argument("--strategy", choices=["bigbang", "bluegreen", "rolling", "canary"],
+                        help="default: the service's configured strategy (rolling)")
+    deploy.add_argument("--version", help="version name [default: the image tag]")
+    new = deploy.add_argument_group("a service not in the config is created from these")
+    new.add_argument("--port", type=int, help="container port the app listens on")
+    new.add_argument("--replicas", type=int)
+    new.add_argument("--health-path", help="HTTP path that answers 2xx when ready [/healthz]")
+    new.add_argument("--host", help="Host header routed to this service")
+    opts = deploy.add_argument_group("strategy options")
+    opts.add_argument("--steps", help="canary weights, e.g. 5,25,50,100")
+    opts.add_argument("--step-pause", help="canary pause per step, e.g. 30s, or 'manual' (wait for promote)")
+    opts.add_argument("--preset", help="canary preset: canary10-5m, linear10-1m, all-at-once, ...")
+    opts.add_argument("--max-error-rate", type=float, help="canary: roll back above this 5xx share [0.05]")
+    opts.add_argument("--max-surge", type=int, help="rolling: extra containers during the update [1]")
+    opts.add_argument("--max-unavailable", type=int, help="rolling: containers that may be missing [0]")
+    opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
+    opts.add_argument("--preview", action="store_true",
+                      help="blue-green: route the new set only for X-Turnout-Pool until `turnout promote`")
+    deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
+    deploy.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    status = sub.add_parser("status", help="what serves each service, and any deploy in progress")
+    status.add_argument("service", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    history = sub.add_parser("history", help="past deployments of a service, newest first")
+    history.add_argument("service")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--steps", action="store_true", help="include every recorded step")
+    history.add_argument("--json", action="store_true")
+
+    rollback = sub.add_parser("rollback", help="put the previous version back (or --to VERSION)")
+    rollback.add_argument("service")
+    rollback.add_argument("--to", dest="to_version")
+    rollback.add_argument("--detach", action="store_true")
+    rollback.add_argument("--json", action="store_true")
+
+    for name, text in (("promote", "finish the deploy in progress at once (100% to the new version)"),
+                       ("abort", "stop the deploy in progress and roll back at once")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("service")
+    for name, text in (("pause", "pause the deploy in progress (or, with --traffic, hold requests)"),
+                       ("resume", "resume the paused deploy (or, with --traffic, release requests)")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("service")
+        cmd.add_argument("--traffic", action="store_true",
+                         help="act on the service's traffic in the proxy instead of the deploy")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    socket = args.socket or args.state_dir / "admin.sock"
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return asyncio.run(_command(args, socket))
+    except KeyboardInterrupt:
+        return 130
+    except TurnoutError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        from .client import DaemonUnreachable
+
+        return 2 if isinstance(exc, DaemonUnreachable) or getattr(exc, "status", 500) < 500 else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from proxy.log import configure
+
+    from .daemon import Daemon
+    from .spec import load_config
+
+    configure(args.log_level)
+    config = load_config(args.config)
+    if args.listen:
+        config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+    if args.config is None or "TURNOUT_STATE_DIR" in os.environ or args.state_dir != Path(".turnout"):
+        config = replace(config, state_dir=args.state_dir)
+    daemon = Daemon(config)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(daemon.serve_forever())
+    else:
+        asyncio.run(daemon.serve_forever())
+    return 0
+
+
+async def _command(args: argparse.Namespace, socket: Path) -> int:
+    from .client import AdminClient
+
+    async with AdminClient(socket) as client:
+        handler = COMMANDS[args.command]
+        return await handler(client, args)
+
+
+async def _deploy(client: Any, args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in ("port", "replicas", "health_path", "host")
+             if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("steps", "step_pause", "preset", "max_error_rate",
+                                             "max_surge", "max_unavailable", "keep_old")
+               if getattr(args, k) is not None}
+    if args.preview:
+        options["preview"] = True
+    body = {"service": args.service, "image": args.image, "strategy": args.strategy,
+            "version": args.version, "flags": flags, "options": options}
+    if args.detach:
+        started = await client.request("POST", "/v1/deploy", body)
+        print(json.dumps(started) if args.json else f"deploy {started['id']} of {args.service} started; "
+              f"follow it with `turnout status {args.service}`")
+        return 0
+    return await _follow(client.stream("POST", "/v1/deploy", body, follow="1"), args.json)
+
+
+async def _rollback(client: Any, args: argparse.Namespace) -> int:
+    body = {"to_version": args.to_version} if args.to_version else {}
+    path = f"/v1/deployments/{args.service}/rollback"
+    if args.detach:
+        print(json.dumps(await client.request("POST", path, body)))
+        return 0
+    return await _follow(client.stream("POST", path, body, follow="1"), args.json)
+
+
+async def _follow(events: Any, as_json: bool) -> int:
+    status = "unknown"
+    started = time.monotonic()
+    async for event in events:
+        if as_json:
+            print(json.dumps(event), flush=True)
+        else:
+            print(f"[{time.monotonic() - started:6.1f}s] {describe_event(event)}", flush=True)
+        if event.get("event") == "finished":
+            status = event.get("status", "unknown")
+    return 0 if status == "succeeded" else 1
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    kind = event.get("event")
+    if kind == "weights":
+        return "weights " + " / ".join(f"{pool} {w}" for pool, w in event["weights"].items())
+    if kind == "finished":
+        text = f"finished: {event['status']} in {event.get('seconds', 0):.1f}s"
+        if event.get("message"):
+            text += f" — {event['message']}"
+        if event.get("timings"):
+            text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
+        return text
+    detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
+    return f"{event.get('step', kind)} " + " ".join(f"{k}={v}" for k, v in detail.items())
+
+
+async def _status(client: Any, args: argparse.Namespace) -> int:
+    path = f"/v1/status/{args.service}" if args.service else "/v1/status"
+    data = await client.request("GET", path)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data["services"]:
+        print("no services yet; deploy one with `turnout deploy SERVICE --image IMAGE --port PORT`")
+    for name, info in data["services"].items():
+        stable = info["stable"]
+        print(f"{name}: {stable['version'] + ' (' + stable['image'] + ')' if stable else 'not deployed'}")
+        for pool, p in info["pools"].items():
+            print(f"  pool {pool:<16} weight {p['weight']:>3}  {', '.join(p['upstreams']) or '-'}")
+        if info["deployment"]:
+            d = info["deployment"]
+            paused = " PAUSED" if d["paused"] else ""
+            print(f"  deploying {d['version']} with {d['strategy']} ({d['id']}){paused}")
+        if info["previous"]:
+            print(f"  previous: {info['previous']['version']} (rollback target)")
+    return 0
+
+
+async def _history(client: Any, args: argparse.Namespace) -> int:
+    params = {"limit": str(args.limit)}
+    if args.steps:
+        params["steps"] = "1"
+    data = await client.request("GET", f"/v1/history/{args.service}", **params)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for d in data["deployments"]:
+        print(f"{d['id']}  {d['strategy']:<9} {d.get('from_version') or '-':>8} -> {d['to_version']:<8} "
+              f"{d['status']:<11} {d.get('message') or ''}")
+        for step in d.get("steps", []):
+            print(f"    {step.get('name')}: {json.dumps(step.get('detail'))}")
+    if not data["deployments"]:
+        print(f"no deployments of {args.service} yet")
+    return 0
+
+
+def _signal(command: str) -> Any:
+    async def send(client: Any, args: argparse.Namespace) -> int:
+        if getattr(args, "traffic", False):
+            proxy_command = {"pause": "pause", "resume": "resume"}[command]
+            await client.request("POST", f"/v1/services/{args.service}/{proxy_command}")
+            print(f"traffic of {args.service}: {'held' if command == 'pause' else 'flowing'}")
+            return 0
+        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}")
+        print(f"{command}: deploy {data['id']} of {args.service} ({data['version']})")
+        return 0
+    return send
+
+
+COMMANDS = {
+    "deploy": _deploy,
+    "status": _status,
+    "history": _history,
+    "rollback": _rollback,
+    "promote": _signal("promote"),
+    "abort": _signal("abort"),
+    "pause": _signal("pause"),
+    "resume": _signal("resume"),
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`turnout serve`: the proxy and the controller in one process, so one owner both routes traffic and
+stops containers — a container always leaves routing and drains before it is stopped.
+
+Lifecycle, top to bottom: state dir → router + proxy listener + health checks → journal + Docker →
+recovery → admin API → first deploys → serve until SIGTERM → stop accepting, finish in flight, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from proxy.admin import create_admin_app
+from proxy.health import HealthChecker
+from proxy.metrics import Metrics
+from proxy.router import Router
+from proxy.server import ProxyServer
+
+from .api import add_controller_routes
+from .deployer import Deployer
+from .docker_backend import DockerBackend
+from .journal import Journal
+from .proxy_client import ProxyControl
+from .recovery import recover
+from .spec import Config
+
+log = structlog.get_logger("turnout.daemon")
+
+
+def owner_for(state_dir: Path) -> str:
+    """A stable owner id per state dir: two daemons on one engine never touch each other's containers."""
+    return "turnout-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+class Daemon:
+    def __init__(self, config: Config, extra_labels: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.extra_labels = extra_labels or {}
+        self.router = Router(Metrics(), hold_timeout=config.proxy.hold_timeout,
+                             drain_timeout=config.proxy.drain_timeout)
+        self.proxy_server = ProxyServer(self.router, config.proxy)
+        self.health = HealthChecker(self.router)
+        self.journal: Journal | None = None
+        self.backend: DockerBackend | None = None
+        self.deployer: Deployer | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_socket = self._admin_socket_path()
+
+    def _admin_socket_path(self) -> Path:
+        path = Path(self.config.proxy.admin_socket)
+        if not path.is_absolute() and path.parts[:1] == (".turnout",):
+            path = self.state_dir / Path(*path.parts[1:])  # the default lives in the state dir
+        return path
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        await self.proxy_server.start()
+        await self.health.start()
+        self.journal = Journal(self.state_dir / "journal.db")
+        self.backend = DockerBackend(owner=owner_for(self.state_dir), extra_labels=self.extra_labels)
+        self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
+        for service in self.config.services.values():
+            self.deployer.configs[service.name] = service
+            if not service.managed:
+                self.deployer.proxy.install_static(service)
+        outcome = await recover(self.deployer, self.config)
+        await self._start_admin()
+        for service in self.config.services.values():
+            if service.managed and service.image and service.name not in self.deployer.releases:
+                self.deployer.deploy(service, service.image)
+        log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
+                 state_dir=str(self.state_dir), recovered=outcome)
+
+    async def _start_admin(self) -> None:
+        app = create_admin_app(self.router)
+        assert self.deployer is not None
+        add_controller_routes(app, self.deployer)
+        self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
+        if self.admin_socket.exists():
+            self.admin_socket.unlink()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+        try:
+            await web.UnixSite(self._admin_runner, str(self.admin_socket)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.admin_socket, 0o600)
+        proxy = self.config.proxy
+        if proxy.admin_tcp:
+            tcp_app = create_admin_app(self.router, token=proxy.admin_token)
+            add_controller_routes(tcp_app, self.deployer)
+            tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
+            await tcp_runner.setup()
+            host, _, port = proxy.admin_tcp.rpartition(":")
+            await web.TCPSite(tcp_runner, host.strip("[]"), int(port)).start()
+            self._tcp_runner = tcp_runner
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        log.info("daemon.stopping")
+        if self.deployer is not None:
+            await self.deployer.close()
+        await self.proxy_server.stop(timeout)
+        await self.health.stop()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        if getattr(self, "_tcp_runner", None) is not None:
+            await self._tcp_runner.cleanup()
+        if self.backend is not None:
+            await self.backend.close()
+        if self.journal is not None:
+            self.journal.close()
+        log.info("daemon.stopped")
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        await self.start()
+        try:
+            await stop
+        finally:
+            await self.stop()

@@ -1,0 +1,300 @@
+"""The deployer: runs one deployment per service at a time, and on any failure puts the old release
+back in front of traffic before it says the deploy failed.
+
+It owns the controller's picture of what serves each service (`releases`) and what is kept for a
+fast rollback (`previous`); the journal holds the same picture so a restarted daemon can rebuild it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .docker_backend import Container, DockerBackend
+from .errors import AnalysisFailed, DeployAborted, DeployFailed, DeployInProgress, TurnoutError, UsageError
+from .events import EventLog
+from .journal import Journal
+from .operations import STOP_TIMEOUT, Operations
+from .proxy_client import ProxyControl
+from .release import Release, version_of
+from .service_state import service_to_dict
+from .signals import Signals
+from .spec import ServiceConfig
+from .strategies import STRATEGIES
+
+log = structlog.get_logger("turnout.controller")
+
+
+@dataclass
+class ActiveDeployment:
+    id: str
+    service: str
+    strategy: str
+    version: str
+    image: str
+    events: EventLog
+    signals: Signals
+    started: float = field(default_factory=time.time)
+    task: asyncio.Task[None] | None = None
+    status: str = "running"
+    message: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "service": self.service, "strategy": self.strategy,
+                "version": self.version, "image": self.image, "status": self.status,
+                "message": self.message, "paused": self.signals.paused}
+
+
+class Deployer:
+    def __init__(self, backend: DockerBackend, proxy: ProxyControl, journal: Journal,
+                 extra_labels: dict[str, str] | None = None) -> None:
+        self.backend = backend
+        self.proxy = proxy
+        self.journal = journal
+        self.extra_labels = extra_labels or {}
+        self.configs: dict[str, ServiceConfig] = {}
+        self.releases: dict[str, Release] = {}
+        self.previous: dict[str, Release] = {}
+        self.active: dict[str, ActiveDeployment] = {}
+        self.finished: dict[str, ActiveDeployment] = {}  # the last one per service, for followers
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ commands
+    def deploy(self, config: ServiceConfig, image: str, strategy: str | None = None,
+               version: str | None = None) -> ActiveDeployment:
+        """Start a deployment in the background; follow it through `.events`."""
+        if config.name in self.active:
+            raise DeployInProgress(config.name, self.active[config.name].id)
+        if not config.managed:
+            raise UsageError(f"service {config.name!r} has static upstreams; there is nothing to deploy")
+        strategy = strategy or config.strategy
+        if strategy not in STRATEGIES:
+            raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+        old = self.releases.get(config.name)
+        version = version or version_of(image)
+        pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
+        record = self.journal.begin(config.name, strategy, version, image,
+                                    old.version if old else None, {"pool": pool})
+        self.configs[config.name] = config
+        active = ActiveDeployment(record.id, config.name, strategy, version, image, EventLog(), Signals())
+        self.active[config.name] = active
+        new = Release(version, image, pool)
+        active.task = asyncio.get_running_loop().create_task(self._run(active, config, new, old))
+        return active
+
+    def signals_of(self, service: str) -> ActiveDeployment:
+        active = self.active.get(service)
+        if active is None:
+            raise UsageError(f"no deployment of {service!r} is in progress")
+        return active
+
+    async def rollback(self, service: str, to_version: str | None = None) -> ActiveDeployment:
+        """Put the previous release back: reuse its kept containers when present, else redeploy it."""
+        if service in self.active:
+            self.active[service].signals.abort("rolled back by operator")
+            task = self.active[service].task
+            if task is not None:
+                await asyncio.wait([task])
+            return self.finished[service]
+        config = self._config(service)
+        previous = self.previous.get(service)
+        if to_version is not None and (previous is None or previous.version != to_version):
+            image = self._image_of_version(service, to_version)
+            return self.deploy(config, image, "bluegreen", to_version)
+        if previous is None:
+            raise UsageError(f"{service!r} has no previous release to roll back to; "
+                             "use --to VERSION or deploy an image")
+        current = self.releases[service]
+        record = self.journal.begin(service, "rollback", previous.version, previous.image,
+                                    current.version, {"pool": previous.pool})
+        active = ActiveDeployment(record.id, service, "rollback", previous.version, previous.image,
+                                  EventLog(), Signals())
+        self.active[service] = active
+        active.task = asyncio.get_running_loop().create_task(
+            self._run(active, config, previous, current, reuse=True))
+        return active
+
+    # ------------------------------------------------------------ the run
+    async def _run(self, active: ActiveDeployment, config: ServiceConfig, new: Release,
+                   old: Release | None, reuse: bool = False) -> None:
+        ops = Operations(backend=self.backend, proxy=self.proxy, journal=self.journal,
+                         deployment_id=active.id, config=config, new=new, old=old,
+                         events=active.events, signals=active.signals, extra_labels=self.extra_labels)
+        started = time.monotonic()
+        ops.step("started", strategy=active.strategy, image=new.image,
+                 from_version=old.version if old else None)
+        try:
+            if reuse:
+                await self._switch_back(ops)
+            else:
+                if not await self.backend.image_exists(new.image):
+                    raise DeployFailed(f"image {new.image!r} is not on this Docker host "
+                                       "(Turnout never pulls; build or load it first)")
+                await STRATEGIES[active.strategy]().run(ops)
+        except (DeployAborted, AnalysisFailed, TurnoutError, Exception) as exc:
+            status = ("aborted" if isinstance(exc, DeployAborted)
+                      else "rolled_back" if isinstance(exc, AnalysisFailed) else "failed")
+            message = str(exc) if isinstance(exc, TurnoutError) else f"internal error: {exc!r}"
+            if not isinstance(exc, TurnoutError):
+                ops.log.exception("deploy.internal_error")
+            await self._restore(ops, reuse)
+            await self._finish(active, status, message, ops, started)
+            return
+        self._promote(config.name, new, old, reuse)
+        ops.step("finished", timings=ops.timings)
+        await self._finish(active, "succeeded", "", ops, started)
+        if old is not None and config.bluegreen.keep_old > 0 and active.strategy == "bluegreen":
+            self._later(self._retire_warm(config, old, config.bluegreen.keep_old))
+
+    async def _switch_back(self, ops: Operations) -> None:
+        """Rollback onto kept containers: start them if stopped, one swap, drain, stop current."""
+        previous, current = ops.new, ops.old
+        assert current is not None
+        running = [c for c in previous.containers if (await self.backend.inspect(c.id)).running]
+        if len(running) < len(previous.containers):
+            await ops.restart(previous)
+            ops.step("healthy", version=previous.version, addresses=list(previous.addresses))
+        removed = ops.route([(previous, 100)])
+        ops.step("switched", weights={previous.pool: 100})
+        await ops.drain(removed)
+        await ops.stop(current.containers)
+        ops.step("old_stopped", version=current.version, kept_for_rollback=True)
+
+    async def _restore(self, ops: Operations, reuse: bool) -> None:
+        """After a failure: the old release serves again, the new one's containers are gone."""
+        old, new = ops.old, ops.new
+        ops.step("restoring", version=old.version if old else None)
+        try:
+            if old is not None:
+                await self._ensure_serving(ops, old)
+                removed = ops.route([(old, 100)])
+            else:
+                removed = ops.route([])
+            await ops.drain(removed)
+            if reuse:
+                await ops.stop(new.containers)  # the rollback target stays kept
+            else:
+                await ops.remove(new.containers)
+                new.containers = []
+            ops.step("restored", version=old.version if old else None)
+        except Exception as exc:  # the restore must say what it could not do, not hide it
+            ops.log.exception("deploy.restore_failed")
+            ops.step("restore_failed", error=str(exc))
+
+    async def _ensure_serving(self, ops: Operations, old: Release) -> None:
+        """Make the old release whole again: restart stopped containers, replace removed ones."""
+        config = ops.config
+        states = []
+        for container in old.containers:
+            try:
+                states.append(await self.backend.inspect(container.id))
+            except TurnoutError:
+                continue  # removed (rolling) or gone
+        stopped = [c for c in states if not c.running]
+        old.containers = [c for c in states if c.running]
+        if stopped:
+            kept = Release(old.version, old.image, old.pool, stopped)
+            await ops.restart(kept)
+            old.containers.extend(kept.containers)
+        missing = config.replicas - len(old.containers)
+        if missing > 0:
+            await ops.start(old, missing)
+
+    def _promote(self, service: str, new: Release, old: Release | None, reuse: bool) -> None:
+        """The new release serves: remember it, keep the old one for rollback, forget the one before."""
+        dropped = self.previous.get(service)
+        self.releases[service] = new
+        if old is not None:
+            self.previous[service] = old
+        if dropped is not None and dropped is not new and (old is None or dropped.pool != old.pool):
+            self._later(self._remove_quietly(dropped.containers))
+        self._save_state(service)
+
+    def _save_state(self, service: str) -> None:
+        state: dict[str, Any] = {"stable": self.releases[service].describe()}
+        if service in self.previous:
+            state["previous"] = self.previous[service].describe()
+        config = self.configs.get(service)
+        if config is not None:
+            state["config"] = service_to_dict(config)
+        self.journal.set_service_state(service, state)
+
+    async def _finish(self, active: ActiveDeployment, status: str, message: str, ops: Operations,
+                      started: float) -> None:
+        active.status, active.message = status, message
+        seconds = round(time.monotonic() - started, 3)
+        self.journal.finish(active.id, status, message)
+        event = "deploy.finished" if status == "succeeded" else "deploy.failed"
+        ops.log.info(event, status=status, message=message, seconds=seconds, timings=ops.timings)
+        active.events.emit("finished", status=status, message=message, seconds=seconds,
+                           timings=ops.timings)
+        self.finished[active.service] = active
+        self.active.pop(active.service, None)
+        await active.events.close()
+
+    async def _retire_warm(self, config: ServiceConfig, old: Release, after: float) -> None:
+        await asyncio.sleep(after)
+        current = self.releases.get(config.name)
+        if current is None or config.name in self.active or self.previous.get(config.name) is not old:
+            return
+        removed = self.proxy.install(config, [current.as_pool(100)],
+                                     labels={"stable": current.pool})
+        await self.proxy.wait_drained(removed)
+        for container in old.containers:
+            try:
+                await self.backend.stop(container.id, timeout=STOP_TIMEOUT)
+            except TurnoutError as exc:
+                log.warning("deploy.retire_failed", container=container.short_id, error=str(exc))
+
+    async def _remove_quietly(self, containers: list[Container]) -> None:
+        for container in containers:
+            try:
+                await self.backend.remove(container.id)
+            except TurnoutError:
+                pass
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------ helpers
+    def _config(self, service: str) -> ServiceConfig:
+        try:
+            return self.configs[service]
+        except KeyError:
+            raise UsageError(f"unknown service {service!r}") from None
+
+    def _image_of_version(self, service: str, version: str) -> str:
+        for record in self.journal.history(service, limit=200):
+            if record.to_version == version and record.status == "succeeded":
+                return record.image
+        raise UsageError(f"{service!r} never ran version {version!r} successfully; nothing to roll back to")
+
+    def status(self, service: str) -> dict[str, Any]:
+        config = self._config(service)
+        release = self.releases.get(service)
+        previous = self.previous.get(service)
+        return {
+            "service": service,
+            "strategy": config.strategy,
+            "stable": release.describe() if release else None,
+            "previous": previous.describe() if previous else None,
+            "deployment": self.active[service].describe() if service in self.active else None,
+            "pools": {name: {"weight": p.weight, "upstreams": list(p.upstreams)}
+                      for name, p in self.proxy.pools(service).items()},
+        }
+
+    async def close(self) -> None:
+        for active in list(self.active.values()):
+            if active.task is not None:
+                active.task.cancel()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*[a.task for a in self.active.values() if a.task], *self._background,
+                             return_exceptions=True)
+

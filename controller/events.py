@@ -1,0 +1,46 @@
+"""A deployment's progress as an append-only list of events that any number of readers can follow.
+
+The CLI streams these (NDJSON over the admin socket) so `turnout deploy` shows steps, weights and
+health live, and a reader that attaches late still sees everything from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+
+class EventLog:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.closed = False
+        self._changed = asyncio.Condition()
+
+    def emit(self, event: str, **data: Any) -> dict[str, Any]:
+        entry = {"event": event, "time": round(time.time(), 3), **data}
+        self.events.append(entry)
+        asyncio.get_running_loop().create_task(self._notify())
+        return entry
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._notify()
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event from the first, then new ones as they come, until the log closes."""
+        index = 0
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.closed:
+                return
+            async with self._changed:
+                if index == len(self.events) and not self.closed:
+                    await self._changed.wait()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,169 @@
+"""The toolbox every strategy deploys with: start and health-check containers, install pools,
+drain, stop, wait a step, and record each step (journal + live events + log).
+
+Strategies only decide the order; the rules that keep requests safe live here once:
+a pool is installed only with healthy containers, and a container is stopped only after its
+upstream left routing and drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+
+from proxy.upstream import Upstream
+
+from .docker_backend import Container, ContainerSpec, DockerBackend
+from .errors import DeployFailed, TurnoutError
+from .events import EventLog
+from .journal import Journal
+from .proxy_client import ProxyControl
+from .readiness import wait_healthy
+from .release import Release
+from .signals import Signals
+from .spec import HealthCheck, ServiceConfig
+
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL; upstreams have drained by then
+
+log = structlog.get_logger("turnout.controller")
+
+
+class Operations:
+    def __init__(self, *, backend: DockerBackend, proxy: ProxyControl, journal: Journal,
+                 deployment_id: str, config: ServiceConfig, new: Release, old: Release | None,
+                 events: EventLog, signals: Signals, extra_labels: dict[str, str] | None = None) -> None:
+        self.backend = backend
+        self.proxy = proxy
+        self.journal = journal
+        self.deployment_id = deployment_id
+        self.config = config
+        self.new = new
+        self.old = old
+        self.events = events
+        self.signals = signals
+        self.extra_labels = extra_labels or {}
+        self.timings: dict[str, float] = {}  # phase -> seconds, reported at the end
+        self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
+
+    # ------------------------------------------------------------ recording
+    def step(self, name: str, **detail: Any) -> None:
+        self.journal.step(self.deployment_id, name, **detail)
+        self.events.emit("step", step=name, **detail)
+        self.log.info(f"deploy.{name}", **detail)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
+
+    # ------------------------------------------------------------ containers
+    async def start(self, release: Release, count: int) -> list[Container]:
+        """Start `count` containers of `release` and wait until each is healthy.
+
+        All or nothing: if any fails, the ones started here are removed and DeployFailed says what
+        was seen. Healthy containers are appended to `release.containers`."""
+        self.signals.check()
+        started_at = time.monotonic()
+        self.step("starting", version=release.version, count=count, image=release.image)
+        results = await asyncio.gather(*(self._start_one(release) for _ in range(count)),
+                                       return_exceptions=True)
+        containers = [r for r in results if isinstance(r, Container)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.remove(containers)
+            first = failures[0]
+            if not isinstance(first, TurnoutError):
+                raise first
+            raise DeployFailed(f"{release.version} did not become healthy: {first}") from first
+        release.containers.extend(containers)
+        self.add_time("start_and_health", time.monotonic() - started_at)
+        self.step("healthy", version=release.version, containers=[c.short_id for c in containers],
+                  addresses=[c.address for c in containers])
+        return containers
+
+    async def _start_one(self, release: Release) -> Container:
+        config = self.config
+        container = await self.backend.start(ContainerSpec(
+            service=config.name, version=release.version, image=release.image, port=config.port,
+            deployment_id=self.deployment_id, pool=release.pool, env=config.env, command=config.command,
+            volumes={v.source: f"{v.target}:{'ro' if v.read_only else 'rw'}" for v in config.volumes},
+            extra_labels={**config.labels, **self.extra_labels},
+            mem_limit=config.mem_limit, cpus=config.cpus,
+        ))
+        try:
+            await self._wait_healthy(container)
+        except BaseException:
+            await self.remove([container])
+            raise
+        return await self.backend.inspect(container.id)
+
+    async def _wait_healthy(self, container: Container) -> None:
+        health = self.config.health or HealthCheck()
+        await wait_healthy(self.backend, container.id, container.address, path=health.path,
+                           timeout=health.start_timeout, interval=min(health.interval, 0.25),
+                           healthy_threshold=1, probe_timeout=health.timeout)
+
+    async def restart(self, release: Release) -> None:
+        """Start a release's stopped containers again (rollback of big-bang / blue-green)."""
+        refreshed = []
+        for container in release.containers:
+            restarted = await self.backend.restart(container.id)
+            await self._wait_healthy(restarted)
+            refreshed.append(await self.backend.inspect(container.id))
+        release.containers = refreshed
+
+    async def stop(self, containers: Sequence[Container]) -> None:
+        """Stop (but keep) containers whose upstreams already drained."""
+        await asyncio.gather(*(self.backend.stop(c.id, timeout=STOP_TIMEOUT)
+                               for c in containers))
+
+    async def remove(self, containers: Sequence[Container]) -> None:
+        """Stop and remove; tolerant of containers that are already gone."""
+        async def one(container: Container) -> None:
+            try:
+                await self.backend.remove(container.id)
+            except TurnoutError as exc:
+                self.log.warning("deploy.remove_failed", container=container.short_id, error=str(exc))
+        await asyncio.gather(*(one(c) for c in containers))
+
+    # ------------------------------------------------------------ routing
+    def route(self, weights: Sequence[tuple[Release, int]]) -> list[Upstream]:
+        """Install exactly these pools (release, weight) in one swap; returns upstreams now draining."""
+        pools = [r.as_pool(w) for r, w in weights]
+        removed = self.proxy.install(self.config, pools, labels={"stable": self._stable_pool(weights)})
+        self.events.emit("weights", weights={r.pool: w for r, w in weights})
+        return removed
+
+    @staticmethod
+    def _stable_pool(weights: Sequence[tuple[Release, int]]) -> str:
+        return max(weights, key=lambda rw: rw[1])[0].pool if weights else ""
+
+    async def drain(self, removed: Sequence[Upstream]) -> None:
+        if not removed:
+            return
+        started = time.monotonic()
+        results = await self.proxy.wait_drained(removed)
+        self.add_time("drain", time.monotonic() - started)
+        aborted = sum(r.aborted for r in results)
+        self.step("drained", upstreams=[r.address for r in results],
+                  completed=sum(r.completed for r in results), aborted=aborted)
+
+    async def wait_idle(self, release: Release, timeout: float) -> None:
+        """Wait until nothing is in flight on a release still in the table (weight 0, kept warm)."""
+        deadline = time.monotonic() + timeout
+        while self.proxy.in_flight(release.addresses) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def retire(self, release: Release, containers: Sequence[Container],
+                     keep_weights: Callable[[], Sequence[tuple[Release, int]]], *, remove: bool) -> None:
+        """Take containers out of routing, drain them, then stop (and remove) them."""
+        release.containers = [c for c in release.containers if c not in containers]
+        removed = self.route(keep_weights())
+        await self.drain(removed)
+        await (self.remove(containers) if remove else self.stop(containers))
+
+    async def wait_step(self, seconds: float | None,
+                        check: Callable[[], Awaitable[None]] | None = None, interval: float = 1.0) -> str:
+        return await self.signals.wait_step(seconds, check, interval)

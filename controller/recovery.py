@@ -1,0 +1,118 @@
+"""After a restart of `turnout serve`: rebuild routing from what Docker runs and the journal holds.
+
+For each service: the journal's stable release is re-checked for health and routed again; a deploy
+that was interrupted is finished forward if its switch had completed, and rolled back otherwise;
+containers with our labels that the journal does not know are removed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import structlog
+
+from .deployer import Deployer
+from .docker_backend import Container
+from .errors import TurnoutError
+from .operations import STOP_TIMEOUT
+from .readiness import wait_healthy
+from .release import Release
+from .service_state import service_from_dict
+from .spec import Config, ServiceConfig
+
+log = structlog.get_logger("turnout.controller.recovery")
+
+
+async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
+    """Returns what was done per service (for the log and for tests)."""
+    journal, backend = deployer.journal, deployer.backend
+    containers = await backend.list()
+    by_service: dict[str, list[Container]] = defaultdict(list)
+    for container in containers:
+        by_service[container.service].append(container)
+    states = journal.services()
+    interrupted = {d.service: d for d in journal.unfinished()}
+    outcome: dict[str, str] = {}
+    for service in sorted(set(states) | set(by_service) | set(interrupted)):
+        state = states.get(service) or {}
+        service_config = config.services.get(service) or _config_from_state(state)
+        if service_config is None:
+            outcome[service] = "unknown service: removed its containers"
+            await _remove(deployer, by_service.get(service, []))
+            continue
+        deployer.configs[service] = service_config
+        stable = _release(state.get("stable"))
+        previous = _release(state.get("previous"))
+        record = interrupted.get(service)
+        if record is not None:
+            steps = [s.name for s in journal.steps(record.id)]
+            pool = (record.options or {}).get("pool", record.to_version)
+            if "switched" in steps and "restoring" not in steps:
+                # The new release already served 100%: finishing forward loses nothing.
+                previous, stable = stable, Release(record.to_version, record.image, pool)
+                journal.finish(record.id, "succeeded", "completed after a daemon restart")
+                outcome[service] = f"interrupted deploy {record.id} finished forward"
+            else:
+                journal.finish(record.id, "rolled_back", "interrupted by a daemon restart; rolled back")
+                outcome[service] = f"interrupted deploy {record.id} rolled back"
+        found = by_service.get(service, [])
+        known = {r.pool: r for r in (stable, previous) if r is not None}
+        for release in known.values():
+            release.containers = [c for c in found if c.pool == release.pool]
+        await _remove(deployer, [c for c in found if c.pool not in known])
+        if stable is None:
+            outcome.setdefault(service, "nothing to route")
+            continue
+        healthy = await _healthy(deployer, service_config, stable)
+        stable.containers = healthy
+        deployer.releases[service] = stable
+        if previous is not None:
+            deployer.previous[service] = previous
+        deployer.proxy.install(service_config, [stable.as_pool(100)], labels={"stable": stable.pool})
+        if previous is not None:
+            for container in previous.containers:
+                if container.running:
+                    await backend.stop(container.id, timeout=STOP_TIMEOUT)
+        deployer._save_state(service)
+        outcome.setdefault(service, f"routed {stable.version} on {len(healthy)} container(s)")
+        log.info("recovery.service", service=service, outcome=outcome[service])
+    return outcome
+
+
+async def _healthy(deployer: Deployer, config: ServiceConfig, release: Release) -> list[Container]:
+    """Start stopped containers of the release again; keep only those that pass a health check."""
+    healthy = []
+    for container in release.containers:
+        try:
+            if not container.running:
+                container = await deployer.backend.restart(container.id)
+            await wait_healthy(deployer.backend, container.id, container.address, path=config.health.path,
+                               timeout=config.health.start_timeout, interval=0.2)
+            healthy.append(await deployer.backend.inspect(container.id))
+        except TurnoutError as exc:
+            log.warning("recovery.unhealthy", service=config.name, container=container.short_id,
+                        error=str(exc))
+    return healthy
+
+
+async def _remove(deployer: Deployer, containers: list[Container]) -> None:
+    for container in containers:
+        try:
+            await deployer.backend.remove(container.id)
+            log.info("recovery.removed_unknown", container=container.short_id, service=container.service,
+                     pool=container.pool)
+        except TurnoutError:
+            pass
+
+
+def _release(data: dict[str, Any] | None) -> Release | None:
+    if not data:
+        return None
+    return Release(data["version"], data["image"], data["pool"])
+
+
+def _config_from_state(state: dict[str, Any]) -> ServiceConfig | None:
+    data = state.get("config")
+    return service_from_dict(data) if data else None
+

@@ -1,0 +1,76 @@
+"""Canary: start the new version beside the old, then move weight in steps (e.g. 5, 25, 50, 100),
+pausing at each. During a pause the canary's error rate and p99 latency are compared with the stable
+pool's, from the proxy's own per-pool counters; a breach raises and the deployer rolls back."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..errors import AnalysisFailed
+from ..operations import Operations
+from ..release import Release
+
+
+class Canary:
+    name: ClassVar[str] = "canary"
+
+    async def run(self, ops: Operations) -> None:
+        options = ops.config.canary
+        old, new = ops.old, ops.new
+        await ops.start(new, ops.config.replicas)
+        if old is None:
+            ops.route([(new, 100)])
+            ops.step("switched", weights={new.pool: 100})
+            return
+        for weight in options.steps:
+            if weight >= 100:
+                break
+            ops.route([(old, 100 - weight), (new, weight)])
+            ops.step("weight", weights={old.pool: 100 - weight, new.pool: weight})
+            judge = Judge(ops, stable=old, canary=new)
+            outcome = await ops.wait_step(options.step_pause, judge.check, options.analysis_interval)
+            await judge.check()  # a last look at the full step window
+            if outcome == "promoted":
+                ops.step("promoted", at_weight=weight)
+                break
+        removed = ops.route([(new, 100)])
+        ops.step("switched", weights={new.pool: 100})
+        await ops.drain(removed)
+        await ops.remove(old.containers)
+        ops.step("old_removed", version=old.version)
+
+
+class Judge:
+    """Compares the canary with the stable pool over the current step's window."""
+
+    def __init__(self, ops: Operations, stable: Release, canary: Release) -> None:
+        self.ops = ops
+        self.stable, self.canary = stable.pool, canary.pool
+        self.options = ops.config.canary
+        self.baseline = ops.proxy.counters(ops.config.name)
+
+    async def check(self) -> None:
+        now = self.ops.proxy.counters(self.ops.config.name)
+        stable = _window(now, self.baseline, self.stable)
+        canary = _window(now, self.baseline, self.canary)
+        if canary is None or canary.requests < self.options.min_requests:
+            return
+        rate = canary.error_rate
+        stable_rate = stable.error_rate if stable is not None else 0.0
+        if rate > self.options.max_error_rate and rate > stable_rate:
+            raise AnalysisFailed(
+                f"canary {self.canary} error rate {rate:.1%} over {canary.requests} requests exceeds "
+                f"{self.options.max_error_rate:.1%} (stable {stable_rate:.1%})")
+        canary_p99, stable_p99 = canary.quantile(0.99), stable.quantile(0.99) if stable else None
+        if canary_p99 is not None and stable_p99 and stable.requests >= self.options.min_requests:
+            # Bucketed latencies: compare bucket bounds, and ignore anything under 10 ms.
+            if canary_p99 > 0.01 and canary_p99 > self.options.max_p99_ratio * stable_p99:
+                raise AnalysisFailed(
+                    f"canary {self.canary} p99 latency <= {canary_p99:g}s is over "
+                    f"{self.options.max_p99_ratio:g}x the stable p99 ({stable_p99:g}s)")
+
+
+def _window(now, before, pool):
+    if pool not in now:
+        return None
+    return now[pool] - before[pool] if pool in before else now[pool]
