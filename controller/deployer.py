@@ -145,7 +145,7 @@ class Deployer:
             await self._finish(active, status, message, ops, started)
             return
         self._promote(config.name, new, old, reuse)
-        ops.step("finished", timings=ops.timings)
+        ops.step("completed", timings=ops.timings)
         await self._finish(active, "succeeded", "", ops, started)
         if old is not None and config.bluegreen.keep_old > 0 and active.strategy == "bluegreen":
             self._later(self._retire_warm(config, old, config.bluegreen.keep_old))

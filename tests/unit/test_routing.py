@@ -70,7 +70,7 @@ def test_least_outstanding_prefers_the_idle_upstream():
     router.set_service(service(pools=(("blue", 1, ("127.0.0.1:1", "127.0.0.1:2")),),
                                balance="least_outstanding"))
     busy = router.upstreams["127.0.0.1:1"]
-    for i in range(3):
+    for _ in range(3):
         busy.begin(object())  # type: ignore[arg-type]
     pool = router.table.match("x", "/").choose()
     assert {pool.pick().address for _ in range(10)} == {"127.0.0.1:2"}
