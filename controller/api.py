@@ -4,6 +4,7 @@ promote, abort, pause, resume. Mounted beside the proxy's own routes (proxy/admi
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -120,10 +121,9 @@ async def get_history(request: web.Request) -> web.Response:
     records = deployer.journal.history(request.match_info["service"], limit=limit)
     out = []
     for record in records:
-        item = record.to_dict() if hasattr(record, "to_dict") else dict(record.__dict__)
+        item = asdict(record)
         if request.query.get("steps"):
-            item["steps"] = [s.to_dict() if hasattr(s, "to_dict") else dict(s.__dict__)
-                             for s in deployer.journal.steps(record.id)]
+            item["steps"] = [asdict(s) for s in deployer.journal.steps(record.id)]
         out.append(item)
     return web.json_response({"service": request.match_info["service"], "deployments": out},
                              dumps=lambda d: json.dumps(d, default=str))

@@ -190,8 +190,6 @@ async def _follow(events: Any, as_json: bool) -> int:
 
 def describe_event(event: dict[str, Any]) -> str:
     kind = event.get("event")
-    if kind == "weights":
-        return "weights " + " / ".join(f"{pool} {w}" for pool, w in event["weights"].items())
     if kind == "finished":
         text = f"finished: {event['status']} in {event.get('seconds', 0):.1f}s"
         if event.get("message"):
@@ -200,7 +198,11 @@ def describe_event(event: dict[str, Any]) -> str:
             text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
         return text
     detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
-    return f"{event.get('step', kind)} " + " ".join(f"{k}={v}" for k, v in detail.items())
+    weights = detail.pop("weights", None)
+    text = f"{event.get('step', kind):<10}"
+    if weights:
+        text += " " + " / ".join(f"{pool} {w}%" for pool, w in weights.items())
+    return text + "".join(f" {k}={v}" for k, v in detail.items())
 
 
 async def _status(client: Any, args: argparse.Namespace) -> int:

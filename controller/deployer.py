@@ -108,6 +108,9 @@ class Deployer:
         if previous is None:
             raise UsageError(f"{service!r} has no previous release to roll back to; "
                              "use --to VERSION or deploy an image")
+        if not await self._all_exist(previous.containers):
+            # Its containers were replaced (rolling, canary): bring the version back side by side.
+            return self.deploy(config, previous.image, "bluegreen", previous.version)
         current = self.releases[service]
         record = self.journal.begin(service, "rollback", previous.version, previous.image,
                                     current.version, {"pool": previous.pool})
@@ -117,6 +120,16 @@ class Deployer:
         active.task = asyncio.get_running_loop().create_task(
             self._run(active, config, previous, current, reuse=True))
         return active
+
+    async def _all_exist(self, containers: list[Container]) -> bool:
+        if not containers:
+            return False
+        for container in containers:
+            try:
+                await self.backend.inspect(container.id)
+            except TurnoutError:
+                return False
+        return True
 
     # ------------------------------------------------------------ the run
     async def _run(self, active: ActiveDeployment, config: ServiceConfig, new: Release,
@@ -176,7 +189,7 @@ class Deployer:
                 removed = ops.route([])
             await ops.drain(removed)
             if reuse:
-                await ops.stop(new.containers)  # the rollback target stays kept
+                await ops.stop([c for c in new.containers if await self._all_exist([c])])
             else:
                 await ops.remove(new.containers)
                 new.containers = []

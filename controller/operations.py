@@ -132,9 +132,7 @@ class Operations:
     def route(self, weights: Sequence[tuple[Release, int]]) -> list[Upstream]:
         """Install exactly these pools (release, weight) in one swap; returns upstreams now draining."""
         pools = [r.as_pool(w) for r, w in weights]
-        removed = self.proxy.install(self.config, pools, labels={"stable": self._stable_pool(weights)})
-        self.events.emit("weights", weights={r.pool: w for r, w in weights})
-        return removed
+        return self.proxy.install(self.config, pools, labels={"stable": self._stable_pool(weights)})
 
     @staticmethod
     def _stable_pool(weights: Sequence[tuple[Release, int]]) -> str:

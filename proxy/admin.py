@@ -13,12 +13,15 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from .errors import ProxyError, UnknownService, ValidationError
 from .router import Router
 from .specs import ServiceSpec
 from .table import RoutingTable
+
+log = structlog.get_logger("turnout.proxy.admin")
 
 ROUTER_KEY = web.AppKey("router", Router)
 CLIENT_HEADER = "X-Turnout-Client"
@@ -80,6 +83,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.field:
             body["field"] = exc.field
         return _json(body, status=exc.status)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # one error boundary per request: say what broke, in JSON
+        log.exception("admin.internal_error", path=request.path)
+        return _json({"error": f"internal error: {exc!r}"}, status=500)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -37,6 +37,7 @@ class Canary:
         ops.step("switched", weights={new.pool: 100})
         await ops.drain(removed)
         await ops.remove(old.containers)
+        old.containers = []  # gone: a rollback redeploys this version's image
         ops.step("old_removed", version=old.version)
 
 
