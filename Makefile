@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint docker images clean-containers bench help
+.PHONY: demo test unit lint docker images chromium clean-containers bench help
 
 help:
 	@echo "make demo    set up, start Turnout, deploy a demo app v1, canary to v2 under load, report"
@@ -25,10 +25,14 @@ docker:
 images: docker
 	scripts/build-images.sh
 
+chromium:
+	scripts/ensure-chromium.sh
+
+
 demo: $(STAMP) images
 	$(BIN)/python -m controller.demo
 
-test: $(STAMP) images
+test: $(STAMP) images chromium
 	$(BIN)/ruff check proxy controller tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import TurnoutError
+from .errors import TurnoutError, UsageError
 
 EXAMPLES = """\
 examples:
@@ -32,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary) "
         "on a single Docker host.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_state = Path(os.environ.get("TURNOUT_STATE_DIR", ".turnout"))
-    parser.add_argument("--state-dir", type=Path, default=default_state,
+    parser.add_argument("--state-dir", type=Path, default=None,
                         help="daemon state (journal, admin socket) [default: .turnout or $TURNOUT_STATE_DIR]")
     parser.add_argument("--socket", type=Path, default=None,
                         help="admin socket of the daemon [default: STATE_DIR/admin.sock]")
@@ -102,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    socket = args.socket or args.state_dir / "admin.sock"
+    if args.state_dir is None and os.environ.get("TURNOUT_STATE_DIR"):
+        args.state_dir = Path(os.environ["TURNOUT_STATE_DIR"])
+    socket = args.socket or (args.state_dir or Path(".turnout")) / "admin.sock"
     try:
         if args.command == "serve":
             return _serve(args)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from proxy.config import ProxyConfig
     from proxy.log import configure
 
     from .daemon import Daemon
@@ -128,9 +130,14 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.listen:
         config = replace(config, proxy=replace(config.proxy, listen=args.listen))
-    if args.config is None or "TURNOUT_STATE_DIR" in os.environ or args.state_dir != Path(".turnout"):
-        config = replace(config, state_dir=args.state_dir)
-    daemon = Daemon(config)
+    if args.state_dir is not None:
+        # The admin socket follows the state dir unless the config placed it elsewhere on purpose.
+        socket = config.proxy.admin_socket
+        if socket in (str(config.state_dir / "admin.sock"), ProxyConfig().admin_socket):
+            socket = str(args.state_dir / "admin.sock")
+        config = replace(config, state_dir=args.state_dir,
+                         proxy=replace(config.proxy, admin_socket=socket))
+    daemon = Daemon(config, extra_labels=_labels_from_env())
     if args.loop == "uvloop":
         import uvloop
 
@@ -138,6 +145,15 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(daemon.serve_forever())
     return 0
+
+
+def _labels_from_env() -> dict[str, str]:
+    """TURNOUT_CONTAINER_LABELS="k=v,k2=v2": extra labels on every container (test runs use it)."""
+    raw = os.environ.get("TURNOUT_CONTAINER_LABELS", "")
+    pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+    if any(len(p) != 2 or not p[0] for p in pairs):
+        raise UsageError(f"TURNOUT_CONTAINER_LABELS: expected k=v,k2=v2, got {raw!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 async def _command(args: argparse.Namespace, socket: Path) -> int:

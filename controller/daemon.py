@@ -51,13 +51,7 @@ class Daemon:
         self.backend: DockerBackend | None = None
         self.deployer: Deployer | None = None
         self._admin_runner: web.AppRunner | None = None
-        self.admin_socket = self._admin_socket_path()
-
-    def _admin_socket_path(self) -> Path:
-        path = Path(self.config.proxy.admin_socket)
-        if not path.is_absolute() and path.parts[:1] == (".turnout",):
-            path = self.state_dir / Path(*path.parts[1:])  # the default lives in the state dir
-        return path
+        self.admin_socket = Path(config.proxy.admin_socket)
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

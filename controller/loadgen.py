@@ -32,6 +32,7 @@ SWITCH_ACKNOWLEDGED = "switch_acknowledged"
 
 PROXY_ERROR_HEADER = "X-Turnout-Error"
 BOTH_VERSIONS_BUCKET = 0.1  # seconds: "both versions answered" means within the same 100 ms
+_MAX_NAP = 0.05  # seconds: the open loop wakes at least this often to notice a stop
 _BODY_HEAD = 256  # bytes of each body kept for the version extractor
 _VERSION_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+\-]{0,63}")
 
@@ -384,7 +385,7 @@ class _Run:
         self._id_prefix = uuid.uuid4().hex[:12]
         self._fresh_credit = 0.0
         self.origin = time.monotonic()
-        self.deadline = self.origin + config.duration
+        self.deadline = self.origin + config.duration  # brought forward by `stop_now`
 
     def _next_session(self) -> aiohttp.ClientSession:
         # Deterministic spread: exactly the asked fraction of requests goes on a fresh connection.
@@ -410,7 +411,8 @@ class _Run:
                 expected = resp.content_length
                 record.complete = expected is None or expected == record.bytes
                 record.outcome = classify(resp.status, resp.headers, record.complete)
-                record.version = self.config.version_of(resp.headers, head)
+                if record.outcome is not Outcome.PROXY_ERROR:  # the proxy's own body names no version
+                    record.version = self.config.version_of(resp.headers, head)
         except TimeoutError:  # before the broader connection errors: ServerTimeoutError is both
             record.outcome = Outcome.TIMEOUT
         except (aiohttp.ClientError, OSError):
@@ -422,6 +424,9 @@ class _Run:
         finally:
             record.end = time.monotonic() - self.origin
             self.records.append(record)
+
+    def stop_now(self) -> None:
+        self.deadline = min(self.deadline, time.monotonic())
 
     async def closed_loop(self, clients: int) -> None:
         async def client() -> None:
@@ -443,7 +448,7 @@ class _Run:
                     break
                 now = time.monotonic()
                 if due > now:
-                    await asyncio.sleep(due - now)
+                    await asyncio.sleep(min(due - now, _MAX_NAP))
                     continue
                 while index < bound and self.origin + index / rate <= now:
                     if self.origin + index / rate >= self.deadline:
@@ -469,9 +474,11 @@ class _Run:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
 
-async def run_load(config: LoadConfig, marks: Marks | None = None) -> LoadResult:
+async def run_load(config: LoadConfig, marks: Marks | None = None,
+                   stop: asyncio.Event | None = None) -> LoadResult:
     """Send the configured load and return what every request saw. Bounded by `duration` (then the
-    in-flight requests get at most `timeout` more) and by `max_requests`."""
+    in-flight requests get at most `timeout` more) and by `max_requests`; setting `stop` ends the
+    run early (no new request starts, the ones in flight finish)."""
     timeout = aiohttp.ClientTimeout(total=config.timeout)
     # No cookie jar: sticky cookies would pin the whole load to one version, unlike real clients.
     def session(force_close: bool) -> aiohttp.ClientSession:
@@ -482,11 +489,22 @@ async def run_load(config: LoadConfig, marks: Marks | None = None) -> LoadResult
 
     async with session(force_close=False) as keepalive, session(force_close=True) as fresh:
         run = _Run(config, keepalive, fresh)
-        if config.rate is not None:
-            await run.open_loop(config.rate)
-        else:
-            assert config.concurrency is not None
-            await run.closed_loop(config.concurrency)
+        watcher = asyncio.create_task(_stop_when_set(stop, run)) if stop is not None else None
+        try:
+            if config.rate is not None:
+                await run.open_loop(config.rate)
+            else:
+                assert config.concurrency is not None
+                await run.closed_loop(config.concurrency)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
         duration = min(time.monotonic(), run.deadline) - run.origin
     return LoadResult(records=run.records, marks=marks.relative_to(run.origin) if marks else [],
                       duration=duration, not_sent=run.not_sent, config=config.describe())
+
+
+async def _stop_when_set(stop: asyncio.Event, run: _Run) -> None:
+    await stop.wait()
+    run.stop_now()

@@ -1,0 +1,189 @@
+"""Each strategy against the real Docker engine, with traffic through the proxy the whole time.
+
+`turnout serve` runs as a real process; the CLI drives it; a load generator (keep-alive and
+new-connection clients) measures what clients saw. Zero failed requests is the claim under test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from controller.loadgen import LoadConfig, LoadResult, Marks, run_load
+from helpers.daemon import Daemon
+
+pytestmark = pytest.mark.docker
+
+CONFIG = """
+[services.web]
+image = "turnout-testapp:v1"
+port = 8080
+replicas = 2
+drain_timeout = "5s"
+hold_timeout = "15s"
+[services.web.health]
+path = "/healthz"
+interval = "200ms"
+timeout = "1s"
+healthy = 1
+unhealthy = 2
+start_timeout = "4s"
+[services.web.canary]
+steps = [20, 50, 100]
+step_pause = "1s"
+analysis_interval = "200ms"
+min_requests = 10
+max_error_rate = 0.05
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path, docker_client, test_run_labels):
+    serve = Daemon(tmp_path, test_run_labels, CONFIG)
+    serve.start()
+    wait_for_version(serve, "v1")
+    yield serve
+    serve.stop()
+    owner_containers(docker_client, serve, remove=True)
+
+
+def owner_containers(docker_client, serve: Daemon, remove: bool = False) -> list:
+    from controller.daemon import owner_for
+
+    owner = f"turnout.owner={owner_for(serve.state_dir)}"
+    found = docker_client.containers.list(all=True, filters={"label": owner})
+    if remove:
+        for container in found:
+            container.remove(force=True)
+    return found
+
+
+def status(serve: Daemon) -> dict:
+    result = serve.cli("status", "web", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]["web"]
+
+
+def wait_for_version(serve: Daemon, version: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = serve.cli("status", "web", "--json")
+        if result.returncode == 0:
+            info = json.loads(result.stdout)["services"].get("web") or {}
+            if (info.get("stable") or {}).get("version") == version and not info.get("deployment"):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"web never served {version}:\n{serve.log()}")
+
+
+@asynccontextmanager
+async def traffic(serve: Daemon, marks: Marks | None = None) -> AsyncIterator[list[LoadResult]]:
+    """Keep-alive and new-connection clients for as long as the block runs (bounded at 120 s)."""
+    stop = asyncio.Event()
+    config = LoadConfig(url=serve.url, duration=120.0, concurrency=6, new_connections=0.3,
+                        timeout=20.0, max_requests=200_000)
+    task = asyncio.create_task(run_load(config, marks, stop=stop))
+    results: list[LoadResult] = []
+    await asyncio.sleep(0.5)  # traffic flows before the deploy starts
+    try:
+        yield results
+    finally:
+        await asyncio.sleep(0.5)  # and after it finished
+        stop.set()
+        results.append(await task)
+
+
+def assert_no_loss(result: LoadResult) -> None:
+    summary = result.summary()
+    assert result.sent > 50, summary
+    assert result.failed_by_proxy == 0, summary
+    assert result.truncated == 0, summary
+    assert result.app_errors == 0, summary
+
+
+@pytest.mark.parametrize("strategy", ["bigbang", "bluegreen", "rolling", "canary"])
+async def test_strategy_switches_under_traffic_with_no_failed_request(daemon, strategy):
+    async with traffic(daemon) as results:
+        code, out = await daemon.acli("deploy", "web", "--image", "turnout-testapp:v2",
+                                      "--strategy", strategy)
+    assert code == 0, out
+    assert_no_loss(results[0])
+    versions = {r.version for r in results[0].records if r.version}
+    assert "v2" in versions
+    info = status(daemon)
+    assert info["stable"]["version"] == "v2"
+    pool = info["stable"]["pool"]
+    assert list(info["pools"]) == [pool] and info["pools"][pool]["weight"] == 100
+
+
+@pytest.mark.parametrize(("image", "seen"), [
+    ("turnout-testapp:crash", "exit code 3"),
+    ("turnout-testapp:unhealthy", "404"),
+    ("turnout-testapp:does-not-exist", "never pulls"),
+])
+@pytest.mark.parametrize("strategy", ["bigbang", "bluegreen", "rolling", "canary"])
+async def test_failed_deploy_leaves_old_version_serving(daemon, docker_client, strategy, image, seen):
+    async with traffic(daemon) as results:
+        code, out = await daemon.acli("deploy", "web", "--image", image, "--strategy", strategy)
+    assert code == 1, out
+    assert seen in out
+    assert_no_loss(results[0])
+    assert {r.version for r in results[0].records if r.version} == {"v1"}
+    info = status(daemon)
+    assert info["stable"]["version"] == "v1" and list(info["pools"]) == ["v1"]
+    left = owner_containers(docker_client, daemon)
+    assert {c.labels["turnout.version"] for c in left if c.status == "running"} == {"v1"}
+    assert all(c.labels["turnout.version"] == "v1" for c in left)
+    history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
+    assert history[0]["status"] == "failed" and seen in history[0]["message"]
+
+
+async def test_bluegreen_rollback_reuses_the_kept_set(daemon, docker_client):
+    deployed = daemon.cli("deploy", "web", "--image", "turnout-testapp:v2", "--strategy", "bluegreen")
+    assert deployed.returncode == 0, deployed.stdout
+    ids_before = {c.id for c in owner_containers(docker_client, daemon)}
+    async with traffic(daemon) as results:
+        code, out = await daemon.acli("rollback", "web")
+    assert code == 0, out
+    assert_no_loss(results[0])
+    assert status(daemon)["stable"]["version"] == "v1"
+    assert {c.id for c in owner_containers(docker_client, daemon)} == ids_before  # nothing new started
+
+
+async def test_canary_rolls_back_by_itself_on_a_5xx_burst(daemon):
+    async with traffic(daemon) as results:
+        code, out = await daemon.acli("deploy", "web", "--image", "turnout-testapp:fail500",
+                                      "--strategy", "canary", "--step-pause", "5s")
+    assert code == 1, out
+    assert "error rate" in out
+    assert results[0].failed_by_proxy == 0
+    assert status(daemon)["stable"]["version"] == "v1"
+    history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
+    assert history[0]["status"] == "rolled_back"
+
+
+async def test_sigkill_mid_canary_then_restart_is_consistent(daemon, docker_client):
+    started = daemon.cli("deploy", "web", "--image", "turnout-testapp:v2", "--strategy", "canary",
+                         "--steps", "10,100", "--step-pause", "manual", "--detach")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    while status(daemon)["pools"].get("v2", {}).get("weight") != 10:
+        assert time.monotonic() < deadline, daemon.log()
+        await asyncio.sleep(0.1)
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    daemon.start()
+    wait_for_version(daemon, "v1")
+    info = status(daemon)
+    assert list(info["pools"]) == ["v1"]
+    running = [c for c in owner_containers(docker_client, daemon) if c.status == "running"]
+    assert {c.labels["turnout.version"] for c in running} == {"v1"} and len(running) == 2
+    history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
+    assert history[0]["status"] == "rolled_back" and "restart" in history[0]["message"]
+    async with traffic(daemon) as results:
+        pass
+    assert_no_loss(results[0])
