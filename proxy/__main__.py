@@ -1,0 +1,66 @@
+"""A standalone proxy with one static service (used by the benchmark).
+
+    python -m proxy --listen 127.0.0.1:8000 --upstream 127.0.0.1:9000 [--upstream ...] [--loop uvloop]
+
+One service named "default" with one pool "main" (weight 1). SIGTERM/SIGINT stop it gracefully.
+The admin API is not started here; `serve(..., on_started=...)` is the hook for whoever adds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from .config import ProxyConfig
+from .router import Router
+from .server import ProxyServer
+from .specs import ServiceSpec
+
+StartHook = Callable[[Router, ProxyServer], Awaitable[None]]
+
+
+def static_router(config: ProxyConfig, upstreams: list[str]) -> Router:
+    router = Router(hold_timeout=config.hold_timeout, drain_timeout=config.drain_timeout)
+    spec = ServiceSpec.from_dict({"name": "default",
+                                  "pools": [{"name": "main", "weight": 1, "upstreams": upstreams}]})
+    router.set_service(spec)
+    return router
+
+
+async def serve(config: ProxyConfig, router: Router, on_started: StartHook | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully; returns how many connections were aborted."""
+    loop = asyncio.get_running_loop()
+    server = ProxyServer(router, config)
+    await server.start()
+    if on_started is not None:  # e.g. the admin API (added elsewhere)
+        await on_started(router, server)
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await stop
+    return await server.stop(config.drain_timeout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:8000")
+    parser.add_argument("--upstream", action="append", required=True, help="host:port (repeatable)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args(argv)
+    config = ProxyConfig(listen=args.listen)
+
+    async def run() -> None:
+        await serve(config, static_router(config, args.upstream))
+
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

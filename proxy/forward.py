@@ -1,0 +1,631 @@
+"""The client side of the hot path: one asyncio.Protocol per client connection.
+
+Per request: the raw head is buffered until CRLF CRLF and validated (`http.parse_request_head`), the
+routing snapshot is read once, a pool and an upstream are chosen, and the request head (plus whatever body
+came with it) goes upstream in one write, on a pooled keep-alive connection when there is one. Bodies are
+streamed both ways with back-pressure; the connection object itself is the exchange that
+`Upstream.begin/end/drain` track, so the fast path allocates no task, future or timer. Deadlines are
+plain floats checked by the server's sweeper (`ProxyServer._tick`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .http import (
+    IDEMPOTENT,
+    BadRequest,
+    ChunkedFramer,
+    RequestHead,
+    build_upstream_head,
+    error_response,
+    forced_and_sticky,
+    forwarded_suffix,
+    parse_request_head,
+    sticky_cookie,
+)
+from .pool import Pool
+from .service import Service
+from .table import RoutingTable
+from .upstream import Health, Upstream
+from .upstream_conn import UpstreamConnection
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+
+log = structlog.get_logger("turnout.proxy.forward")
+
+# Why reading from the client is paused (a bit mask; reading resumes when no reason is left).
+_P_UPSTREAM = 1  # the upstream's socket buffer is full (request body back-pressure)
+_P_PENDING = 2  # body bytes waiting for an upstream connection reached the limit
+_P_PIPELINE = 4  # pipelined requests waiting behind the current one reached the limit
+PENDING_LIMIT = 256 * 1024
+
+# Deadline kinds (ClientConnection.dkind); 0 = none.
+D_HEADER, D_IDLE, D_BODY, D_UPSTREAM = 1, 2, 3, 4
+PASSIVE_FAILURES_TO_EJECT = 3
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
+        "head_sent", "http11", "is_head", "keep_alive", "loop", "peer", "pending", "pending_size",
+        "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
+        "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
+        "upstream", "websocket", "wpaused", "_dispatch_needed",
+    )
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.router = server.router
+        self.config = server.config
+        self.loop = server.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.buf = b""
+        self.busy = False  # an exchange is under way: from its head to the end of its response
+        self.closed = False
+        self.stopping = False
+        self.reading_body = False
+        self.body_left = 0
+        self.chunker: ChunkedFramer | None = None
+        self.req: RequestHead | None = None
+        self.service: Service | None = None
+        self.pool: Pool | None = None
+        self.upstream: Upstream | None = None
+        self.upconn: UpstreamConnection | None = None
+        self.pending: list[bytes] | None = None
+        self.pending_size = 0
+        self.task: asyncio.Task[None] | None = None
+        self.head_sent = False
+        self.status = 0
+        self.t0 = self.t_end = 0.0
+        self.keep_alive = True
+        self.http11 = True
+        self.is_head = False
+        self.websocket = False
+        self.tunnel = False
+        self.resp_extra = b""
+        self.rpause = 0
+        self.wpaused = False
+        self.deadline = 0.0
+        self.dkind = 0
+        self.attempts = 0
+        self._dispatch_needed = False
+        self.peer = b""
+        self.trusted = False
+        self.suffix = b""
+
+    # ================================================================== asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else ""
+        self.peer = ip.encode()
+        self.trusted = ip in self.config.trusted_proxies
+        self.suffix = forwarded_suffix(ip, self.trusted)
+        if not self.server.connection_opened(self):
+            self.closed = True
+            transport.write(error_response(503, "too-many-connections"))
+            transport.close()
+            return
+        self._set_deadline(D_HEADER, self.config.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connection_closed(self)
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        conn = self.upconn
+        if conn is not None:
+            self.upconn = None
+            conn.abort()
+        if self.busy:
+            self.busy = False
+            self.status = self.status or 499  # the client went away first
+            self._end_exchange(False)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.upconn is not None:
+                self.upconn.transport.write(data)
+            return
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel:
+            conn = self.upconn
+            if conn is not None and conn.transport.can_write_eof():
+                conn.transport.write_eof()
+            return True
+        if self.busy:  # half-close: finish writing the answer, then close
+            self.keep_alive = False
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        self.wpaused = True
+        conn = self.upconn
+        if conn is not None and not conn.read_paused:
+            conn.read_paused = True
+            conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.wpaused = False
+        conn = self.upconn
+        if conn is not None and conn.read_paused:
+            conn.read_paused = False
+            conn.transport.resume_reading()
+
+    # ================================================================== reading requests
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._process(data)
+        except BadRequest as exc:
+            self._reject(exc)
+            return
+        except Exception:  # the one error boundary per request: 500 before the head, close after
+            log.exception("proxy.request_failed")
+            self.keep_alive = False
+            self.buf = b""
+            if self.head_sent:
+                self._cut()
+            else:
+                self._fail(500, "internal")
+            return
+        if self._dispatch_needed:
+            self._dispatch_needed = False
+            self._dispatch()
+
+    def _process(self, data: bytes) -> None:
+        config = self.config
+        while data:
+            if self.closed:
+                return
+            if self.reading_body:
+                data = self._body(data)
+                continue
+            if self.busy:  # pipelined: wait for the current answer
+                self.buf = data
+                if len(data) > config.max_header_bytes + 65536:
+                    self._pause(_P_PIPELINE)
+                return
+            if data[0] in b"\r\n":  # tolerate empty lines between requests
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
+            end = data.find(b"\r\n\r\n")
+            if end < 0 or end + 4 > config.max_header_bytes:
+                if len(data) > config.max_header_bytes:
+                    raise BadRequest(431, "request head too large", "header-too-large")
+                self.buf = data
+                if self.dkind != D_HEADER:
+                    self._set_deadline(D_HEADER, config.header_timeout)
+                return
+            end += 4
+            self._request(data[:end])
+            data = data[end:]
+
+    def _request(self, head: bytes) -> None:
+        req = parse_request_head(head)
+        config = self.config
+        self.busy = True
+        self.req = req
+        self.t0 = t0 = self.loop.time()
+        self.http11 = req.http11
+        self.keep_alive = req.keep_alive and not self.stopping
+        self.is_head = req.method == b"HEAD"
+        self.websocket = req.websocket
+        self.head_sent = False
+        self.status = 0
+        self.attempts = 0
+        if req.chunked:
+            self.chunker = ChunkedFramer()
+            self.reading_body = True
+        elif req.content_length > 0:
+            if config.max_body_bytes and req.content_length > config.max_body_bytes:
+                self.busy = False
+                raise BadRequest(413, "request body too large", "body-too-large")
+            self.body_left = req.content_length
+            self.reading_body = True
+        if self.reading_body:
+            self.deadline = t0 + config.body_idle_timeout
+            self.dkind = D_BODY
+        else:
+            self.dkind = 0
+        self.pending = [build_upstream_head(head, req, self.peer, self.trusted, self.suffix)]
+        self.pending_size = 0
+        held = self._route(self.router.table)
+        if held is not None:
+            self.task = self.loop.create_task(self._hold(held))
+
+    def _body(self, data: bytes) -> bytes:
+        """Forward the request body part of `data`; return what follows the body."""
+        chunker = self.chunker
+        if chunker is not None:
+            n = chunker.feed(data)
+            max_body = self.config.max_body_bytes
+            if max_body and chunker.total > max_body:
+                raise BadRequest(413, "request body too large", "body-too-large")
+            done = chunker.done
+        else:
+            n = self.body_left
+            if n >= len(data):
+                n = len(data)
+            self.body_left -= n
+            done = not self.body_left
+        if n:
+            piece = data if n == len(data) else data[:n]
+            conn = self.upconn
+            if conn is not None:
+                conn.transport.write(piece)
+            elif self.pending is not None:
+                self.pending.append(piece)
+                self.pending_size += n
+                if self.pending_size > PENDING_LIMIT:
+                    self._pause(_P_PENDING)
+        if done:
+            self.reading_body = False
+            self.chunker = None
+            if self.upconn is not None and not self.head_sent:
+                self._set_deadline(D_UPSTREAM, self.config.upstream_timeout)
+            elif self.dkind == D_BODY:
+                self.dkind = 0
+        else:
+            self.deadline = self.loop.time() + self.config.body_idle_timeout
+        return data[n:] if n < len(data) else b""
+
+    # ================================================================== routing
+    def _route(self, table: RoutingTable) -> Service | None:
+        """Choose pool and upstream from one snapshot; returns the service when the request must hold."""
+        req = self.req
+        assert req is not None
+        service = table.match(req.host, req.path)
+        if service is None:
+            self._local_error(404, "no-route")
+            return None
+        state = service.state
+        if state == "stopped":
+            self._local_error(503, "maintenance", retry_after=30)
+            return None
+        if state != "active":
+            return service
+        if req.forced is not None or req.cookies is not None:
+            forced, sticky = forced_and_sticky(req, service.cookie_name)
+            pool, set_cookie = service.select(forced, sticky)
+        else:
+            pool, set_cookie = service.select(None, None)
+        if pool is None:
+            return service
+        upstream = pool.pick()
+        if upstream is None:
+            return service
+        self.service = service
+        if set_cookie:
+            self.resp_extra = sticky_cookie(service.cookie_name, pool.name)
+        self._begin(pool, upstream)
+        self._dispatch_needed = True
+        return None
+
+    async def _hold(self, service: Service) -> None:
+        """No upstream for now (paused, weights all 0, nothing healthy): wait for a swap."""
+        deadline = self.t0 + service.hold_timeout
+        router = self.router
+        loop = self.loop
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.task = None
+                self._local_error(503, "hold-timeout", retry_after=max(1, round(service.hold_timeout)))
+                return
+            await router.wait_for_change(remaining)
+            if self.closed:
+                return
+            if self._route(router.table) is None:
+                if self.task is asyncio.current_task():
+                    self.task = None
+                if self._dispatch_needed:
+                    self._dispatch_needed = False
+                    self._dispatch()
+                return
+
+    def _begin(self, pool: Pool, upstream: Upstream) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        upstream.begin(self)
+        pool.stats.inflight += 1
+
+    def _end_exchange(self, proxy_made: bool) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.end(self)
+            stats = self.pool.stats  # type: ignore[union-attr]
+            stats.inflight -= 1
+            self.t_end = now = self.loop.time()
+            stats.observe(self.status, now - self.t0, proxy_made)
+            self.pool = None
+
+    # ================================================================== upstream connections
+    def _dispatch(self) -> None:
+        upstream = self.upstream
+        if upstream is None or self.closed:
+            return
+        idle = upstream.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return self._bind(conn)
+        self.task = self.loop.create_task(self._connect(upstream))
+        return None
+
+    def _bind(self, conn: UpstreamConnection) -> None:
+        self.upconn = conn
+        pending = self.pending
+        self.pending = None
+        conn.bind(self, pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[arg-type]
+        if self.rpause & _P_PENDING:
+            self._resume(_P_PENDING)
+        if not self.reading_body:
+            self.dkind = D_UPSTREAM
+            self.deadline = self.t0 + self.config.upstream_timeout
+
+    async def _connect(self, upstream: Upstream) -> None:
+        loop = self.loop
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                _, conn = await loop.create_connection(
+                    partial(UpstreamConnection, upstream), upstream.host, upstream.port)
+        except (OSError, TimeoutError):
+            self.task = None
+            return self._connect_failed(upstream)
+        self.task = None
+        upstream.passive_failures = 0
+        if self.closed or self.upstream is not upstream or self.upconn is not None:
+            conn.release(True)  # type: ignore[attr-defined]
+            return None
+        return self._bind(conn)  # type: ignore[arg-type]
+
+    def _connect_failed(self, upstream: Upstream) -> None:
+        upstream.passive_failures += 1
+        if upstream.passive_failures >= PASSIVE_FAILURES_TO_EJECT and upstream.health is Health.HEALTHY:
+            self.router.set_health(upstream, Health.UNHEALTHY)
+        if self.closed or self.upstream is not upstream:
+            return
+        req = self.req
+        if self.attempts < self.config.retries and req is not None and req.method in IDEMPOTENT:
+            target = self._retry_target(upstream)
+            if target is not None:
+                self.attempts += 1
+                pool, other = target
+                self._move(pool, other)
+                return self._dispatch()
+        return self._fail(502, "upstream-connect")
+
+    def _retry_target(self, failed: Upstream) -> tuple[Pool, Upstream] | None:
+        pool = self.pool
+        assert pool is not None and self.service is not None
+        other = pool.pick(avoid=failed)
+        if other is not None and other is not failed:
+            return pool, other
+        for candidate in self.service.pools:  # this pool has no other upstream: try another pool
+            if candidate is not pool and candidate.weight > 0 and candidate.routable:
+                other = candidate.pick(avoid=failed)
+                if other is not None and other is not failed:
+                    return candidate, other
+        return None
+
+    def _move(self, pool: Pool, upstream: Upstream) -> None:
+        old = self.upstream
+        if old is not None:
+            old.end(self)
+        if pool is not self.pool:
+            self.pool.stats.inflight -= 1  # type: ignore[union-attr]
+            pool.stats.inflight += 1
+            if self.resp_extra and self.service is not None:
+                self.resp_extra = sticky_cookie(self.service.cookie_name, pool.name)
+        self.pool = pool
+        self.upstream = upstream
+        upstream.begin(self)
+
+    # ------------------------------------------------------------------ called by UpstreamConnection
+    def response_started(self, status: int) -> None:
+        self.head_sent = True
+        self.status = status
+        if self.dkind == D_UPSTREAM:
+            self.dkind = 0
+
+    def upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
+        self.upconn = None
+        request_done = not self.reading_body
+        conn.release(reusable and request_done)
+        self.busy = False
+        self._end_exchange(False)
+        if not request_done:  # answered before the body was read: the connection cannot go on
+            self.keep_alive = False
+            self.reading_body = False
+        self._next()
+
+    def upstream_lost(self) -> None:
+        """The upstream connection closed before its answer was complete."""
+        self.upconn = None
+        if not self.head_sent:
+            return self._fail(502, "upstream-closed")
+        return self._cut()
+
+    def upstream_error(self, reason: str) -> None:
+        self.upconn = None
+        if not self.head_sent:
+            return self._fail(502, reason)
+        return self._cut()
+
+    def tunnel_started(self) -> None:
+        self.tunnel = True
+        self.reading_body = False
+        self.dkind = 0
+        if self.buf and self.upconn is not None:
+            self.upconn.transport.write(self.buf)
+            self.buf = b""
+
+    def tunnel_closed(self) -> None:
+        self.upconn = None
+        self._cut()
+
+    def pause_reading_for_upstream(self) -> None:
+        self._pause(_P_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self._resume(_P_UPSTREAM)
+
+    # ------------------------------------------------------------------ drain (Upstream.drain)
+    def abort_for_drain(self) -> None:
+        """The drain deadline passed with this exchange still in flight."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        conn = self.upconn
+        if conn is not None:
+            self.upconn = None
+            conn.abort()
+        if self.head_sent or self.tunnel:
+            return self._cut()
+        self.keep_alive = False
+        return self._fail(504, "drain-deadline")
+
+    # ================================================================== ending exchanges
+    def _next(self) -> None:
+        """The exchange is over: go on with the next request, or close."""
+        self.req = None
+        self.service = None
+        self.pending = None
+        self.resp_extra = b""
+        self.head_sent = False
+        self.is_head = False
+        self.websocket = False
+        if not self.keep_alive or self.closed:
+            self.closed = True
+            self.dkind = 0
+            self.transport.close()
+            return
+        self.dkind = D_IDLE
+        self.deadline = self.t_end + self.config.idle_timeout
+        if self.rpause:  # nothing of the finished exchange may keep the client paused
+            self._resume(_P_UPSTREAM | _P_PENDING | _P_PIPELINE)
+        if self.buf:
+            data = self.buf
+            self.buf = b""
+            self._feed(data)
+
+    def _fail(self, status: int, reason: str, retry_after: int = 0) -> None:
+        """A proxy-made answer for the current exchange (before any of the upstream's answer)."""
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.task = None
+        self._dispatch_needed = False
+        conn = self.upconn
+        if conn is not None:
+            self.upconn = None
+            conn.abort()
+        if self.reading_body or (status >= 500 and status != 503):
+            self.keep_alive = False
+        if self.reading_body:
+            self.reading_body = False
+            self.chunker = None
+        self.status = status
+        if self.upstream is None:
+            self.router.metrics.unrouted[min(status // 100, 5)] += 1
+            self.t_end = self.loop.time()
+        else:
+            self._end_exchange(status >= 500)
+        self.busy = False
+        if not self.closed:
+            self.transport.write(error_response(status, reason, close=not self.keep_alive,
+                                                retry_after=retry_after, head_only=self.is_head))
+        self._next()
+
+    def _local_error(self, status: int, reason: str, retry_after: int = 0) -> None:
+        """An answer made before any pool was chosen (404, 503 maintenance/hold)."""
+        self._fail(status, reason, retry_after)
+
+    def _cut(self) -> None:
+        """Too late for a clean answer (the head went out): close, so the client sees it incomplete."""
+        if self.busy:
+            self.busy = False
+            self._end_exchange(False)
+        if self.upconn is not None:
+            self.upconn.abort()
+            self.upconn = None
+        self.closed = True
+        self.dkind = 0
+        if self.transport is not None:
+            self.transport.close()
+
+    def _reject(self, exc: BadRequest) -> None:
+        """Hostile or oversized request: answer 4xx and close, forward nothing (more)."""
+        self.keep_alive = False
+        self.buf = b""
+        if self.head_sent:
+            return self._cut()
+        self.pending = None
+        return self._fail(exc.status, exc.reason)
+
+    # ================================================================== timers and flow control
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        self.dkind = kind
+        self.deadline = self.loop.time() + seconds
+
+    def on_deadline(self) -> None:
+        """Called by the server's sweeper once `deadline` has passed."""
+        kind = self.dkind
+        self.dkind = 0
+        if self.closed:
+            return
+        if kind == D_IDLE or (kind == D_HEADER and not self.buf):
+            self.closed = True
+            self.transport.close()
+        elif kind == D_HEADER:
+            self.keep_alive = False
+            self._fail(408, "header-timeout")
+        elif kind == D_BODY:
+            if self.head_sent:
+                self._cut()
+            else:
+                self.keep_alive = False
+                self._fail(408, "body-timeout")
+        elif kind == D_UPSTREAM and not self.head_sent:
+            self.keep_alive = False
+            self._fail(504, "upstream-timeout")
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now when idle, else after the current answer."""
+        self.stopping = True
+        self.keep_alive = False
+        if not self.busy and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _pause(self, reason: int) -> None:
+        if not self.rpause and not self.closed:
+            self.transport.pause_reading()
+        self.rpause |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.rpause & reason:
+            self.rpause &= ~reason
+            if not self.rpause and not self.closed:
+                self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ introspection for tests
+    @property
+    def outstanding(self) -> bool:
+        return self.busy
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.peer.decode()} busy={self.busy} tunnel={self.tunnel}>"

@@ -1,0 +1,449 @@
+"""Pure HTTP/1.1 helpers for the hot path: head validation, header rewriting, the proxy's own answers.
+
+Nothing here touches sockets. Request heads are validated on their raw bytes (one regex, C speed) before
+anything is parsed or forwarded, because llhttp is lenient in places (obs-fold, bare LF, ...). Headers
+the proxy must look at are found with one more regex on the lower-cased head; every other header line is
+forwarded as the very bytes the client sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+# Hop-by-hop headers (RFC 9110 7.6.1), plus the obsolete Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset((
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+))
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+# A whole request head: request line, header lines (no obs-fold, no bare CR/LF, no controls), CRLF.
+REQUEST_HEAD_RE = re.compile(
+    rb"(" + _TOKEN + rb"+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n"
+    rb"(?:" + _TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+)
+# Header lines the proxy acts on, matched in the lower-cased head: "\r\nname:[ \t]*value".
+_SPECIAL_RE = re.compile(
+    rb"\r\n(host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade|proxy-authenticate|proxy-authorization|cookie|x-turnout-pool|x-request-id|forwarded"
+    rb"|x-forwarded-[a-z0-9-]*):[ \t]*([^\r]*)"
+)
+_COOKIE_RE = re.compile(rb"(?:^|;)[ \t]*(turnout-[^=; \t]*)=[ \t]*([^; \t]*)")
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+_TRAILER_RE = re.compile(_TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*")
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+# Request header lines never forwarded: hop-by-hop, and the X-Forwarded-* the proxy sets itself.
+_DROP_NAMES = (rb"connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate"
+               rb"|proxy-authorization|x-forwarded-for|x-forwarded-proto|x-forwarded-host")
+_DROP_TRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"):[^\r]*", re.IGNORECASE)
+# From untrusted peers also every other X-Forwarded-* and Forwarded.
+_DROP_UNTRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"|forwarded|x-forwarded-[a-z0-9-]*):[^\r]*",
+                                re.IGNORECASE)
+_DROPPED = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+                      b"proxy-authenticate", b"proxy-authorization", b"forwarded"))
+# Case-sensitive values, read from the original bytes on the (rarer) paths that need them.
+_COOKIE_LINE_RE = re.compile(rb"\r\ncookie:[ \t]*([^\r]*)", re.IGNORECASE)
+_POOL_LINE_RE = re.compile(rb"\r\nx-turnout-pool:[ \t]*([^\r]*)", re.IGNORECASE)
+_XF_LINE_RE = re.compile(rb"\r\nx-forwarded-(for|proto|host):[ \t]*([^\r]*)", re.IGNORECASE)
+
+VIA = b"Via: 1.1 turnout\r\n"
+_REQUEST_IDS = itertools.count(1)
+_REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses before forwarding anything; `status` is 400, 413, 431 or 501."""
+
+    def __init__(self, status: int, detail: str, reason: str = "bad-request") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+
+
+class RequestHead:
+    """What the proxy needs to know about one validated request head.
+
+    A plain class with class-level defaults: the hot path sets only what a request actually has."""
+
+    host = ""
+    path = "/"
+    content_length = -1  # -1: none
+    chunked = False
+    websocket = False
+    forced: str | None = None  # X-Turnout-Pool header or turnout-pool cookie
+    cookies: dict[str, str] | None = None  # turnout-* cookies, parsed only when present
+    request_id = False  # the client sent X-Request-Id
+    drop = False  # some header lines must not be forwarded (hop-by-hop, X-Forwarded-*)
+    forwarded = False  # the client sent X-Forwarded-* (kept, extended, from trusted peers only)
+    named: list[bytes] | None = None  # extra hop-by-hop headers named in Connection
+    host_raw = b""
+
+    def __init__(self, method: bytes, target: bytes, http11: bool) -> None:
+        self.method = method
+        self.target = target
+        self.http11 = http11
+        self.keep_alive = http11
+
+
+_HOSTS: dict[bytes, str] = {}  # raw Host value -> routing key (lower-case, port stripped)
+
+
+def _routing_host(raw: bytes) -> str:
+    host = _HOSTS.get(raw)
+    if host is None:
+        if raw[:1] == b"[":  # [v6]:port
+            name = raw[: raw.find(b"]") + 1]
+        else:
+            colon = raw.find(b":")
+            name = raw if colon < 0 else raw[:colon]
+        host = name.lower().decode("latin-1")
+        if len(_HOSTS) < 4096:
+            _HOSTS[raw] = host
+    return host
+
+
+def parse_request_head(head: bytes) -> RequestHead:
+    """Validate a raw head (ending in CRLF CRLF) and pick out what routing and framing need.
+
+    Raises BadRequest for anything a smuggler could use: CL+TE, several CL, TE other than chunked,
+    obs-fold, bare CR/LF, controls, missing or repeated Host, odd versions, malformed request lines."""
+    m = REQUEST_HEAD_RE.fullmatch(head)
+    if m is None:
+        raise BadRequest(400, "malformed request head")
+    method, target, minor = m.group(1, 2, 3)
+    http11 = minor == b"1"
+    req = RequestHead(method, target, http11)
+    if method == b"CONNECT":
+        raise BadRequest(400, "CONNECT is not proxied")
+    hosts = 0
+    lengths = 0
+    tes = 0
+    connection_tokens: list[bytes] | None = None
+    upgrade = b""
+    for name, value in _SPECIAL_RE.findall(head.lower(), 0, len(head) - 4):
+        if name == b"host":
+            hosts += 1
+            req.host_raw = value.rstrip(b" \t")
+        elif name == b"content-length":
+            lengths += 1
+            value = value.rstrip(b" \t")
+            if not value.isdigit() or len(value) > 18:
+                raise BadRequest(400, "bad Content-Length")
+            req.content_length = int(value)
+        elif name == b"transfer-encoding":
+            tes += 1
+            if value.rstrip(b" \t") != b"chunked":
+                raise BadRequest(400, "Transfer-Encoding other than chunked")
+            req.chunked = True
+        elif name == b"cookie":
+            if b"turnout" in value and req.cookies is None:
+                cookies: dict[str, str] = {}
+                for line in _COOKIE_LINE_RE.findall(head):
+                    for k, v in _COOKIE_RE.findall(line):
+                        cookies[k.decode("latin-1")] = v.decode("latin-1")
+                req.cookies = cookies
+        elif name == b"x-turnout-pool":
+            if req.forced is None:
+                raw = _POOL_LINE_RE.findall(head)
+                req.forced = raw[0].rstrip(b" \t").decode("latin-1") or None if raw else None
+        elif name == b"x-request-id":
+            req.request_id = True
+        else:
+            req.drop = True
+            if name == b"connection":
+                tokens = [t.strip() for t in value.split(b",")]
+                connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
+            elif name == b"upgrade":
+                upgrade = value.rstrip(b" \t")
+            elif name not in _DROPPED:
+                req.forwarded = True
+    if hosts != 1:
+        if hosts > 1:
+            raise BadRequest(400, "several Host headers")
+        if http11:
+            raise BadRequest(400, "missing Host")
+    if lengths > 1:
+        raise BadRequest(400, "several Content-Length headers")
+    if tes and (tes > 1 or lengths or not http11):
+        raise BadRequest(400, "ambiguous message framing")
+    if connection_tokens is not None:
+        named = None
+        for token in connection_tokens:
+            if token == b"close":
+                req.keep_alive = False
+            elif token == b"keep-alive":
+                req.keep_alive = req.keep_alive or not http11
+            elif token and token != b"upgrade" and token not in HOP_BY_HOP:
+                named = [token] if named is None else [*named, token]
+        req.named = named
+    if upgrade:
+        tokens = connection_tokens or ()
+        if upgrade.lower() != b"websocket" or b"upgrade" not in tokens:
+            raise BadRequest(400, f"Upgrade {upgrade.decode('latin-1')!r} is not supported")
+        if method != b"GET" or not http11:
+            raise BadRequest(400, "websocket upgrade must be an HTTP/1.1 GET")
+        req.websocket = True
+    if target[0] == 47:  # b"/": origin-form, the common case
+        q = target.find(b"?")
+        req.path = (target if q < 0 else target[:q]).decode("latin-1")
+        if req.host_raw:
+            req.host = _routing_host(req.host_raw)
+    elif target.startswith((b"http://", b"https://")):  # absolute-form: its authority wins
+        authority, slash, path = target.split(b"//", 1)[1].partition(b"/")
+        path = path.partition(b"?")[0]
+        req.path = "/" + path.decode("latin-1") if slash else "/"
+        req.host = _routing_host(authority)
+    elif target == b"*" and method == b"OPTIONS":
+        req.path = "*"
+        if req.host_raw:
+            req.host = _routing_host(req.host_raw)
+    else:
+        raise BadRequest(400, "bad request target")
+    return req
+
+
+def forced_and_sticky(req: RequestHead, cookie_name: str) -> tuple[str | None, str | None]:
+    forced = req.forced
+    cookies = req.cookies
+    if cookies is None:
+        return forced, None
+    if forced is None:
+        forced = cookies.get("turnout-pool") or None
+    return forced, cookies.get(cookie_name) or None
+
+
+def forwarded_suffix(peer: str, trusted: bool) -> bytes:
+    """The constant part of what the proxy adds to every request of one client connection."""
+    if trusted:
+        return VIA
+    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n%s" % (peer.encode(), VIA)
+
+
+def build_upstream_head(head: bytes, req: RequestHead, peer: bytes, trusted: bool, suffix: bytes) -> bytes:
+    """The request head sent upstream: the client's bytes minus hop-by-hop lines, plus ours."""
+    xf = {}
+    if trusted and req.forwarded:
+        xf = {k.lower(): v.rstrip(b" \t") for k, v in _XF_LINE_RE.findall(head)}
+    if req.drop:
+        head = (_DROP_TRUSTED_RE if trusted else _DROP_UNTRUSTED_RE).sub(b"", head)
+        if req.named:  # headers named in Connection are hop-by-hop too (rare)
+            names = b"|".join(re.escape(t) for t in req.named)
+            head = re.compile(rb"\r\n(?:" + names + rb"):[^\r]*", re.IGNORECASE).sub(b"", head)
+    if not req.http11:  # speak HTTP/1.1 upstream
+        line_end = head.find(b"\r\n")
+        head = head[: line_end - 8] + b"HTTP/1.1" + head[line_end:]
+    parts = [head[:-2]]
+    if trusted:
+        xff = xf[b"for"] + b", " + peer if b"for" in xf else peer
+        parts.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (xff, xf.get(b"proto", b"http")))
+        host = xf.get(b"host", req.host_raw)
+        if host:
+            parts.append(b"X-Forwarded-Host: %s\r\n" % host)
+    elif req.host_raw:
+        parts.append(b"X-Forwarded-Host: %s\r\n" % req.host_raw)
+    parts.append(suffix)
+    if not req.request_id:
+        parts.append(b"X-Request-Id: %s-%x\r\n" % (_REQUEST_ID_PREFIX, next(_REQUEST_IDS)))
+    if req.websocket:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- responses
+_RESPONSE_SPECIAL_NAMES = (rb"content-length|transfer-encoding|connection|keep-alive|proxy-connection|te"
+                           rb"|trailer|upgrade|proxy-authenticate|proxy-authorization")
+_RESPONSE_SPECIAL_RE = re.compile(rb"\r\n(" + _RESPONSE_SPECIAL_NAMES + rb"):[ \t]*([^\r]*)")
+_RESPONSE_DROP_RE = re.compile(rb"\r\n(?:" + _RESPONSE_SPECIAL_NAMES + rb"):[^\r]*", re.IGNORECASE)
+
+
+def split_response_head(head: bytes) -> tuple[bytes, bytes, bytes | None, bool, bool, str]:
+    """Pick apart an upstream's answer head (status line + header lines, without the final CRLF CRLF).
+
+    Returns (reason, kept header block, Content-Length, chunked, Connection: close, framing error).
+    The kept block is the upstream's own bytes minus hop-by-hop and framing lines, each line
+    *preceded* by CRLF. llhttp has already accepted this head, so its line structure is sound."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = len(head)
+    reason = head[13:line_end]  # after "HTTP/1.1 200 "
+    block = head[line_end:]
+    found = _RESPONSE_SPECIAL_RE.findall(block.lower())
+    if not found:
+        return reason, block, None, False, False, ""
+    block = _RESPONSE_DROP_RE.sub(b"", block)
+    content_length: bytes | None = None
+    te = False
+    close = False
+    bad = ""
+    tokens: list[bytes] | None = None
+    for name, value in found:
+        value = value.rstrip(b" \t")
+        if name == b"content-length":
+            if content_length is not None and value != content_length:
+                bad = "upstream-framing"
+            content_length = value
+        elif name == b"connection":
+            for token in value.split(b","):
+                token = token.strip()
+                if token == b"close":
+                    close = True
+                elif token and token != b"keep-alive" and token not in HOP_BY_HOP:
+                    tokens = [token] if tokens is None else [*tokens, token]
+        elif name == b"transfer-encoding":
+            if te or value != b"chunked":
+                bad = "upstream-framing"
+            te = True
+    if te and content_length is not None:
+        bad = "upstream-framing"
+    if tokens:  # headers named in Connection are hop-by-hop too (rare)
+        named = re.compile(rb"\r\n(?:" + b"|".join(re.escape(t) for t in tokens) + rb"):[^\r]*",
+                           re.IGNORECASE)
+        block = named.sub(b"", block)
+    return reason, block, content_length, te, close, bad
+
+
+def response_head(status: int, reason: bytes, block: bytes, *, content_length: bytes | None,
+                  chunked: bool, keep_alive: bool, http11: bool, extra: bytes = b"") -> bytes:
+    """The client's response head; `block` holds the kept upstream header lines, each preceded by CRLF."""
+    if keep_alive and http11 and content_length is not None:  # the common case, in one format
+        return b"HTTP/1.1 %d %s%s\r\nContent-Length: %s\r\n%sVia: 1.1 turnout\r\n\r\n" % (
+            status, reason, block, content_length, extra)
+    parts = [b"HTTP/1.1 %d %s%s\r\n" % (status, reason, block)]
+    if content_length is not None:
+        parts.append(b"Content-Length: %s\r\n" % content_length)
+    elif chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(extra)
+    parts.append(VIA + b"\r\n")
+    return b"".join(parts)
+
+
+_SET_COOKIES: dict[tuple[str, str], bytes] = {}
+
+
+def sticky_cookie(cookie_name: str, pool: str) -> bytes:
+    line = _SET_COOKIES.get((cookie_name, pool))
+    if line is None:
+        line = _SET_COOKIES[(cookie_name, pool)] = (
+            f"Set-Cookie: {cookie_name}={pool}; Path=/; HttpOnly; SameSite=Lax\r\n".encode()
+        )
+    return line
+
+
+REASONS = {
+    400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    413: b"Content Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+_ERRORS: dict[tuple[int, str, bool, int, bool], bytes] = {}
+
+MAINTENANCE_BODY = (
+    b"<!doctype html><html><head><title>Down for maintenance</title></head>"
+    b"<body><h1>Down for maintenance</h1><p>This service is stopped for maintenance. "
+    b"Please try again later.</p></body></html>\n"
+)
+
+
+def error_response(status: int, reason: str, close: bool = True, retry_after: int = 0,
+                   head_only: bool = False) -> bytes:
+    """A proxy-made answer, marked `X-Turnout-Error: <reason>` (pre-encoded, cached)."""
+    key = (status, reason, close, retry_after, head_only)
+    cached = _ERRORS.get(key)
+    if cached is not None:
+        return cached
+    phrase = REASONS.get(status, b"Error")
+    if reason == "maintenance":
+        body, ctype = MAINTENANCE_BODY, b"text/html; charset=utf-8"
+    else:
+        body, ctype = b"%d %s (%s)\n" % (status, phrase, reason.encode()), b"text/plain; charset=utf-8"
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, phrase),
+            b"Content-Type: %s\r\nContent-Length: %d\r\n" % (ctype, len(body)),
+            b"X-Turnout-Error: %s\r\nCache-Control: no-store\r\n" % reason.encode()]
+    if retry_after:
+        head.append(b"Retry-After: %d\r\n" % retry_after)
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(VIA + b"\r\n")
+    data = b"".join(head) + (b"" if head_only else body)
+    _ERRORS[key] = data
+    return data
+
+
+# ---------------------------------------------------------------------------------------- chunked
+class ChunkedFramer:
+    """Finds where a chunked request body ends, validating it; the bytes are forwarded as they are.
+
+    `feed(data)` returns how many bytes of `data` belong to the body (the rest is the next request),
+    and sets `done` once the last chunk and trailers are through. Raises BadRequest on bad framing."""
+
+    __slots__ = ("done", "line", "remaining", "size", "state", "total")
+
+    SIZE, DATA, DATA_CRLF, TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self.state = self.SIZE
+        self.remaining = 0
+        self.line = b""
+        self.done = False
+        self.total = 0  # body bytes (decoded) seen so far
+
+    def feed(self, data: bytes) -> int:
+        pos = 0
+        n = len(data)
+        while pos < n and not self.done:
+            state = self.state
+            if state == self.DATA:
+                take = min(self.remaining, n - pos)
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = self.DATA_CRLF
+                    self.line = b""
+            elif state == self.DATA_CRLF:
+                need = 2 - len(self.line)
+                piece = data[pos:pos + need]
+                pos += len(piece)
+                self.line += piece
+                if len(self.line) == 2:
+                    if self.line != b"\r\n":
+                        raise BadRequest(400, "bad chunk terminator")
+                    self.state = self.SIZE
+                    self.line = b""
+            else:
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    self.line += data[pos:]
+                    pos = n
+                    if len(self.line) > 4096:
+                        raise BadRequest(400, "chunk line too long")
+                    break
+                line = self.line + data[pos:end + 1]
+                pos = end + 1
+                self.line = b""
+                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                    raise BadRequest(400, "bare LF or CR in chunked body")
+                line = line[:-2]
+                if state == self.SIZE:
+                    m = _CHUNK_SIZE_RE.fullmatch(line)
+                    if m is None:
+                        raise BadRequest(400, "bad chunk size line")
+                    size = int(m.group(1), 16)
+                    self.total += size
+                    if size == 0:
+                        self.state = self.TRAILER
+                    else:
+                        self.remaining = size
+                        self.state = self.DATA
+                elif not line:  # the empty line after the last chunk (and trailers)
+                    self.done = True
+                elif _TRAILER_RE.fullmatch(line) is None:
+                    raise BadRequest(400, "bad trailer line")
+        return pos

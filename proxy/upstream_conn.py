@@ -1,0 +1,237 @@
+"""The upstream side of the hot path: one asyncio.Protocol per TCP connection to an upstream.
+
+A connection carries one exchange at a time for a client connection (`forward.ClientConnection`),
+parses the response with httptools, rewrites its head for the client and streams the body with one
+client write per upstream read. Idle keep-alive connections live in `Upstream.idle` (LIFO); a
+connection whose framing is uncertain, or released while its upstream drains, is closed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
+
+from .http import response_head, split_response_head
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .forward import ClientConnection
+
+MAX_IDLE_PER_UPSTREAM = 512
+MAX_RESPONSE_HEAD = 64 * 1024
+_NO_BODY_STATUS = (204, 304)
+_UPGRADE_EXTRA = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop llhttp (HEAD answer head read, or bad framing)."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("bad", "chunked", "client", "closed", "complete", "conn_close", "head_only", "headbuf",
+                 "head_pending", "out", "parser", "read_paused", "reusable", "status", "transport",
+                 "tunnel", "until_close", "upstream")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: ClientConnection | None = None
+        self.parser = HttpResponseParser(self)
+        self.out: list[bytes] = []
+        self.closed = False
+        self.tunnel = False
+        self.read_paused = False
+        self.headbuf = b""  # the answer's bytes until its head is complete (parsed here, not per header)
+        self.head_pending = False
+        self.status = 0
+        self.bad = ""
+        self.conn_close = False
+        self.chunked = False
+        self.until_close = False
+        self.head_only = False
+        self.complete = False
+        self.reusable = False
+
+    # ------------------------------------------------------------------ driven by the client side
+    def bind(self, client: ClientConnection, data: bytes) -> None:
+        """Start an exchange: remember the client and write its request head (and body so far)."""
+        self.client = client
+        self.status = 0
+        self.head_pending = True
+        self.chunked = self.until_close = self.head_only = self.complete = False
+        if client.wpaused:
+            self.transport.pause_reading()
+            self.read_paused = True
+        self.transport.write(data)
+
+    def release(self, reusable: bool) -> None:
+        """The exchange is over: pool the connection when that is safe, else close it."""
+        self.client = None
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        upstream = self.upstream
+        if (reusable and not self.closed and not upstream.draining and not self.transport.is_closing()
+                and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM):
+            upstream.idle.append(self)
+        else:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.client = None
+        if not self.closed:
+            self.transport.abort()
+
+    def close(self) -> None:  # Upstream.close_idle
+        self.client = None
+        if not self.closed:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        client = self.client
+        self.client = None
+        if client is None:
+            try:
+                self.upstream.idle.remove(self)
+            except ValueError:
+                pass
+            return
+        if self.tunnel:
+            client.tunnel_closed()
+        elif self.until_close and not self.head_pending:  # a close-delimited body ends here, complete
+            if self.chunked:
+                client.transport.write(b"0\r\n\r\n")
+            client.upstream_complete(self, False)
+        else:
+            client.upstream_lost()
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:  # nobody asked: an idle connection must stay silent
+            self.transport.abort()
+            return
+        if self.tunnel:
+            client.transport.write(data)
+            return
+        if self.head_pending:
+            self.headbuf = self.headbuf + data if self.headbuf else data
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            if not self.tunnel:
+                return self._fail(client, "upstream-protocol")
+            rest = data[exc.args[0]:]
+            if rest:
+                self.out.append(rest)
+        except HttpParserCallbackError:
+            if self.bad or not self.head_only:
+                return self._fail(client, self.bad or "upstream-protocol")
+            # A HEAD answer: its head is all there is. Reuse the connection only when the head ended
+            # exactly at the end of this read (otherwise the framing is uncertain).
+            self.complete = True
+            self.reusable = (data.find(b"\r\n\r\n") == len(data) - 4 and not self.conn_close
+                             and self.parser.get_http_version() == "1.1")
+            self.parser = HttpResponseParser(self)
+        except HttpParserError as exc:
+            text = str(exc)
+            framing = "Content-Length" in text or "Transfer-Encoding" in text
+            return self._fail(client, self.bad or ("upstream-framing" if framing else "upstream-protocol"))
+        if self.head_pending and len(self.headbuf) > MAX_RESPONSE_HEAD:
+            return self._fail(client, "upstream-protocol")
+        out = self.out
+        if out:
+            client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self.complete:
+            self.complete = False
+            client.upstream_complete(self, self.reusable)
+        elif self.tunnel:
+            client.tunnel_started()
+
+    def _fail(self, client: ClientConnection, reason: str) -> None:
+        self.out.clear()
+        self.client = None
+        self.transport.abort()
+        client.upstream_error(reason)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading_for_upstream()
+
+    # ------------------------------------------------------------------ httptools callbacks
+    def on_headers_complete(self) -> None:
+        client = self.client
+        status = self.parser.get_status_code()
+        buf = self.headbuf
+        end = buf.find(b"\r\n\r\n")
+        if self.complete or end < 0 or client is None:  # a second answer to one request, or no head
+            self.bad = "upstream-protocol"
+            raise _StopParsing
+        interim = status < 200 and status != 101
+        self.headbuf = buf[end + 4:] if interim else b""
+        self.head_pending = interim
+        reason, block, content_length, te, self.conn_close, bad = split_response_head(buf[:end])
+        self.status = status
+        if bad:
+            self.bad = bad
+            raise _StopParsing
+        if status < 200:
+            if status == 101:
+                if not client.websocket:
+                    self.bad = "upstream-protocol"
+                    raise _StopParsing
+                self.tunnel = True
+                self.out.append(response_head(101, reason, block, content_length=None, chunked=False,
+                                              keep_alive=True, http11=True, extra=_UPGRADE_EXTRA))
+                client.response_started(101)
+            elif client.http11:  # interim (100 Continue, 103 Early Hints): pass on, keep waiting
+                self.out.append(b"HTTP/1.1 %d %s%s\r\n\r\n" % (status, reason, block))
+            return
+        chunked = False
+        if client.is_head or status in _NO_BODY_STATUS:
+            self.head_only = client.is_head
+        elif content_length is None:
+            self.until_close = not te
+            if client.http11:
+                chunked = self.chunked = True
+            else:  # HTTP/1.0 client: a close-delimited body
+                client.keep_alive = False
+        self.out.append(response_head(status, reason, block, content_length=content_length,
+                                      chunked=chunked, keep_alive=client.keep_alive, http11=client.http11,
+                                      extra=client.resp_extra))
+        client.response_started(status)
+        if self.head_only:
+            raise _StopParsing
+
+    def on_body(self, body: bytes) -> None:
+        if self.chunked:
+            self.out += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self.status
+        if status < 200:
+            if status != 101:
+                self.status = 0  # the interim answer is done; the final one follows
+            return
+        if self.chunked:
+            self.out.append(b"0\r\n\r\n")
+        self.complete = True
+        self.reusable = not self.until_close and not self.conn_close and self.parser.should_keep_alive()

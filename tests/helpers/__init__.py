@@ -1,0 +1,1 @@
+"""Test helpers: real upstream servers and a raw HTTP client (see upstreams.py)."""

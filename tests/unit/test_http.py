@@ -1,0 +1,154 @@
+"""proxy.http: head validation, header rewriting, proxy-made answers, chunked framing (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.http import (
+    BadRequest,
+    ChunkedFramer,
+    build_upstream_head,
+    error_response,
+    forced_and_sticky,
+    forwarded_suffix,
+    parse_request_head,
+    response_head,
+    sticky_cookie,
+)
+
+
+def upstream_head(raw: bytes, trusted: bool = False) -> bytes:
+    req = parse_request_head(raw)
+    return build_upstream_head(raw, req, b"10.0.0.9", trusted, forwarded_suffix("10.0.0.9", trusted))
+
+
+def test_simple_get():
+    req = parse_request_head(b"GET /a/b?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nAccept: */*\r\n\r\n")
+    assert (req.method, req.target, req.http11) == (b"GET", b"/a/b?x=1", True)
+    assert (req.host, req.path) == ("example.com", "/a/b")
+    assert req.keep_alive and req.content_length == -1 and not req.chunked
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    (b"[::1]:8000", "[::1]"), (b"app.test", "app.test"), (b"APP.test:80", "app.test")])
+def test_host_normalisation(host, expected):
+    assert parse_request_head(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n").host == expected
+
+
+def test_absolute_form_target_wins_over_host():
+    req = parse_request_head(b"GET http://other.test:81/p?q HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    assert (req.host, req.path) == ("other.test", "/p")
+
+
+def test_http10_keep_alive_only_when_asked():
+    assert not parse_request_head(b"GET / HTTP/1.0\r\n\r\n").keep_alive
+    assert parse_request_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive
+    assert not parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+    b"GET / HTTP/1.3\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    b"POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+])
+def test_hostile_heads_are_refused(raw):
+    with pytest.raises(BadRequest) as info:
+        parse_request_head(raw)
+    assert info.value.status == 400
+
+
+def test_websocket_upgrade_is_recognised_and_re_sent():
+    raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\r\n"
+    assert parse_request_head(raw).websocket
+    head = upstream_head(raw)
+    assert head.count(b"Upgrade: websocket\r\n") == 1 and b"Connection: Upgrade\r\n" in head
+    assert b"keep-alive" not in head
+
+
+def test_upstream_head_drops_hop_by_hop_and_forwarded_headers():
+    raw = (b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: X-Private\r\nX-Private: 1\r\n"
+           b"Keep-Alive: 5\r\nProxy-Authorization: t\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\n"
+           b"X-Forwarded-Port: 1\r\nForwarded: for=x\r\nX-Request-Id: abc\r\nCookie: a=b\r\n\r\n")
+    head = upstream_head(raw)
+    assert head.startswith(b"GET /x HTTP/1.1\r\nHost: app.test\r\n")
+    assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
+    for gone in (b"X-Private", b"Keep-Alive", b"Proxy-Authorization", b"TE:", b"6.6.6.6",
+                 b"X-Forwarded-Port", b"Forwarded: for"):
+        assert gone not in head
+    assert b"X-Forwarded-For: 10.0.0.9\r\n" in head and b"X-Forwarded-Host: app.test\r\n" in head
+    assert b"X-Request-Id: abc\r\n" in head and head.count(b"X-Request-Id") == 1  # kept, not added
+    assert b"Cookie: a=b\r\n" in head and b"Via: 1.1 turnout\r\n" in head
+
+
+def test_trusted_peer_extends_the_chain():
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\r\n"
+    head = upstream_head(raw, trusted=True)
+    assert b"X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n" in head and b"X-Forwarded-Proto: https\r\n" in head
+
+
+def test_request_ids_are_generated_and_distinct():
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    ids = {line for line in (upstream_head(raw).split(b"\r\n") + upstream_head(raw).split(b"\r\n"))
+           if line.startswith(b"X-Request-Id: ")}
+    assert len(ids) == 2
+
+
+def test_http10_is_forwarded_as_http11():
+    assert upstream_head(b"GET /p HTTP/1.0\r\n\r\n").startswith(b"GET /p HTTP/1.1\r\n")
+
+
+def test_forced_and_sticky_come_from_header_or_cookies():
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: x=1; turnout-pool=green; "
+                             b"turnout-app=blue\r\n\r\n")
+    assert forced_and_sticky(req, "turnout-app") == ("green", "blue")
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Turnout-Pool: canary\r\nCookie: y=2\r\n\r\n")
+    assert forced_and_sticky(req, "turnout-app") == ("canary", None)
+    assert req.cookies is None  # no "turnout" in the Cookie header: not parsed at all
+
+
+def test_error_responses_are_marked_and_cached():
+    data = error_response(503, "hold-timeout", close=False, retry_after=10)
+    assert data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"X-Turnout-Error: hold-timeout\r\n" in data and b"Retry-After: 10\r\n" in data
+    assert b"Connection: close" not in data
+    assert error_response(503, "hold-timeout", close=False, retry_after=10) is data
+    head, _, body = error_response(502, "upstream-connect").partition(b"\r\n\r\n")
+    assert b"Content-Length: %d\r\n" % len(body) in head and b"Connection: close" in head
+    assert error_response(502, "upstream-connect", head_only=True).endswith(b"\r\n\r\n")
+    assert b"maintenance" in error_response(503, "maintenance")
+
+
+def test_response_head_framing():
+    head = response_head(200, b"OK", b"\r\nX-A: 1", content_length=None, chunked=True, keep_alive=True,
+                         http11=True, extra=sticky_cookie("turnout-app", "blue"))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n")
+    assert b"Set-Cookie: turnout-app=blue; Path=/" in head and head.endswith(b"\r\n\r\n")
+    head = response_head(200, b"OK", b"", content_length=b"5", chunked=False, keep_alive=True, http11=False)
+    assert b"Content-Length: 5\r\n" in head and b"Connection: keep-alive\r\n" in head
+    head = response_head(200, b"OK", b"", content_length=b"5", chunked=False, keep_alive=False, http11=True)
+    assert b"Connection: close\r\n" in head
+
+
+def test_chunked_framer_finds_the_end_across_reads():
+    body = b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: t\r\n\r\n"
+    for split in range(1, len(body)):
+        framer = ChunkedFramer()
+        assert framer.feed(body[:split]) == split and not framer.done
+        assert framer.feed(body[split:] + b"GET /next") == len(body) - split
+        assert framer.done and framer.total == 11
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXX", b"5\nhello\r\n", b"0\r\nbad trailer\r\n",
+                                  b"5 5\r\n"])
+def test_chunked_framer_refuses_bad_framing(body):
+    with pytest.raises(BadRequest):
+        ChunkedFramer().feed(body)
