@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from helpers.fake_docker import FakeBackend
 
 import controller.operations as operations
 from controller.deployer import Deployer
@@ -14,6 +13,7 @@ from controller.errors import DeployInProgress
 from controller.journal import Journal
 from controller.proxy_client import ProxyControl
 from controller.spec import BlueGreenOptions, CanaryOptions, RollingOptions, service_from_flags
+from helpers.fake_docker import FakeBackend
 from proxy.router import Router
 
 
