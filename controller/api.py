@@ -17,10 +17,12 @@ from .events import EventLog
 from .spec import ConfigError, ServiceConfig, service_from_flags, with_overrides
 
 DEPLOYER_KEY = web.AppKey("deployer", Deployer)
+LISTEN_KEY = web.AppKey("listen", str)
 
 
-def add_controller_routes(app: web.Application, deployer: Deployer) -> None:
+def add_controller_routes(app: web.Application, deployer: Deployer, listen: str) -> None:
     app[DEPLOYER_KEY] = deployer
+    app[LISTEN_KEY] = listen
     app.middlewares.append(_turnout_errors)
     app.router.add_post("/v1/deploy", post_deploy)
     app.router.add_get("/v1/status", get_status)
@@ -107,6 +109,7 @@ async def get_status(request: web.Request) -> web.Response:
         raise ApiError(404, f"unknown service {service!r}")
     router = deployer.proxy.router
     return web.json_response({
+        "proxy": {"listen": request.app[LISTEN_KEY]},
         "services": {name: deployer.status(name) for name in names},
         "table": describe_table(router),
     })

@@ -86,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--detach", action="store_true")
     rollback.add_argument("--json", action="store_true")
 
+    rehearse = sub.add_parser(
+        "rehearse", help="run a deploy under live load and report what every client saw",
+        description="Deploy IMAGE to SERVICE while a built-in load generator sends traffic through the "
+        "proxy; report failed, truncated and misrouted requests, latency before/during/after, the window "
+        "in which both versions answered, and a timeline (terminal table, --json, --html). "
+        "Exits 0 only when every deploy succeeded with no request failed by the proxy.")
+    rehearse.add_argument("service")
+    rehearse.add_argument("--image", required=True, help="the new version (a local image)")
+    which = rehearse.add_mutually_exclusive_group()
+    which.add_argument("--strategy", choices=["bigbang", "bluegreen", "rolling", "canary"])
+    which.add_argument("--all-strategies", action="store_true",
+                       help="run the four strategies one after another (alternating images) and compare")
+    load = rehearse.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, help="requests per second (open loop)")
+    load.add_argument("--concurrency", type=int, help="clients each sending back to back [default 8]")
+    rehearse.add_argument("--duration", default="20s", help="minimum load duration per deploy [20s]")
+    rehearse.add_argument("--new-connections", type=float, default=0.1,
+                          help="fraction of requests on a fresh connection [0.1]")
+    rehearse.add_argument("--url", help="where to send the load [default: the daemon's proxy listener]")
+    rehearse.add_argument("--html", type=Path, default=Path("turnout-rehearsal.html"),
+                          help="HTML report with the timeline chart [turnout-rehearsal.html]")
+    rehearse.add_argument("--steps", help="canary weights, e.g. 10,50,100")
+    rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
+    rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
+
     for name, text in (("promote", "finish the deploy in progress at once (100% to the new version)"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
@@ -274,7 +299,30 @@ def _signal(command: str) -> Any:
     return send
 
 
+async def _rehearse(client: Any, args: argparse.Namespace) -> int:
+    from .duration import parse_duration
+    from .rehearse import STRATEGY_ORDER, RehearsalPlan, all_succeeded, rehearse, render
+
+    if not 0.0 <= args.new_connections <= 1.0:
+        raise UsageError("--new-connections: must be between 0 and 1")
+    strategies = STRATEGY_ORDER if args.all_strategies else (args.strategy,)
+    options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
+    plan = RehearsalPlan(
+        service=args.service, image=args.image, strategies=tuple(strategies),
+        duration=parse_duration(args.duration, "--duration"), rate=args.rate,
+        concurrency=args.concurrency or (None if args.rate else 8),
+        new_connections=args.new_connections, url=args.url, options=options)
+    progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
+    runs = await rehearse(client, plan, progress)
+    text, html = render(runs, args.html, args.json)
+    print(text)
+    if html is not None and not args.json:
+        print(f"\nHTML report with the timeline chart: {html.resolve()}")
+    return 0 if all_succeeded(runs) else 1
+
+
 COMMANDS = {
+    "rehearse": _rehearse,
     "deploy": _deploy,
     "status": _status,
     "history": _history,

@@ -73,10 +73,16 @@ class Daemon:
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
                  state_dir=str(self.state_dir), recovered=outcome)
 
+    @property
+    def listen(self) -> str:
+        """The proxy's address as bound (port 0 in the config becomes the real port)."""
+        host, _ = self.config.proxy.listen_host_port
+        return f"{host}:{self.proxy_server.port}"
+
     async def _start_admin(self) -> None:
         app = create_admin_app(self.router)
         assert self.deployer is not None
-        add_controller_routes(app, self.deployer)
+        add_controller_routes(app, self.deployer, self.listen)
         self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,7 @@ class Daemon:
         proxy = self.config.proxy
         if proxy.admin_tcp:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
-            add_controller_routes(tcp_app, self.deployer)
+            add_controller_routes(tcp_app, self.deployer, self.listen)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             host, _, port = proxy.admin_tcp.rpartition(":")

@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 # Every container started by this test run carries this label value, so cleanup touches only ours.
 TEST_RUN_ID = os.environ.get("TURNOUT_TEST_RUN") or uuid.uuid4().hex[:12]
 TEST_RUN_LABEL = "turnout.test-run"
