@@ -16,70 +16,9 @@ import pytest
 
 from controller.loadgen import LoadConfig, LoadResult, Marks, run_load
 from helpers.daemon import Daemon
+from helpers.live import owner_containers, status, wait_for_version
 
 pytestmark = pytest.mark.docker
-
-CONFIG = """
-[services.web]
-image = "turnout-testapp:v1"
-port = 8080
-replicas = 2
-drain_timeout = "5s"
-hold_timeout = "15s"
-[services.web.health]
-path = "/healthz"
-interval = "200ms"
-timeout = "1s"
-healthy = 1
-unhealthy = 2
-start_timeout = "4s"
-[services.web.canary]
-steps = [20, 50, 100]
-step_pause = "1s"
-analysis_interval = "200ms"
-min_requests = 10
-max_error_rate = 0.05
-"""
-
-
-@pytest.fixture
-def daemon(tmp_path, docker_client, test_run_labels):
-    serve = Daemon(tmp_path, test_run_labels, CONFIG)
-    serve.start()
-    wait_for_version(serve, "v1")
-    yield serve
-    serve.stop()
-    owner_containers(docker_client, serve, remove=True)
-
-
-def owner_containers(docker_client, serve: Daemon, remove: bool = False) -> list:
-    from controller.daemon import owner_for
-
-    owner = f"turnout.owner={owner_for(serve.state_dir)}"
-    found = docker_client.containers.list(all=True, filters={"label": owner})
-    if remove:
-        for container in found:
-            container.remove(force=True)
-    return found
-
-
-def status(serve: Daemon) -> dict:
-    result = serve.cli("status", "web", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["services"]["web"]
-
-
-def wait_for_version(serve: Daemon, version: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = serve.cli("status", "web", "--json")
-        if result.returncode == 0:
-            info = json.loads(result.stdout)["services"].get("web") or {}
-            if (info.get("stable") or {}).get("version") == version and not info.get("deployment"):
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"web never served {version}:\n{serve.log()}")
-
 
 @asynccontextmanager
 async def traffic(serve: Daemon, marks: Marks | None = None) -> AsyncIterator[list[LoadResult]]:
