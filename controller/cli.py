@@ -160,6 +160,9 @@ def _serve(args: argparse.Namespace) -> int:
         socket = config.proxy.admin_socket
         if socket in (str(config.state_dir / "admin.sock"), ProxyConfig().admin_socket):
             socket = str(args.state_dir / "admin.sock")
+        if len(os.fsencode(os.path.abspath(socket))) > 107:
+            raise UsageError(f"--state-dir: the admin socket {socket} would be longer than the 107 bytes "
+                             "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
     daemon = Daemon(config, extra_labels=_labels_from_env())

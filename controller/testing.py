@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -222,15 +224,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture
-def turnout(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Turnout]:
+def turnout(request: pytest.FixtureRequest) -> Iterator[Turnout]:
     """A running Turnout daemon for this test; its containers are removed afterwards."""
     config = request.config.getini("turnout_config") or None
-    workdir = tmp_path_factory.mktemp("turnout")
+    # A short path of its own: the admin socket's path must fit in 107 bytes, pytest's tmp paths may not.
+    workdir = Path(tempfile.mkdtemp(prefix="turnout-"))
     labels = {RUN_LABEL: os.environ.get("TURNOUT_TEST_RUN") or uuid.uuid4().hex[:12]}
     daemon = TurnoutDaemon(workdir, labels, Path(request.config.rootpath, config) if config else None)
-    daemon.start()
     try:
+        daemon.start()
         yield Turnout(daemon)
     finally:
-        daemon.stop()
+        if daemon.process is not None:
+            daemon.stop()
         daemon.remove_containers()
+        shutil.rmtree(workdir, ignore_errors=True)

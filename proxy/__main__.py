@@ -3,6 +3,8 @@
     python -m proxy --listen 127.0.0.1:8000 --upstream 127.0.0.1:9000 [--upstream ...] [--loop uvloop]
 
 One service named "default" with one pool "main" (weight 1). SIGTERM/SIGINT stop it gracefully.
+The access log (one JSON `http.access` event per request on stderr) is OFF here unless `--access-log`
+is given, so the benchmark compares with nginx running `access_log off`; `turnout serve` logs by default.
 The admin API is not started here; `serve(..., on_started=...)` is the hook for whoever adds it.
 """
 
@@ -14,6 +16,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from .config import ProxyConfig
+from .log import configure
 from .router import Router
 from .server import ProxyServer
 from .specs import ServiceSpec
@@ -48,8 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8000")
     parser.add_argument("--upstream", action="append", required=True, help="host:port (repeatable)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
+                        help="log one JSON `http.access` event per request to stderr (default: off, "
+                             "to compare with nginx's `access_log off`)")
     args = parser.parse_args(argv)
-    config = ProxyConfig(listen=args.listen)
+    configure()
+    config = ProxyConfig(listen=args.listen, access_log=args.access_log)
 
     async def run() -> None:
         await serve(config, static_router(config, args.upstream))

@@ -32,21 +32,24 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(ProxyError):
     """An error with an HTTP status, raised by handlers (ours or the controller's)."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.field, self.extra = status, message, field, extra
+        self.headers = headers or {}
 
 
 def create_admin_app(router: Router, token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[_guard(token), _errors])
+    # The first middleware is the outermost: `_errors` must wrap the guard, or its refusals become 500s.
+    app = web.Application(middlewares=[_errors, _guard(token)])
     app[ROUTER_KEY] = router
     app.router.add_get("/v1/table", get_table)
     app.router.add_put("/v1/services/{name}", put_service)
     app.router.add_delete("/v1/services/{name}", delete_service)
     app.router.add_patch("/v1/services/{name}/weights", patch_weights)
-    app.router.add_post("/v1/services/{name}/pause", lambda r: _set_state(r, "paused"))
-    app.router.add_post("/v1/services/{name}/resume", lambda r: _set_state(r, "active"))
-    app.router.add_post("/v1/services/{name}/stop", lambda r: _set_state(r, "stopped"))
+    app.router.add_post("/v1/services/{name}/pause", pause_service)
+    app.router.add_post("/v1/services/{name}/resume", resume_service)
+    app.router.add_post("/v1/services/{name}/stop", stop_service)
     app.router.add_get("/v1/services/{name}/counters", get_counters)
     app.router.add_get("/v1/drains", get_drains)
     app.router.add_get("/metrics", get_metrics)
@@ -62,7 +65,7 @@ def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
         if token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise ApiError(401, "missing or wrong bearer token")
+                raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         if request.method not in ("GET", "HEAD") and CLIENT_HEADER not in request.headers:
             raise ApiError(403, f"changes need the {CLIENT_HEADER} header")
         return await handler(request)
@@ -82,7 +85,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         body: dict[str, Any] = {"error": exc.message, **exc.extra}
         if exc.field:
             body["field"] = exc.field
-        return _json(body, status=exc.status)
+        response = _json(body, status=exc.status)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException:
         raise
     except Exception as exc:  # one error boundary per request: say what broke, in JSON
@@ -169,6 +174,18 @@ async def patch_weights(request: web.Request) -> web.Response:
     return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
 
 
+async def pause_service(request: web.Request) -> web.Response:
+    return await _set_state(request, "paused")
+
+
+async def resume_service(request: web.Request) -> web.Response:
+    return await _set_state(request, "active")
+
+
+async def stop_service(request: web.Request) -> web.Response:
+    return await _set_state(request, "stopped")
+
+
 async def _set_state(request: web.Request, state: str) -> web.Response:
     router = request.app[ROUTER_KEY]
     router.set_state(request.match_info["name"], state)
@@ -183,9 +200,15 @@ async def get_counters(request: web.Request) -> web.Response:
     return _json({
         pool: {"requests": c.requests, "by_class": dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"),
                                                             c.by_class[1:], strict=True)),
-               "proxy_errors": c.proxy_errors, "p50": c.quantile(0.5), "p99": c.quantile(0.99)}
+               "proxy_errors": c.proxy_errors, "p50": _seconds(c.quantile(0.5)),
+               "p99": _seconds(c.quantile(0.99))}
         for pool, c in counters.items()
     })
+
+
+def _seconds(bound: float | None) -> float | str | None:
+    """A latency bound for JSON: +inf (past the last bucket) has no JSON number, so say "+Inf"."""
+    return "+Inf" if bound == float("inf") else bound
 
 
 async def get_drains(request: web.Request) -> web.Response:

@@ -26,6 +26,7 @@ class ProxyConfig:
     # X-Forwarded-* sent by clients are replaced unless the peer is one of these addresses.
     trusted_proxies: tuple[str, ...] = ()
     retries: int = 1  # extra attempts on another upstream when connecting failed (idempotent only)
+    access_log: bool = True  # one `http.access` event per finished request (proxy/access_log.py)
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

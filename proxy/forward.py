@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from .access_log import Tap
 from .http import (
     IDEMPOTENT,
     BadRequest,
@@ -52,7 +53,7 @@ PASSIVE_FAILURES_TO_EJECT = 3
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
+        "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
         "head_sent", "http11", "is_head", "keep_alive", "loop", "peer", "pending", "pending_size",
         "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
         "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
@@ -98,9 +99,12 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.trusted = False
         self.suffix = b""
+        self.alog: Tap | None = None  # the access log's tap, when the access log is on
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.config.access_log:  # the tap counts what is written to the client
+            transport = self.alog = Tap(transport)  # type: ignore[arg-type]
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
@@ -128,6 +132,8 @@ class ClientConnection(asyncio.Protocol):
             self.busy = False
             self.status = self.status or 499  # the client went away first
             self._end_exchange(False)
+            if self.alog is not None:
+                self.alog.emit(self, "client-closed")
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
@@ -242,6 +248,8 @@ class ClientConnection(asyncio.Protocol):
             self.dkind = 0
         self.pending = [build_upstream_head(head, req, self.peer, self.trusted, self.suffix)]
         self.pending_size = 0
+        if self.alog is not None:
+            self.alog.head = self.pending[0]
         held = self._route(self.router.table)
         if held is not None:
             self.task = self.loop.create_task(self._hold(held))
@@ -351,6 +359,8 @@ class ClientConnection(asyncio.Protocol):
             stats.inflight -= 1
             self.t_end = now = self.loop.time()
             stats.observe(self.status, now - self.t0, proxy_made)
+            if self.alog is not None:
+                self.alog.routed(self.pool, upstream)  # type: ignore[arg-type]
             self.pool = None
 
     # ================================================================== upstream connections
@@ -502,6 +512,8 @@ class ClientConnection(asyncio.Protocol):
     # ================================================================== ending exchanges
     def _next(self) -> None:
         """The exchange is over: go on with the next request, or close."""
+        if self.alog is not None:
+            self.alog.emit(self)
         self.req = None
         self.service = None
         self.pending = None
@@ -539,6 +551,8 @@ class ClientConnection(asyncio.Protocol):
             self.reading_body = False
             self.chunker = None
         self.status = status
+        if self.alog is not None:
+            self.alog.error = reason
         if self.upstream is None:
             self.router.metrics.unrouted[min(status // 100, 5)] += 1
             self.t_end = self.loop.time()
@@ -559,6 +573,8 @@ class ClientConnection(asyncio.Protocol):
         if self.busy:
             self.busy = False
             self._end_exchange(False)
+            if self.alog is not None:
+                self.alog.emit(self, "" if self.tunnel else "cut")
         if self.upconn is not None:
             self.upconn.abort()
             self.upconn = None

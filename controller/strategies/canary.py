@@ -10,6 +10,8 @@ from ..errors import AnalysisFailed
 from ..operations import Operations
 from ..release import Release
 
+P99_SLACK = 0.1  # seconds: p99 differences smaller than this are never a reason to roll back
+
 
 class Canary:
     name: ClassVar[str] = "canary"
@@ -64,8 +66,9 @@ class Judge:
                 f"{self.options.max_error_rate:.1%} (stable {stable_rate:.1%})")
         canary_p99, stable_p99 = canary.quantile(0.99), stable.quantile(0.99) if stable else None
         if canary_p99 is not None and stable_p99 and stable.requests >= self.options.min_requests:
-            # Bucketed latencies: compare bucket bounds, and ignore anything under 10 ms.
-            if canary_p99 > 0.01 and canary_p99 > self.options.max_p99_ratio * stable_p99:
+            # Latencies are histogram bucket bounds, and a fresh container's first requests are slow:
+            # a breach must be both relative and larger than P99_SLACK in absolute terms.
+            if canary_p99 > self.options.max_p99_ratio * stable_p99 and canary_p99 - stable_p99 > P99_SLACK:
                 raise AnalysisFailed(
                     f"canary {self.canary} p99 latency <= {canary_p99:g}s is over "
                     f"{self.options.max_p99_ratio:g}x the stable p99 ({stable_p99:g}s)")

@@ -1,0 +1,215 @@
+"""The access log on real sockets: one `http.access` event per finished request, with the right values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import struct
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+from structlog.testing import capture_logs
+
+from helpers.upstreams import (
+    RawClient,
+    dead_address,
+    fetch,
+    running_proxy,
+    service,
+    start_upstreams,
+    wait_for,
+)
+from proxy.access_log import FIELDS
+from proxy.router import Router
+
+
+@pytest.fixture
+async def ups():
+    upstreams = await start_upstreams("a", "b")
+    yield upstreams
+    for u in upstreams:
+        await u.close()
+
+
+def access(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] == "http.access"]
+
+
+def fields_of(event: dict) -> list[str]:
+    return [k for k in event if k not in ("event", "log_level")]
+
+
+async def test_one_event_per_request_with_every_field_and_the_right_values(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router) as proxy:
+        with capture_logs() as logs:
+            started = time.time()
+            client = await RawClient.connect(proxy.port)
+            try:
+                r = await client.request("GET", "/big?n=1000&secret=x", headers={"X-Request-Id": "req-42"})
+                r2 = await client.request("POST", "/echo", body=b"hello")
+            finally:
+                await client.close()
+    assert (r.status, len(r.body), r2.status) == (200, 1000, 200)
+    first, second = access(logs)
+    assert fields_of(first) == list(FIELDS)  # fixed fields, in this order
+    assert first["client"] == "127.0.0.1"
+    assert (first["method"], first["path"], first["host"]) == ("GET", "/big", "app.test")
+    assert first["status"] == 200
+    assert first["bytes_sent"] == len(r.head) + 1000  # head and body as the client got them
+    assert (first["service"], first["pool"], first["upstream"]) == ("app", "blue", a.address)
+    assert first["request_id"] == "req-42"
+    assert first["error"] == ""
+    assert 0 <= first["duration_ms"] < 5000
+    when = datetime.strptime(first["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    assert started - 0.01 <= when <= time.time()
+    # A second request on the same keep-alive connection: its own bytes, and a generated request id,
+    # the one the upstream received.
+    assert (second["method"], second["path"], second["status"]) == ("POST", "/echo", 200)
+    assert second["bytes_sent"] == len(r2.head) + len(b"hello")
+    sent_id = a.requests[1].headers["x-request-id"]
+    assert second["request_id"] == sent_id and sent_id != "req-42"
+
+
+async def _standalone(upstream: str, *flags: str) -> list[dict]:
+    """Run `python -m proxy` (the benchmark's entry point), send two requests, stop it; its stderr lines."""
+    port = int(dead_address().rsplit(":", 1)[1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}", "--upstream", upstream, *flags,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        while b"proxy.listening" not in await asyncio.wait_for(proc.stderr.readline(), 20):
+            pass
+        for i in range(2):
+            assert (await fetch(port, headers={"X-Request-Id": f"s{i}"})).status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = (await asyncio.wait_for(proc.communicate(), 20))[1]
+    assert proc.returncode == 0, err
+    return [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+
+
+async def test_standalone_proxy_logs_json_lines_only_with_access_log(ups):
+    a, _ = ups
+    lines = await _standalone(a.address, "--access-log")
+    events = [e for e in lines if e["event"] == "http.access"]
+    assert [e["request_id"] for e in events] == ["s0", "s1"]
+    assert [k for k in events[0] if k in FIELDS] == list(FIELDS)
+    assert (events[0]["service"], events[0]["pool"], events[0]["upstream"]) == ("default", "main", a.address)
+    assert events[0]["level"] == "info" and "timestamp" in events[0]
+    # The default for the benchmark entry point: off.
+    lines = await _standalone(a.address)
+    assert any(e["event"] == "proxy.stopped" for e in lines)
+    assert [e for e in lines if e["event"] == "http.access"] == []
+
+
+async def test_a_proxy_made_503_carries_its_reason(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}, state="paused", hold_timeout=0.05))
+    async with running_proxy(router) as proxy:
+        with capture_logs() as logs:
+            r = await fetch(proxy.port, path="/held", headers={"X-Request-Id": "held-1"})
+    assert r.status == 503 and r.header("x-turnout-error") == "hold-timeout"
+    [event] = access(logs)
+    assert (event["status"], event["error"], event["request_id"]) == (503, "hold-timeout", "held-1")
+    assert (event["service"], event["pool"], event["upstream"]) == ("app", "", "")
+    assert event["bytes_sent"] == len(r.head) + len(r.body)
+    assert event["duration_ms"] >= 40
+
+
+async def test_errors_after_routing_name_pool_upstream_and_reason(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router) as proxy:
+        with capture_logs() as logs:
+            r502 = await fetch(proxy.port, path="/die")
+            r404 = await fetch(proxy.port, path="/x", host="nowhere.test")
+            app500 = await fetch(proxy.port, path="/status/500")
+    assert (r502.status, r404.status, app500.status) == (502, 200, 500)  # one service: the default route
+    died, default, app_error = access(logs)
+    assert (died["status"], died["error"], died["pool"], died["upstream"]) == (
+        502, "upstream-closed", "blue", a.address)
+    assert default["host"] == "nowhere.test" and default["error"] == ""
+    assert (app_error["status"], app_error["error"]) == (500, "")  # the app's own error: no proxy reason
+
+
+async def test_a_bad_request_is_logged_once(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router) as proxy:
+        with capture_logs() as logs:
+            client = await RawClient.connect(proxy.port)
+            try:
+                await client.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+                r = await client.read_response()
+            finally:
+                await client.close()
+    assert r.status == 400
+    [event] = access(logs)
+    assert (event["status"], event["error"], event["method"]) == (400, r.header("x-turnout-error"), "")
+    assert a.requests == []
+
+
+async def test_a_client_that_leaves_early_is_logged_as_client_closed(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router) as proxy:
+        with capture_logs() as logs:
+            client = await RawClient.connect(proxy.port)
+            await client.send(b"GET /slow?s=2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            await wait_for(lambda: router.upstreams[a.address].inflight)
+            sock = client.writer.get_extra_info("socket")  # a reset, not a half-close (that gets its answer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.writer.transport.abort()
+            await wait_for(lambda: access(logs))
+    [event] = access(logs)
+    assert (event["status"], event["error"], event["bytes_sent"]) == (499, "client-closed", 0)
+    assert (event["pool"], event["upstream"]) == ("blue", a.address)
+
+
+async def test_no_event_when_the_access_log_is_off(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router, access_log=False) as proxy:
+        with capture_logs() as logs:
+            assert (await fetch(proxy.port)).status == 200
+            assert (await fetch(proxy.port, path="/die")).status == 502
+        assert all(c.alog is None for c in proxy.connections)
+    assert access(logs) == []
+    # ...and the counters still count.
+    assert router.metrics.pools[("app", "blue")].by_class[2] == 1
+
+
+async def test_concurrent_keep_alive_clients_log_one_event_per_request(ups):
+    a, b = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address]), "green": (1, [b.address])}))
+    async with running_proxy(router) as proxy:
+        with capture_logs() as logs:
+            async def run(i: int) -> list[int]:
+                client = await RawClient.connect(proxy.port)
+                try:
+                    return [len((await client.request("GET", "/", headers={"X-Request-Id": f"c{i}-{j}"}))
+                                .head) for j in range(5)]
+                finally:
+                    await client.close()
+            heads = await asyncio.gather(*(run(i) for i in range(8)))
+    events = access(logs)
+    assert sorted(e["request_id"] for e in events) == sorted(f"c{i}-{j}" for i in range(8) for j in range(5))
+    by_id = {e["request_id"]: e for e in events}
+    for i in range(8):
+        for j in range(5):
+            assert by_id[f"c{i}-{j}"]["bytes_sent"] == heads[i][j] + 1  # body: "a" or "b"
+    assert {e["pool"] for e in events} == {"blue", "green"}
