@@ -16,6 +16,9 @@ what is written) and holds the little the event needs that the connection forget
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import json
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,8 +26,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    import asyncio
-
     from .forward import ClientConnection
     from .pool import Pool
     from .upstream import Upstream
@@ -93,8 +94,7 @@ class Tap:
         service = conn.service
         if service is None and req is not None:  # answered before routing (hold timeout, maintenance)
             service = conn.router.table.match(req.host, req.path)
-        log.info(
-            EVENT,
+        fields = dict(
             time=format_time(time.time() - duration),
             client=conn.peer.decode(),
             method=req.method.decode("latin-1") if req is not None else "",
@@ -109,6 +109,61 @@ class Tap:
             request_id=request_id,
             error=error or self.error,
         )
+        if _sink is not None:
+            _sink.write({"event": EVENT, **fields, "level": "info", "timestamp": format_time(time.time())})
+        else:
+            log.info(EVENT, **fields)
         self.mark = self.sent
         self.head = b""
         self.pool = self.upstream = self.error = ""
+
+
+class JsonLinesSink:
+    """Access-log lines, JSON, written in batches: one write per `interval` (or per 64 KiB), not one
+    flushed print per request as the general structlog pipeline does. Used when logs are JSON."""
+
+    def __init__(self, stream: Any, interval: float = 0.25, limit: int = 64 * 1024) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.limit = limit
+        self.lines: list[str] = []
+        self.size = 0
+        self.scheduled = False
+
+    def write(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event)
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= self.limit:
+            self.flush()
+        elif not self.scheduled:
+            try:
+                asyncio.get_running_loop().call_later(self.interval, self.flush)
+                self.scheduled = True
+            except RuntimeError:  # no loop: write at once
+                self.flush()
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if self.lines:
+            lines, self.lines, self.size = self.lines, [], 0
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+
+_sink: JsonLinesSink | None = None
+
+
+def use_sink(sink: JsonLinesSink | None) -> None:
+    """Route access events to `sink` (proxy.log.configure does, for JSON logs); None: structlog."""
+    global _sink
+    if _sink is not None:
+        _sink.flush()
+    _sink = sink
+    if sink is not None:
+        atexit.register(sink.flush)
+
+
+def flush() -> None:
+    if _sink is not None:
+        _sink.flush()

@@ -26,3 +26,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    from . import access_log
+
+    # Access events are the one per-request log: batch them instead of a flushed print each.
+    access_log.use_sink(access_log.JsonLinesSink(sys.stderr) if json else None)

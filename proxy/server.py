@@ -11,6 +11,7 @@ import asyncio
 
 import structlog
 
+from . import access_log
 from .config import ProxyConfig
 from .forward import ClientConnection
 from .router import Router
@@ -64,6 +65,7 @@ class ProxyServer:
             upstream.close_idle()
         await self._server.wait_closed()
         self._server = None
+        access_log.flush()  # the last requests' lines go out before "stopped"
         log.info("proxy.stopped", aborted=aborted)
         return aborted
 
