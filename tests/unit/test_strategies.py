@@ -209,3 +209,52 @@ async def test_second_deploy_while_one_runs_is_refused(world):
         deployer.deploy(config, "app:v3", "canary")
     deployer.signals_of("web").signals.abort()
     await asyncio.wait_for(running.task, 10)
+
+
+async def test_bluegreen_preview_routes_green_only_for_testers_until_promote(world):
+    router, backend, deployer, tables = world
+    config = web(bluegreen=BlueGreenOptions(preview=True))
+    await run(deployer, config, "app:v1", "bluegreen")
+    active = deployer.deploy(config, "app:v2", "bluegreen")
+    while {p.name for p in router.table.services["web"].pools} != {"v1", "v2"}:
+        await asyncio.sleep(0.01)
+    svc = router.table.services["web"]
+    assert {p.name: p.weight for p in svc.pools} == {"v1": 100, "v2": 0}
+    assert svc.select(forced="v2", sticky=None)[0].name == "v2"  # X-Turnout-Pool: v2 reaches green
+    assert svc.choose().name == "v1"  # everyone else stays on blue
+    await asyncio.sleep(0.1)
+    assert not active.task.done()
+    deployer.signals_of("web").signals.promote()
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded"
+    assert [p.name for p in router.table.services["web"].pools] == ["v2"]
+
+
+async def test_rolling_with_max_unavailable_takes_old_down_first(world):
+    router, backend, deployer, tables = world
+    config = web(replicas=2, rolling=RollingOptions(max_surge=0, max_unavailable=1))
+    await run(deployer, config, "app:v1", "rolling")
+    tables.clear()
+    backend.calls.clear()
+    active = await run(deployer, config, "app:v2", "rolling")
+    assert active.status == "succeeded"
+    # never more than 2 containers: each batch removes an old one before starting a new one
+    assert backend.calls[:2] == [("remove", "v1"), ("start", "v2")]
+    assert max(sum(t.values()) for t in collapse(tables)[:-1]) <= 2  # weights = container counts
+    assert collapse(tables)[-1] == {"v2": 100}
+
+
+async def test_pause_freezes_a_canary_step_and_resume_continues(world):
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=0.3, analysis_interval=0.05))
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+    while "v2" not in router.table.services["web"].pools_by_name:
+        await asyncio.sleep(0.01)
+    active.signals.pause()
+    await asyncio.sleep(0.6)  # twice the step pause: paused, the step must not have ended
+    assert not active.task.done()
+    assert {p.name: p.weight for p in router.table.services["web"].pools} == {"v1": 50, "v2": 50}
+    active.signals.resume()
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded"
