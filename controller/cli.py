@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TurnoutError, UsageError
+from .events import describe_event
 
 EXAMPLES = """\
 examples:
@@ -230,23 +231,6 @@ async def _follow(events: Any, as_json: bool) -> int:
         if event.get("event") == "finished":
             status = event.get("status", "unknown")
     return 0 if status == "succeeded" else 1
-
-
-def describe_event(event: dict[str, Any]) -> str:
-    kind = event.get("event")
-    if kind == "finished":
-        text = f"finished: {event['status']} in {event.get('seconds', 0):.1f}s"
-        if event.get("message"):
-            text += f" — {event['message']}"
-        if event.get("timings"):
-            text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
-        return text
-    detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
-    weights = detail.pop("weights", None)
-    text = f"{event.get('step', kind):<10}"
-    if weights:
-        text += " " + " / ".join(f"{pool} {w}%" for pool, w in weights.items())
-    return text + "".join(f" {k}={v}" for k, v in detail.items())
 
 
 async def _status(client: Any, args: argparse.Namespace) -> int:

@@ -44,3 +44,21 @@ class EventLog:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One readable line for a deploy event (the CLI's live progress)."""
+    kind = event.get("event")
+    if kind == "finished":
+        text = f"finished: {event['status']} in {event.get('seconds', 0):.1f}s"
+        if event.get("message"):
+            text += f" — {event['message']}"
+        if event.get("timings"):
+            text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
+        return text
+    detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
+    weights = detail.pop("weights", None)
+    text = f"{event.get('step', kind):<10}"
+    if weights:
+        text += " " + " / ".join(f"{pool} {w}%" for pool, w in weights.items())
+    return text + "".join(f" {k}={v}" for k, v in detail.items())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import AdminClient
+from .events import describe_event
 from .loadgen import (
     DEPLOY_FINISHED,
     DEPLOY_STARTED,
@@ -93,7 +94,7 @@ async def _one(client: AdminClient, plan: RehearsalPlan, url: str, image: str, s
                 # From here on, a request that starts and is answered by another version is misrouted.
                 marks.mark(SWITCH_ACKNOWLEDGED, expect_version=_version_of_pool(to_version))
             if event.get("event") == "step":
-                progress(f"  {step}")
+                progress(f"  {describe_event(event)}")
             if event.get("event") == "finished":
                 deploy_status, timings = event["status"], event.get("timings", {})
                 timings = {**timings, "total": event.get("seconds", 0.0)}
