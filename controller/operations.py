@@ -103,7 +103,7 @@ class Operations:
         health = self.config.health or HealthCheck()
         await wait_healthy(self.backend, container.id, container.address, path=health.path,
                            timeout=health.start_timeout, interval=min(health.interval, 0.25),
-                           healthy_threshold=1, probe_timeout=health.timeout)
+                           healthy_threshold=health.healthy, probe_timeout=health.timeout)
 
     async def restart(self, release: Release) -> None:
         """Start a release's stopped containers again (rollback of big-bang / blue-green)."""
