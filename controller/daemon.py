@@ -58,7 +58,7 @@ class Daemon:
         os.chmod(self.state_dir, 0o700)
         await self.proxy_server.start()
         await self.health.start()
-        self.journal = Journal(self.state_dir / "journal.db")
+        self.journal = Journal(self.config.journal_path)
         self.backend = DockerBackend(owner=owner_for(self.state_dir), extra_labels=self.extra_labels)
         self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
         for service in self.config.services.values():

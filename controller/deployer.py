@@ -131,6 +131,22 @@ class Deployer:
                 return False
         return True
 
+    async def repair(self, config: ServiceConfig, release: Release, missing: int) -> bool:
+        """Start `missing` containers of the serving release (after recovery found it short)."""
+        record = self.journal.begin(config.name, "repair", release.version, release.image, release.version,
+                                    {"pool": release.pool})
+        ops = Operations(backend=self.backend, proxy=self.proxy, journal=self.journal,
+                         deployment_id=record.id, config=config, new=release, old=None,
+                         events=EventLog(), signals=Signals(), extra_labels=self.extra_labels)
+        try:
+            await ops.start(release, missing)
+        except TurnoutError as exc:
+            self.journal.finish(record.id, "failed", str(exc))
+            return False
+        self.journal.finish(record.id, "succeeded",
+                            f"started {missing} container(s) to restore {config.replicas} replica(s)")
+        return True
+
     # ------------------------------------------------------------ the run
     async def _run(self, active: ActiveDeployment, config: ServiceConfig, new: Release,
                    old: Release | None, reuse: bool = False) -> None:

@@ -70,12 +70,16 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         if previous is not None:
             deployer.previous[service] = previous
         deployer.proxy.install(service_config, [stable.as_pool(100)], labels={"stable": stable.pool})
+        missing = service_config.replicas - len(healthy) if service_config.managed else 0
+        if missing > 0:  # e.g. a rolling update was cut after removing old containers
+            if await deployer.repair(service_config, stable, missing):
+                deployer.proxy.install(service_config, [stable.as_pool(100)], labels={"stable": stable.pool})
         if previous is not None:
             for container in previous.containers:
                 if container.running:
                     await backend.stop(container.id, timeout=STOP_TIMEOUT)
         deployer._save_state(service)
-        outcome.setdefault(service, f"routed {stable.version} on {len(healthy)} container(s)")
+        outcome.setdefault(service, f"routed {stable.version} on {len(stable.containers)} container(s)")
         log.info("recovery.service", service=service, outcome=outcome[service])
     return outcome
 
