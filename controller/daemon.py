@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from proxy.__main__ import raise_open_files_limit
 from proxy.admin import create_admin_app
 from proxy.health import HealthChecker
 from proxy.metrics import Metrics
@@ -54,6 +55,7 @@ class Daemon:
         self.admin_socket = Path(config.proxy.admin_socket)
 
     async def start(self) -> None:
+        raise_open_files_limit(self.config.proxy.max_connections)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         await self.proxy_server.start()

@@ -62,6 +62,7 @@ class Deployer:
         self.active: dict[str, ActiveDeployment] = {}
         self.finished: dict[str, ActiveDeployment] = {}  # the last one per service, for followers
         self._background: set[asyncio.Task[None]] = set()
+        self._settling: dict[str, asyncio.Task[None]] = {}  # post-deploy work a next deploy waits for
 
     # ------------------------------------------------------------ commands
     def deploy(self, config: ServiceConfig, image: str, strategy: str | None = None,
@@ -85,6 +86,12 @@ class Deployer:
         new = Release(version, image, pool)
         active.task = asyncio.get_running_loop().create_task(self._run(active, config, new, old))
         return active
+
+    async def settle(self, service: str) -> None:
+        """Wait for the work a finished deploy left running (e.g. stopping its drained old set)."""
+        task = self._settling.get(service)
+        if task is not None:
+            await asyncio.wait([task])
 
     def signals_of(self, service: str) -> ActiveDeployment:
         active = self.active.get(service)
@@ -154,6 +161,9 @@ class Deployer:
                          deployment_id=active.id, config=config, new=new, old=old,
                          events=active.events, signals=active.signals, extra_labels=self.extra_labels)
         started = time.monotonic()
+        settling = self._settling.pop(config.name, None)
+        if settling is not None:  # the previous deploy is still stopping its old set
+            await asyncio.wait([settling])
         ops.step("started", strategy=active.strategy, image=new.image,
                  from_version=old.version if old else None)
         try:
@@ -176,6 +186,8 @@ class Deployer:
         self._promote(config.name, new, old, reuse)
         ops.step("completed", timings=ops.timings)
         await self._finish(active, "succeeded", "", ops, started)
+        if ops.after_success:
+            self._settling[config.name] = self._later(_run_all(ops.after_success))
         if old is not None and config.bluegreen.keep_old > 0 and active.strategy == "bluegreen":
             self._later(self._retire_warm(config, old, config.bluegreen.keep_old))
 
@@ -286,10 +298,11 @@ class Deployer:
             except TurnoutError:
                 pass
 
-    def _later(self, coro: Any) -> None:
+    def _later(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ------------------------------------------------------------ helpers
     def _config(self, service: str) -> ServiceConfig:
@@ -327,3 +340,11 @@ class Deployer:
         await asyncio.gather(*[a.task for a in self.active.values() if a.task], *self._background,
                              return_exceptions=True)
 
+
+
+async def _run_all(steps: list[Any]) -> None:
+    for step in steps:
+        try:
+            await step()
+        except TurnoutError as exc:
+            log.warning("deploy.after_success_failed", error=str(exc))

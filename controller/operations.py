@@ -27,6 +27,7 @@ from .release import Release
 from .signals import Signals
 from .spec import HealthCheck, ServiceConfig
 
+READINESS_POLL = 0.05  # seconds between readiness probes of a new container: it serves sooner
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL; upstreams have drained by then
 
 log = structlog.get_logger("turnout.controller")
@@ -47,6 +48,8 @@ class Operations:
         self.signals = signals
         self.extra_labels = extra_labels or {}
         self.timings: dict[str, float] = {}  # phase -> seconds, reported at the end
+        # Work that needs no client to wait for it (stopping a drained old set): run after success.
+        self.after_success: list[Callable[[], Awaitable[None]]] = []
         self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
 
     # ------------------------------------------------------------ recording
@@ -102,7 +105,7 @@ class Operations:
     async def _wait_healthy(self, container: Container) -> None:
         health = self.config.health or HealthCheck()
         await wait_healthy(self.backend, container.id, container.address, path=health.path,
-                           timeout=health.start_timeout, interval=min(health.interval, 0.25),
+                           timeout=health.start_timeout, interval=min(health.interval, READINESS_POLL),
                            healthy_threshold=health.healthy, probe_timeout=health.timeout)
 
     async def restart(self, release: Release) -> None:

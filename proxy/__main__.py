@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +23,16 @@ from .server import ProxyServer
 from .specs import ServiceSpec
 
 StartHook = Callable[[Router, ProxyServer], Awaitable[None]]
+
+
+def raise_open_files_limit(connections: int) -> None:
+    """Each client connection needs a descriptor, and one upstream each: lift the soft limit toward
+    the hard one so max_connections is reachable (the usual soft default of 1024 is not enough)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def static_router(config: ProxyConfig, upstreams: list[str]) -> Router:
@@ -51,12 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8000")
     parser.add_argument("--upstream", action="append", required=True, help="host:port (repeatable)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--max-connections", type=int, default=ProxyConfig.max_connections,
+                        help="client connections held at once; beyond it new ones get 503 [10000]")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                         help="log one JSON `http.access` event per request to stderr (default: off, "
                              "to compare with nginx's `access_log off`)")
     args = parser.parse_args(argv)
     configure()
-    config = ProxyConfig(listen=args.listen, access_log=args.access_log)
+    config = ProxyConfig(listen=args.listen, access_log=args.access_log, max_connections=args.max_connections)
+    raise_open_files_limit(config.max_connections)
 
     async def run() -> None:
         await serve(config, static_router(config, args.upstream))

@@ -33,5 +33,9 @@ class BlueGreen:
             ops.step("old_kept_warm", version=old.version, seconds=options.keep_old)
             return
         await ops.drain(removed)
-        await ops.stop(old.containers)
-        ops.step("old_stopped", version=old.version, kept_for_rollback=True)
+
+        async def stop_old() -> None:  # out of routing and drained: stopping it need not delay the deploy
+            await ops.stop(old.containers)
+            ops.step("old_stopped", version=old.version, kept_for_rollback=True)
+
+        ops.after_success.append(stop_old)

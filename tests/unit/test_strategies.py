@@ -78,6 +78,7 @@ async def test_bluegreen_switches_in_one_swap_and_keeps_old_stopped(world):
     active = await run(deployer, web(), "app:v2", "bluegreen")
     assert active.status == "succeeded"
     assert collapse(tables) == [{"v2": 100}]
+    await deployer.settle("web")  # the drained old set is stopped after the deploy reported success
     v1 = [c for c in backend.containers.values() if c.version == "v1"]
     assert len(v1) == 2 and not any(c.running for c in v1)  # present, stopped: rollback target
 
