@@ -209,8 +209,13 @@ class ClientConnection(asyncio.Protocol):
                     return
             end = data.find(b"\r\n\r\n")
             if end < 0 or end + 4 > config.max_header_bytes:
+                self.is_head = data[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
                 if len(data) > config.max_header_bytes:
+                    if data.find(b"\r\n", 0, config.max_header_bytes) < 0:  # the request line alone
+                        raise BadRequest(414, "request line too long", "uri-too-long")
                     raise BadRequest(431, "request head too large", "header-too-large")
+                if b"\n\n" in data or b"\n\r\n" in data:  # a head ended by bare LF: refuse now, not at 408
+                    raise BadRequest(400, "bare LF in the request head")
                 self.buf = data
                 if self.dkind != D_HEADER:
                     self._set_deadline(D_HEADER, config.header_timeout)
@@ -220,7 +225,11 @@ class ClientConnection(asyncio.Protocol):
             data = data[end:]
 
     def _request(self, head: bytes) -> None:
-        req = parse_request_head(head)
+        try:
+            req = parse_request_head(head)
+        except BadRequest:
+            self.is_head = head[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
+            raise
         config = self.config
         self.busy = True
         self.req = req

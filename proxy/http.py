@@ -19,17 +19,29 @@ HOP_BY_HOP = frozenset((
 ))
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+MAX_METHOD = 32  # longer methods are answered 501 (no registered method comes close)
 # A whole request head: request line, header lines (no obs-fold, no bare CR/LF, no controls), CRLF.
 REQUEST_HEAD_RE = re.compile(
-    rb"(" + _TOKEN + rb"+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n"
+    rb"(" + _TOKEN + rb"{1,32}) ([\x21-\x7e]+) HTTP/1\.([01])\r\n"  # 32: MAX_METHOD
     rb"(?:" + _TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
 )
 # Header lines the proxy acts on, matched in the lower-cased head: "\r\nname:[ \t]*value".
 _SPECIAL_RE = re.compile(
     rb"\r\n(host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
     rb"|upgrade|proxy-authenticate|proxy-authorization|cookie|x-turnout-pool|x-request-id|forwarded"
-    rb"|x-forwarded-[a-z0-9-]*):[ \t]*([^\r]*)"
+    rb"|x[-_]forwarded[-_][a-z0-9_-]*|x[-_]real[-_]ip):[ \t]*([^\r]*)"
 )
+# Only on the error path: why a head failed REQUEST_HEAD_RE (a sound request line with another version
+# is 505, an overlong method 501, anything else 400).
+_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb"+) [\x21-\x7e]+ HTTP/([0-9])\.([0-9])\r\n")
+# Host (and an absolute-form authority): uri-host [":" port], no userinfo, no spaces (RFC 9110 7.2).
+_HOST_RE = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+_ABSOLUTE_RE = re.compile(rb"https?://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
+_HOST_LINE_RE = re.compile(rb"\r\nhost:[^\r]*", re.IGNORECASE)
+_TOKEN_RE = re.compile(_TOKEN + rb"+")
+# Connection options that would strip what frames or routes the request upstream (a smuggling trick:
+# "Connection: Content-Length" would make the proxy forward a body the upstream reads as a request).
+_UNNOMINABLE = frozenset((b"host", b"content-length"))
 _COOKIE_RE = re.compile(rb"(?:^|;)[ \t]*(turnout-[^=; \t]*)=[ \t]*([^; \t]*)")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
 _TRAILER_RE = re.compile(_TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*")
@@ -40,8 +52,9 @@ _DROP_NAMES = (rb"connection|keep-alive|proxy-connection|te|trailer|upgrade|prox
                rb"|proxy-authorization|x-forwarded-for|x-forwarded-proto|x-forwarded-host")
 _DROP_TRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"):[^\r]*", re.IGNORECASE)
 # From untrusted peers also every other X-Forwarded-* and Forwarded.
-_DROP_UNTRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"|forwarded|x-forwarded-[a-z0-9-]*):[^\r]*",
-                                re.IGNORECASE)
+# (X-Real-IP and underscore spellings too: CGI/WSGI servers read X_Forwarded_For as X-Forwarded-For.)
+_DROP_UNTRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"|forwarded|x[-_]forwarded[-_][a-z0-9_-]*"
+                                rb"|x[-_]real[-_]ip):[^\r]*", re.IGNORECASE)
 _DROPPED = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
                       b"proxy-authenticate", b"proxy-authorization", b"forwarded"))
 # Case-sensitive values, read from the original bytes on the (rarer) paths that need them.
@@ -55,7 +68,7 @@ _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 
 
 class BadRequest(Exception):
-    """A request the proxy refuses before forwarding anything; `status` is 400, 413, 431 or 501."""
+    """A request the proxy refuses before forwarding anything: 400, 413, 414, 431, 501 or 505."""
 
     def __init__(self, status: int, detail: str, reason: str = "bad-request") -> None:
         super().__init__(detail)
@@ -80,6 +93,7 @@ class RequestHead:
     forwarded = False  # the client sent X-Forwarded-* (kept, extended, from trusted peers only)
     named: list[bytes] | None = None  # extra hop-by-hop headers named in Connection
     host_raw = b""
+    origin: bytes | None = None  # absolute-form target: its origin-form (sent upstream, with Host rewritten)
 
     def __init__(self, method: bytes, target: bytes, http11: bool) -> None:
         self.method = method
@@ -94,6 +108,8 @@ _HOSTS: dict[bytes, str] = {}  # raw Host value -> routing key (lower-case, port
 def _routing_host(raw: bytes) -> str:
     host = _HOSTS.get(raw)
     if host is None:
+        if _HOST_RE.fullmatch(raw) is None:  # only valid hosts are cached: checked once per distinct value
+            raise BadRequest(400, "invalid Host")
         if raw[:1] == b"[":  # [v6]:port
             name = raw[: raw.find(b"]") + 1]
         else:
@@ -112,7 +128,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     obs-fold, bare CR/LF, controls, missing or repeated Host, odd versions, malformed request lines."""
     m = REQUEST_HEAD_RE.fullmatch(head)
     if m is None:
-        raise BadRequest(400, "malformed request head")
+        raise _malformed(head)
     method, target, minor = m.group(1, 2, 3)
     http11 = minor == b"1"
     req = RequestHead(method, target, http11)
@@ -121,6 +137,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     hosts = 0
     lengths = 0
     tes = 0
+    te_unsupported = False
     connection_tokens: list[bytes] | None = None
     upgrade = b""
     for name, value in _SPECIAL_RE.findall(head.lower(), 0, len(head) - 4):
@@ -130,13 +147,14 @@ def parse_request_head(head: bytes) -> RequestHead:
         elif name == b"content-length":
             lengths += 1
             value = value.rstrip(b" \t")
-            if not value.isdigit() or len(value) > 18:
+            if not value.isdigit() or len(value) > 18 or (value[0] == 48 and len(value) > 1):  # 48: "0"
                 raise BadRequest(400, "bad Content-Length")
             req.content_length = int(value)
         elif name == b"transfer-encoding":
             tes += 1
-            if value.rstrip(b" \t") != b"chunked":
-                raise BadRequest(400, "Transfer-Encoding other than chunked")
+            value = value.rstrip(b" \t")
+            if value != b"chunked":
+                te_unsupported = _unsupported_coding(value)
             req.chunked = True
         elif name == b"cookie":
             if b"turnout" in value and req.cookies is None:
@@ -165,10 +183,14 @@ def parse_request_head(head: bytes) -> RequestHead:
             raise BadRequest(400, "several Host headers")
         if http11:
             raise BadRequest(400, "missing Host")
+    elif not req.host_raw:
+        raise BadRequest(400, "empty Host")
     if lengths > 1:
         raise BadRequest(400, "several Content-Length headers")
     if tes and (tes > 1 or lengths or not http11):
         raise BadRequest(400, "ambiguous message framing")
+    if te_unsupported:  # chunked last, after codings the proxy does not implement (RFC 9112 6.1)
+        raise BadRequest(501, "transfer coding not implemented", "not-implemented")
     if connection_tokens is not None:
         named = None
         for token in connection_tokens:
@@ -177,6 +199,10 @@ def parse_request_head(head: bytes) -> RequestHead:
             elif token == b"keep-alive":
                 req.keep_alive = req.keep_alive or not http11
             elif token and token != b"upgrade" and token not in HOP_BY_HOP:
+                if token in _UNNOMINABLE:
+                    raise BadRequest(400, f"Connection: {token.decode('latin-1')} is refused")
+                if token == b"x-request-id":  # stripped: the proxy makes its own
+                    req.request_id = False
                 named = [token] if named is None else [*named, token]
         req.named = named
     if upgrade:
@@ -191,11 +217,18 @@ def parse_request_head(head: bytes) -> RequestHead:
         req.path = (target if q < 0 else target[:q]).decode("latin-1")
         if req.host_raw:
             req.host = _routing_host(req.host_raw)
-    elif target.startswith((b"http://", b"https://")):  # absolute-form: its authority wins
-        authority, slash, path = target.split(b"//", 1)[1].partition(b"/")
-        path = path.partition(b"?")[0]
-        req.path = "/" + path.decode("latin-1") if slash else "/"
+    elif (a := _ABSOLUTE_RE.fullmatch(target)) is not None:
+        # absolute-form: its authority wins over Host (RFC 9112 3.2.2); upstream gets origin-form and a
+        # Host rewritten to the authority, so it never sees a disagreeing pair.
+        authority, rest = a.group(1, 2)
+        if not authority:
+            raise BadRequest(400, "absolute-form target without a host")
         req.host = _routing_host(authority)
+        if rest[:1] != b"/":
+            rest = b"/" + rest
+        req.origin = rest
+        req.host_raw = authority
+        req.path = rest.partition(b"?")[0].decode("latin-1")
     elif target == b"*" and method == b"OPTIONS":
         req.path = "*"
         if req.host_raw:
@@ -203,6 +236,25 @@ def parse_request_head(head: bytes) -> RequestHead:
     else:
         raise BadRequest(400, "bad request target")
     return req
+
+
+def _malformed(head: bytes) -> BadRequest:
+    line = _REQUEST_LINE_RE.match(head)
+    if line is not None:
+        if len(line.group(1)) > MAX_METHOD:
+            return BadRequest(501, "method too long to be one the proxy knows", "not-implemented")
+        if line.group(2, 3) not in ((b"1", b"1"), (b"1", b"0")):
+            return BadRequest(505, "HTTP version not supported", "version-not-supported")
+    return BadRequest(400, "malformed request head")
+
+
+def _unsupported_coding(value: bytes) -> bool:
+    """A Transfer-Encoding other than plain chunked: 400 unless chunked is last (then 501: not done)."""
+    codings = [c.strip(b" \t") for c in value.split(b",")]
+    if codings[-1] != b"chunked" or any(c == b"chunked" or _TOKEN_RE.fullmatch(c) is None
+                                         for c in codings[:-1]):
+        raise BadRequest(400, "Transfer-Encoding without chunked as its last coding")
+    return True
 
 
 def forced_and_sticky(req: RequestHead, cookie_name: str) -> tuple[str | None, str | None]:
@@ -232,9 +284,13 @@ def build_upstream_head(head: bytes, req: RequestHead, peer: bytes, trusted: boo
         if req.named:  # headers named in Connection are hop-by-hop too (rare)
             names = b"|".join(re.escape(t) for t in req.named)
             head = re.compile(rb"\r\n(?:" + names + rb"):[^\r]*", re.IGNORECASE).sub(b"", head)
-    if not req.http11:  # speak HTTP/1.1 upstream
+    if req.origin is not None:  # absolute-form: origin-form target, Host from the authority
+        rest = _HOST_LINE_RE.sub(b"", head[head.find(b"\r\n"):])
+        head = b"%s %s HTTP/1.1\r\nHost: %s%s" % (req.method, req.origin, req.host_raw, rest)
+    elif not req.http11:  # speak HTTP/1.1 upstream, which needs a Host (empty when none came: RFC 9112 3.2)
         line_end = head.find(b"\r\n")
-        head = head[: line_end - 8] + b"HTTP/1.1" + head[line_end:]
+        head = head[: line_end - 8] + b"HTTP/1.1" + (head[line_end:] if req.host_raw
+                                                     else b"\r\nHost: " + head[line_end:])
     parts = [head[:-2]]
     if trusted:
         xff = xf[b"for"] + b", " + peer if b"for" in xf else peer
@@ -340,8 +396,9 @@ def sticky_cookie(cookie_name: str, pool: str) -> bytes:
 
 REASONS = {
     400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
-    413: b"Content Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 _ERRORS: dict[tuple[int, str, bool, int, bool], bytes] = {}
 
@@ -428,6 +485,8 @@ class ChunkedFramer:
                 line = self.line + data[pos:end + 1]
                 pos = end + 1
                 self.line = b""
+                if len(line) > 4096:  # a whole line in one read (chunk-extension abuse)
+                    raise BadRequest(400, "chunk line too long")
                 if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
                     raise BadRequest(400, "bare LF or CR in chunked body")
                 line = line[:-2]

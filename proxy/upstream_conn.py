@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 MAX_IDLE_PER_UPSTREAM = 512
 MAX_RESPONSE_HEAD = 64 * 1024
+MAX_INTERIM = 8  # 1xx answers relayed per request; more is a flood: 502
 _NO_BODY_STATUS = (204, 304)
 _UPGRADE_EXTRA = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 
@@ -36,7 +37,7 @@ class _StopParsing(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("bad", "chunked", "client", "closed", "complete", "conn_close", "head_only", "headbuf",
-                 "head_pending", "out", "parser", "read_paused", "reusable", "status", "transport",
+                 "head_pending", "interim", "out", "parser", "read_paused", "reusable", "status", "transport",
                  "tunnel", "until_close", "upstream")
 
     def __init__(self, upstream: Upstream) -> None:
@@ -50,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.headbuf = b""  # the answer's bytes until its head is complete (parsed here, not per header)
         self.head_pending = False
+        self.interim = 0
         self.status = 0
         self.bad = ""
         self.conn_close = False
@@ -65,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = client
         self.status = 0
         self.head_pending = True
+        self.interim = 0
         self.chunked = self.until_close = self.head_only = self.complete = False
         if client.wpaused:
             self.transport.pause_reading()
@@ -125,19 +128,20 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             client.transport.write(data)
             return
-        if self.head_pending:
+        pending = self.head_pending  # nothing of the final answer has reached the client yet
+        if pending:
             self.headbuf = self.headbuf + data if self.headbuf else data
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
             if not self.tunnel:
-                return self._fail(client, "upstream-protocol")
+                return self._fail(client, "upstream-protocol", pending)
             rest = data[exc.args[0]:]
             if rest:
                 self.out.append(rest)
         except HttpParserCallbackError:
             if self.bad or not self.head_only:
-                return self._fail(client, self.bad or "upstream-protocol")
+                return self._fail(client, self.bad or "upstream-protocol", pending)
             # A HEAD answer: its head is all there is. Reuse the connection only when the head ended
             # exactly at the end of this read (otherwise the framing is uncertain).
             self.complete = True
@@ -146,10 +150,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = HttpResponseParser(self)
         except HttpParserError as exc:
             text = str(exc)
-            framing = "Content-Length" in text or "Transfer-Encoding" in text
-            return self._fail(client, self.bad or ("upstream-framing" if framing else "upstream-protocol"))
+            framing = "Content-Length" in text or "Transfer-Encoding" in text or "chunk" in text
+            return self._fail(client, self.bad or ("upstream-framing" if framing else "upstream-protocol"),
+                              pending)
         if self.head_pending and len(self.headbuf) > MAX_RESPONSE_HEAD:
-            return self._fail(client, "upstream-protocol")
+            return self._fail(client, "upstream-protocol", True)
         out = self.out
         if out:
             client.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -160,10 +165,14 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.tunnel:
             client.tunnel_started()
 
-    def _fail(self, client: ClientConnection, reason: str) -> None:
+    def _fail(self, client: ClientConnection, reason: str, unsent: bool = False) -> None:
+        """Bad answer: drop this read's output and the connection. `unsent`: the answer's head was
+        still in `out` (not written), so the client can get a clean 502 instead of a cut."""
         self.out.clear()
         self.client = None
         self.transport.abort()
+        if unsent and not self.tunnel:
+            client.head_sent = False
         client.upstream_error(reason)
 
     def pause_writing(self) -> None:
@@ -180,10 +189,16 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         buf = self.headbuf
         end = buf.find(b"\r\n\r\n")
-        if self.complete or end < 0 or client is None:  # a second answer to one request, or no head
+        # A second answer to one request, no head, or a head over the limit (arrived in one read).
+        if self.complete or end < 0 or client is None or end > MAX_RESPONSE_HEAD:
             self.bad = "upstream-protocol"
             raise _StopParsing
         interim = status < 200 and status != 101
+        if interim:
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                self.bad = "upstream-protocol"
+                raise _StopParsing
         self.headbuf = buf[end + 4:] if interim else b""
         self.head_pending = interim
         reason, block, content_length, te, self.conn_close, bad = split_response_head(buf[:end])
@@ -204,6 +219,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.out.append(b"HTTP/1.1 %d %s%s\r\n\r\n" % (status, reason, block))
             return
         chunked = False
+        if client.reading_body:  # answered before the request body was read: the client connection closes
+            client.keep_alive = False
         if client.is_head or status in _NO_BODY_STATUS:
             self.head_only = client.is_head
         elif content_length is None:

@@ -49,6 +49,10 @@ HOSTILE = {
     "relative-target": b"GET foo HTTP/1.1\r\nHost: app.test\r\n\r\n",
     "connect": b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n",
 }
+# Refused with another status than 400 (RFC 9112 6.1: a transfer coding not implemented is 501;
+# RFC 9110 15.6.6: an HTTP version the proxy does not support is 505).
+STATUS = {"te-gzip-chunked": (501, "not-implemented"), "http-2.0": (505, "version-not-supported"),
+          "http-1.2": (505, "version-not-supported")}
 
 
 @pytest.fixture
@@ -68,8 +72,7 @@ async def test_hostile_framing_is_rejected_and_never_forwarded(recorder, name):
     try:
         await client.send(HOSTILE[name])
         r = await client.read_response()
-        assert r.status == 400, name
-        assert r.header("x-turnout-error") == "bad-request"
+        assert (r.status, r.header("x-turnout-error")) == STATUS.get(name, (400, "bad-request")), name
         assert await client.at_eof()
     finally:
         await client.close()

@@ -56,7 +56,6 @@ def test_http10_keep_alive_only_when_asked():
     b"GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n",
     b"GET / HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
-    b"GET / HTTP/1.3\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
     b"POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
 ])
@@ -64,6 +63,12 @@ def test_hostile_heads_are_refused(raw):
     with pytest.raises(BadRequest) as info:
         parse_request_head(raw)
     assert info.value.status == 400
+
+
+def test_unsupported_version_is_505():
+    with pytest.raises(BadRequest) as info:
+        parse_request_head(b"GET / HTTP/1.3\r\nHost: a\r\n\r\n")
+    assert info.value.status == 505
 
 
 def test_websocket_upgrade_is_recognised_and_re_sent():
