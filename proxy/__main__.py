@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8000")
     parser.add_argument("--upstream", action="append", required=True, help="host:port (repeatable)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    parser.add_argument("--max-connections", type=int, default=ProxyConfig.max_connections,
+    parser.add_argument("--max-connections", type=int, default=ProxyConfig().max_connections,
                         help="client connections held at once; beyond it new ones get 503 [10000]")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                         help="log one JSON `http.access` event per request to stderr (default: off, "
