@@ -1,0 +1,164 @@
+"""Slow and greedy clients: the header-read deadline (slowloris), the body-idle deadline, the connection
+limit. Extends test_forward.py (test_limits_and_client_deadlines, test_connection_limit): here the
+deadlines hold while bytes keep trickling in, nothing reaches the upstream, an upstream connection cut
+by a deadline is never reused, and slots freed by closes or deadlines are usable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from helpers.upstreams import RawClient, running_proxy, service, start_upstreams, wait_for
+from proxy.router import Router
+
+HEADER_TIMEOUT = 0.5
+BODY_IDLE = 0.4
+
+
+@pytest.fixture
+async def up():
+    (upstream,) = await start_upstreams("a")
+    yield upstream
+    await upstream.close()
+
+
+def router_for(up) -> Router:
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [up.address])}))
+    return router
+
+
+@contextlib.asynccontextmanager
+async def connect(port: int):
+    client = await RawClient.connect(port)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def trickle(client: RawClient, data: bytes, every: float) -> int:
+    """Send `data` one byte at a time; stop quietly when the proxy has closed. Returns bytes sent."""
+    sent = 0
+    for i in range(len(data)):
+        try:
+            await client.send(data[i:i + 1])
+        except ConnectionError:
+            break
+        sent += 1
+        await asyncio.sleep(every)
+    return sent
+
+
+async def test_slowloris_head_trickled_byte_by_byte_gets_408_at_the_header_deadline(up):
+    head = b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Pad: " + b"p" * 200 + b"\r\n\r\n"
+    async with running_proxy(router_for(up), header_timeout=HEADER_TIMEOUT) as proxy, \
+            connect(proxy.port) as client:
+        t0 = time.monotonic()
+        sender = asyncio.create_task(trickle(client, head, 0.02))
+        r = await client.read_response()
+        elapsed = time.monotonic() - t0
+        assert (r.status, r.header("x-turnout-error")) == (408, "header-timeout")
+        assert await client.at_eof()
+        sent = await sender
+    assert HEADER_TIMEOUT * 0.8 < elapsed < HEADER_TIMEOUT * 4  # every byte did not extend the deadline
+    assert sent < len(head)
+    assert (up.connections, up.bytes_received) == (0, 0)
+
+
+async def test_slowloris_on_a_keep_alive_connection_after_a_good_request(up):
+    async with running_proxy(router_for(up), header_timeout=HEADER_TIMEOUT) as proxy, \
+            connect(proxy.port) as client:
+        assert (await client.request("GET", "/")).body == b"a"
+        sender = asyncio.create_task(trickle(client, b"GET /second HTTP/1.1\r\nHost: app.test\r\n\r\n", 0.05))
+        r = await client.read_response()
+        assert r.status == 408 and await client.at_eof()
+        await sender
+    assert [q.target for q in up.requests] == ["/"]
+
+
+async def test_empty_lines_or_silence_do_not_hold_a_connection_open(up):
+    async with running_proxy(router_for(up), header_timeout=HEADER_TIMEOUT) as proxy:
+        async with connect(proxy.port) as silent, connect(proxy.port) as crlf:
+            t0 = time.monotonic()
+            sender = asyncio.create_task(trickle(crlf, b"\r\n" * 100, 0.02))
+            assert await silent.at_eof(timeout=HEADER_TIMEOUT * 4)
+            assert await crlf.at_eof(timeout=HEADER_TIMEOUT * 4)
+            assert time.monotonic() - t0 < HEADER_TIMEOUT * 4
+            await sender
+            assert proxy.router.metrics.connections == 0
+    assert up.connections == 0
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_body_trickled_then_stalled_is_408_and_the_upstream_connection_is_not_reused(up, framing):
+    if framing == "chunked":
+        head = b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = b"14\r\n" + b"x" * 20 + b"\r\n"  # promises more chunks, then stalls
+    else:
+        head = b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n"
+        body = b"x" * 20
+    async with running_proxy(router_for(up), body_idle_timeout=BODY_IDLE) as proxy:
+        async with connect(proxy.port) as client:
+            await client.send(head)
+            t0 = time.monotonic()
+            # Trickling faster than the idle deadline keeps the upload alive for longer than the deadline.
+            await trickle(client, body, BODY_IDLE / 4)
+            assert time.monotonic() - t0 > BODY_IDLE * 2
+            r = await client.read_response()  # now it stalls
+            assert (r.status, r.header("x-turnout-error")) == (408, "body-timeout")
+            assert await client.at_eof()
+        await wait_for(lambda: up.open_connections == 0)  # the proxy cut the half-sent request
+        assert up.requests == [] and up.bytes_received > 0
+        async with connect(proxy.port) as client:
+            r = await client.request("POST", "/echo", body=b"fresh")
+            assert r.body == b"fresh"
+    assert up.connections == 2
+
+
+async def test_connection_limit_refuses_closes_and_recovers(up):
+    limit = 3
+    async with running_proxy(router_for(up), max_connections=limit) as proxy:
+        held = [await RawClient.connect(proxy.port) for _ in range(limit)]
+        try:
+            assert (await held[0].request("GET", "/")).body == b"a"
+            async with connect(proxy.port) as extra:
+                r = await extra.read_response()
+                assert (r.status, r.header("x-turnout-error")) == (503, "too-many-connections")
+                assert r.header("connection") == "close" and await extra.at_eof()
+            await held.pop().close()
+            await held.pop().close()
+            await wait_for(lambda: proxy.router.metrics.connections == 1)
+            async with connect(proxy.port) as again, connect(proxy.port) as again2:
+                assert (await again.request("GET", "/")).body == b"a"
+                assert (await again2.request("GET", "/")).body == b"a"
+            assert (await held[0].request("GET", "/")).body == b"a"  # the survivor was never disturbed
+        finally:
+            for client in held:
+                await client.close()
+    assert len(up.requests) == 4
+
+
+async def test_slowloris_connections_cannot_hold_the_slots_past_the_header_deadline(up):
+    limit = 4
+    async with running_proxy(router_for(up), max_connections=limit, header_timeout=HEADER_TIMEOUT) as proxy:
+        slow = [await RawClient.connect(proxy.port) for _ in range(limit)]
+        try:
+            senders = [asyncio.create_task(trickle(c, b"GET / HTTP/1.1\r\nHost: app.test\r\n" * 20, 0.03))
+                       for c in slow]
+            async with connect(proxy.port) as refused:
+                assert (await refused.read_response()).status == 503
+            for client in slow:
+                assert (await client.read_response()).status == 408
+            await asyncio.gather(*senders)
+            await wait_for(lambda: proxy.router.metrics.connections == 0)
+            async with connect(proxy.port) as client:
+                assert (await client.request("GET", "/")).body == b"a"
+        finally:
+            for client in slow:
+                await client.close()
+    assert [q.target for q in up.requests] == ["/"]
