@@ -1,7 +1,7 @@
 """`make demo`: start Turnout on the demo stack, deploy v1, then rehearse a canary to v2 under live load
 and print what every client saw. Cleans up after itself unless --keep is given.
 
-  python -m controller.demo [--keep] [--strategy canary|bluegreen|rolling|bigbang|all]
+  python -m controller.demo [--keep] [--strategy canary|bluegreen|rolling|bigbang|all] [--rate R]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="canary",
                         choices=["canary", "bluegreen", "rolling", "bigbang", "all"])
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the live load [200]")
+    parser.add_argument("--duration", default="20s", help="how long the load runs at least [20s]")
     args = parser.parse_args(argv)
 
     if STATE_DIR.exists():
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         rehearse = subprocess.run(
             [sys.executable, "-m", "controller.cli", "--state-dir", str(STATE_DIR), "rehearse", "web",
-             "--image", "turnout-testapp:v2", *strategy, "--rate", str(args.rate), "--duration", "20s",
-             "--html", str(html)], timeout=900)
+             "--image", "turnout-testapp:v2", *strategy, "--rate", str(args.rate),
+             "--duration", args.duration, "--html", str(html)], timeout=900)
         print("\n4. what the journal recorded:", flush=True)
         print(_cli("history", "web").stdout, flush=True)
         if args.keep:
