@@ -13,7 +13,8 @@ reference  `--replicas` containers of the same image created and started in para
 deploy     `turnout deploy web --image ... --strategy S --json`; the JSON events give the split:
            start+health (timings.start_and_health), switch (time from the event before `switched` to
            `switched`), drain (timings.drain), stop/remove old (from `drained` to the next step),
-           canary pauses (from each `weight` step to the next event), the rest = bookkeeping.
+           canary pauses (from each `weight` step to the next event) and the post-switch verification
+           window (`timings.verify`), the rest = bookkeeping.
 overhead   deploy seconds (inside the daemon) minus the reference run+healthy of the same round; also
            minus the reference stop time, and the time to the switch minus the reference.
 
@@ -120,6 +121,9 @@ def split(events: list[dict]) -> dict[str, float]:
     seconds = float(finished.get("seconds", 0.0))
     start_health = float(timings.get("start_and_health", 0.0))
     drain = float(timings.get("drain", 0.0))
+    # The post-switch verification window (`verify`, default 2 s) is a deliberate wait, like a canary
+    # step pause: it is counted with the pauses, not as overhead.
+    pauses += float(timings.get("verify", 0.0))
     rest = seconds - start_health - switch - drain - stop_old - pauses
     return {
         "status": finished.get("status"),

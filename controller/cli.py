@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--max-surge", type=int, help="rolling: extra containers during the update [1]")
     opts.add_argument("--max-unavailable", type=int, help="rolling: containers that may be missing [0]")
     opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
+    opts.add_argument("--verify", help="bigbang/bluegreen/rolling: watch the new version this long after "
+                      "the switch, rolling back on a 5xx or health breach, e.g. 2s; 0 disables [2s]")
     opts.add_argument("--preview", action="store_true",
                       help="blue-green: route the new set only for X-Turnout-Pool until `turnout promote`")
     deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
@@ -197,7 +199,7 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("port", "replicas", "health_path", "host")
              if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("steps", "step_pause", "preset", "max_error_rate",
-                                             "max_surge", "max_unavailable", "keep_old")
+                                             "max_surge", "max_unavailable", "keep_old", "verify")
                if getattr(args, k) is not None}
     if args.preview:
         options["preview"] = True

@@ -33,6 +33,9 @@ from .spec import Config
 
 log = structlog.get_logger("turnout.daemon")
 
+RECONCILE_INTERVAL = 2.0  # seconds between checks that each serving release is whole (Deployer.reconcile)
+RECONCILE_BACKOFF = 30.0  # seconds before a service whose repair failed is tried again
+
 
 def owner_for(state_dir: Path) -> str:
     """A stable owner id per state dir: two daemons on one engine never touch each other's containers."""
@@ -53,6 +56,7 @@ class Daemon:
         self.deployer: Deployer | None = None
         self._admin_runner: web.AppRunner | None = None
         self.admin_socket = Path(config.proxy.admin_socket)
+        self._reconciler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         raise_open_files_limit(self.config.proxy.max_connections)
@@ -72,6 +76,7 @@ class Daemon:
         for service in self.config.services.values():
             if service.managed and service.image and service.name not in self.deployer.releases:
                 self.deployer.deploy(service, service.image)
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
                  state_dir=str(self.state_dir), recovered=outcome)
 
@@ -106,8 +111,33 @@ class Daemon:
             await web.TCPSite(tcp_runner, host.strip("[]"), int(port)).start()
             self._tcp_runner = tcp_runner
 
+    async def _reconcile_forever(self) -> None:
+        """Notice serving containers that stopped or vanished behind our back (e.g. the Docker engine
+        restarted) and repair them; see `Deployer.reconcile`."""
+        assert self.deployer is not None
+        loop = asyncio.get_running_loop()
+        retry_at: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            for service in list(self.deployer.releases):
+                if loop.time() < retry_at.get(service, 0.0):
+                    continue
+                try:
+                    repair = await self.deployer.reconcile(service)
+                except Exception:  # the loop must outlive any one bad round
+                    log.exception("daemon.reconcile_failed", service=service)
+                    continue
+                if repair is not None:
+                    log.info("daemon.reconciled", service=service, status=repair.status,
+                             message=repair.message)
+                    if repair.status != "succeeded":
+                        retry_at[service] = loop.time() + RECONCILE_BACKOFF
+
     async def stop(self, timeout: float = 30.0) -> None:
         log.info("daemon.stopping")
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
         if self.deployer is not None:
             await self.deployer.close()
         await self.proxy_server.stop(timeout)

@@ -15,7 +15,18 @@ from typing import Any
 import structlog
 
 from .docker_backend import Container, DockerBackend
-from .errors import AnalysisFailed, DeployAborted, DeployFailed, DeployInProgress, TurnoutError, UsageError
+from .errors import (
+    AnalysisFailed,
+    ContainerFailed,
+    ContainerNotFound,
+    DeployAborted,
+    DeployFailed,
+    DeployInProgress,
+    DockerError,
+    ImageNotFound,
+    TurnoutError,
+    UsageError,
+)
 from .events import EventLog
 from .journal import Journal
 from .operations import STOP_TIMEOUT, Operations
@@ -63,6 +74,7 @@ class Deployer:
         self.finished: dict[str, ActiveDeployment] = {}  # the last one per service, for followers
         self._background: set[asyncio.Task[None]] = set()
         self._settling: dict[str, asyncio.Task[None]] = {}  # post-deploy work a next deploy waits for
+        self._removing: set[str] = set()  # ids of dropped containers being removed in the background
 
     # ------------------------------------------------------------ commands
     def deploy(self, config: ServiceConfig, image: str, strategy: str | None = None,
@@ -154,6 +166,72 @@ class Deployer:
                             f"started {missing} container(s) to restore {config.replicas} replica(s)")
         return True
 
+    async def reconcile(self, service: str) -> ActiveDeployment | None:
+        """Make the serving release whole again when its containers stopped or vanished behind our back
+        (a Docker engine restart stops every container without a restart policy, and Turnout sets none),
+        and remove containers of the service the journal does not know (e.g. what a deploy failing while
+        the engine was down could not remove). Called periodically by the daemon; a no-op (None) while
+        a deploy runs, when all is well, or while the engine does not answer. Journalled as a `repair`."""
+        config, release = self.configs.get(service), self.releases.get(service)
+        if (config is None or release is None or not config.managed or service in self.active
+                or (service in self._settling and not self._settling[service].done())):
+            return None
+        try:
+            found = await self.backend.list(service)
+        except TurnoutError:
+            return None  # the engine does not answer (yet): the next round tries again
+        if service in self.active or self.releases.get(service) is not release:
+            return None  # a deploy began meanwhile
+        previous = self.previous.get(service)
+        known = {release.pool} | ({previous.pool} if previous else set())
+        strays = [c for c in found if c.pool not in known and c.id not in self._removing]
+        mine = sorted((c for c in found if c.pool == release.pool), key=lambda c: not c.running)
+        by_id = {c.id: c for c in mine}
+        if (not strays and len(mine) == len(release.containers) == config.replicas
+                and all(c.id in by_id and by_id[c.id].running for c in release.containers)):
+            return None
+        record = self.journal.begin(service, "repair", release.version, release.image, release.version,
+                                    {"pool": release.pool})
+        active = ActiveDeployment(record.id, service, "repair", release.version, release.image,
+                                  EventLog(), Signals())
+        self.active[service] = active
+        active.task = asyncio.get_running_loop().create_task(
+            self._repair_run(active, config, release, mine[:config.replicas],
+                             mine[config.replicas:] + strays))
+        await asyncio.wait([active.task])
+        return active
+
+    async def _repair_run(self, active: ActiveDeployment, config: ServiceConfig, release: Release,
+                          keep: list[Container], extra: list[Container]) -> None:
+        ops = Operations(backend=self.backend, proxy=self.proxy, journal=self.journal,
+                         deployment_id=active.id, config=config, new=release, old=None,
+                         events=active.events, signals=active.signals, extra_labels=self.extra_labels)
+        started = time.monotonic()
+        stopped = [c for c in keep if not c.running]
+        ops.step("started", strategy="repair", stopped=[c.short_id for c in stopped],
+                 missing=config.replicas - len(keep), unknown=[c.short_id for c in extra])
+        try:
+            kept = Release(release.version, release.image, release.pool, stopped)
+            if stopped:
+                await ops.restart(kept)  # new host ports: routed below
+            release.containers = [c for c in keep if c.running] + kept.containers
+            missing = config.replicas - len(release.containers)
+            if missing > 0:
+                await ops.start(release, missing)
+            await ops.drain(ops.route([(release, 100)]))
+            ops.step("routed", weights={release.pool: 100}, addresses=list(release.addresses))
+            await ops.remove(extra)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, TurnoutError) else f"internal error: {exc!r}"
+            await self._finish(active, "failed", f"repair of {release.version}: {message}", ops, started)
+            return
+        self._save_state(config.name)
+        parts = [f"{n} {what}" for n, what in ((len(stopped), "stopped container(s) restarted"),
+                                               (max(0, missing), "missing container(s) started"),
+                                               (len(extra), "unknown container(s) removed")) if n]
+        await self._finish(active, "succeeded", f"{release.version} made whole again: {', '.join(parts)}",
+                           ops, started)
+
     # ------------------------------------------------------------ the run
     async def _run(self, active: ActiveDeployment, config: ServiceConfig, new: Release,
                    old: Release | None, reuse: bool = False) -> None:
@@ -180,6 +258,10 @@ class Deployer:
             message = str(exc) if isinstance(exc, TurnoutError) else f"internal error: {exc!r}"
             if not isinstance(exc, TurnoutError):
                 ops.log.exception("deploy.internal_error")
+            elif _engine_error(exc) and not await self.backend.ping():  # say so, not blame the version
+                message = (f"the Docker engine stopped answering during the deploy ({message}); "
+                           + (f"{old.version} is started again once the engine is back" if old else
+                              "nothing was serving before it"))
             await self._restore(ops, reuse)
             await self._finish(active, status, message, ops, started)
             return
@@ -233,8 +315,9 @@ class Deployer:
         for container in old.containers:
             try:
                 states.append(await self.backend.inspect(container.id))
-            except TurnoutError:
-                continue  # removed (rolling) or gone
+            except ContainerNotFound:
+                continue  # removed (rolling) or gone; an unreachable engine raises instead of
+                # making the old release look empty (the reconcile loop finishes the job later)
         stopped = [c for c in states if not c.running]
         old.containers = [c for c in states if c.running]
         if stopped:
@@ -292,11 +375,15 @@ class Deployer:
                 log.warning("deploy.retire_failed", container=container.short_id, error=str(exc))
 
     async def _remove_quietly(self, containers: list[Container]) -> None:
-        for container in containers:
-            try:
-                await self.backend.remove(container.id)
-            except TurnoutError:
-                pass
+        self._removing.update(c.id for c in containers)  # not strays for reconcile() meanwhile
+        try:
+            for container in containers:
+                try:
+                    await self.backend.remove(container.id)
+                except TurnoutError:
+                    pass
+        finally:
+            self._removing.difference_update(c.id for c in containers)
 
     def _later(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -348,3 +435,15 @@ async def _run_all(steps: list[Any]) -> None:
             await step()
         except TurnoutError as exc:
             log.warning("deploy.after_success_failed", error=str(exc))
+
+
+def _engine_error(exc: BaseException) -> bool:
+    """Whether a Docker call failed somewhere in `exc`'s causes (not a container's own failure or a
+    missing container/image): then the engine itself may be gone."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DockerError) and not isinstance(seen, ContainerFailed | ContainerNotFound
+                                                             | ImageNotFound):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

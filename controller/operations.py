@@ -18,7 +18,7 @@ import structlog
 from proxy.upstream import Upstream
 
 from .docker_backend import Container, ContainerSpec, DockerBackend
-from .errors import DeployFailed, TurnoutError
+from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
 from .journal import Journal
 from .proxy_client import ProxyControl
@@ -29,6 +29,7 @@ from .spec import HealthCheck, ServiceConfig
 
 READINESS_POLL = 0.05  # seconds between readiness probes of a new container: it serves sooner
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL; upstreams have drained by then
+VERIFY_POLL = 0.1  # seconds between looks at the proxy's counters and health during verification
 
 log = structlog.get_logger("turnout.controller")
 
@@ -168,3 +169,48 @@ class Operations:
     async def wait_step(self, seconds: float | None,
                         check: Callable[[], Awaitable[None]] | None = None, interval: float = 1.0) -> str:
         return await self.signals.wait_step(seconds, check, interval)
+
+    # ------------------------------------------------------------ verification
+    def check_health(self, release: Release) -> None:
+        """Raise AnalysisFailed when the proxy's health checks ejected any of the release's upstreams:
+        it passed readiness, but is not consistently healthy."""
+        ejected = self.proxy.ejected(release.addresses)
+        if ejected:
+            health = self.config.health or HealthCheck()
+            raise AnalysisFailed(
+                f"{release.version}: the proxy's health checks ejected {len(ejected)} of "
+                f"{len(release.addresses)} upstream(s) ({', '.join(ejected)}): {health.path} failed "
+                f"{health.unhealthy} time(s) in a row after it had passed readiness")
+
+    async def verify(self, release: Release) -> None:
+        """After a switch to `release` (big-bang, blue-green, rolling): watch it for `config.verify`
+        seconds from the proxy's own view, with the canary analysis' thresholds — its 5xx rate over the
+        window (once it saw `min_requests`) and its upstreams' active health. A breach raises
+        AnalysisFailed, and the deployer puts the old release back. 0 seconds: no verification."""
+        seconds = self.config.verify
+        if seconds <= 0 or not release.containers:
+            return
+        options = self.config.canary
+        started = time.monotonic()
+        self.step("verifying", version=release.version, seconds=seconds,
+                  max_error_rate=options.max_error_rate, min_requests=options.min_requests)
+        baseline = self.proxy.counters(self.config.name).get(release.pool)
+        window = None
+        while True:
+            self.signals.check()
+            self.check_health(release)
+            now = self.proxy.counters(self.config.name).get(release.pool)
+            window = now - baseline if now is not None and baseline is not None else now
+            if (window is not None and window.requests >= options.min_requests
+                    and window.error_rate > options.max_error_rate):
+                raise AnalysisFailed(
+                    f"{release.version} error rate {window.error_rate:.1%} over {window.requests} requests "
+                    f"in the {time.monotonic() - started:.1f}s after the switch exceeds "
+                    f"{options.max_error_rate:.1%}")
+            remaining = started + seconds - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(VERIFY_POLL, remaining))
+        self.add_time("verify", time.monotonic() - started)
+        self.step("verified", version=release.version, requests=window.requests if window else 0,
+                  error_rate=round(window.error_rate, 4) if window else 0.0)

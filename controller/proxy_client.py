@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from proxy.metrics import PoolCounters
 from proxy.router import Router
 from proxy.specs import PoolSpec, ServiceSpec
-from proxy.upstream import DrainResult, Upstream
+from proxy.upstream import DrainResult, Health, Upstream
 
 from .spec import ServiceConfig
 
@@ -63,3 +63,8 @@ class ProxyControl:
 
     def in_flight(self, addresses: Iterable[str]) -> int:
         return sum(len(u.inflight) for a in addresses if (u := self.router.upstreams.get(a)))
+
+    def ejected(self, addresses: Iterable[str]) -> list[str]:
+        """Those of `addresses` the proxy took out of routing as unhealthy (active or passive checks)."""
+        return [a for a in addresses
+                if (u := self.router.upstreams.get(a)) is not None and u.health is Health.UNHEALTHY]

@@ -29,6 +29,7 @@ STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
 DEFAULT_STATE_DIR = Path(".turnout")
 CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
+DEFAULT_VERIFY = 2.0  # seconds of post-switch verification (ServiceConfig.verify)
 
 
 class ConfigError(TurnoutError, ValueError):
@@ -119,6 +120,9 @@ class ServiceConfig:
     canary: CanaryOptions = field(default_factory=CanaryOptions)
     rolling: RollingOptions = field(default_factory=RollingOptions)
     bluegreen: BlueGreenOptions = field(default_factory=BlueGreenOptions)
+    # Seconds the new version is watched after bigbang/bluegreen/rolling switch to it (5xx rate with the
+    # canary's thresholds, active health); a breach rolls back. 0: no verification.
+    verify: float = DEFAULT_VERIFY
     compose_file: Path | None = None  # where the container definition came from, if a Compose file
     compose_service: str | None = None
 
@@ -285,11 +289,11 @@ CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
-                            "mem_limit", "cpus", "canary", "rolling", "bluegreen"})
+                            "mem_limit", "cpus", "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
-SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout"})
+SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
 OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES
 _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
 _HOST = re.compile(r"^[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?$")
@@ -589,6 +593,7 @@ def _service(name: str, t: _Table, base_dir: Path | None) -> ServiceConfig:
         canary=_canary(t.table("canary")),
         rolling=_rolling(t.table("rolling")),
         bluegreen=_bluegreen(t.table("bluegreen")),
+        verify=t.duration("verify", DEFAULT_VERIFY),
         **common,
     )
 
@@ -822,7 +827,8 @@ def with_overrides(service: ServiceConfig, **options: Any) -> ServiceConfig:
     readers = {"image": _image, "strategy": _strategy,
                "replicas": lambda t: t.integer("replicas", minimum=1),
                "hold_timeout": lambda t: t.duration("hold_timeout", positive=True),
-               "drain_timeout": lambda t: t.duration("drain_timeout", positive=True)}
+               "drain_timeout": lambda t: t.duration("drain_timeout", positive=True),
+               "verify": lambda t: t.duration("verify")}
     changes.update({key: readers[key](own) for key in own.data})
     return replace(service, **changes)
 

@@ -4,6 +4,8 @@
 #   turnout-testapp:unhealthy      /healthz never passes (404)
 #   turnout-testapp:crash          exits at once with status 3
 #   turnout-testapp:fail500        healthy, but / answers 500
+#   turnout-testapp:flaky          /healthz alternates pass/fail per probe (never 2 passes in a row)
+#   turnout-testapp:sick           /healthz passes 3 probes, then fails for good
 # Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,3 +31,5 @@ build v3 v3 ok
 build unhealthy v-unhealthy unhealthy
 build crash v-crash crash
 build fail500 v-fail500 fail500
+build flaky v-flaky flaky
+build sick v-sick sick

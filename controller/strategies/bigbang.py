@@ -1,5 +1,6 @@
 """Big-bang (recreate): stop the old version, start the new one. The proxy holds requests in the gap,
-so a restart that fits inside the hold timeout loses none."""
+so a restart that fits inside the hold timeout loses none. After the switch the new version is verified
+(`Operations.verify`); a breach starts the old set again."""
 
 from __future__ import annotations
 
@@ -25,3 +26,5 @@ class BigBang:
         gap = time.monotonic() - gap_started
         ops.add_time("gap", gap)
         ops.step("switched", weights={ops.new.pool: 100}, gap_seconds=round(gap, 3))
+        if ops.old is not None:
+            await ops.verify(ops.new)  # a breach restarts the (stopped) old set

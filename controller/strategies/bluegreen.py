@@ -1,5 +1,6 @@
 """Blue-green: start the full new set beside the old, (optionally preview it), switch all traffic in
-one swap, drain the old set, then stop it but keep it present (or warm) so rollback is fast."""
+one swap, drain the old set, verify the new one (`Operations.verify`: a breach switches back to the
+still running old set), then stop the old set but keep it present (or warm) so rollback is fast."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ class BlueGreen:
         if keep_warm:
             # Blue stays routable at weight 0 (instant rollback); the deployer retires it later.
             await ops.wait_idle(old, ops.config.drain_timeout or ops.proxy.router.drain_timeout)
+            await ops.verify(new)
             ops.step("old_kept_warm", version=old.version, seconds=options.keep_old)
             return
         await ops.drain(removed)
+        await ops.verify(new)  # blue still runs: a breach switches straight back
 
         async def stop_old() -> None:  # out of routing and drained: stopping it need not delay the deploy
             await ops.stop(old.containers)

@@ -49,10 +49,12 @@ class Judge:
     def __init__(self, ops: Operations, stable: Release, canary: Release) -> None:
         self.ops = ops
         self.stable, self.canary = stable.pool, canary.pool
+        self.canary_release = canary
         self.options = ops.config.canary
         self.baseline = ops.proxy.counters(ops.config.name)
 
     async def check(self) -> None:
+        self.ops.check_health(self.canary_release)  # ejected by the proxy's health checks: not healthy
         now = self.ops.proxy.counters(self.ops.config.name)
         stable = _window(now, self.baseline, self.stable)
         canary = _window(now, self.baseline, self.canary)

@@ -48,3 +48,4 @@ class Rolling:
             await ops.retire(old, list(old.containers), weights, remove=True)
         ops.route([(new, 100)])
         ops.step("switched", weights={new.pool: 100})
+        await ops.verify(new)  # a breach starts the old version again (its containers are gone)

@@ -13,9 +13,28 @@ fi
 # unhealthy: no /healthz at all, so every probe gets 404
 [ "$APP_MODE" = unhealthy ] || echo ok > /www/healthz
 echo "testapp $APP_VERSION ($APP_MODE) listening on :$PORT" >&2
+# flaky / sick: /healthz follows the probes, counted from httpd's log (the toggle happens once an answer
+# was sent, so it applies to the next probe): flaky alternates pass, fail, pass, ...; sick passes the
+# first SICK_AFTER (default 3) probes, then fails for good.
+follow_probes() {
+  n=0 asking=
+  while IFS= read -r line; do
+    echo "$line" >&2
+    case "$line" in
+      *": url:/healthz") asking=${line%%: url:*} ;;
+      "$asking: response:"*)
+        n=$((n + 1)) asking=
+        if [ "$APP_MODE" = flaky ] && [ $((n % 2)) -eq 0 ]; then echo ok > /www/healthz
+        elif [ "$APP_MODE" = flaky ] || [ "$n" -ge "${SICK_AFTER:-3}" ]; then rm -f /www/healthz; fi ;;
+    esac
+  done
+}
 # httpd as PID 1 would ignore SIGTERM (docker stop would wait its full timeout): run it as a child
 # and let this shell turn SIGTERM into a prompt exit.
-httpd -f -v -p "$PORT" -h /www &
+case "$APP_MODE" in
+  flaky|sick) httpd -f -vv -p "$PORT" -h /www 2>&1 | follow_probes & ;;
+  *) httpd -f -v -p "$PORT" -h /www & ;;
+esac
 child=$!
 trap 'kill "$child" 2>/dev/null; exit 0' TERM INT
 wait "$child"
