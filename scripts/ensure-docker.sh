@@ -9,7 +9,8 @@ LOG=${TURNOUT_DOCKERD_LOG:-/var/log/turnout-dockerd.log}
 
 need_install=()
 command -v dockerd >/dev/null 2>&1 || need_install+=(docker.io)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need_install+=(busybox-static)
+# The images copy /bin/busybox into a FROM-scratch image: it must be the static build.
+dpkg -s busybox-static >/dev/null 2>&1 || need_install+=(busybox-static)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "ensure-docker: installing ${need_install[*]} with apt-get" >&2
   export DEBIAN_FRONTEND=noninteractive
