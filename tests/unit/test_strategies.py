@@ -33,6 +33,7 @@ def world(tmp_path, monkeypatch):
 
 def web(replicas=2, **changes):
     config = service_from_flags("web", "app:v1", port=8080, replicas=replicas)
+    changes.setdefault("verify", 0.0)  # tests of the verification window set it themselves
     return replace(config, **changes)
 
 
@@ -259,3 +260,49 @@ async def test_pause_freezes_a_canary_step_and_resume_continues(world):
     active.signals.resume()
     await asyncio.wait_for(active.task, 10)
     assert active.status == "succeeded"
+
+
+@pytest.mark.parametrize("strategy", ["bigbang", "bluegreen", "rolling"])
+async def test_post_switch_verification_rolls_back_on_5xx(world, strategy):
+    router, backend, deployer, tables = world
+    config = web(verify=1.0, canary=CanaryOptions(min_requests=10, max_error_rate=0.05))
+    await run(deployer, web(verify=0.0), "app:v1", strategy)
+    active = deployer.deploy(config, "app:v2", strategy)
+    while [p.name for p in router.table.services["web"].pools][:1] != ["v2"] or \
+            router.table.services["web"].pools_by_name["v2"].weight == 0:
+        await asyncio.sleep(0.01)
+    for _ in range(20):  # what the proxy would count after the switch: the new version answers 500
+        router.metrics.pool("web", "v2").observe(500, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back" and "after the switch" in active.message
+    assert {p.name: p.weight for p in router.table.services["web"].pools} == {"v1": 100}
+    assert len(backend.running("v1")) == 2 and not backend.running("v2")
+
+
+async def test_verification_passes_a_good_version_and_zero_skips_it(world):
+    router, backend, deployer, tables = world
+    await run(deployer, web(verify=0.0), "app:v1", "bluegreen")
+    active = await run(deployer, web(verify=0.2), "app:v2", "bluegreen")
+    assert active.status == "succeeded"
+    steps = [s.name for s in deployer.journal.steps(active.id)]
+    assert "verifying" in steps and "verified" in steps
+    active = await run(deployer, web(verify=0.0), "app:v3", "bluegreen")
+    assert "verifying" not in [s.name for s in deployer.journal.steps(active.id)]
+
+
+async def test_reconcile_restarts_a_stopped_release_and_removes_strays(world):
+    router, backend, deployer, tables = world
+    await run(deployer, web(verify=0.0), "app:v1", "bluegreen")
+    assert await deployer.reconcile("web") is None  # all well: nothing to do, nothing journalled
+    for container in backend.running("v1"):  # what an engine restart does
+        await backend.stop(container.id)
+    from controller.docker_backend import ContainerSpec
+
+    stray = await backend.start(ContainerSpec(service="web", version="v9", image="app:v9", port=8080,
+                                              deployment_id="d-999999", pool="v9"))
+    repair = await deployer.reconcile("web")
+    assert repair is not None and repair.status == "succeeded"
+    assert len(backend.running("v1")) == 2
+    assert stray.id not in backend.containers
+    assert [p.name for p in router.table.services["web"].pools] == ["v1"]
+    assert deployer.journal.history("web", 1)[0].strategy == "repair"
