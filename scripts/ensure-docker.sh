@@ -23,7 +23,9 @@ answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 if ! answers; then
   echo "ensure-docker: starting dockerd (log: $LOG)" >&2
   # Keep the engine out of our process group so that stopping a test run does not stop it.
-  setsid nohup dockerd >"$LOG" 2>&1 < /dev/null &
+  # --userland-proxy=false: published 127.0.0.1 ports are forwarded by the kernel (iptables) instead
+  # of a docker-proxy process per port, which cost more CPU per proxied request than Turnout itself.
+  setsid nohup dockerd --userland-proxy=false >"$LOG" 2>&1 < /dev/null &
   for _ in $(seq 1 120); do
     answers && break
     sleep 0.5
