@@ -1,8 +1,13 @@
 """The router owns the desired routing state and the effective snapshot derived from it.
 
-Every mutation (set a service, change weights, pause, a health transition) rebuilds the whole snapshot
-and installs it with one assignment, then wakes requests held for lack of an upstream. Upstreams that
-left the table are returned to the caller, who drains them (`drain`) before stopping what is behind them.
+Every mutation (set a service, change weights, pause, a health transition) rebuilds the snapshot and
+installs it with one assignment, then wakes requests held for lack of an upstream. Upstreams that left the
+table are returned to the caller, who drains them (`drain`) before stopping what is behind them.
+
+The swap path is kept lean because the data plane shares its event loop: a change to one service rebuilds
+only that service (the others' immutable `Service` objects are reused), and what correctness does not need
+at the instant of the swap (the `table.changed` log line, the listeners) runs from `loop.call_soon` right
+after it, so the next client request is routed before any of that work.
 """
 
 from __future__ import annotations
@@ -47,7 +52,10 @@ class Router:
             raise UnknownService(name) from None
 
     def subscribe(self, listener: TableListener) -> None:
-        """Call `listener(table)` after every swap (health checker, logging, tests)."""
+        """Call `listener(table)` after every swap, in swap order, each with that swap's table.
+
+        With a running loop the call comes from `loop.call_soon` just after the swap, not inside the
+        mutation; without one (unit tests of the table) it is immediate."""
         self._listeners.append(listener)
 
     # ------------------------------------------------------------------ mutations
@@ -61,14 +69,12 @@ class Router:
                 set(other.hosts) & set(spec.hosts) or (not other.hosts and not spec.hosts)
             ):
                 raise ValidationError("hosts", f"same host and path prefix as service {other.name!r}")
-        specs = dict(self.specs)
-        specs[spec.name] = spec
-        return self._install(specs, reason="service.set", drain_timeout=drain_timeout, service=spec.name)
+        return self._install_one(spec, reason="service.set", drain_timeout=drain_timeout)
 
     def remove_service(self, name: str, drain_timeout: float | None = None) -> list[Upstream]:
         self.service_spec(name)
         specs = {k: v for k, v in self.specs.items() if k != name}
-        return self._install(specs, reason="service.removed", drain_timeout=drain_timeout, service=name)
+        return self._install(specs, reason="service.removed", drain_timeout=drain_timeout, changed=name)
 
     def set_weights(self, name: str, weights: dict[str, int],
                     drain_timeout: float | None = None) -> list[Upstream]:
@@ -81,14 +87,15 @@ class Router:
             if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1_000_000:
                 raise ValidationError(f"weights.{pool}", "must be an integer 0-1000000")
         pools = tuple(PoolSpec(p.name, weights.get(p.name, p.weight), p.upstreams) for p in spec.pools)
-        return self.set_service(_replace(spec, pools=pools), drain_timeout)
+        # Same name, hosts and prefix: no route conflict to check again.
+        return self._install_one(_replace(spec, pools=pools), reason="weights", drain_timeout=drain_timeout)
 
     def set_state(self, name: str, state: str) -> None:
         """active / paused (requests are held) / stopped (maintenance answer)."""
         spec = self.service_spec(name)
         if state not in ("active", "paused", "stopped"):
             raise ValidationError("state", "must be active, paused or stopped")
-        self.set_service(_replace(spec, state=state))
+        self._install_one(_replace(spec, state=state), reason="state")
 
     def set_health(self, upstream: Upstream, health: Health) -> None:
         """A health transition: rebuild the snapshot so the hot path never filters."""
@@ -140,27 +147,66 @@ class Router:
         asyncio.get_running_loop().call_later(60, self._drains.pop, upstream, None)
 
     # ------------------------------------------------------------------ internals
+    def _install_one(self, spec: ServiceSpec, reason: str,
+                     drain_timeout: float | None = None) -> list[Upstream]:
+        specs = dict(self.specs)
+        specs[spec.name] = spec
+        return self._install(specs, reason=reason, drain_timeout=drain_timeout, changed=spec.name)
+
     def _install(self, specs: dict[str, ServiceSpec], reason: str, drain_timeout: float | None = None,
-                 **context: str) -> list[Upstream]:
-        wanted = {address for spec in specs.values() for address in spec.upstream_addresses}
-        upstreams = {a: u for a, u in self.upstreams.items() if a in wanted}
-        for address in wanted - upstreams.keys():
-            upstreams[address] = Upstream(address)
-        removed = [u for a, u in self.upstreams.items() if a not in wanted]
-        table = build_table(specs, upstreams, self.metrics, self.hold_timeout)
+                 changed: str | None = None, **context: str) -> list[Upstream]:
+        """Build the snapshot for `specs` and swap it in. `changed` names the one service that differs
+        from the current specs (None: anything may differ, e.g. a health transition)."""
+        before = self.specs.get(changed) if changed is not None else None
+        after = specs.get(changed) if changed is not None else None
+        if before is not None and after is not None and before.upstream_addresses == after.upstream_addresses:
+            upstreams, removed = self.upstreams, []  # weights or state only: the same upstream objects
+        else:
+            wanted = {address for spec in specs.values() for address in spec.upstream_addresses}
+            upstreams = {a: u for a, u in self.upstreams.items() if a in wanted}
+            for address in wanted - upstreams.keys():
+                upstreams[address] = Upstream(address)
+            removed = [u for a, u in self.upstreams.items() if a not in wanted]
+        table = self._build(specs, upstreams, changed)
         # The swap: three assignments with no await between them, so no request sees a mix.
         self.specs, self.upstreams, self.table = specs, upstreams, table
         self.generation += 1
         for upstream in removed:
             self._start_drain(upstream, self.drain_timeout if drain_timeout is None else drain_timeout)
-        log.info("table.changed", reason=reason, generation=self.generation, **context,
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)  # held requests: their wake-ups are queued first
+        if changed is not None:
+            context = {"service": changed, **context}
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (unit tests of the table): nothing is waiting to be routed
+            self._after_swap(table, self.generation, reason, removed, context)
+        else:
+            loop.call_soon(self._after_swap, table, self.generation, reason, removed, context)
+        return removed
+
+    def _build(self, specs: dict[str, ServiceSpec], upstreams: dict[str, Upstream],
+               changed: str | None) -> RoutingTable:
+        if changed is None:
+            return build_table(specs, upstreams, self.metrics, self.hold_timeout)
+        # The other services have the same spec, the same upstream objects and no health change since
+        # their Service was built (a health change rebuilds everything): keep their Service objects.
+        fresh = build_table({changed: specs[changed]} if changed in specs else {}, upstreams, self.metrics,
+                            self.hold_timeout).services
+        current = self.table.services
+        return RoutingTable(tuple(fresh[n] if n == changed else current[n] for n in specs))
+
+    def _after_swap(self, table: RoutingTable, generation: int, reason: str, removed: list[Upstream],
+                    context: dict[str, str]) -> None:
+        """What follows a swap but need not delay the next request: the log line, then the listeners."""
+        log.info("table.changed", reason=reason, generation=generation, **context,
                  services={s.name: {p.name: p.weight for p in s.pools} for s in table.services.values()},
                  removed=[u.address for u in removed])
-        if self._changed is not None and not self._changed.done():
-            self._changed.set_result(None)
         for listener in self._listeners:
-            listener(table)
-        return removed
+            try:
+                listener(table)
+            except Exception:  # one failing listener must not starve the others of this swap
+                log.exception("table.listener_failed", generation=generation, listener=repr(listener))
 
 
 def _replace(spec: ServiceSpec, **changes: object) -> ServiceSpec:

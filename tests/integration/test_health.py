@@ -17,6 +17,12 @@ from proxy.upstream import Health
 FAST = {"path": "/healthz", "interval": 0.05, "timeout": 0.5, "rise": 2, "fall": 3}
 
 
+async def listeners_ran() -> None:
+    """The router calls its listeners (the checker's `_follow`) from `loop.call_soon` right after a
+    swap: one turn of the loop lets the ones already queued run."""
+    await asyncio.sleep(0)
+
+
 @dataclass
 class FlipUpstream(TestUpstream):
     """A test upstream whose /healthz answers 200 or 503 as told (optionally after a delay)."""
@@ -170,6 +176,7 @@ async def test_probes_follow_the_table(ups, checked):
 
     # A new upstream gets a probe, the one that left loses its probe.
     router.set_service(service(pools={"green": (1, [b.address])}, health=FAST))
+    await listeners_ran()
     assert set(checker._probes) == {("app", b.address)}
     await wait_for(lambda: len(b.probes) >= 1)
     seen_a = len(a.probes)
@@ -179,14 +186,17 @@ async def test_probes_follow_the_table(ups, checked):
     # A new health spec restarts the probe with it.
     _, _, old_task = checker._probes[("app", b.address)]
     router.set_service(service(pools={"green": (1, [b.address])}, health=FAST | {"fall": 5}))
+    await listeners_ran()
     _, _, new_task = checker._probes[("app", b.address)]
     assert new_task is not old_task
     await wait_for(old_task.done)
 
     # No health spec: no probe. Removing the service stops its probes.
     router.set_service(service("plain", hosts=["plain.test"], pools={"p": (1, [a.address])}))
+    await listeners_ran()
     assert set(checker._probes) == {("app", b.address)}
     router.remove_service("app")
+    await listeners_ran()
     assert checker._probes == {}
     await wait_for(new_task.done)
     stopped_at = len(b.probes)
@@ -202,6 +212,7 @@ async def test_an_address_that_leaves_and_comes_back_gets_a_fresh_probe(ups, che
     _, first, _ = checker._probes[("app", a.address)]
     router.set_service(service(pools={"blue": (1, [b.address])}, health=FAST))
     router.set_service(service(pools={"blue": (1, [a.address])}, health=FAST))
+    await listeners_ran()  # both swaps' listener calls, in swap order
     _, second, task = checker._probes[("app", a.address)]
     assert first is not second and second is router.upstreams[a.address]
     b.healthy = a.healthy = False

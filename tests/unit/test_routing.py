@@ -1,9 +1,11 @@
 """Selection, matching and swaps of the routing snapshot, without sockets."""
 
+import asyncio
 import collections
 import random
 
 import pytest
+from structlog.testing import capture_logs
 
 from proxy.errors import UnknownService, ValidationError
 from proxy.router import Router
@@ -152,3 +154,63 @@ def test_sticky_and_forced_pool_selection():
     router.set_weights("web", {"blue": 0, "green": 100})
     svc = router.table.match("x", "/")
     assert svc.select(None, "blue")[0].name == "green"  # a pool that no longer gets traffic lets go
+
+
+def test_a_change_to_one_service_keeps_the_other_services_snapshot_objects():
+    router = Router()
+    router.set_service(service("api", hosts=["api.localhost"]))
+    router.set_service(service("web", pools=(("blue", 100, ("127.0.0.1:1",)),
+                                             ("green", 0, ("127.0.0.1:2",)))))
+    api, web = router.table.services["api"], router.table.services["web"]
+    upstreams = router.upstreams
+    router.set_weights("web", {"blue": 0, "green": 100})
+    assert router.table.services["api"] is api  # untouched service: the same immutable object
+    assert router.table.services["web"] is not web
+    assert router.table.match("x", "/").choose().name == "green"
+    assert router.upstreams is upstreams  # weights only: no upstream added or removed
+    router.set_health(router.upstreams["127.0.0.1:9001"], Health.UNHEALTHY)
+    assert router.table.services["api"] is not api  # a health change rebuilds every service
+    assert not router.table.services["api"].routable
+
+
+def test_removing_a_service_keeps_the_others_and_drops_its_upstreams():
+    router = Router()
+    router.set_service(service("api", hosts=["api.localhost"]))
+    router.set_service(service("web", hosts=["web.localhost"], pools=(("blue", 1, ("127.0.0.1:1",)),)))
+    api = router.table.services["api"]
+    removed = router.remove_service("web")
+    assert [u.address for u in removed] == ["127.0.0.1:1"]
+    assert list(router.table.services) == ["api"] and router.table.services["api"] is api
+    assert set(router.upstreams) == {"127.0.0.1:9001"}
+
+
+async def test_with_a_loop_listeners_and_the_log_line_come_right_after_the_swap():
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",)))))
+    await asyncio.sleep(0)
+    seen: list[dict[str, int]] = []
+
+    def broken(_table):
+        raise RuntimeError("listener bug")
+
+    router.subscribe(broken)
+    router.subscribe(lambda t: seen.append({p.name: p.weight for p in t.services["web"].pools}))
+    waiter = asyncio.ensure_future(router.wait_for_change(5.0))
+    await asyncio.sleep(0)
+    with capture_logs() as logs:
+        router.set_weights("web", {"blue": 0, "green": 100})
+        router.set_weights("web", {"blue": 50, "green": 50})
+        # The swap is done (the next request routes on it) before any listener or log line ran.
+        assert router.table.match("x", "/").pools_by_name["green"].weight == 50
+        assert seen == [] and logs == []
+        await asyncio.sleep(0)
+    assert await waiter is True
+    # Each listener call gets its own swap's table, in swap order; the broken one stopped nothing.
+    assert seen == [{"blue": 0, "green": 100}, {"blue": 50, "green": 50}]
+    changes = [(e["generation"], e["reason"], e["services"]["web"])
+               for e in logs if e["event"] == "table.changed"]
+    g = router.generation
+    assert changes == [(g - 1, "weights", {"blue": 0, "green": 100}),
+                       (g, "weights", {"blue": 50, "green": 50})]
+    failures = [e for e in logs if e["event"] == "table.listener_failed"]
+    assert len(failures) == 2 and failures[0]["log_level"] == "error"
