@@ -4,12 +4,14 @@ A `turnout serve` (controller.testing.TurnoutDaemon) runs a service `web` of 2 r
 turnout-testapp:v1. Then, per strategy (one after the other, alternating the target image between :v2
 and :v1 so every deploy is a real version change):
 
-    turnout rehearse web --image IMAGE --strategy S --rate 1000 --duration 20s --json
+    turnout rehearse web --image IMAGE --strategy S --rate 1000 --duration 20s --max-in-flight 4096 --json
     (canary: --steps 25,50,100 --step-pause 3s)
 
 and records sent, failed by the proxy, truncated, misrouted, the window in which both versions answered
 and the longest time no client got an answer. The claim: 0 failed, 0 truncated, 0 misrouted at >= 1,000
-requests/s for >= 20 s.
+requests/s for >= 20 s. "offered" is every start the open-loop schedule made (sent + not sent): a
+start is skipped (not sent) while --max-in-flight requests are in flight, and requests a big-bang hold
+keeps waiting count, so the bound (default 4096 here) must cover rate x hold on top of the usual.
 
 References, same run: the same load generator (controller.loadgen.run_load, same rate, duration and
 share of new connections) (1) through the same proxy with no deploy, so a deploy's longest gap and
@@ -61,12 +63,21 @@ def busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def control(url: str, rate: float, duration: float, new_connections: float, daemon_pid: int) -> dict:
+def control(
+    url: str, rate: float, duration: float, new_connections: float, daemon_pid: int, max_in_flight: int
+) -> dict:
     """The same load with no deploy: what the generator and proxy show anyway; also where the CPU went
     (per process group, CPU seconds per second of load; other tenants of the machine are not separated)."""
     from controller.loadgen import LoadConfig, run_load
 
-    config = LoadConfig(url=url, duration=duration, rate=rate, new_connections=new_connections, timeout=30.0)
+    config = LoadConfig(
+        url=url,
+        duration=duration,
+        rate=rate,
+        new_connections=new_connections,
+        timeout=30.0,
+        max_in_flight=max_in_flight,
+    )
     b0 = busy()
     before, d0, me0, t0 = cpu_by_comm(), cpu_seconds(daemon_pid), cpu_seconds(os.getpid()), time.monotonic()
     result = asyncio.run(run_load(config))
@@ -95,10 +106,13 @@ def control(url: str, rate: float, duration: float, new_connections: float, daem
         "deploy_seconds": None,
         "cpu": cpu,
         "sent": result.sent,
+        "peak_in_flight": data["peak_in_flight"],
     }
 
 
-def direct(addresses: list[str], rate: float, duration: float, new_connections: float) -> dict:
+def direct(
+    addresses: list[str], rate: float, duration: float, new_connections: float, max_in_flight: int
+) -> dict:
     """The same total load sent straight to the containers' published ports (rate split evenly), no
     Turnout proxy in the path: what the app + Docker's port publishing show by themselves."""
     from controller.loadgen import LoadConfig, LoadResult, run_load
@@ -113,6 +127,7 @@ def direct(addresses: list[str], rate: float, duration: float, new_connections: 
                         rate=rate / len(addresses),
                         new_connections=new_connections,
                         timeout=30.0,
+                        max_in_flight=max(1, max_in_flight // len(addresses)),
                     )
                 )
                 for a in addresses
@@ -135,6 +150,7 @@ def direct(addresses: list[str], rate: float, duration: float, new_connections: 
         "both_versions_ms": None,
         "status": "(no deploy)",
         "deploy_seconds": None,
+        "peak_in_flight": None,  # two generators side by side: their peaks do not add up meaningfully
     }
 
 
@@ -152,6 +168,8 @@ def rehearse(daemon, image: str, strategy: str, args: argparse.Namespace, work: 
         args.duration,
         "--new-connections",
         str(args.new_connections),
+        "--max-in-flight",
+        str(args.max_in_flight),
         "--json",
         "--html",
         str(work / f"rehearsal-{strategy}.html"),
@@ -179,6 +197,7 @@ def rehearse(daemon, image: str, strategy: str, args: argparse.Namespace, work: 
         "status": (run["deploy"] or {}).get("status"),
         "exit": result.returncode,
         "deploy_seconds": ((run["deploy"] or {}).get("timings") or {}).get("total"),
+        "peak_in_flight": load.get("peak_in_flight"),
         "cmd": "turnout " + " ".join(c for c in cmd if not c.startswith(str(work))),
     }
 
@@ -192,6 +211,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s, open loop [1000]")
     parser.add_argument("--duration", default="20s", help="load per rehearsal, at least [20s]")
     parser.add_argument("--new-connections", type=float, default=0.1, help="share of fresh connections [0.1]")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=4096,
+        help="open loop: starts beyond this many requests in flight are skipped (held ones count) [4096]",
+    )
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--canary-steps", default="25,50,100")
     parser.add_argument("--canary-pause", default="3s")
@@ -201,6 +226,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (HTML reports, daemon log)")
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
+    if not 1 <= args.max_in_flight <= 65536:
+        parser.error(f"--max-in-flight: must be between 1 and 65536, got {args.max_in_flight}")
 
     from controller.duration import parse_duration
     from controller.testing import TurnoutDaemon
@@ -237,7 +264,14 @@ def main() -> None:
             rows.append(
                 (
                     "reference (no deploy)",
-                    control(daemon.url, args.rate, seconds, args.new_connections, daemon.process.pid),
+                    control(
+                        daemon.url,
+                        args.rate,
+                        seconds,
+                        args.new_connections,
+                        daemon.process.pid,
+                        args.max_in_flight,
+                    ),
                 )
             )
         if not args.no_control:
@@ -247,7 +281,7 @@ def main() -> None:
             rows.append(
                 (
                     "reference: direct to the containers (no Turnout)",
-                    direct(addresses, args.rate, seconds, args.new_connections),
+                    direct(addresses, args.rate, seconds, args.new_connections, args.max_in_flight),
                 )
             )
         for strategy in strategies:
@@ -282,6 +316,7 @@ def main() -> None:
     for name, r in rows:
         s = r["summary"]
         rate = s["sent"] / r["duration"] if r["duration"] else 0.0
+        offered = s["sent"] + s["not_sent"]
         during = r["latency"].get("during") or r["latency"].get("all") or {}
         gap = r["longest_gap_ms"]
         zero = s["failed_by_proxy"] == 0 and s["truncated"] == 0 and s["misrouted"] == 0
@@ -291,7 +326,9 @@ def main() -> None:
             [
                 name,
                 r["status"],
+                offered,
                 s["sent"],
+                fmt(offered / r["duration"], 0) if r["duration"] else "-",
                 fmt(rate, 0),
                 fmt(r["duration"], 1),
                 s["failed_by_proxy"],
@@ -299,6 +336,7 @@ def main() -> None:
                 s["misrouted"],
                 s["app_errors"],
                 s["not_sent"],
+                r["peak_in_flight"] if r.get("peak_in_flight") is not None else "-",
                 fmt(r["both_versions_ms"], 0) if r["both_versions_ms"] is not None else "-",
                 fmt(gap, 1),
                 fmt(gap / ref["longest_gap_ms"], 1) if ref and ref["longest_gap_ms"] else "-",
@@ -312,21 +350,25 @@ def main() -> None:
         )
     print(
         f"\nzero loss: {args.rate:.0f} req/s open loop, {seconds:.0f} s per rehearsal, "
-        f"{args.new_connections:.0%} new connections, {args.replicas} replicas of turnout-testapp\n"
+        f"{args.new_connections:.0%} new connections, at most {args.max_in_flight} in flight, "
+        f"{args.replicas} replicas of turnout-testapp\n"
     )
     print(
         md_table(
             [
                 "run",
                 "deploy",
+                "offered",
                 "sent",
-                "req/s",
+                "offered/s",
+                "sent/s",
                 "load s",
                 "failed by proxy",
                 "truncated",
                 "misrouted",
                 "app errors",
                 "not sent",
+                "peak in flight",
                 "both versions ms",
                 "longest gap ms",
                 "gap / ref gap",
@@ -345,7 +387,7 @@ def main() -> None:
             ""
             if all(verdicts)
             else " (a strategy fails it on any loss, or if fewer than 980 req/s were "
-            "actually sent: open-loop starts are skipped while 512 requests are in flight)"
+            f"actually sent: open-loop starts are skipped while {args.max_in_flight} requests are in flight)"
         )
     )
     if ref and ref.get("cpu"):

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--duration", default="20s", help="minimum load duration per deploy [20s]")
     rehearse.add_argument("--new-connections", type=float, default=0.1,
                           help="fraction of requests on a fresh connection [0.1]")
+    rehearse.add_argument("--max-in-flight", type=_in_flight_bound, default=None, metavar="N",
+                          help="with --rate: at most N requests in flight; a start beyond it is skipped "
+                          "and reported as 'not sent'. Requests held by the proxy (a big-bang gap, a "
+                          "pause) count, so a hold of H s at R req/s needs about R*H more. Each is a "
+                          "connection: the open-files limit is raised to fit "
+                          f"[{_rehearse_default_in_flight()}]")
     rehearse.add_argument("--url", help="where to send the load [default: the daemon's proxy listener]")
     rehearse.add_argument("--html", type=Path, default=Path("turnout-rehearsal.html"),
                           help="HTML report with the timeline chart [turnout-rehearsal.html]")
@@ -288,19 +294,55 @@ def _signal(command: str) -> Any:
     return send
 
 
-async def _rehearse(client: Any, args: argparse.Namespace) -> int:
+def _in_flight_bound(raw: str) -> int:
+    """argparse type of --max-in-flight: an integer within the load generator's bounds."""
+    from .loadgen import MAX_IN_FLIGHT_LIMIT
+
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if not 1 <= value <= MAX_IN_FLIGHT_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_IN_FLIGHT_LIMIT}, got {value}")
+    return value
+
+
+def _rehearse_default_in_flight() -> int:
+    from .rehearse import DEFAULT_MAX_IN_FLIGHT
+
+    return DEFAULT_MAX_IN_FLIGHT
+
+
+def rehearsal_plan(args: argparse.Namespace) -> Any:
+    """The RehearsalPlan the `rehearse` arguments ask for; UsageError names a bad option."""
     from .duration import parse_duration
-    from .rehearse import STRATEGY_ORDER, RehearsalPlan, all_succeeded, rehearse, render
+    from .loadgen import OPEN_FILES_MARGIN, ensure_open_files
+    from .rehearse import DEFAULT_MAX_IN_FLIGHT, STRATEGY_ORDER, RehearsalPlan
 
     if not 0.0 <= args.new_connections <= 1.0:
         raise UsageError("--new-connections: must be between 0 and 1")
+    if args.max_in_flight is not None and args.rate is None:
+        raise UsageError("--max-in-flight: bounds the open loop; it needs --rate (with --concurrency "
+                         "the number of clients is the bound)")
+    max_in_flight = args.max_in_flight or DEFAULT_MAX_IN_FLIGHT
+    if args.rate is not None:
+        limit = ensure_open_files(max_in_flight)
+        if limit < max_in_flight + OPEN_FILES_MARGIN:
+            raise UsageError(f"--max-in-flight {max_in_flight}: needs {max_in_flight + OPEN_FILES_MARGIN} "
+                             f"open files, and this process may open only {limit} (ulimit -n)")
     strategies = STRATEGY_ORDER if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
-    plan = RehearsalPlan(
+    return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),
         duration=parse_duration(args.duration, "--duration"), rate=args.rate,
         concurrency=args.concurrency or (None if args.rate else 8),
-        new_connections=args.new_connections, url=args.url, options=options)
+        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight)
+
+
+async def _rehearse(client: Any, args: argparse.Namespace) -> int:
+    from .rehearse import all_succeeded, rehearse, render
+
+    plan = rehearsal_plan(args)
     progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
     runs = await rehearse(client, plan, progress)
     text, html = render(runs, args.html, args.json)

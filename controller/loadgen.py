@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import math
 import re
+import resource
 import time
 import uuid
 from collections import Counter
@@ -35,6 +36,8 @@ BOTH_VERSIONS_BUCKET = 0.1  # seconds: "both versions answered" means within the
 _MAX_NAP = 0.05  # seconds: the open loop wakes at least this often to notice a stop
 _BODY_HEAD = 256  # bytes of each body kept for the version extractor
 _VERSION_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+\-]{0,63}")
+DEFAULT_MAX_IN_FLIGHT = 512
+MAX_IN_FLIGHT_LIMIT = 65_536  # one connection (one file descriptor) each: a bound, not a target
 
 
 class Outcome(StrEnum):
@@ -75,7 +78,9 @@ class LoadConfig:
     max_requests: int = 1_000_000  # hard bound on request starts, whatever the duration
     path: str = "/"
     headers: Mapping[str, str] = field(default_factory=dict)
-    max_in_flight: int = 512  # open loop: starts beyond this many in flight are skipped (not_sent)
+    # Open loop: starts beyond this many requests in flight are skipped (counted as not_sent). Held
+    # requests count too: a big-bang hold of H s at rate R needs about R*H beyond the usual.
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     version_of: VersionExtractor = version_from_response
 
     def __post_init__(self) -> None:
@@ -90,8 +95,13 @@ class LoadConfig:
         for name in ("duration", "timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LoadConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.max_requests < 1 or self.max_in_flight < 1:
-            raise ValueError("LoadConfig.max_requests and max_in_flight must be >= 1")
+        if self.max_requests < 1:
+            raise ValueError(f"LoadConfig.max_requests must be >= 1, got {self.max_requests}")
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or not (
+            1 <= self.max_in_flight <= MAX_IN_FLIGHT_LIMIT
+        ):
+            raise ValueError(f"LoadConfig.max_in_flight must be an integer 1-{MAX_IN_FLIGHT_LIMIT}, "
+                             f"got {self.max_in_flight!r}")
         if not self.path.startswith("/"):
             raise ValueError(f"LoadConfig.path must start with '/', got {self.path!r}")
 
@@ -105,8 +115,9 @@ class LoadConfig:
 
     def describe(self) -> dict[str, Any]:
         mode = {"rate": self.rate} if self.rate is not None else {"concurrency": self.concurrency}
+        bound = {"max_in_flight": self.max_in_flight} if self.rate is not None else {}
         return {"url": self.target, "duration": self.duration, **mode,
-                "new_connections": self.new_connections, "timeout": self.timeout}
+                "new_connections": self.new_connections, "timeout": self.timeout, **bound}
 
 
 # ------------------------------------------------------------------------------------------ marks
@@ -339,6 +350,16 @@ class LoadResult:
                 errors[s][outcome.value] += 1
         return [TimelineSecond(s, dict(versions[s]), dict(errors[s]), misrouted[s]) for s in range(seconds)]
 
+    def peak_in_flight(self) -> int:
+        """The most requests in flight at once, as the client saw them (an end at the same instant as a
+        start comes first); set beside the open loop's bound, it tells how close a hold came to it."""
+        events = sorted([(r.start, 1) for r in self.records] + [(r.end, -1) for r in self.records])
+        peak = level = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        return peak
+
     def summary(self) -> dict[str, int]:
         return {"sent": self.sent, "succeeded": self.succeeded, "failed_by_proxy": self.failed_by_proxy,
                 "app_errors": self.app_errors, "truncated": self.truncated, "misrouted": self.misrouted,
@@ -355,6 +376,7 @@ class LoadResult:
             "latency": {name: stats.to_dict() for name, stats in self.phases().items()},
             "both_versions_window": window.to_dict() if window else None,
             "longest_gap": self.longest_gap().to_dict(),
+            "peak_in_flight": self.peak_in_flight(),
             "marks": [{"name": m.name, "at": round(m.at, 6), "expect_version": m.expect_version,
                        **({"data": dict(m.data)} if m.data else {})} for m in self.marks],
             "timeline": [t.to_dict() for t in self.timeline()],
@@ -368,6 +390,22 @@ class LoadResult:
 
 
 # ------------------------------------------------------------------------------------------ runner
+OPEN_FILES_MARGIN = 64  # descriptors beyond one per connection: the loop, logs, the admin socket
+
+
+def ensure_open_files(max_in_flight: int) -> int:
+    """Lift this process's soft open-files limit so `max_in_flight` connections fit (one descriptor
+    each, plus a margin), up to the hard limit; returns the limit now in force. The usual soft default
+    of 1024 is below what a few thousand requests in flight need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_in_flight + OPEN_FILES_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    return soft
+
+
 class _Run:
     """One load run: the sessions, the clock origin, the records."""
 
@@ -479,6 +517,7 @@ async def run_load(config: LoadConfig, marks: Marks | None = None,
     """Send the configured load and return what every request saw. Bounded by `duration` (then the
     in-flight requests get at most `timeout` more) and by `max_requests`; setting `stop` ends the
     run early (no new request starts, the ones in flight finish)."""
+    ensure_open_files(config.connection_limit)
     timeout = aiohttp.ClientTimeout(total=config.timeout)
     # No cookie jar: sticky cookies would pin the whole load to one version, unlike real clients.
     def session(force_close: bool) -> aiohttp.ClientSession:

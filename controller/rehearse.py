@@ -31,6 +31,9 @@ STRATEGY_ORDER = ("bigbang", "bluegreen", "rolling", "canary")
 WARMUP = 2.0  # seconds of load before the deploy starts, so "before" latencies exist
 TAIL = 2.0  # seconds of load after the deploy finished
 MAX_RUN = 600.0  # a rehearsal never runs longer than this, whatever the deploy does
+# Open loop: requests a big-bang hold keeps waiting count against the in-flight bound, so the default
+# leaves room for a 1 s hold at 1,000 req/s on top of the usual (the load generator's own is 512).
+DEFAULT_MAX_IN_FLIGHT = 2048
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ class RehearsalPlan:
     new_connections: float = 0.1
     url: str | None = None  # default: the daemon's proxy listener
     options: dict[str, Any] | None = None  # strategy options, as for `turnout deploy`
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # open loop: see LoadConfig.max_in_flight
+
+    def load_config(self, url: str) -> LoadConfig:
+        """The load of one rehearsal: runs until stopped (bounded by MAX_RUN), 30 s per request."""
+        return LoadConfig(url=url, duration=MAX_RUN, rate=self.rate,
+                          concurrency=self.concurrency if self.rate is None else None,
+                          new_connections=self.new_connections, timeout=30.0,
+                          max_in_flight=self.max_in_flight)
 
 
 @dataclass
@@ -73,10 +84,7 @@ async def _one(client: AdminClient, plan: RehearsalPlan, url: str, image: str, s
                progress: Any) -> Rehearsal:
     marks = Marks()
     stop = asyncio.Event()
-    load = LoadConfig(url=url, duration=MAX_RUN, rate=plan.rate,
-                      concurrency=plan.concurrency if plan.rate is None else None,
-                      new_connections=plan.new_connections, timeout=30.0)
-    load_task = asyncio.create_task(run_load(load, marks, stop=stop))
+    load_task = asyncio.create_task(run_load(plan.load_config(url), marks, stop=stop))
     started = time.monotonic()
     await asyncio.sleep(WARMUP)
     body = {"service": plan.service, "image": image, "strategy": strategy, "options": plan.options or {}}

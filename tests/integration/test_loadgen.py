@@ -13,6 +13,7 @@ from controller.loadgen import LoadConfig, Marks, Outcome, run_load
 
 # What a server does with request number n (counted from 0 across all its connections).
 OK, PROXY_503, APP_500, TRUNCATE, RESET, HANG = "ok", "proxy503", "app500", "truncate", "reset", "hang"
+HOLD = "hold"  # answered (ok) only when the test calls Server.release(), like a big-bang hold
 
 
 class Server:
@@ -26,6 +27,7 @@ class Server:
         self.in_flight = 0
         self.max_in_flight = 0
         self.on_request: Callable[[int], None] = lambda n: None
+        self.held: list[tuple[asyncio.Transport, bytes]] = []
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.Transport] = set()
 
@@ -37,6 +39,15 @@ class Server:
     async def start(self) -> Server:
         self._server = await asyncio.get_running_loop().create_server(lambda: _Protocol(self), "127.0.0.1", 0)
         return self
+
+    def release(self) -> int:
+        """Answer every held request at once (the end of a hold); returns how many there were."""
+        held, self.held = self.held, []
+        for transport, response in held:
+            if not transport.is_closing():
+                transport.write(response)
+        self.in_flight -= len(held)
+        return len(held)
 
     async def close(self) -> None:
         assert self._server is not None
@@ -91,6 +102,11 @@ class _Protocol(asyncio.Protocol):
             sock = self.transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
+        elif action == HOLD:
+            server.held.append((self.transport, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body)))
+            server.in_flight += 1
+            server.max_in_flight = max(server.max_in_flight, server.in_flight)
         elif action == HANG:  # never answer; counted until the client gives up on the connection
             self.unanswered += 1
             server.in_flight += 1
@@ -165,6 +181,41 @@ async def test_rate_mode_skips_starts_beyond_the_in_flight_bound(start_server):
     assert result.not_sent > 0
     assert server.max_in_flight <= 3 and len(server.request_ids) == result.sent
     assert result.sent + result.not_sent == pytest.approx(50, abs=2)
+
+
+@pytest.mark.parametrize("bound", [16, 256])
+async def test_rate_mode_through_a_hold_offers_the_full_rate_when_the_bound_fits(start_server, bound):
+    # A hold like big-bang's: requests wait (in flight) until the hold ends, then all are answered at
+    # once. It ends when the 60th request arrives, which is answered at once (or after 0.6 s, should
+    # fewer ever arrive): 59 held requests fit in a bound of 256, not in 16.
+    holding = [True]
+    server = await start_server(lambda n: HOLD if holding[0] else OK)
+    loop = asyncio.get_running_loop()
+
+    def end_hold() -> None:
+        if holding[0]:
+            holding[0] = False
+            server.release()
+
+    server.on_request = lambda n: n == 59 and end_hold()
+    loop.call_later(0.6, end_hold)
+    result = await run_load(LoadConfig(url=server.url, duration=1.0, rate=100, max_in_flight=bound))
+    assert result.sent + result.not_sent == pytest.approx(100, abs=2)
+    assert result.config["max_in_flight"] == bound
+    assert result.failed_by_proxy == 0 and result.succeeded == result.sent == len(server.request_ids)
+    if bound == 16:
+        assert server.max_in_flight == 16 and result.not_sent > 0  # starts skipped while 16 were held
+    else:
+        assert server.max_in_flight == 59 and result.not_sent == 0  # every start offered through it
+    # the client's own count agrees: the held ones plus at most the one answered as the hold ended
+    assert server.max_in_flight <= result.peak_in_flight() <= server.max_in_flight + 1
+    assert result.to_dict()["peak_in_flight"] == result.peak_in_flight()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 65_537, 2.5, True])
+def test_in_flight_bound_is_validated(bad):
+    with pytest.raises(ValueError, match="max_in_flight"):
+        LoadConfig(url="http://127.0.0.1:1", duration=1.0, rate=10, max_in_flight=bad)
 
 
 async def test_new_connections_fraction_opens_that_many_connections(start_server):
