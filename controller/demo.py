@@ -115,6 +115,9 @@ def _shutdown(daemon: subprocess.Popen[bytes]) -> None:
             daemon.wait(5)
     from controller.daemon import owner_for
     from controller.docker_backend import DockerBackend
+    from proxy.log import configure
+
+    configure(level="warning")  # the numbered steps say what happens; per-container events are in serve.log
 
     async def remove_all() -> int:
         backend = DockerBackend(owner=owner_for(STATE_DIR))
