@@ -23,6 +23,7 @@ from proxy.metrics import Metrics
 from proxy.router import Router
 from proxy.server import ProxyServer
 
+from . import faults
 from .api import add_controller_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
@@ -59,6 +60,7 @@ class Daemon:
         self._reconciler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        faults.install_from_env()  # test-only fault hook; unset in any real deployment
         raise_open_files_limit(self.config.proxy.max_connections)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)

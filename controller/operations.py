@@ -17,6 +17,7 @@ import structlog
 
 from proxy.upstream import Upstream
 
+from . import faults
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
@@ -55,7 +56,12 @@ class Operations:
 
     # ------------------------------------------------------------ recording
     def step(self, name: str, **detail: Any) -> None:
+        fault = faults.ARMED  # test-only (controller/faults.py); None unless a fault test armed it
+        if fault is not None:
+            fault.reached(name, self.new.version, before=True)
         self.journal.step(self.deployment_id, name, **detail)
+        if fault is not None:
+            fault.reached(name, self.new.version, before=False)
         self.events.emit("step", step=name, **detail)
         self.log.info(f"deploy.{name}", **detail)
 

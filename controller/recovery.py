@@ -49,8 +49,10 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
             steps = [s.name for s in journal.steps(record.id)]
             pool = (record.options or {}).get("pool", record.to_version)
             if "switched" in steps and "restoring" not in steps:
-                # The new release already served 100%: finishing forward loses nothing.
-                previous, stable = stable, Release(record.to_version, record.image, pool)
+                # The new release already served 100%: finishing forward loses nothing. The deployer
+                # saves the promoted state before its last step: then the journal already says so.
+                if stable is None or stable.pool != pool:
+                    previous, stable = stable, Release(record.to_version, record.image, pool)
                 journal.finish(record.id, "succeeded", "completed after a daemon restart")
                 outcome[service] = f"interrupted deploy {record.id} finished forward"
             else:

@@ -1,6 +1,19 @@
 """The project's tests drive `turnout serve` the same way the pytest plugin does."""
 
-from controller.testing import TurnoutDaemon as Daemon
-from controller.testing import free_port
+from __future__ import annotations
+
+from controller.testing import TurnoutDaemon, free_port
+
+
+class Daemon(TurnoutDaemon):
+    """TurnoutDaemon plus `extra_env` for the next start: e.g. the test-only fault hooks of
+    controller/faults.py (`TURNOUT_FAULT_KILL_AT`), cleared by assigning `{}` before a restart."""
+
+    extra_env: dict[str, str] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, **self.extra_env}
+
 
 __all__ = ["Daemon", "free_port"]
