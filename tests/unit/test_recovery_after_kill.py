@@ -48,21 +48,24 @@ def backend(monkeypatch):
     return backend
 
 
-@pytest.mark.parametrize(("strategy", "point"), every_point())
-async def test_recovery_after_a_kill_at_any_step(tmp_path, backend, monkeypatch, strategy, point):
+async def kill_during_deploy(journal: Journal, backend: FakeBackend, monkeypatch, strategy: str,
+                             point: str | None, image: str = "turnout-testapp:v2") -> str:
+    """Deploy v1, then `image` with the hook armed at `point` (None: unarmed); returns the deployment
+    id of the second deploy once it died (or finished)."""
     config = kill_service_config()
-    journal = Journal(tmp_path / "journal.db")
     first = Deployer(backend, ProxyControl(Router(drain_timeout=1.0)), journal)
     v1 = first.deploy(config, "turnout-testapp:v1", strategy)
     await asyncio.wait_for(v1.task, 10)
-    v1_ids = {c.id for c in backend.running("v1")}
 
     def die(pid: int, sig: int) -> None:
         raise Killed
 
     monkeypatch.setattr(faults.os, "kill", die)
-    monkeypatch.setattr(faults, "ARMED", faults.FaultPoint.parse(point))
-    active = first.deploy(config, "turnout-testapp:v2", strategy)
+    monkeypatch.setattr(faults, "ARMED", faults.FaultPoint.parse(point) if point else None)
+    active = first.deploy(config, image, strategy)
+    if point is None:
+        await asyncio.wait_for(active.task, 10)
+        return active.id
     with pytest.raises(Killed):
         await asyncio.wait_for(active.task, 10)
         settling = first._settling.get("web")  # blue-green's last step: after the deploy succeeded
@@ -72,12 +75,25 @@ async def test_recovery_after_a_kill_at_any_step(tmp_path, backend, monkeypatch,
                 raise settling.exception()
         raise AssertionError(f"the hook never fired at {point}")
     monkeypatch.setattr(faults, "ARMED", None)
-    steps = [s.name for s in journal.steps(active.id)]
-    switched = "switched" in steps
+    return active.id
 
-    router = Router(drain_timeout=1.0)  # the restarted daemon: nothing in memory survived
+
+async def restart(journal: Journal, backend: FakeBackend) -> tuple[Router, Deployer]:
+    """The restarted daemon: nothing in memory survived; recovery rebuilds from journal and Docker."""
+    router = Router(drain_timeout=1.0)
     second = Deployer(backend, ProxyControl(router), journal)
-    await recovery.recover(second, Config(services={"web": config}))
+    await recovery.recover(second, Config(services={"web": kill_service_config()}))
+    return router, second
+
+
+@pytest.mark.parametrize(("strategy", "point"), every_point())
+async def test_recovery_after_a_kill_at_any_step(tmp_path, backend, monkeypatch, strategy, point):
+    journal = Journal(tmp_path / "journal.db")
+    deployment = await kill_during_deploy(journal, backend, monkeypatch, strategy, point)
+    v1_ids = {c.id for c in backend.containers.values() if c.version == "v1"}
+    steps = [s.name for s in journal.steps(deployment)]
+    switched = "switched" in steps
+    router, second = await restart(journal, backend)
     expected = "v2" if switched else "v1"
     stable, previous = second.releases["web"], second.previous.get("web")
     assert stable.version == expected
@@ -86,7 +102,7 @@ async def test_recovery_after_a_kill_at_any_step(tmp_path, backend, monkeypatch,
     assert {c.id for c in backend.running()} == {c.id for c in stable.containers}
     kept = {c.id for c in previous.containers} if previous else set()
     assert set(backend.containers) == {c.id for c in stable.containers} | kept  # nothing unknown
-    record = journal.get(active.id)
+    record = journal.get(deployment)
     assert record.status == ("succeeded" if switched else "rolled_back"), record
     if switched:
         assert previous is not None and previous.version == "v1" and previous.pool != stable.pool
@@ -94,3 +110,33 @@ async def test_recovery_after_a_kill_at_any_step(tmp_path, backend, monkeypatch,
         state = journal.service_state("web")
         assert state["stable"]["version"] == "v2" and state["previous"]["version"] == "v1"
     journal.close()
+
+
+@pytest.mark.parametrize("strategy", sorted(JOURNALLED_STEPS))
+async def test_recovery_after_a_kill_while_a_failed_deploy_restores(tmp_path, backend, monkeypatch,
+                                                                   strategy):
+    """The failure path journals steps too (`restoring`, `drained`, `restored`): a kill at any of them,
+    of a deploy whose new version crashes at start, still ends with v1 alone on its full count."""
+    backend.failing_images.add("turnout-testapp:crash")
+    journal = Journal(tmp_path / "unarmed.db")
+    deployment = await kill_during_deploy(journal, backend, monkeypatch, strategy, None,
+                                          "turnout-testapp:crash")
+    steps = [s.name for s in journal.steps(deployment)]
+    journal.close()
+    assert "restoring" in steps and steps[-1] == "restored", steps
+    for n, name in enumerate(steps[steps.index("restoring"):], start=steps.index("restoring")):
+        occurrence = steps[:n + 1].count(name)
+        for before in (True, False):
+            backend.containers.clear()
+            journal = Journal(tmp_path / f"{n}-{before}.db")
+            point = f"{'before:' if before else ''}{name}#{occurrence}@crash"
+            deployment = await kill_during_deploy(journal, backend, monkeypatch, strategy, point,
+                                                  "turnout-testapp:crash")
+            router, second = await restart(journal, backend)
+            stable = second.releases["web"]
+            assert stable.version == "v1", point
+            assert [(p.name, len(p.upstreams)) for p in router.table.services["web"].pools] == [("v1", 2)]
+            assert set(backend.containers) == {c.id for c in backend.running()} == {
+                c.id for c in stable.containers}, point
+            assert journal.get(deployment).status == "rolled_back", point
+            journal.close()
