@@ -140,3 +140,52 @@ async def test_recovery_after_a_kill_while_a_failed_deploy_restores(tmp_path, ba
                 c.id for c in stable.containers}, point
             assert journal.get(deployment).status == "rolled_back", point
             journal.close()
+
+
+async def kill_during_rollback(journal: Journal, backend: FakeBackend, monkeypatch,
+                               point: str | None) -> str:
+    """v1, then v2 (blue-green: v1 kept stopped), then `turnout rollback` with the hook at `point`."""
+    config = kill_service_config()
+    first = Deployer(backend, ProxyControl(Router(drain_timeout=1.0)), journal)
+    for image in ("turnout-testapp:v1", "turnout-testapp:v2"):
+        await asyncio.wait_for(first.deploy(config, image, "bluegreen").task, 10)
+        await first.settle("web")
+
+    def die(pid: int, sig: int) -> None:
+        raise Killed
+
+    monkeypatch.setattr(faults.os, "kill", die)
+    monkeypatch.setattr(faults, "ARMED", faults.FaultPoint.parse(point) if point else None)
+    try:
+        active = await first.rollback("web")
+        await asyncio.wait_for(active.task, 10)
+    except Killed:
+        pass
+    finally:
+        monkeypatch.setattr(faults, "ARMED", None)
+    assert point is None or first.active, f"the hook never fired at {point}"
+    return journal.history("web", limit=1)[0].id
+
+
+async def test_recovery_after_a_kill_at_any_step_of_a_rollback(tmp_path, backend, monkeypatch):
+    """`turnout rollback` onto the kept blue-green set journals steps too: killed at any of them, the
+    restarted daemon serves v1 when the switch back had happened, v2 otherwise, with the other kept."""
+    journal = Journal(tmp_path / "unarmed.db")
+    steps = [s.name for s in journal.steps(await kill_during_rollback(journal, backend, monkeypatch, None))]
+    journal.close()
+    assert steps[-1] == "completed" and "switched" in steps, steps
+    for n, name in enumerate(steps):
+        for before in (True, False):
+            backend.containers.clear()
+            journal = Journal(tmp_path / f"{n}-{before}.db")
+            point = f"{'before:' if before else ''}{name}#{steps[:n + 1].count(name)}@v1"
+            deployment = await kill_during_rollback(journal, backend, monkeypatch, point)
+            switched = "switched" in [s.name for s in journal.steps(deployment)]
+            router, second = await restart(journal, backend)
+            stable, previous = second.releases["web"], second.previous["web"]
+            assert (stable.version, previous.version) == (("v1", "v2") if switched else ("v2", "v1")), point
+            assert [(p.name, len(p.upstreams)) for p in router.table.services["web"].pools] == [
+                (stable.pool, 2)], point
+            assert {c.id for c in backend.running()} == {c.id for c in stable.containers}, point
+            assert set(backend.containers) == {c.id for c in stable.containers + previous.containers}, point
+            journal.close()
