@@ -55,6 +55,10 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
                     previous, stable = stable, Release(record.to_version, record.image, pool)
                 journal.finish(record.id, "succeeded", "completed after a daemon restart")
                 outcome[service] = f"interrupted deploy {record.id} finished forward"
+            elif record.strategy == "repair":  # nothing to roll back: the checks below redo its work
+                journal.finish(record.id, "interrupted",
+                               "interrupted by a daemon restart; recovery makes the release whole again")
+                outcome[service] = f"interrupted repair {record.id} taken over by recovery"
             else:
                 journal.finish(record.id, "rolled_back", "interrupted by a daemon restart; rolled back")
                 outcome[service] = f"interrupted deploy {record.id} rolled back"

@@ -189,3 +189,34 @@ async def test_recovery_after_a_kill_at_any_step_of_a_rollback(tmp_path, backend
             assert {c.id for c in backend.running()} == {c.id for c in stable.containers}, point
             assert set(backend.containers) == {c.id for c in stable.containers + previous.containers}, point
             journal.close()
+
+
+@pytest.mark.parametrize("point", ["started@v1", "starting@v1", "before:healthy@v1", "healthy@v1",
+                                   "routed@v1"])
+async def test_a_repair_killed_midway_is_taken_over_by_recovery(tmp_path, backend, monkeypatch, point):
+    """The reconcile loop's repair (one v1 container vanished) killed at a step: the journal says the
+    repair was interrupted (not "rolled back": there is nothing to roll back), and recovery itself
+    brings v1 back to its two containers, with nothing unknown left."""
+    config = kill_service_config()
+    journal = Journal(tmp_path / "journal.db")
+    first = Deployer(backend, ProxyControl(Router(drain_timeout=1.0)), journal)
+    await asyncio.wait_for(first.deploy(config, "turnout-testapp:v1", "bluegreen").task, 10)
+    await backend.remove(first.releases["web"].containers[0].id)  # gone behind our back
+
+    def die(pid: int, sig: int) -> None:
+        raise Killed
+
+    monkeypatch.setattr(faults.os, "kill", die)
+    monkeypatch.setattr(faults, "ARMED", faults.FaultPoint.parse(point))
+    await first.reconcile("web")  # it waits for its repair task, which died at `point`
+    monkeypatch.setattr(faults, "ARMED", None)
+    assert isinstance(first.active["web"].task.exception(), Killed), point
+    repair = journal.history("web", limit=1)[0]
+    assert repair.strategy == "repair" and repair.status == "running"
+    router, second = await restart(journal, backend)
+    record = journal.get(repair.id)
+    assert record.status == "interrupted" and "recovery makes the release whole" in record.message
+    stable = second.releases["web"]
+    assert [(p.name, len(p.upstreams)) for p in router.table.services["web"].pools] == [("v1", 2)]
+    assert set(backend.containers) == {c.id for c in backend.running()} == {c.id for c in stable.containers}
+    journal.close()
