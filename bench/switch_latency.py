@@ -538,7 +538,16 @@ def one_round(args: argparse.Namespace, src: str) -> dict:
                 log=work / "load.log",
                 cpu=args.load_cpu,
             )
+            sched0 = {
+                name: sched(pr.pid) for name, pr in (("proxy", proxy), ("load", load), ("upstreams", up))
+            }
+            t0 = time.monotonic()
             flips, stamps = uvloop.run(flip_weights(args, admin, admin_thread))
+            span = time.monotonic() - t0
+            cpu_wait = {
+                name: [b - a for a, b in zip(sched0[name], sched(pr.pid), strict=True)] + [span]
+                for name, pr in (("proxy", proxy), ("load", load), ("upstreams", up))
+            }
             procs.stop(load, timeout=30)
             records = [(a, b, c.encode("latin-1")) for a, b, c in json.loads(records_path.read_text())]
     finally:
@@ -546,7 +555,18 @@ def one_round(args: argparse.Namespace, src: str) -> dict:
             print(f"work dir kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)  # logs and the records file; the figures are printed
-    return analyse(records, flips, stamps)
+    result = analyse(records, flips, stamps)
+    result["cpu_wait"] = cpu_wait
+    return result
+
+
+def sched(pid: int) -> tuple[float, float, int]:
+    """(seconds on a CPU, seconds runnable but waiting for one, involuntary context switches) of the
+    process's main thread: how much the OS scheduler, not our code, held it up."""
+    run_ns, wait_ns, _ = (int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split())
+    status = Path(f"/proc/{pid}/status").read_text()
+    involuntary = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+    return run_ns / 1e9, wait_ns / 1e9, involuntary
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -779,6 +799,27 @@ def main() -> None:
                     fmt(med(r["gc"]["seconds"] for r in results[label]), 1),
                 ]
                 for label, _ in variants
+            ],
+        )
+    )
+    print("\nCPU scheduling during the flipping (main thread of each process; per round, medians):\n")
+    print(
+        md_table(
+            ["variant", "process", "on CPU %", "runnable, waiting for a CPU ms/s", "involuntary switches/s"],
+            [
+                [
+                    label,
+                    name,
+                    fmt(
+                        med(r["cpu_wait"][name][0] / r["cpu_wait"][name][3] for r in results[label]) * 100, 0
+                    ),
+                    fmt(
+                        med(r["cpu_wait"][name][1] / r["cpu_wait"][name][3] for r in results[label]) * 1e3, 1
+                    ),
+                    fmt(med(r["cpu_wait"][name][2] / r["cpu_wait"][name][3] for r in results[label]), 0),
+                ]
+                for label, _ in variants
+                for name in ("proxy", "load", "upstreams")
             ],
         )
     )
