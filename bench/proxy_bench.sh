@@ -8,6 +8,7 @@
 #
 #   bench/proxy_bench.sh                 # REPS=5 DURATION=10: about 6 minutes
 #   REPS=3 DURATION=5 bench/proxy_bench.sh
+#   BEFORE_SRC=/tmp/old bench/proxy_bench.sh   # also an older proxy/ (see below), interleaved
 # Results: $WORK/summary.txt and $WORK/runs.csv (default /tmp/turnout-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,5 +30,11 @@ export DURATION=${DURATION:-10}
 export CANDIDATE_NAME=turnout
 export PYTHON="$PY"
 export CANDIDATE_CMD="$PY -m proxy --listen 127.0.0.1:\$CANDIDATE_PORT --upstream \$UPSTREAM"
-export ONLY=${ONLY:-"direct nginx haproxy turnout"}
+# BEFORE_SRC=DIR: also bench the proxy/ package found in DIR (an older checkout, e.g. made with
+# `git archive OLDCOMMIT proxy | tar -x -C DIR`) as "turnout-before", interleaved with this one.
+if [ -n "${BEFORE_SRC:-}" ]; then
+  export BASELINE_NAME=turnout-before
+  export BASELINE_CMD="env -C $BEFORE_SRC $PY -m proxy --listen 127.0.0.1:\$BASELINE_PORT --upstream \$UPSTREAM"
+fi
+export ONLY=${ONLY:-"direct nginx haproxy turnout${BEFORE_SRC:+ turnout-before}"}
 exec "$HERE/harness.sh"
