@@ -85,7 +85,7 @@ class Tap:
     def emit(self, conn: ClientConnection, error: str = "") -> None:
         """The exchange on `conn` is over: log it, then reset for the next one."""
         req = conn.req
-        duration = conn.loop.time() - conn.t0 if req is not None else 0.0
+        duration = time.monotonic() - conn.t0 if req is not None else 0.0  # t0 is on forward.now's clock
         request_id = ""
         if self.head:
             m = _REQUEST_ID_RE.search(self.head)

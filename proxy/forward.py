@@ -11,6 +11,7 @@ plain floats checked by the server's sweeper (`ProxyServer._tick`).
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,12 @@ from .http import (
     BadRequest,
     ChunkedFramer,
     RequestHead,
-    build_upstream_head,
+    RequestHeads,
     error_response,
     forced_and_sticky,
     forwarded_suffix,
-    parse_request_head,
+    head_tag,
+    next_request_id,
     sticky_cookie,
 )
 from .pool import Pool
@@ -49,12 +51,16 @@ PENDING_LIMIT = 256 * 1024
 # Deadline kinds (ClientConnection.dkind); 0 = none.
 D_HEADER, D_IDLE, D_BODY, D_UPSTREAM = 1, 2, 3, 4
 PASSIVE_FAILURES_TO_EJECT = 3
+# The proxy's clock for request timing and deadlines (the server's sweeper reads the same one). Not
+# loop.time(): uvloop's has a resolution of 1 ms, too coarse for sub-millisecond latency buckets.
+now = time.monotonic
+HEADS = RequestHeads()  # validated request heads and their upstream rewrite, shared by all connections
 
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
-        "head_sent", "http11", "is_head", "keep_alive", "loop", "peer", "pending", "pending_size",
+        "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "peer", "pending", "pending_size",
         "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
         "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
         "upstream", "websocket", "wpaused", "_dispatch_needed",
@@ -99,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.trusted = False
         self.suffix = b""
+        self.head_tag = b""
         self.alog: Tap | None = None  # the access log's tap, when the access log is on
 
     # ================================================================== asyncio callbacks
@@ -111,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = ip.encode()
         self.trusted = ip in self.config.trusted_proxies
         self.suffix = forwarded_suffix(ip, self.trusted)
+        self.head_tag = head_tag(self.peer, self.trusted)
         if not self.server.connection_opened(self):
             self.closed = True
             transport.write(error_response(503, "too-many-connections"))
@@ -225,15 +233,19 @@ class ClientConnection(asyncio.Protocol):
             data = data[end:]
 
     def _request(self, head: bytes) -> None:
-        try:
-            req = parse_request_head(head)
-        except BadRequest:
-            self.is_head = head[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
-            raise
+        key = (head, self.head_tag)
+        cached = HEADS.entries.get(key)
+        if cached is None:
+            try:
+                cached = HEADS.miss(key, self.peer, self.trusted, self.suffix)
+            except BadRequest:
+                self.is_head = head[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
+                raise
+        req, upstream_head, numbered = cached
         config = self.config
         self.busy = True
         self.req = req
-        self.t0 = t0 = self.loop.time()
+        self.t0 = t0 = now()
         self.http11 = req.http11
         self.keep_alive = req.keep_alive and not self.stopping
         self.is_head = req.method == b"HEAD"
@@ -255,10 +267,12 @@ class ClientConnection(asyncio.Protocol):
             self.dkind = D_BODY
         else:
             self.dkind = 0
-        self.pending = [build_upstream_head(head, req, self.peer, self.trusted, self.suffix)]
+        if numbered:
+            upstream_head = upstream_head % next_request_id()
+        self.pending = [upstream_head]
         self.pending_size = 0
         if self.alog is not None:
-            self.alog.head = self.pending[0]
+            self.alog.head = upstream_head
         held = self._route(self.router.table)
         if held is not None:
             self.task = self.loop.create_task(self._hold(held))
@@ -296,7 +310,7 @@ class ClientConnection(asyncio.Protocol):
             elif self.dkind == D_BODY:
                 self.dkind = 0
         else:
-            self.deadline = self.loop.time() + self.config.body_idle_timeout
+            self.deadline = now() + self.config.body_idle_timeout
         return data[n:] if n < len(data) else b""
 
     # ================================================================== routing
@@ -314,20 +328,26 @@ class ClientConnection(asyncio.Protocol):
             return None
         if state != "active":
             return service
-        if req.forced is not None or req.cookies is not None:
+        pool = service.only  # one pool takes all traffic, no sticky cookie: no draw (the usual case)
+        if pool is not None and req.forced is None and req.cookies is None:
+            set_cookie = False
+        elif req.forced is not None or req.cookies is not None:
             forced, sticky = forced_and_sticky(req, service.cookie_name)
             pool, set_cookie = service.select(forced, sticky)
         else:
             pool, set_cookie = service.select(None, None)
         if pool is None:
             return service
-        upstream = pool.pick()
+        upstream = pool.only or pool.pick()
         if upstream is None:
             return service
         self.service = service
         if set_cookie:
             self.resp_extra = sticky_cookie(service.cookie_name, pool.name)
-        self._begin(pool, upstream)
+        self.pool = pool
+        self.upstream = upstream
+        upstream.begin(self)
+        pool.stats.inflight += 1
         self._dispatch_needed = True
         return None
 
@@ -335,9 +355,8 @@ class ClientConnection(asyncio.Protocol):
         """No upstream for now (paused, weights all 0, nothing healthy): wait for a swap."""
         deadline = self.t0 + service.hold_timeout
         router = self.router
-        loop = self.loop
         while True:
-            remaining = deadline - loop.time()
+            remaining = deadline - now()
             if remaining <= 0:
                 self.task = None
                 self._local_error(503, "hold-timeout", retry_after=max(1, round(service.hold_timeout)))
@@ -353,12 +372,6 @@ class ClientConnection(asyncio.Protocol):
                     self._dispatch()
                 return
 
-    def _begin(self, pool: Pool, upstream: Upstream) -> None:
-        self.pool = pool
-        self.upstream = upstream
-        upstream.begin(self)
-        pool.stats.inflight += 1
-
     def _end_exchange(self, proxy_made: bool) -> None:
         upstream = self.upstream
         if upstream is not None:
@@ -366,8 +379,8 @@ class ClientConnection(asyncio.Protocol):
             upstream.end(self)
             stats = self.pool.stats  # type: ignore[union-attr]
             stats.inflight -= 1
-            self.t_end = now = self.loop.time()
-            stats.observe(self.status, now - self.t0, proxy_made)
+            self.t_end = t_end = now()
+            stats.observe(self.status, t_end - self.t0, proxy_made)
             if self.alog is not None:
                 self.alog.routed(self.pool, upstream)  # type: ignore[arg-type]
             self.pool = None
@@ -564,7 +577,7 @@ class ClientConnection(asyncio.Protocol):
             self.alog.error = reason
         if self.upstream is None:
             self.router.metrics.unrouted[min(status // 100, 5)] += 1
-            self.t_end = self.loop.time()
+            self.t_end = now()
         else:
             self._end_exchange(status >= 500)
         self.busy = False
@@ -604,7 +617,7 @@ class ClientConnection(asyncio.Protocol):
     # ================================================================== timers and flow control
     def _set_deadline(self, kind: int, seconds: float) -> None:
         self.dkind = kind
-        self.deadline = self.loop.time() + seconds
+        self.deadline = now() + seconds
 
     def on_deadline(self) -> None:
         """Called by the server's sweeper once `deadline` has passed."""

@@ -11,7 +11,7 @@ from .upstream import Health, Upstream
 class Pool:
     """Immutable after construction; only the round-robin cursor moves (it is private to the pool)."""
 
-    __slots__ = ("_cursor", "balance", "eligible", "name", "stats", "upstreams", "weight")
+    __slots__ = ("_cursor", "balance", "eligible", "name", "only", "stats", "upstreams", "weight")
 
     def __init__(self, name: str, weight: int, upstreams: tuple[Upstream, ...], balance: str,
                  stats: PoolStats) -> None:
@@ -20,6 +20,7 @@ class Pool:
         self.upstreams = upstreams
         # Health is applied when the snapshot is built, never filtered per request.
         self.eligible = tuple(u for u in upstreams if u.health is Health.HEALTHY)
+        self.only = self.eligible[0] if len(self.eligible) == 1 else None  # what pick() returns, then
         self.balance = balance
         self.stats = stats
         self._cursor = itertools.count()

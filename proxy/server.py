@@ -13,7 +13,7 @@ import structlog
 
 from . import access_log
 from .config import ProxyConfig
-from .forward import ClientConnection
+from .forward import ClientConnection, now
 from .router import Router
 
 log = structlog.get_logger("turnout.proxy.server")
@@ -93,9 +93,9 @@ class ProxyServer:
             self._empty.set()
 
     def _tick(self) -> None:
-        now = self.loop.time()
+        t = now()  # the connections' clock
         for connection in list(self.connections):
-            if connection.dkind and now >= connection.deadline:
+            if connection.dkind and t >= connection.deadline:
                 try:
                     connection.on_deadline()
                 except Exception:  # one bad connection must not stop the sweeper

@@ -15,7 +15,7 @@ STICKY_COOKIE_PREFIX = "turnout-"  # the sticky cookie is named turnout-<service
 class Service:
     """Immutable: built from a ServiceSpec plus upstream health each time either changes."""
 
-    __slots__ = ("_cumulative", "_weighted", "cookie_name", "hold_timeout", "hosts", "name",
+    __slots__ = ("_cumulative", "_weighted", "cookie_name", "hold_timeout", "hosts", "name", "only",
                  "path_prefix", "pools", "pools_by_name", "routable", "spec", "state", "sticky")
 
     def __init__(self, spec: ServiceSpec, pools: tuple[Pool, ...], hold_timeout: float) -> None:
@@ -38,6 +38,9 @@ class Service:
             cumulative.append(total)
         self._cumulative = tuple(cumulative)
         self.routable = spec.state == "active" and total > 0
+        # The pool every request without an override gets, when there is no draw and no cookie to set:
+        # what select(None, None) returns then, known in advance (the hot path's shortcut).
+        self.only = self._weighted[0] if len(self._weighted) == 1 and not self.sticky else None
 
     def choose(self, rand: Callable[[], float] = random.random) -> Pool | None:
         """Weighted draw across routable pools (None when nothing is routable)."""

@@ -14,7 +14,7 @@ import pytest
 
 from helpers.upstreams import RawClient, running_proxy, service
 from proxy.router import Router
-from proxy.upstream_conn import MAX_INTERIM
+from proxy.upstream_conn import _KNOWN_ANSWERS, MAX_INTERIM
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
 GOOD = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
@@ -172,6 +172,9 @@ async def scripted():
     behaviours[b"/early-200-keep-alive"] = answer_early(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
     behaviours[b"/late-extra-answer"] = send_then(GOOD, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
                                                   keep=True)
+    behaviours[b"/good-then-extra"] = send(GOOD + b"EXTRA", keep=True)
+    behaviours[b"/good-split"] = send_then(GOOD[:-4], GOOD[-4:], keep=True)
+    behaviours[b"/good-head-only"] = send(GOOD[:-4], keep=True)  # a right answer to HEAD: no body
     behaviours[b"/early-hints"] = send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
                                        b"HTTP/1.1 100 Continue\r\n\r\n" + GOOD, keep=True)
     up = await ScriptedUpstream(behaviours).start()
@@ -290,3 +293,71 @@ async def test_a_few_interim_answers_are_relayed(scripted):
     finally:
         await client.close()
     assert up.connections == 1  # a sound exchange keeps its connection
+
+
+# ------------------------------------------------------------------ answers under a head llhttp passed before
+# upstream_conn passes an answer on without llhttp when it arrives whole, in one read, under a head the
+# parser accepted earlier (_KNOWN_ANSWERS). Each case below first makes GOOD's head known, then sends an
+# answer under that same head that must not take the shortcut.
+
+async def _make_good_known(proxy, up: ScriptedUpstream) -> RawClient:
+    client = await RawClient.connect(proxy.port)
+    for _ in range(2):
+        r = await client.request("GET", "/good")
+        assert (r.status, r.body) == (200, b"good")
+    assert GOOD[: GOOD.find(b"\r\n\r\n")] in _KNOWN_ANSWERS
+    return client
+
+
+async def test_a_known_answer_is_passed_on_whole_and_its_connection_reused(scripted):
+    proxy, up = scripted
+    client = await _make_good_known(proxy, up)
+    try:
+        for _ in range(3):
+            r = await client.request("GET", "/good")
+            assert (r.status, r.body, r.header("via")) == (200, b"good", "1.1 turnout")
+            assert r.header("content-length") == "4"
+    finally:
+        await client.close()
+    assert up.connections == 1
+
+
+async def test_a_known_head_with_more_bytes_than_its_length_is_502(scripted):
+    proxy, up = scripted
+    client = await _make_good_known(proxy, up)
+    try:
+        await client.send(b"GET /good-then-extra HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        r = await client.read_response()
+        assert (r.status, r.header("x-turnout-error")) == (502, "upstream-protocol")
+        assert b"EXTRA" not in r.body
+    finally:
+        await client.close()
+    await good_request_is_not_desynchronised(proxy, up, 2)
+
+
+async def test_a_known_head_whose_body_comes_later_goes_through_the_parser(scripted):
+    proxy, up = scripted
+    client = await _make_good_known(proxy, up)
+    try:
+        r = await client.request("GET", "/good-split")
+        assert (r.status, r.body) == (200, b"good")
+        r = await client.request("GET", "/good")
+        assert (r.status, r.body) == (200, b"good")
+    finally:
+        await client.close()
+    assert up.connections == 1  # the split answer was complete: the connection stayed in use
+
+
+@pytest.mark.parametrize("path", [b"/good-head-only", b"/good"])  # /good: a body in spite of HEAD
+async def test_a_head_request_under_a_known_head_gets_no_body(scripted, path):
+    proxy, up = scripted
+    client = await _make_good_known(proxy, up)
+    try:
+        await client.send(b"HEAD %s HTTP/1.1\r\nHost: app.test\r\n\r\n" % path)
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 4\r\n" in head
+        r = await client.request("GET", "/good")
+        assert r.head.startswith(b"HTTP/1.1 200 ")  # nothing of a body was left in the stream before it
+        assert (r.status, r.body) == (200, b"good")
+    finally:
+        await client.close()

@@ -7,10 +7,13 @@ import pytest
 from proxy.http import (
     BadRequest,
     ChunkedFramer,
+    RequestHeads,
     build_upstream_head,
     error_response,
     forced_and_sticky,
     forwarded_suffix,
+    head_tag,
+    next_request_id,
     parse_request_head,
     response_head,
     sticky_cookie,
@@ -157,3 +160,60 @@ def test_chunked_framer_finds_the_end_across_reads():
 def test_chunked_framer_refuses_bad_framing(body):
     with pytest.raises(BadRequest):
         ChunkedFramer().feed(body)
+
+
+# ------------------------------------------------------------- RequestHeads (validated heads, remembered)
+def _remembered(heads: RequestHeads, raw: bytes, peer: bytes = b"10.0.0.9", trusted: bool = False):
+    key = (raw, head_tag(peer, trusted))
+    entry = heads.entries.get(key)
+    return entry if entry is not None else heads.miss(key, peer, trusted,
+                                                      forwarded_suffix(peer.decode(), trusted))
+
+
+def _sent(entry) -> bytes:
+    _, template, numbered = entry
+    return template % next_request_id() if numbered else template
+
+
+def test_a_remembered_head_gives_what_a_fresh_rewrite_gives_with_a_new_request_id():
+    heads = RequestHeads()
+    raw = b"GET /a%20b?q=100% HTTP/1.1\r\nHost: a\r\nX-Odd: 50%d %s\r\nConnection: close\r\n\r\n"
+    first, second = _remembered(heads, raw), _remembered(heads, raw)
+    assert second is first and len(heads.entries) == 1
+    one, two = _sent(first), _sent(second)
+    fresh = upstream_head(raw)
+    strip = [line for line in fresh.split(b"\r\n") if not line.startswith(b"X-Request-Id")]
+    assert [line for line in one.split(b"\r\n") if not line.startswith(b"X-Request-Id")] == strip
+    assert b"/a%20b?q=100% " in one and b"X-Odd: 50%d %s\r\n" in one and b"Connection" not in one
+    ids = [line for head in (one, two) for line in head.split(b"\r\n") if line.startswith(b"X-Request-Id")]
+    assert len(set(ids)) == 2
+
+
+def test_a_head_with_its_own_request_id_is_sent_as_it_was_remembered():
+    heads = RequestHeads()
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc\r\n\r\n"
+    entry = _remembered(heads, raw)
+    assert not entry[2] and _sent(entry).count(b"X-Request-Id") == 1
+
+
+def test_the_rewrite_is_remembered_per_peer_and_trust():
+    heads = RequestHeads()
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n"
+    untrusted = _sent(_remembered(heads, raw, b"10.0.0.9"))
+    other = _sent(_remembered(heads, raw, b"10.0.0.8"))
+    trusted = _sent(_remembered(heads, raw, b"10.0.0.9", trusted=True))
+    assert b"X-Forwarded-For: 10.0.0.9\r\n" in untrusted and b"X-Forwarded-For: 10.0.0.8\r\n" in other
+    assert b"X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n" in trusted
+    assert len(heads.entries) == 3
+
+
+def test_refused_heads_are_never_remembered_and_big_heads_not_kept():
+    heads = RequestHeads(max_entries=4, max_head=100)
+    with pytest.raises(BadRequest):
+        _remembered(heads, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert not heads.entries
+    _remembered(heads, b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 100 + b"\r\n\r\n")
+    assert not heads.entries
+    for i in range(10):
+        _remembered(heads, b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+        assert len(heads.entries) <= 4
