@@ -258,11 +258,15 @@ class Deployer:
             message = str(exc) if isinstance(exc, TurnoutError) else f"internal error: {exc!r}"
             if not isinstance(exc, TurnoutError):
                 ops.log.exception("deploy.internal_error")
-            elif _engine_error(exc) and not await self.backend.ping():  # say so, not blame the version
+            restore_error = await self._restore(ops, reuse)
+            # An engine going away shows first as a Docker call failing, or as the new version's
+            # containers dying (a canary's analysis sees them ejected) and the restore failing after:
+            # then say so, rather than blame the version.
+            if (_engine_error(exc) or restore_error is not None) and not await self.backend.ping():
+                status = "failed"
                 message = (f"the Docker engine stopped answering during the deploy ({message}); "
                            + (f"{old.version} is started again once the engine is back" if old else
                               "nothing was serving before it"))
-            await self._restore(ops, reuse)
             await self._finish(active, status, message, ops, started)
             return
         self._promote(config.name, new, old, reuse)
@@ -287,8 +291,9 @@ class Deployer:
         await ops.stop(current.containers)
         ops.step("old_stopped", version=current.version, kept_for_rollback=True)
 
-    async def _restore(self, ops: Operations, reuse: bool) -> None:
-        """After a failure: the old release serves again, the new one's containers are gone."""
+    async def _restore(self, ops: Operations, reuse: bool) -> Exception | None:
+        """After a failure: the old release serves again, the new one's containers are gone.
+        Returns what made the restore fail (journalled as `restore_failed`), None when it worked."""
         old, new = ops.old, ops.new
         ops.step("restoring", version=old.version if old else None)
         try:
@@ -307,6 +312,8 @@ class Deployer:
         except Exception as exc:  # the restore must say what it could not do, not hide it
             ops.log.exception("deploy.restore_failed")
             ops.step("restore_failed", error=str(exc))
+            return exc
+        return None
 
     async def _ensure_serving(self, ops: Operations, old: Release) -> None:
         """Make the old release whole again: restart stopped containers, replace removed ones."""

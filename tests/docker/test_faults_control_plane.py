@@ -214,24 +214,63 @@ async def wait_until(predicate, timeout: float, what: str, interval: float = 0.2
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat ('T': stopped by a signal)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+# Per strategy, the most telling moment to lose the engine, how the test gets the deploy there, and what
+# the repair after the engine's return must have done (the engine stops every container: Turnout sets
+# no restart policy).
+ENGINE_MOMENTS = {
+    # Waiting for its new set (flaky never passes readiness): v1 still serves, beside a full new set.
+    "bluegreen": ("flaky", ["2 stopped container(s) restarted", "unknown container(s) removed"]),
+    # Inside its gap: v1 already stopped, requests held, the new version not healthy yet.
+    "bigbang": ("flaky", ["2 stopped container(s) restarted", "unknown container(s) removed"]),
+    # Between batches: one v1 container already replaced by a v2 one. The daemon freezes itself
+    # (TURNOUT_FAULT_STOP_AT) after batch 1 while the engine goes down; it resumes into batch 2.
+    "rolling": ("v2", ["1 stopped container(s) restarted", "1 missing container(s) started",
+                       "1 unknown container(s) removed"]),
+    # At a weight step: 20% on v2, pausing for analysis while its containers die with the engine.
+    "canary": ("v2", ["2 stopped container(s) restarted", "2 unknown container(s) removed"]),
+}
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", list(ENGINE_MOMENTS))
 async def test_engine_restart_mid_deploy_fails_it_and_the_old_version_comes_back(
-        tmp_path, docker_client, test_run_labels):
-    """dockerd is stopped (SIGTERM, by PID) while a blue-green deploy waits for its new containers: the
-    deploy fails saying the engine stopped answering. The engine stops every container (Turnout sets no
-    restart policy), so v1 stops too; once the engine is back, the daemon's reconcile loop restarts v1,
-    reroutes it, removes the dead deploy's leftovers, and journals that as a repair."""
-    config = FAULTS_CONFIG.replace('start_timeout = "3s"', 'start_timeout = "60s"')
-    daemon = serve(tmp_path, docker_client, test_run_labels, config)
+        tmp_path, docker_client, test_run_labels, strategy):
+    """dockerd is stopped (SIGTERM, by PID) at the strategy's most telling moment (ENGINE_MOMENTS): the
+    deploy fails saying the engine stopped answering, not blaming the version. The engine stops every
+    container, v1's too; once it is back, the daemon's reconcile loop restarts v1 (and tops it up when a
+    rolling batch had removed one), reroutes it, removes the dead deploy's leftovers, and journals that
+    as a repair."""
+    image, repaired = ENGINE_MOMENTS[strategy]
+    config = (FAULTS_CONFIG.replace('start_timeout = "3s"', 'start_timeout = "60s"')
+              .replace('step_pause = "1s"', 'step_pause = "60s"'))
+    daemon = Daemon(tmp_path, test_run_labels, config)
+    if strategy == "rolling":
+        daemon.extra_env = {"TURNOUT_FAULT_STOP_AT": "batch_done#1@v2"}
+    daemon.start()
     try:
-        deploy = asyncio.create_task(daemon.acli("deploy", "web", "--image", "turnout-testapp:flaky",
-                                                 "--strategy", "bluegreen"))
-        await wait_until(lambda: [c for c in owner_containers(docker_client, daemon)
-                                  if c.labels["turnout.version"] == "flaky"], 20, "flaky containers")
+        wait_for_version(daemon, "v1")
+        deploy = asyncio.create_task(daemon.acli("deploy", "web", "--image", f"turnout-testapp:{image}",
+                                                 "--strategy", strategy))
+        if strategy == "rolling":
+            await wait_until(lambda: process_state(daemon.process.pid) == "T", 30, "the daemon to freeze")
+        elif strategy == "canary":
+            await wait_until(lambda: status(daemon)["pools"].get("v2", {}).get("weight") == 20, 30,
+                             "the canary at 20%")
+        else:
+            await wait_until(lambda: [c for c in owner_containers(docker_client, daemon)
+                                      if c.labels["turnout.version"] == image], 20, f"{image} containers")
         pid = engine_pid()
         assert pid is not None, "no running dockerd found through /var/run/docker.pid"
         os.kill(pid, signal.SIGTERM)
         await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 90, f"dockerd {pid} to exit")
+        if strategy == "rolling":
+            daemon.process.send_signal(signal.SIGCONT)
         code, out = await asyncio.wait_for(deploy, 60)
         assert code == 1, out
         assert "the Docker engine stopped answering" in out, out
@@ -242,17 +281,19 @@ async def test_engine_restart_mid_deploy_fails_it_and_the_old_version_comes_back
         assert_consistent(daemon, docker_client, "v1")
         records = history(daemon)
         repair, failed = records[0], records[1]
-        assert failed["to_version"] == "flaky" and failed["status"] == "failed", failed
+        assert failed["to_version"] == image and failed["status"] == "failed", failed
         assert failed["message"].startswith("the Docker engine stopped answering during the deploy"), failed
         assert "v1 is started again once the engine is back" in failed["message"], failed
         assert [s["name"] for s in failed["steps"]][-1] == "restore_failed", failed
         assert repair["strategy"] == "repair" and repair["status"] == "succeeded", repair
-        assert "2 stopped container(s) restarted" in repair["message"], repair
-        assert "unknown container(s) removed" in repair["message"], repair
+        for part in repaired:
+            assert part in repair["message"], repair
         await assert_serves_without_loss(daemon, "v1")
     finally:
         if engine_pid() is None:
             await asyncio.to_thread(ensure_engine)
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.send_signal(signal.SIGCONT)  # a frozen daemon cannot act on SIGTERM
         daemon.stop()
         owner_containers(docker_client, daemon, remove=True)
 
