@@ -90,8 +90,10 @@ class Deployer:
         old = self.releases.get(config.name)
         version = version or version_of(image)
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
+        # `verify`: seconds of post-switch verification this deploy owes (recovery reads it).
+        verify = config.verify if old is not None and STRATEGIES[strategy].verifies else 0.0
         record = self.journal.begin(config.name, strategy, version, image,
-                                    old.version if old else None, {"pool": pool})
+                                    old.version if old else None, {"pool": pool, "verify": verify})
         self.configs[config.name] = config
         active = ActiveDeployment(record.id, config.name, strategy, version, image, EventLog(), Signals())
         self.active[config.name] = active

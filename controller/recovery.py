@@ -1,8 +1,9 @@
 """After a restart of `turnout serve`: rebuild routing from what Docker runs and the journal holds.
 
 For each service: the journal's stable release is re-checked for health and routed again; a deploy
-that was interrupted is finished forward if its switch had completed, and rolled back otherwise;
-containers with our labels that the journal does not know are removed.
+that was interrupted is finished forward if its switch had completed (and passed the post-switch
+verification it owed), and rolled back otherwise; an interrupted repair is simply redone; containers
+with our labels that the journal does not know are removed.
 """
 
 from __future__ import annotations
@@ -47,14 +48,23 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         record = interrupted.get(service)
         if record is not None:
             steps = [s.name for s in journal.steps(record.id)]
-            pool = (record.options or {}).get("pool", record.to_version)
-            if "switched" in steps and "restoring" not in steps:
+            options = record.options or {}
+            pool = options.get("pool", record.to_version)
+            # A switch is final once the new release served 100% and, when the deploy owed a
+            # post-switch verification, passed it: finishing an unverified one forward would keep a
+            # version that may answer 5xx, which the verification was there to catch.
+            unverified = options.get("verify", 0) > 0 and "verified" not in steps
+            if "switched" in steps and "restoring" not in steps and not unverified:
                 # The new release already served 100%: finishing forward loses nothing. The deployer
                 # saves the promoted state before its last step: then the journal already says so.
                 if stable is None or stable.pool != pool:
                     previous, stable = stable, Release(record.to_version, record.image, pool)
                 journal.finish(record.id, "succeeded", "completed after a daemon restart")
                 outcome[service] = f"interrupted deploy {record.id} finished forward"
+            elif "switched" in steps and "restoring" not in steps:
+                journal.finish(record.id, "rolled_back", "interrupted by a daemon restart before the "
+                               "post-switch verification passed; rolled back")
+                outcome[service] = f"interrupted deploy {record.id} rolled back (unverified)"
             elif record.strategy == "repair":  # nothing to roll back: the checks below redo its work
                 journal.finish(record.id, "interrupted",
                                "interrupted by a daemon restart; recovery makes the release whole again")

@@ -9,6 +9,9 @@ from ..operations import Operations
 
 class Strategy(Protocol):
     name: ClassVar[str]
+    # Whether a deploy with a previous release watches the new one after the switch
+    # (`Operations.verify`): until `verified`, recovery does not take the switch as final.
+    verifies: ClassVar[bool]
 
     async def run(self, ops: Operations) -> None:
         """Move traffic from `ops.old` (may be None: first deploy) to `ops.new`.

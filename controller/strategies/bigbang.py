@@ -12,6 +12,7 @@ from ..operations import Operations
 
 class BigBang:
     name: ClassVar[str] = "bigbang"
+    verifies: ClassVar[bool] = True  # Operations.verify after the switch
 
     async def run(self, ops: Operations) -> None:
         gap_started = time.monotonic()

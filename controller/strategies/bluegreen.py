@@ -11,6 +11,7 @@ from ..operations import Operations
 
 class BlueGreen:
     name: ClassVar[str] = "bluegreen"
+    verifies: ClassVar[bool] = True  # Operations.verify after the switch
 
     async def run(self, ops: Operations) -> None:
         options = ops.config.bluegreen

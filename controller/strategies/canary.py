@@ -15,6 +15,7 @@ P99_SLACK = 0.1  # seconds: p99 differences smaller than this are never a reason
 
 class Canary:
     name: ClassVar[str] = "canary"
+    verifies: ClassVar[bool] = False  # its analysis runs before the switch, none after
 
     async def run(self, ops: Operations) -> None:
         options = ops.config.canary

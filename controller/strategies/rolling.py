@@ -14,6 +14,7 @@ from ..release import Release
 
 class Rolling:
     name: ClassVar[str] = "rolling"
+    verifies: ClassVar[bool] = True  # Operations.verify after the switch
 
     async def run(self, ops: Operations) -> None:
         options = ops.config.rolling

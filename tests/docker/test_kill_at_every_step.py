@@ -25,7 +25,7 @@ from test_faults_control_plane import assert_consistent, history
 from controller.journal import Journal
 from controller.loadgen import LoadConfig, run_load
 from helpers.daemon import Daemon
-from helpers.fault_points import JOURNALLED_STEPS, KILL_CONFIG, fault_points
+from helpers.fault_points import JOURNALLED_STEPS, KILL_CONFIG, fault_points, promoted
 from helpers.live import owner_containers, wait_for_version
 
 pytestmark = pytest.mark.docker
@@ -76,7 +76,7 @@ def kill_and_recover(workdir: Path, labels: dict[str, str], strategy: str, point
         assert daemon.process.wait(30) == -signal.SIGKILL, daemon.log()
         deployment, status, steps = journalled(daemon)
         assert steps == expected_steps(strategy, point, before), steps
-        switched = "switched" in steps
+        switched = promoted(strategy, steps)  # and verified, where the strategy verifies
 
         daemon.extra_env = {}
         daemon.start()
@@ -90,6 +90,9 @@ def kill_and_recover(workdir: Path, labels: dict[str, str], strategy: str, point
         elif switched:
             assert record["status"] == "succeeded", record
             assert record["message"] == "completed after a daemon restart", record
+        elif "switched" in steps:  # switched, but killed before its verification passed
+            assert record["status"] == "rolled_back", record
+            assert "before the post-switch verification passed; rolled back" in record["message"], record
         else:
             assert record["status"] == "rolled_back", record
             assert record["message"] == "interrupted by a daemon restart; rolled back", record
@@ -131,3 +134,34 @@ def test_sigkill_at_every_step_then_restart_recovers(tmp_path, docker_client, te
     with ThreadPoolExecutor(PARALLEL) as pool:
         failures = [f for f in pool.map(case, range(len(points))) if f]
     assert not failures, f"{len(failures)} of {len(points)} cases failed:\n\n" + "\n\n".join(failures)
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_during_verification_of_a_5xx_version_rolls_it_back(tmp_path, docker_client,
+                                                                   test_run_labels):
+    """A rolling deploy of fail500 (healthy, answers 500) killed once it switched and began its
+    post-switch verification: finishing it forward would keep a version failing every request, so
+    recovery rolls back, and v1 (whose containers the rolling update had removed) is started again."""
+    daemon = Daemon(tmp_path, test_run_labels, KILL_CONFIG)
+    daemon.extra_env = {"TURNOUT_FAULT_KILL_AT": "verifying@fail500"}
+    try:
+        daemon.start()
+        wait_for_version(daemon, "v1")
+        started = daemon.cli("deploy", "web", "--image", "turnout-testapp:fail500", "--strategy", "rolling",
+                             "--detach")
+        assert started.returncode in (0, 2), started.stdout + started.stderr
+        assert daemon.process.wait(30) == -signal.SIGKILL, daemon.log()
+        daemon.extra_env = {}
+        daemon.start()
+        wait_for_version(daemon, "v1")
+        assert_consistent(daemon, docker_client, "v1")
+        records = history(daemon)
+        failed = next(d for d in records if d["to_version"] == "fail500")
+        assert failed["status"] == "rolled_back", failed
+        assert "before the post-switch verification passed" in failed["message"], failed
+        assert records[0]["strategy"] == "repair" and records[0]["status"] == "succeeded", records[0]
+        assert_traffic_flows(daemon, "v1")
+    finally:
+        if daemon.process is not None:
+            daemon.stop(signal.SIGKILL)
+        owner_containers(docker_client, daemon, remove=True)

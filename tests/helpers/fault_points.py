@@ -55,6 +55,13 @@ JOURNALLED_STEPS: dict[str, list[str]] = {
 CHANGE_BEFORE = frozenset({"healthy", "old_stopped", "batch_done", "old_removed", "completed"})
 
 
+def promoted(strategy: str, steps: list[str]) -> bool:
+    """Whether a deploy cut after `steps` had completed its promotion, so that recovery finishes it
+    forward: it switched, and passed the post-switch verification when its strategy has one."""
+    verifies = "verified" in JOURNALLED_STEPS[strategy]
+    return "switched" in steps and (not verifies or "verified" in steps)
+
+
 def kill_service_config() -> ServiceConfig:
     return parse_config(tomllib.loads(KILL_CONFIG)).services["web"]
 

@@ -20,7 +20,7 @@ from controller.journal import Journal
 from controller.proxy_client import ProxyControl
 from controller.spec import Config
 from helpers.fake_docker import FakeBackend
-from helpers.fault_points import JOURNALLED_STEPS, kill_service_config
+from helpers.fault_points import JOURNALLED_STEPS, kill_service_config, promoted
 from proxy.router import Router
 
 
@@ -92,7 +92,7 @@ async def test_recovery_after_a_kill_at_any_step(tmp_path, backend, monkeypatch,
     deployment = await kill_during_deploy(journal, backend, monkeypatch, strategy, point)
     v1_ids = {c.id for c in backend.containers.values() if c.version == "v1"}
     steps = [s.name for s in journal.steps(deployment)]
-    switched = "switched" in steps
+    switched = promoted(strategy, steps)
     router, second = await restart(journal, backend)
     expected = "v2" if switched else "v1"
     stable, previous = second.releases["web"], second.previous.get("web")
