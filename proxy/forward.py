@@ -1,6 +1,7 @@
 """The client side of the hot path: one asyncio.Protocol per client connection.
 
-Per request: the raw head is buffered until CRLF CRLF and validated (`http.parse_request_head`), the
+Per request: the raw head is buffered until CRLF CRLF and validated (`http.parse_request_head`; a head
+seen before, from the same client address, is looked up with its upstream rewrite in `HEADS`), the
 routing snapshot is read once, a pool and an upstream are chosen, and the request head (plus whatever body
 came with it) goes upstream in one write, on a pooled keep-alive connection when there is one. Bodies are
 streamed both ways with back-pressure; the connection object itself is the exchange that
@@ -180,8 +181,31 @@ class ClientConnection(asyncio.Protocol):
 
     # ================================================================== reading requests
     def _feed(self, data: bytes) -> None:
+        """Read request heads (and bodies) out of `data`; then send what was read upstream, in one write."""
+        config = self.config
         try:
-            self._process(data)
+            while data:
+                if self.closed:
+                    break
+                if self.reading_body:
+                    data = self._body(data)
+                    continue
+                if self.busy:  # pipelined: wait for the current answer
+                    self.buf = data
+                    if len(data) > config.max_header_bytes + 65536:
+                        self._pause(_P_PIPELINE)
+                    break
+                if data[0] in b"\r\n":  # tolerate empty lines between requests
+                    data = data.lstrip(b"\r\n")
+                    if not data:
+                        break
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or end + 4 > config.max_header_bytes:
+                    self._partial_head(data)
+                    break
+                end += 4
+                self._request(data[:end])
+                data = data[end:]
         except BadRequest as exc:
             self._reject(exc)
             return
@@ -198,39 +222,19 @@ class ClientConnection(asyncio.Protocol):
             self._dispatch_needed = False
             self._dispatch()
 
-    def _process(self, data: bytes) -> None:
+    def _partial_head(self, data: bytes) -> None:
+        """No complete head (yet) in `data`: refuse it now when it can never become one, else wait."""
         config = self.config
-        while data:
-            if self.closed:
-                return
-            if self.reading_body:
-                data = self._body(data)
-                continue
-            if self.busy:  # pipelined: wait for the current answer
-                self.buf = data
-                if len(data) > config.max_header_bytes + 65536:
-                    self._pause(_P_PIPELINE)
-                return
-            if data[0] in b"\r\n":  # tolerate empty lines between requests
-                data = data.lstrip(b"\r\n")
-                if not data:
-                    return
-            end = data.find(b"\r\n\r\n")
-            if end < 0 or end + 4 > config.max_header_bytes:
-                self.is_head = data[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
-                if len(data) > config.max_header_bytes:
-                    if data.find(b"\r\n", 0, config.max_header_bytes) < 0:  # the request line alone
-                        raise BadRequest(414, "request line too long", "uri-too-long")
-                    raise BadRequest(431, "request head too large", "header-too-large")
-                if b"\n\n" in data or b"\n\r\n" in data:  # a head ended by bare LF: refuse now, not at 408
-                    raise BadRequest(400, "bare LF in the request head")
-                self.buf = data
-                if self.dkind != D_HEADER:
-                    self._set_deadline(D_HEADER, config.header_timeout)
-                return
-            end += 4
-            self._request(data[:end])
-            data = data[end:]
+        self.is_head = data[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
+        if len(data) > config.max_header_bytes:
+            if data.find(b"\r\n", 0, config.max_header_bytes) < 0:  # the request line alone
+                raise BadRequest(414, "request line too long", "uri-too-long")
+            raise BadRequest(431, "request head too large", "header-too-large")
+        if b"\n\n" in data or b"\n\r\n" in data:  # a head ended by bare LF: refuse now, not at 408
+            raise BadRequest(400, "bare LF in the request head")
+        self.buf = data
+        if self.dkind != D_HEADER:
+            self._set_deadline(D_HEADER, config.header_timeout)
 
     def _request(self, head: bytes) -> None:
         key = (head, self.head_tag)

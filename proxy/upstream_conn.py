@@ -2,7 +2,8 @@
 
 A connection carries one exchange at a time for a client connection (`forward.ClientConnection`),
 parses the response with httptools, rewrites its head for the client and streams the body with one
-client write per upstream read. Idle keep-alive connections live in `Upstream.idle` (LIFO); a
+client write per upstream read. An answer that arrives whole under a head the parser accepted before
+(`_KNOWN_ANSWERS`) is passed on without it. Idle keep-alive connections live in `Upstream.idle` (LIFO); a
 connection whose framing is uncertain, or released while its upstream drains, is closed instead.
 """
 
