@@ -8,6 +8,7 @@ and changes nothing. The controller adds its own routes to the same application.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -107,6 +108,13 @@ async def read_json(request: web.Request) -> Any:
 
 
 # ---------------------------------------------------------------- handlers
+async def _data_plane_first() -> None:
+    """After a swap, one turn of the event loop before this handler builds its answer: client requests
+    already waiting (the admin API shares the proxy's loop) are routed on the new table first, instead
+    of after the JSON answer is made and written."""
+    await asyncio.sleep(0)
+
+
 def describe_table(router: Router) -> dict[str, Any]:
     table: RoutingTable = router.table
     services = {}
@@ -155,12 +163,14 @@ async def put_service(request: web.Request) -> web.Response:
     if spec.name != request.match_info["name"]:
         raise ValidationError("name", "differs from the name in the URL")
     removed = router.set_service(spec, _drain_timeout(request))
+    await _data_plane_first()
     return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
 
 
 async def delete_service(request: web.Request) -> web.Response:
     router = request.app[ROUTER_KEY]
     removed = router.remove_service(request.match_info["name"], _drain_timeout(request))
+    await _data_plane_first()
     return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
 
 
@@ -171,6 +181,7 @@ async def patch_weights(request: web.Request) -> web.Response:
     if not isinstance(weights, dict):
         raise ValidationError("weights", "must be an object of pool name to integer weight")
     removed = router.set_weights(request.match_info["name"], weights, _drain_timeout(request))
+    await _data_plane_first()
     return _json({"generation": router.generation, **await _maybe_drain(request, router, removed)})
 
 
@@ -189,6 +200,7 @@ async def stop_service(request: web.Request) -> web.Response:
 async def _set_state(request: web.Request, state: str) -> web.Response:
     router = request.app[ROUTER_KEY]
     router.set_state(request.match_info["name"], state)
+    await _data_plane_first()
     return _json({"generation": router.generation, "state": state})
 
 
