@@ -608,6 +608,7 @@ def mode_row(variant: str, mode: str, res: dict) -> list | None:
         sum(s["stale_routes"]),
         fmt(med(s["roundtrip"]) * 1e3, 3),
         fmt(med(s["call"]) * 1e6, 0) if s["call"] else "-",
+        fmt(res["cpu_wait"]["proxy"][1] / res["cpu_wait"]["proxy"][3] * 1e3, 1),
     ]
 
 
@@ -739,7 +740,7 @@ def main() -> None:
         print("per round:\n")
         print(
             md_table(
-                ["round", *COLUMNS],
+                ["round", *COLUMNS, "proxy waited for a CPU ms/s"],
                 [
                     [n + 1, *row]
                     for label, _ in variants
