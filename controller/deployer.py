@@ -39,6 +39,8 @@ from .strategies import STRATEGIES
 
 log = structlog.get_logger("turnout.controller")
 
+ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engine to stop answering
+
 
 @dataclass
 class ActiveDeployment:
@@ -264,7 +266,9 @@ class Deployer:
             # An engine going away shows first as a Docker call failing, or as the new version's
             # containers dying (a canary's analysis sees them ejected) and the restore failing after:
             # then say so, rather than blame the version.
-            if (_engine_error(exc) or restore_error is not None) and not await self.backend.ping():
+            if (_engine_error(exc) or restore_error is not None) and await self._engine_gone(
+                    ENGINE_SHUTDOWN_GRACE if restore_error is not None and _engine_error(restore_error)
+                    else 0.0):
                 status = "failed"
                 message = (f"the Docker engine stopped answering during the deploy ({message}); "
                            + (f"{old.version} is started again once the engine is back" if old else
@@ -278,6 +282,16 @@ class Deployer:
             self._settling[config.name] = self._later(_run_all(ops.after_success))
         if old is not None and config.bluegreen.keep_old > 0 and active.strategy == "bluegreen":
             self._later(self._retire_warm(config, old, config.bluegreen.keep_old))
+
+    async def _engine_gone(self, grace: float) -> bool:
+        """Whether the engine stopped answering, within `grace` seconds: one shutting down already
+        failed our calls and stopped our containers but may answer a ping for a moment longer."""
+        deadline = time.monotonic() + grace
+        while await self.backend.ping():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
 
     async def _switch_back(self, ops: Operations) -> None:
         """Rollback onto kept containers: start them if stopped, one swap, drain, stop current."""
