@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    for name, text in (("promote", "finish the deploy in progress at once (100% to the new version)"),
+    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("service")
