@@ -328,8 +328,12 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
     if args.rate is not None:
         limit = ensure_open_files(max_in_flight)
         if limit < max_in_flight + OPEN_FILES_MARGIN:
-            raise UsageError(f"--max-in-flight {max_in_flight}: needs {max_in_flight + OPEN_FILES_MARGIN} "
-                             f"open files, and this process may open only {limit} (ulimit -n)")
+            if args.max_in_flight is not None:  # asked for: say why it cannot be had
+                needed = max_in_flight + OPEN_FILES_MARGIN
+                raise UsageError(f"--max-in-flight {max_in_flight}: needs {needed} open files, and this "
+                                 f"process may open only {limit} (ulimit -n)")
+            # The default: as much of it as the limit allows (the report says which bound was used).
+            max_in_flight = max(1, limit - OPEN_FILES_MARGIN)
     strategies = STRATEGY_ORDER if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(

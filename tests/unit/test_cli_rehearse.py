@@ -52,6 +52,11 @@ def test_a_bound_the_open_files_limit_cannot_fit_is_refused(monkeypatch):
         plan("--rate", "1000", "--max-in-flight", "8000")
 
 
+def test_the_default_bound_shrinks_to_what_the_open_files_limit_fits(monkeypatch):
+    monkeypatch.setattr(loadgen, "ensure_open_files", lambda n: 1024)
+    assert plan("--rate", "1000").max_in_flight == 1024 - loadgen.OPEN_FILES_MARGIN
+
+
 def test_help_explains_the_bound(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["rehearse", "--help"])
