@@ -22,6 +22,7 @@ from .access_log import Tap
 from .http import (
     IDEMPOTENT,
     BadRequest,
+    CachedHead,
     ChunkedFramer,
     RequestHead,
     RequestHeads,
@@ -184,6 +185,12 @@ class ClientConnection(asyncio.Protocol):
         """Read request heads (and bodies) out of `data`; then send what was read upstream, in one write."""
         config = self.config
         try:
+            if not self.busy and len(data) <= HEADS.max_head:
+                # The usual read on a keep-alive connection: exactly one request head, one seen before
+                # (a stored head holds one CRLF CRLF, at its end, so a hit means nothing else came).
+                cached = HEADS.entries.get((data, self.head_tag))
+                if cached is not None and cached[0].plain and self._fast(data, cached):
+                    return
             while data:
                 if self.closed:
                     break
@@ -221,6 +228,49 @@ class ClientConnection(asyncio.Protocol):
         if self._dispatch_needed:
             self._dispatch_needed = False
             self._dispatch()
+
+    def _fast(self, head: bytes, cached: CachedHead) -> bool:
+        """The fast lane: a plain request (`http.is_plain`) for the only service, which has one pool with
+        one eligible upstream and an idle connection to it. Leaves the connection exactly as
+        `_request` → `_route` → `_dispatch` → `_bind` would, in one frame; returns False, having changed
+        nothing, when any of that does not hold (the full path then takes the request)."""
+        service = self.router.table.only
+        if (service is None or service.state != "active" or self.closed
+                or len(head) > self.config.max_header_bytes):
+            return False
+        pool = service.only
+        upstream = pool.only if pool is not None else None
+        if upstream is None:
+            return False
+        idle = upstream.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                break
+        else:
+            return False
+        req, upstream_head, numbered = cached
+        self.busy = True
+        self.req = req
+        self.t0 = t0 = now()
+        self.http11 = True
+        self.keep_alive = not self.stopping
+        self.is_head = self.websocket = False
+        self.status = self.attempts = 0
+        self.dkind = D_UPSTREAM
+        self.deadline = t0 + self.config.upstream_timeout
+        if numbered:
+            upstream_head = upstream_head % next_request_id()
+        if self.alog is not None:
+            self.alog.head = upstream_head
+        self.service = service
+        self.pool = pool
+        self.upstream = upstream
+        upstream.begin(self)
+        pool.stats.inflight += 1
+        self.upconn = conn
+        conn.bind(self, upstream_head)
+        return True
 
     def _partial_head(self, data: bytes) -> None:
         """No complete head (yet) in `data`: refuse it now when it can never become one, else wait."""
@@ -477,6 +527,17 @@ class ClientConnection(asyncio.Protocol):
         self.status = status
         if self.dkind == D_UPSTREAM:
             self.dkind = 0
+
+    def answered_whole(self, conn: UpstreamConnection, status: int, answer: bytes) -> None:
+        """The whole answer at once, on a connection that can be reused (the upstream's known-answer
+        path; the request was read to its end): what `response_started` + `upstream_complete` do."""
+        self.status = status
+        self.transport.write(answer)
+        self.upconn = None
+        conn.release(True)
+        self.busy = False
+        self._end_exchange(False)
+        self._next()
 
     def upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
         self.upconn = None

@@ -95,6 +95,7 @@ class RequestHead:
     named: list[bytes] | None = None  # extra hop-by-hop headers named in Connection
     host_raw = b""
     origin: bytes | None = None  # absolute-form target: its origin-form (sent upstream, with Host rewritten)
+    plain = False  # what the fast lane can carry (see `is_plain`)
 
     def __init__(self, method: bytes, target: bytes, http11: bool) -> None:
         self.method = method
@@ -236,7 +237,16 @@ def parse_request_head(head: bytes) -> RequestHead:
             req.host = _routing_host(req.host_raw)
     else:
         raise BadRequest(400, "bad request target")
+    req.plain = is_plain(req)
     return req
+
+
+def is_plain(req: RequestHead) -> bool:
+    """A keep-alive HTTP/1.1 request with no body, no upgrade, no pool override and no Turnout cookie,
+    not HEAD, with a path: what `ClientConnection._fast` may carry (anything else takes the full path)."""
+    return (req.content_length <= 0 and not req.chunked and not req.websocket and req.forced is None
+            and req.cookies is None and req.keep_alive and req.http11 and req.method != b"HEAD"
+            and req.path[:1] == "/")
 
 
 def _malformed(head: bytes) -> BadRequest:

@@ -16,7 +16,7 @@ from .upstream import Upstream
 
 
 class RoutingTable:
-    __slots__ = ("_by_host", "_default", "_hostless", "services")
+    __slots__ = ("_by_host", "_default", "_hostless", "only", "services")
 
     def __init__(self, services: tuple[Service, ...]) -> None:
         self.services = {s.name: s for s in services}
@@ -34,6 +34,8 @@ class RoutingTable:
         self._hostless = tuple(sorted(hostless, key=longest_first))
         # With exactly one service it is the default route, whatever the Host.
         self._default = services[0] if len(services) == 1 else None
+        # The one service, when it takes every path: what match() returns for any path starting with "/".
+        self.only = self._default if self._default is not None and self._default.path_prefix == "/" else None
 
     def match(self, host: str, path: str) -> Service | None:
         """The service for a request's Host (lower-case, port stripped) and path, or None."""

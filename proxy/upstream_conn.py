@@ -147,7 +147,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if (known is not None and len(data) == end + 4 + known[1] and not client.is_head
                         and not client.reading_body and client.keep_alive and client.http11
                         and not client.resp_extra):
-                    return self._known_answer(client, known, data[end + 4:])
+                    # What feeding llhttp would do, without it; the parser stays between two answers.
+                    self.head_pending = False
+                    self.status = status = known[0]
+                    return client.answered_whole(self, status, known[2] + data[end + 4:])
                 self.headbuf = data
         try:
             self.parser.feed_data(data)
@@ -182,16 +185,6 @@ class UpstreamConnection(asyncio.Protocol):
             client.upstream_complete(self, self.reusable)
         elif self.tunnel:
             client.tunnel_started()
-
-    def _known_answer(self, client: ClientConnection, known: tuple[int, int, bytes], body: bytes) -> None:
-        """The whole answer in one read, under a head llhttp accepted before (`_KNOWN_ANSWERS`): what
-        feeding the parser would do, without it. The parser stays where it was, between two answers."""
-        status, _, head = known
-        self.head_pending = False
-        self.status = status
-        client.response_started(status)
-        client.transport.write(head + body)
-        client.upstream_complete(self, True)
 
     def _fail(self, client: ClientConnection, reason: str, unsent: bool = False) -> None:
         """Bad answer: drop this read's output and the connection. `unsent`: the answer's head was

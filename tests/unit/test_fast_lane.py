@@ -1,0 +1,278 @@
+"""The hot path's fast lanes do exactly what the full path does, only for what they may carry.
+
+`ClientConnection._fast` takes a plain, remembered request head straight to an idle upstream connection;
+`ClientConnection.answered_whole` ends an exchange whose whole answer came in one read under a known
+head. Each is checked against the full path (`_feed` → `_request` → `_route` → `_dispatch` → `_bind`;
+llhttp → `response_started` → `upstream_complete`) on the same input: same bytes upstream and to the
+client, same connection state, same counters. Real connection objects, fake transports (no sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from proxy import forward
+from proxy.config import ProxyConfig
+from proxy.forward import ClientConnection
+from proxy.http import RequestHeads, parse_request_head
+from proxy.router import Router
+from proxy.server import ProxyServer
+from proxy.specs import ServiceSpec
+from proxy.upstream_conn import UpstreamConnection
+
+HEAD = b"GET /page?x=1 HTTP/1.1\r\nHost: app.test\r\nUser-Agent: t\r\n\r\n"
+ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+          b"Date: Tue, 01 Dec 2026 08:40:00 GMT\r\n\r\nok\n")
+# What a request leaves on its client connection while it is in flight / once it is over.
+STATE = ("busy", "http11", "keep_alive", "is_head", "websocket", "status", "attempts", "dkind",
+         "reading_body", "head_sent", "resp_extra", "rpause", "_dispatch_needed", "task", "buf", "pending",
+         "closed", "tunnel", "chunker", "body_left")
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Rig:
+    """One proxy with one client connection and `idle` pooled connections to its first upstream."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pools: list[dict] | None = None, idle: int = 1,
+                 **service: object) -> None:
+        config = ProxyConfig(listen="127.0.0.1:0", access_log=False)
+        self.router = Router()
+        pools = pools or [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001"]}]
+        self.router.set_service(ServiceSpec.from_dict({"name": "web", "pools": pools, **service}))
+        self.server = ProxyServer(self.router, config)
+        self.server.loop = loop
+        self.upstream = self.router.upstreams[pools[0]["upstreams"][0]]
+        self.conns = []
+        for _ in range(idle):
+            conn = UpstreamConnection(self.upstream)
+            conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+            self.upstream.idle.append(conn)
+            self.conns.append(conn)
+        self.client = ClientConnection(self.server)
+        self.client_transport = FakeTransport()
+        self.client.connection_made(self.client_transport)  # type: ignore[arg-type]
+
+    def state(self) -> dict[str, object]:
+        c = self.client
+        s = {name: getattr(c, name) for name in STATE}
+        s["req.target"] = c.req.target if c.req is not None else None
+        s["service"] = c.service.name if c.service is not None else None
+        s["pool"] = c.pool.name if c.pool is not None else None
+        s["upstream"] = c.upstream.address if c.upstream is not None else None
+        s["upconn"] = self.conns.index(c.upconn) if c.upconn in self.conns else c.upconn
+        s["deadline-t0"] = round(c.deadline - c.t0, 6) if c.dkind == forward.D_UPSTREAM else None
+        pool_stats = self.router.table.services["web"].pools[0].stats
+        s["inflight"] = (len(self.upstream.inflight), pool_stats.inflight)
+        s["idle"] = [self.conns.index(x) for x in self.upstream.idle]
+        return s
+
+    def upstream_bytes(self) -> list[bytes]:
+        return [re.sub(rb"X-Request-Id: [^\r]*", b"X-Request-Id: *", b) for x in self.conns
+                for b in x.transport.written]
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def heads(monkeypatch):
+    """A fresh request-head store, so each test sees its heads first as misses."""
+    store = RequestHeads()
+    monkeypatch.setattr(forward, "HEADS", store)
+    return store
+
+
+def without_fast_lane(monkeypatch) -> None:
+    monkeypatch.setattr(ClientConnection, "_fast", lambda self, head, cached: False)
+
+
+def count_fast(monkeypatch) -> list[bytes]:
+    taken: list[bytes] = []
+    real = ClientConnection._fast
+
+    def spy(self, head, cached):
+        done = real(self, head, cached)
+        if done:
+            taken.append(head)
+        return done
+    monkeypatch.setattr(ClientConnection, "_fast", spy)
+    return taken
+
+
+@pytest.mark.parametrize("head", [
+    HEAD,
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: abc\r\n\r\n",  # the client's id is kept
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\n\r\n",
+    b"DELETE /item/7 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n",
+])
+def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch, head):
+    full = Rig(loop)
+    with monkeypatch.context() as m:
+        without_fast_lane(m)
+        full.client.data_received(head)  # a miss: validated and remembered
+        full.client.upconn.data_received(ANSWER)
+        full.client.data_received(head)  # a hit, still through the full path
+        in_flight_full = full.state()
+        bytes_full = full.upstream_bytes()
+
+    fast = Rig(loop)
+    taken = count_fast(monkeypatch)
+    fast.client.data_received(head)
+    fast.client.upconn.data_received(ANSWER)
+    fast.client.data_received(head)
+    assert taken == [head, head]  # the second Rig found the head remembered: the lane took both
+    assert fast.state() == in_flight_full
+    assert fast.upstream_bytes() == bytes_full
+
+
+def test_every_fast_request_gets_its_own_request_id(loop, heads):
+    rig = Rig(loop)
+    for _ in range(3):
+        rig.client.data_received(HEAD)
+        rig.client.upconn.data_received(ANSWER)
+    ids = [re.search(rb"X-Request-Id: ([^\r]*)", b).group(1) for b in rig.conns[0].transport.written]
+    assert len(ids) == 3 and len(set(ids)) == 3
+
+
+@pytest.mark.parametrize("head", [
+    b"HEAD / HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: app.test\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Turnout-Pool: main\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nCookie: turnout-web=main\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\n\r\n",
+])
+def test_requests_that_are_not_plain_never_take_the_fast_lane(head):
+    assert parse_request_head(head).plain is False
+
+
+@pytest.mark.parametrize("head", [HEAD, b"GET / HTTP/1.1\r\nHost: a\r\nCookie: session=1\r\n\r\n"])
+def test_plain_requests(head):
+    assert parse_request_head(head).plain is True
+
+
+@pytest.mark.parametrize("why, rig_args", [
+    ("two pools with weight", {"pools": [
+        {"name": "blue", "weight": 90, "upstreams": ["127.0.0.1:9001"]},
+        {"name": "green", "weight": 10, "upstreams": ["127.0.0.1:9002"]}]}),
+    ("two upstreams in the pool", {"pools": [
+        {"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001", "127.0.0.1:9002"]}]}),
+    ("sticky cookie to set", {"sticky": True}),
+    ("a path prefix", {"path_prefix": "/api"}),
+    ("no idle connection", {"idle": 0}),
+])
+def test_the_fast_lane_declines_and_changes_nothing(loop, heads, monkeypatch, why, rig_args):
+    rig = Rig(loop, **rig_args)
+    before = rig.state()
+    req_head = HEAD.replace(b"GET /page", b"GET /api/page")
+    cached = heads.miss((req_head, rig.client.head_tag), rig.client.peer, False, rig.client.suffix)
+    assert rig.client._fast(req_head, cached) is False, why
+    assert rig.state() == before
+
+
+def test_a_paused_service_is_not_taken_by_the_fast_lane(loop, heads, monkeypatch):
+    rig = Rig(loop)
+    taken = count_fast(monkeypatch)
+    for _ in range(2):  # a miss (the full path), then a hit (the fast lane)
+        rig.client.data_received(HEAD)
+        rig.client.upconn.data_received(ANSWER)
+    rig.router.set_state("web", "paused")
+    rig.client.data_received(HEAD)
+    assert taken == [HEAD]  # the second request only
+    task = rig.client.task
+    assert rig.client.busy and rig.client.upconn is None and task is not None  # held
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+
+
+def test_a_closed_idle_connection_is_skipped(loop, heads):
+    rig = Rig(loop, idle=2)
+    rig.client.data_received(HEAD)
+    rig.client.upconn.data_received(ANSWER)  # remembered; the LIFO pool now ends with that connection
+    used = rig.upstream.idle[-1]
+    used.closed = True
+    rig.client.data_received(HEAD)
+    assert rig.client.upconn is not None and rig.client.upconn is not used
+    assert used not in rig.upstream.idle
+
+
+def test_two_heads_in_one_read_go_through_the_full_path_in_order(loop, heads, monkeypatch):
+    rig = Rig(loop)
+    rig.client.data_received(HEAD)
+    rig.client.upconn.data_received(ANSWER)
+    taken = count_fast(monkeypatch)
+    rig.client.data_received(HEAD + HEAD)
+    assert taken == []
+    rig.client.upconn.data_received(ANSWER)  # the first answer; the second request goes out after it
+    rig.client.upconn.data_received(ANSWER)
+    assert len(rig.conns[0].transport.written) == 3
+    assert b"".join(rig.client_transport.written).count(b"200 OK") == 3
+
+
+@pytest.mark.parametrize("answer", [
+    ANSWER,
+    ANSWER.replace(b"Content-Length: 3", b"Content-Length: 0").replace(b"ok\n", b""),
+])
+def test_a_whole_known_answer_ends_the_exchange_as_the_parser_does(loop, heads, monkeypatch, answer):
+    parsed, known = Rig(loop), Rig(loop)
+    for rig in (parsed, known):
+        rig.client.data_received(HEAD)
+        rig.client.upconn.data_received(answer)  # first time: llhttp, the head becomes known
+        rig.client.data_received(HEAD)
+    with monkeypatch.context() as m:
+        m.setattr("proxy.upstream_conn._KNOWN_ANSWERS", {})  # forgotten: through llhttp again
+        parsed.client.upconn.data_received(answer)
+    whole = count_calls(monkeypatch, ClientConnection, "answered_whole")
+    known.client.upconn.data_received(answer)
+    assert whole == [1]
+    assert known.state() == parsed.state()
+    assert known.client_transport.written == parsed.client_transport.written
+    assert known.client.deadline - known.client.t_end == pytest.approx(parsed.client.deadline
+                                                                        - parsed.client.t_end)
+    for rig in (parsed, known):
+        stats = rig.router.metrics.pool("web", "main")
+        assert (stats.by_class[2], stats.inflight, sum(stats.buckets)) == (2, 0, 2)
+
+
+def count_calls(monkeypatch, cls, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(cls, name)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cls, name, spy)
+    return calls
