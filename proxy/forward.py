@@ -230,25 +230,22 @@ class ClientConnection(asyncio.Protocol):
             self._dispatch()
 
     def _fast(self, head: bytes, cached: CachedHead) -> bool:
-        """The fast lane: a plain request (`http.is_plain`) for the only service, which has one pool with
-        one eligible upstream and an idle connection to it. Leaves the connection exactly as
-        `_request` → `_route` → `_dispatch` → `_bind` would, in one frame; returns False, having changed
-        nothing, when any of that does not hold (the full path then takes the request)."""
+        """The fast lane: a plain request (`http.is_plain`) for the only service, when no sticky cookie is
+        involved. Leaves the connection exactly as `_request` → `_route` → `_dispatch` (→ `_bind`) would,
+        in one frame; returns False, having changed nothing, when it cannot (the full path then takes the
+        request: several services, a path prefix, a paused or stopped service, nothing routable)."""
         service = self.router.table.only
         if (service is None or service.state != "active" or self.closed
                 or len(head) > self.config.max_header_bytes):
             return False
-        pool = service.only
-        upstream = pool.only if pool is not None else None
-        if upstream is None:
-            return False
-        idle = upstream.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                break
-        else:
-            return False
+        pool = service.only  # one weighted pool: no draw (the usual case)
+        if pool is None:
+            if service.sticky:
+                return False
+            pool = service.choose()  # the draw select(None, None) makes
+            if pool is None:
+                return False
+        upstream = pool.only or pool.pick()  # a drawn pool is routable: pick() finds an upstream
         req, upstream_head, numbered = cached
         self.busy = True
         self.req = req
@@ -257,8 +254,6 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = not self.stopping
         self.is_head = self.websocket = False
         self.status = self.attempts = 0
-        self.dkind = D_UPSTREAM
-        self.deadline = t0 + self.config.upstream_timeout
         if numbered:
             upstream_head = upstream_head % next_request_id()
         if self.alog is not None:
@@ -268,8 +263,19 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = upstream
         upstream.begin(self)
         pool.stats.inflight += 1
-        self.upconn = conn
-        conn.bind(self, upstream_head)
+        idle = upstream.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.dkind = D_UPSTREAM
+                self.deadline = t0 + self.config.upstream_timeout
+                self.upconn = conn
+                conn.bind(self, upstream_head)
+                return True
+        self.dkind = 0
+        self.pending = [upstream_head]
+        self.pending_size = 0
+        self.task = self.loop.create_task(self._connect(upstream))
         return True
 
     def _partial_head(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ client, same connection state, same counters. Real connection objects, fake tran
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 
 import pytest
@@ -81,6 +82,8 @@ class Rig:
     def state(self) -> dict[str, object]:
         c = self.client
         s = {name: getattr(c, name) for name in STATE}
+        s["task"] = c.task is not None  # connecting
+        s["pending"] = None if c.pending is None else [_any_id(b) for b in c.pending]
         s["req.target"] = c.req.target if c.req is not None else None
         s["service"] = c.service.name if c.service is not None else None
         s["pool"] = c.pool.name if c.pool is not None else None
@@ -92,9 +95,18 @@ class Rig:
         s["idle"] = [self.conns.index(x) for x in self.upstream.idle]
         return s
 
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = self.client.task
+        if task is not None:
+            task.cancel()
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+
     def upstream_bytes(self) -> list[bytes]:
-        return [re.sub(rb"X-Request-Id: [^\r]*", b"X-Request-Id: *", b) for x in self.conns
-                for b in x.transport.written]
+        return [_any_id(b) for x in self.conns for b in x.transport.written]
+
+
+def _any_id(head: bytes) -> bytes:
+    return re.sub(rb"X-Request-Id: [^\r]*", b"X-Request-Id: *", head)
 
 
 @pytest.fixture
@@ -184,15 +196,46 @@ def test_plain_requests(head):
     assert parse_request_head(head).plain is True
 
 
+TWO_POOLS = [{"name": "blue", "weight": 50, "upstreams": ["127.0.0.1:9001"]},
+             {"name": "green", "weight": 50, "upstreams": ["127.0.0.1:9002"]}]
+TWO_UPSTREAMS = [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001", "127.0.0.1:9002"]}]
+
+
+@pytest.mark.parametrize("rig_args", [
+    {"pools": TWO_POOLS},
+    {"pools": TWO_UPSTREAMS},
+    {"pools": TWO_UPSTREAMS, "balance": "least_outstanding"},
+    {"idle": 0},
+], ids=["two-pools", "two-upstreams", "least-outstanding", "no-idle-connection"])
+def test_draws_and_connects_as_the_full_path_does(loop, heads, monkeypatch, rig_args):
+    """Each request: same pool, same upstream, same connection (or a connect), same state."""
+    runs = []
+    for lane in ("full", "fast"):
+        random.seed(7)  # Service.choose draws from the global RNG
+        rig = Rig(loop, **rig_args)
+        with monkeypatch.context() as m:
+            if lane == "full":
+                without_fast_lane(m)
+            taken = count_fast(m)
+            states = []
+            for _ in range(8):
+                rig.client.data_received(HEAD)
+                states.append(rig.state())
+                if rig.client.upconn is None:  # connecting: that is as far as a socket-free test goes
+                    break
+                rig.client.upconn.data_received(ANSWER)
+            rig.close(loop)
+        runs.append((states, rig.upstream_bytes(), len(taken)))
+    (full_states, full_bytes, _), (fast_states, fast_bytes, fast_taken) = runs
+    assert fast_states == full_states
+    assert fast_bytes == full_bytes
+    assert fast_taken == len(fast_states)  # the full run left the head remembered: the lane took each
+
+
 @pytest.mark.parametrize("why, rig_args", [
-    ("two pools with weight", {"pools": [
-        {"name": "blue", "weight": 90, "upstreams": ["127.0.0.1:9001"]},
-        {"name": "green", "weight": 10, "upstreams": ["127.0.0.1:9002"]}]}),
-    ("two upstreams in the pool", {"pools": [
-        {"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001", "127.0.0.1:9002"]}]}),
     ("sticky cookie to set", {"sticky": True}),
+    ("sticky, several pools", {"sticky": True, "pools": TWO_POOLS}),
     ("a path prefix", {"path_prefix": "/api"}),
-    ("no idle connection", {"idle": 0}),
 ])
 def test_the_fast_lane_declines_and_changes_nothing(loop, heads, monkeypatch, why, rig_args):
     rig = Rig(loop, **rig_args)
