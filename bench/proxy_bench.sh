@@ -9,6 +9,7 @@
 #   bench/proxy_bench.sh                 # REPS=5 DURATION=10: about 6 minutes
 #   REPS=3 DURATION=5 bench/proxy_bench.sh
 #   BEFORE_SRC=/tmp/old bench/proxy_bench.sh   # also an older proxy/ (see below), interleaved
+#   ALSO_PYTHON=/other/venv/bin/python bench/proxy_bench.sh   # also this proxy/ on another interpreter
 # Results: $WORK/summary.txt and $WORK/runs.csv (default /tmp/turnout-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,9 +33,16 @@ export PYTHON="$PY"
 export CANDIDATE_CMD="$PY -m proxy --listen 127.0.0.1:\$CANDIDATE_PORT --upstream \$UPSTREAM"
 # BEFORE_SRC=DIR: also bench the proxy/ package found in DIR (an older checkout, e.g. made with
 # `git archive OLDCOMMIT proxy | tar -x -C DIR`) as "turnout-before", interleaved with this one.
+# BEFORE_PYTHON: the interpreter for it (default: the same as this one's).
 if [ -n "${BEFORE_SRC:-}" ]; then
   export BASELINE_NAME=turnout-before
-  export BASELINE_CMD="env -C $BEFORE_SRC $PY -m proxy --listen 127.0.0.1:\$BASELINE_PORT --upstream \$UPSTREAM"
+  export BASELINE_CMD="env -C $BEFORE_SRC ${BEFORE_PYTHON:-$PY} -m proxy --listen 127.0.0.1:\$BASELINE_PORT --upstream \$UPSTREAM"
 fi
-export ONLY=${ONLY:-"direct nginx haproxy turnout${BEFORE_SRC:+ turnout-before}"}
+# ALSO_PYTHON=PY: also bench this proxy/ on another interpreter (a venv with its dependencies), as
+# "turnout-also", interleaved: what the interpreter alone is worth.
+if [ -n "${ALSO_PYTHON:-}" ]; then
+  export EXTRA_NAME=turnout-also
+  export EXTRA_CMD="env -C $ROOT $ALSO_PYTHON -m proxy --listen 127.0.0.1:\$EXTRA_PORT --upstream \$UPSTREAM"
+fi
+export ONLY=${ONLY:-"direct nginx haproxy turnout${BEFORE_SRC:+ turnout-before}${ALSO_PYTHON:+ turnout-also}"}
 exec "$HERE/harness.sh"
