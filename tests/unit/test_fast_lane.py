@@ -1,6 +1,7 @@
 """The hot path's fast lanes do exactly what the full path does, only for what they may carry.
 
-`ClientConnection._fast` takes a plain, remembered request head straight to an idle upstream connection;
+`ClientConnection._fast` takes a plain request (its head remembered, or just validated) straight to an
+upstream connection;
 `ClientConnection.answered_whole` ends an exchange whose whole answer came in one read under a known
 head. Each is checked against the full path (`_feed` → `_request` → `_route` → `_dispatch` → `_bind`;
 llhttp → `response_started` → `upstream_complete`) on the same input: same bytes upstream and to the
@@ -147,7 +148,8 @@ def count_fast(monkeypatch) -> list[bytes]:
     b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\n\r\n",
     b"DELETE /item/7 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n",
 ])
-def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch, head):
+@pytest.mark.parametrize("remembered", [True, False], ids=["hit", "miss-then-hit"])
+def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch, head, remembered):
     full = Rig(loop)
     with monkeypatch.context() as m:
         without_fast_lane(m)
@@ -157,12 +159,15 @@ def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch
         in_flight_full = full.state()
         bytes_full = full.upstream_bytes()
 
+    if not remembered:
+        heads.entries.clear()  # the first request is validated again, then takes the lane
     fast = Rig(loop)
     taken = count_fast(monkeypatch)
     fast.client.data_received(head)
     fast.client.upconn.data_received(ANSWER)
     fast.client.data_received(head)
-    assert taken == [head, head]  # the second Rig found the head remembered: the lane took both
+    assert taken == [head, head]
+    assert (head, fast.client.head_tag) in heads.entries
     assert fast.state() == in_flight_full
     assert fast.upstream_bytes() == bytes_full
 
@@ -249,12 +254,11 @@ def test_the_fast_lane_declines_and_changes_nothing(loop, heads, monkeypatch, wh
 def test_a_paused_service_is_not_taken_by_the_fast_lane(loop, heads, monkeypatch):
     rig = Rig(loop)
     taken = count_fast(monkeypatch)
-    for _ in range(2):  # a miss (the full path), then a hit (the fast lane)
-        rig.client.data_received(HEAD)
-        rig.client.upconn.data_received(ANSWER)
+    rig.client.data_received(HEAD)
+    rig.client.upconn.data_received(ANSWER)
     rig.router.set_state("web", "paused")
     rig.client.data_received(HEAD)
-    assert taken == [HEAD]  # the second request only
+    assert taken == [HEAD]  # the first request only
     task = rig.client.task
     assert rig.client.busy and rig.client.upconn is None and task is not None  # held
     task.cancel()
