@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,8 +75,7 @@ class Upstream:
         """Let in-flight exchanges finish for up to `timeout` s, then abort the rest.
 
         The caller has already removed this upstream from routing, so nothing new arrives."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.monotonic()  # not loop.time(): uvloop's ticks in whole milliseconds
         self.draining = True
         self.close_idle()
         before = len(self.inflight)
@@ -91,7 +91,7 @@ class Upstream:
         for exchange in leftover:
             exchange.abort_for_drain()
         self.close_idle()  # connections released while draining were closed, not pooled; be sure
-        return DrainResult(self.address, before - len(leftover), len(leftover), loop.time() - started)
+        return DrainResult(self.address, before - len(leftover), len(leftover), time.monotonic() - started)
 
     def __repr__(self) -> str:
         return f"<Upstream {self.address} {self.health.value} inflight={len(self.inflight)}>"
