@@ -235,11 +235,13 @@ class ClientConnection(asyncio.Protocol):
             self._dispatch()
 
     def _fast(self, head: bytes, cached: CachedHead) -> bool:
-        """The fast lane: a plain request (`http.is_plain`) for the only service, when no sticky cookie is
-        involved. Leaves the connection exactly as `_request` → `_route` → `_dispatch` (→ `_bind`) would,
-        in one frame; returns False, having changed nothing, when it cannot (the full path then takes the
-        request: several services, a path prefix, a paused or stopped service, nothing routable)."""
-        service = self.router.table.only
+        """The fast lane: a plain request (`http.is_plain`) for an active service, when no sticky cookie
+        is involved. Leaves the connection exactly as `_request` → `_route` → `_dispatch` (→ `_bind`)
+        would, in one frame; returns False, having changed nothing, when it cannot (the full path then
+        takes the request: no route, a paused or stopped service, nothing routable, a sticky service)."""
+        req = cached[0]
+        table = self.router.table
+        service = table.only or table.match(req.host, req.path)
         if (service is None or service.state != "active" or self.closed
                 or len(head) > self.config.max_header_bytes):
             return False
@@ -251,7 +253,7 @@ class ClientConnection(asyncio.Protocol):
             if pool is None:
                 return False
         upstream = pool.only or pool.pick()  # a drawn pool is routable: pick() finds an upstream
-        req, upstream_head, numbered = cached
+        _, upstream_head, numbered = cached
         self.busy = True
         self.req = req
         self.t0 = t0 = now()

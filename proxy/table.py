@@ -34,7 +34,8 @@ class RoutingTable:
         self._hostless = tuple(sorted(hostless, key=longest_first))
         # With exactly one service it is the default route, whatever the Host.
         self._default = services[0] if len(services) == 1 else None
-        # The one service, when it takes every path: what match() returns for any path starting with "/".
+        # The one service, when it takes every path: what match() returns for any path starting with "/"
+        # (the hot path's shortcut past match()).
         self.only = self._default if self._default is not None and self._default.path_prefix == "/" else None
 
     def match(self, host: str, path: str) -> Service | None:

@@ -62,11 +62,13 @@ class Rig:
     """One proxy with one client connection and `idle` pooled connections to its first upstream."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pools: list[dict] | None = None, idle: int = 1,
-                 **service: object) -> None:
+                 others: tuple[dict, ...] = (), **service: object) -> None:
         config = ProxyConfig(listen="127.0.0.1:0", access_log=False)
         self.router = Router()
         pools = pools or [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001"]}]
         self.router.set_service(ServiceSpec.from_dict({"name": "web", "pools": pools, **service}))
+        for other in others:  # more services on the same proxy
+            self.router.set_service(ServiceSpec.from_dict(other))
         self.server = ProxyServer(self.router, config)
         self.server.loop = loop
         self.upstream = self.router.upstreams[pools[0]["upstreams"][0]]
@@ -93,6 +95,7 @@ class Rig:
         s["deadline-t0"] = round(c.deadline - c.t0, 6) if c.dkind == forward.D_UPSTREAM else None
         pool_stats = self.router.table.services["web"].pools[0].stats
         s["inflight"] = (len(self.upstream.inflight), pool_stats.inflight)
+        s["unrouted"] = list(self.router.metrics.unrouted)
         s["idle"] = [self.conns.index(x) for x in self.upstream.idle]
         return s
 
@@ -204,6 +207,8 @@ def test_plain_requests(head):
 TWO_POOLS = [{"name": "blue", "weight": 50, "upstreams": ["127.0.0.1:9001"]},
              {"name": "green", "weight": 50, "upstreams": ["127.0.0.1:9002"]}]
 TWO_UPSTREAMS = [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001", "127.0.0.1:9002"]}]
+OTHER_HOST = {"name": "other", "hosts": ["other.test"],
+              "pools": [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9003"]}]}
 
 
 @pytest.mark.parametrize("rig_args", [
@@ -211,7 +216,9 @@ TWO_UPSTREAMS = [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001", "
     {"pools": TWO_UPSTREAMS},
     {"pools": TWO_UPSTREAMS, "balance": "least_outstanding"},
     {"idle": 0},
-], ids=["two-pools", "two-upstreams", "least-outstanding", "no-idle-connection"])
+    {"hosts": ["app.test"], "others": (OTHER_HOST,)},
+    {"path_prefix": "/page", "others": ({**OTHER_HOST, "hosts": []},)},
+], ids=["two-pools", "two-upstreams", "least-outstanding", "no-idle-connection", "by-host", "by-path"])
 def test_draws_and_connects_as_the_full_path_does(loop, heads, monkeypatch, rig_args):
     """Each request: same pool, same upstream, same connection (or a connect), same state."""
     runs = []
@@ -240,14 +247,14 @@ def test_draws_and_connects_as_the_full_path_does(loop, heads, monkeypatch, rig_
 @pytest.mark.parametrize("why, rig_args", [
     ("sticky cookie to set", {"sticky": True}),
     ("sticky, several pools", {"sticky": True, "pools": TWO_POOLS}),
-    ("a path prefix", {"path_prefix": "/api"}),
+    ("no route: a path prefix that does not match", {"path_prefix": "/api"}),
+    ("no route: another host", {"hosts": ["elsewhere.test"], "others": (OTHER_HOST,)}),
 ])
 def test_the_fast_lane_declines_and_changes_nothing(loop, heads, monkeypatch, why, rig_args):
     rig = Rig(loop, **rig_args)
     before = rig.state()
-    req_head = HEAD.replace(b"GET /page", b"GET /api/page")
-    cached = heads.miss((req_head, rig.client.head_tag), rig.client.peer, False, rig.client.suffix)
-    assert rig.client._fast(req_head, cached) is False, why
+    cached = heads.miss((HEAD, rig.client.head_tag), rig.client.peer, False, rig.client.suffix)
+    assert rig.client._fast(HEAD, cached) is False, why
     assert rig.state() == before
 
 
