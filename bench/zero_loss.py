@@ -202,6 +202,19 @@ def rehearse(daemon, image: str, strategy: str, args: argparse.Namespace, work: 
     }
 
 
+def proxy_config(parser: argparse.ArgumentParser, settings: list[str]) -> str | None:
+    """turnout.toml text with these [proxy] settings (values as TOML: numbers, "strings", true)."""
+    if not settings:
+        return None
+    lines = ["[proxy]"]
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            parser.error(f"--proxy: expected KEY=VALUE, got {setting!r}")
+        lines.append(f"{key.strip()} = {value.strip()}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -224,6 +237,8 @@ def main() -> None:
     parser.add_argument("--no-control", action="store_true", help="skip the no-deploy reference run")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="bound per rehearsal command")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (HTML reports, daemon log)")
+    parser.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [proxy] setting of the daemon, e.g. max_connecting=0 (repeatable)")
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     if not 1 <= args.max_in_flight <= 65536:
@@ -237,7 +252,7 @@ def main() -> None:
 
     seconds = parse_duration(args.duration, "--duration")
     work = Path(tempfile.mkdtemp(prefix="turnout-zeroloss-"))
-    daemon = TurnoutDaemon(work, dict(BENCH_LABELS))
+    daemon = TurnoutDaemon(work, dict(BENCH_LABELS), proxy_config(parser, args.proxy))
     rows: list[tuple[str, dict]] = []
     t_begin = time.monotonic()
     try:

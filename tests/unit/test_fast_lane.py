@@ -16,6 +16,7 @@ import re
 
 import pytest
 
+from helpers.fake_transport import FakeTransport
 from proxy import forward
 from proxy.config import ProxyConfig
 from proxy.forward import ClientConnection
@@ -32,30 +33,6 @@ ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n
 STATE = ("busy", "http11", "keep_alive", "is_head", "websocket", "status", "attempts", "dkind",
          "reading_body", "head_sent", "resp_extra", "rpause", "_dispatch_needed", "task", "buf", "pending",
          "closed", "tunnel", "chunker", "body_left")
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(bytes(data))
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
 
 
 class Rig:
@@ -86,6 +63,7 @@ class Rig:
         c = self.client
         s = {name: getattr(c, name) for name in STATE}
         s["task"] = c.task is not None  # connecting
+        s["queued_on"] = c.queued_on.address if c.queued_on is not None else None
         s["pending"] = None if c.pending is None else [_any_id(b) for b in c.pending]
         s["req.target"] = c.req.target if c.req is not None else None
         s["service"] = c.service.name if c.service is not None else None
