@@ -23,9 +23,6 @@ class ProxyConfig:
     max_header_bytes: int = 32 * 1024  # request line + headers
     max_body_bytes: int = 0  # 0: unlimited (streamed, never buffered whole)
     max_connections: int = 10_000
-    # Connection attempts in flight per upstream; more requests wait (FIFO, up to connect_timeout) for a
-    # pooled connection or a free attempt. 0: no limit.
-    max_connecting: int = 8
     # X-Forwarded-* sent by clients are replaced unless the peer is one of these addresses.
     trusted_proxies: tuple[str, ...] = ()
     retries: int = 1  # extra attempts on another upstream when connecting failed (idempotent only)

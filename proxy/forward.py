@@ -56,7 +56,7 @@ _P_PIPELINE = 4  # pipelined requests waiting behind the current one reached the
 PENDING_LIMIT = 256 * 1024
 
 # Deadline kinds (ClientConnection.dkind); 0 = none.
-D_HEADER, D_IDLE, D_BODY, D_UPSTREAM, D_QUEUED = 1, 2, 3, 4, 5
+D_HEADER, D_IDLE, D_BODY, D_UPSTREAM = 1, 2, 3, 4
 PASSIVE_FAILURES_TO_EJECT = 3
 # The proxy's clock for request timing and deadlines (the server's sweeper reads the same one). Not
 # loop.time(): uvloop's has a resolution of 1 ms, too coarse for sub-millisecond latency buckets.
@@ -68,7 +68,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
         "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "peer", "pending", "pending_size",
-        "pool", "queued_on", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
+        "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
         "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
         "upstream", "websocket", "wpaused", "_dispatch_needed",
     )
@@ -91,7 +91,6 @@ class ClientConnection(asyncio.Protocol):
         self.pool: Pool | None = None
         self.upstream: Upstream | None = None
         self.upconn: UpstreamConnection | None = None
-        self.queued_on: Upstream | None = None  # waiting in that upstream's queue for a connection
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.task: asyncio.Task[None] | None = None
@@ -137,7 +136,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connection_closed(self)
-        self._unqueue()
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -284,7 +282,7 @@ class ClientConnection(asyncio.Protocol):
         self.dkind = 0
         self.pending = [upstream_head]
         self.pending_size = 0
-        self._open(upstream)
+        self.task = self.loop.create_task(self._connect(upstream))
         return True
 
     def _partial_head(self, data: bytes) -> None:
@@ -378,8 +376,6 @@ class ClientConnection(asyncio.Protocol):
             self.chunker = None
             if self.upconn is not None and not self.head_sent:
                 self._set_deadline(D_UPSTREAM, self.config.upstream_timeout)
-            elif self.queued_on is not None:
-                self._set_deadline(D_QUEUED, self.config.connect_timeout)
             elif self.dkind == D_BODY:
                 self.dkind = 0
         else:
@@ -468,46 +464,8 @@ class ClientConnection(asyncio.Protocol):
             conn = idle.pop()
             if not conn.closed:
                 return self._bind(conn)
-        return self._open(upstream)
-
-    def _open(self, upstream: Upstream) -> None:
-        """No pooled connection: connect, or queue when `max_connecting` attempts are already in flight
-        (a body being read keeps its own deadline; the queue's starts when the body is in)."""
-        limit = self.config.max_connecting
-        if limit and upstream.connecting >= limit:
-            self.queued_on = upstream
-            upstream.waiting.append(self)
-            if not self.reading_body:
-                self._set_deadline(D_QUEUED, self.config.connect_timeout)
-            return
-        upstream.connecting += 1
-        self.task = task = self.loop.create_task(self._connect(upstream))
-        # Counted down when the task ends however it ends (even cancelled before it ran).
-        task.add_done_callback(partial(_attempt_ended, upstream))
-
-    def dequeued(self, conn: UpstreamConnection | None) -> None:
-        """Out of the upstream's queue: with a connection another exchange released, or (None) to try
-        again now that an attempt ended."""
-        self.queued_on = None
-        if self.dkind == D_QUEUED:
-            self.dkind = 0
-        try:  # called from another exchange's end or a timer: this exchange's own error boundary
-            if conn is not None:
-                return self._bind(conn)
-            return self._dispatch()
-        except Exception:
-            log.exception("proxy.dequeue_failed")
-            self.keep_alive = False
-            return self._fail(500, "internal")
-
-    def _unqueue(self) -> None:
-        upstream = self.queued_on
-        if upstream is not None:
-            self.queued_on = None
-            try:
-                upstream.waiting.remove(self)
-            except ValueError:
-                pass
+        self.task = self.loop.create_task(self._connect(upstream))
+        return None
 
     def _bind(self, conn: UpstreamConnection) -> None:
         self.upconn = conn
@@ -685,7 +643,6 @@ class ClientConnection(asyncio.Protocol):
             self.task.cancel()
         self.task = None
         self._dispatch_needed = False
-        self._unqueue()
         conn = self.upconn
         if conn is not None:
             self.upconn = None
@@ -715,7 +672,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _cut(self) -> None:
         """Too late for a clean answer (the head went out): close, so the client sees it incomplete."""
-        self._unqueue()
         if self.busy:
             self.busy = False
             self._end_exchange(False)
@@ -764,8 +720,6 @@ class ClientConnection(asyncio.Protocol):
         elif kind == D_UPSTREAM and not self.head_sent:
             self.keep_alive = False
             self._fail(504, "upstream-timeout")
-        elif kind == D_QUEUED:  # no connection to the upstream freed up within connect_timeout
-            self._fail(503, "connect-queue-timeout", retry_after=1)
 
     def shutdown(self) -> None:
         """Graceful stop: close now when idle, else after the current answer."""
@@ -793,22 +747,3 @@ class ClientConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer.decode()} busy={self.busy} tunnel={self.tunnel}>"
-
-
-def _attempt_ended(upstream: Upstream, task: asyncio.Task[None]) -> None:
-    upstream.connecting -= 1
-    if upstream.waiting:
-        wake_queued(upstream)
-
-
-def wake_queued(upstream: Upstream) -> None:
-    """Connection attempts ended: queued exchanges go, oldest first, while attempts are free (each takes
-    a pooled connection if one appeared, else starts an attempt)."""
-    waiting = upstream.waiting
-    while waiting:
-        client: ClientConnection = waiting[0]  # type: ignore[assignment]
-        limit = client.config.max_connecting
-        if limit and upstream.connecting >= limit:
-            return
-        waiting.popleft()
-        client.dequeued(None)

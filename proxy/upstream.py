@@ -8,7 +8,6 @@ stable for as long as an address is routed, so a snapshot swap never loses a cou
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import time
 from dataclasses import dataclass
@@ -23,12 +22,9 @@ class Health(enum.Enum):
 
 
 class Exchange(Protocol):
-    """A request in flight on an upstream; drain aborts the ones left at its deadline. One queued for a
-    connection (`Upstream.waiting`) leaves the queue with a connection, or None to try again."""
+    """A request in flight on an upstream; drain aborts the ones left at its deadline."""
 
     def abort_for_drain(self) -> None: ...
-
-    def dequeued(self, conn: object) -> None: ...
 
 
 class IdleConnection(Protocol):
@@ -44,19 +40,14 @@ class DrainResult:
 
 
 class Upstream:
-    __slots__ = ("_drained", "address", "active_health", "connecting", "draining", "health", "host", "idle",
-                 "inflight", "passive_failures", "port", "waiting")
+    __slots__ = ("_drained", "address", "active_health", "draining", "health", "host", "idle",
+                 "inflight", "passive_failures", "port")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.host, self.port = parse_address("upstream", address)
         self.inflight: set[Exchange] = set()
         self.idle: list[IdleConnection] = []  # LIFO: the most recently used connection is the warmest
-        # Connection attempts in flight, and the exchanges queued (FIFO) for a connection when
-        # `ProxyConfig.max_connecting` attempts already are: a burst (a big-bang hold released, a cold
-        # pool) opens connections a few at a time instead of flooding the app's accept queue.
-        self.connecting = 0
-        self.waiting: collections.deque[Exchange] = collections.deque()
         self.health = Health.HEALTHY
         self.active_health = Health.HEALTHY  # what the active probe last concluded
         self.passive_failures = 0  # consecutive connect failures / 5xx answers seen by the hot path

@@ -92,8 +92,6 @@ class UpstreamConnection(asyncio.Protocol):
         upstream = self.upstream
         if (reusable and not self.closed and not upstream.draining and not self.transport.is_closing()
                 and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM):
-            if upstream.waiting:  # an exchange queued for a connection gets this one, oldest first
-                return upstream.waiting.popleft().dequeued(self)
             upstream.idle.append(self)
         else:
             self.transport.close()

@@ -63,7 +63,6 @@ class Rig:
         c = self.client
         s = {name: getattr(c, name) for name in STATE}
         s["task"] = c.task is not None  # connecting
-        s["queued_on"] = c.queued_on.address if c.queued_on is not None else None
         s["pending"] = None if c.pending is None else [_any_id(b) for b in c.pending]
         s["req.target"] = c.req.target if c.req is not None else None
         s["service"] = c.service.name if c.service is not None else None
