@@ -8,10 +8,10 @@ streamed both ways with back-pressure; the connection object itself is the excha
 `Upstream.begin/end/drain` track, so the fast path allocates no task, future or timer. Deadlines are
 plain floats checked by the server's sweeper (`ProxyServer._tick`).
 
-The usual request (no body, no override, one service; `http.is_plain`) takes a fast lane, `_fast`, that
-does in one frame what `_request` → `_route` → `_dispatch` → `_bind` do; an answer that comes whole under a
-known head ends its exchange in one call, `answered_whole`. tests/unit/test_fast_lane.py holds both to
-what the full path does.
+The usual request (no body, no override or Turnout cookie, keep-alive; `http.is_plain`) to an active,
+non-sticky service takes a fast lane, `_fast`, that does in one frame what `_request` → `_route` →
+`_dispatch` → `_bind` do; an answer that comes whole under a known head ends its exchange in one call,
+`answered_whole`. tests/unit/test_fast_lane.py holds both to what the full path does.
 """
 
 from __future__ import annotations
