@@ -10,7 +10,7 @@
 # (to ~1%), so it is what judges a hot-path change. The proxy (a script in this folder, given
 # --listen/--upstream) runs under valgrind --tool=callgrind or strace -f -c; an nginx upstream answers
 # 3 bytes on / and 16 KiB on /16k. `wrk -c$CONNS` sends WARM requests, the counters are zeroed, then it
-# sends N more (wrk stops itself after N answers, via a Lua counter) and the counters are dumped.
+# sends N more (a Lua counter stops wrk after N answers) and the counters are dumped.
 #   callgrind: Ir (instructions executed in user space) / request, plus the top functions by Ir
 #   strace   : syscalls / request by name (strace slows the proxy; the counts, not the times, matter)
 # Env: N (default 4000), WARM (1000), CONNS (50), URL_PATH (/), PYTHON (the venv's), OUT (/tmp/countprox).
@@ -23,26 +23,21 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 OUT=${OUT:-/tmp/countprox}; URL_PATH=${URL_PATH:-/}
 N=${N:-4000}; WARM=${WARM:-1000}; CONNS=${CONNS:-50}
 UP_PORT=${UP_PORT:-18190}; PX_PORT=${PX_PORT:-18191}; HOST=127.0.0.1
-rm -rf "$OUT"; mkdir -p "$OUT/up/www"
-head -c 16384 /dev/zero | tr '\0' 'x' >"$OUT/up/www/16k"
-cat >"$OUT/up/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $OUT/up/nginx.pid; error_log $OUT/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000; sendfile on; default_type text/plain;
-  client_body_temp_path $OUT/up/tmp_body; proxy_temp_path $OUT/up/tmp_proxy;
-  fastcgi_temp_path $OUT/up/tmp_fcgi; uwsgi_temp_path $OUT/up/tmp_uwsgi; scgi_temp_path $OUT/up/tmp_scgi;
-  server { listen $HOST:$UP_PORT; root $OUT/up/www; location = / { return 200 "ok\n"; } }
-}
-EOF
-# wrk stops after $1 answers (all its connections count into one Lua state with -t1)
+rm -rf "$OUT"; mkdir -p "$OUT"
+. "$HERE/_upstream_nginx.sh"
+write_upstream_nginx "$OUT/up" "$HOST" "$UP_PORT"
+# wrk's thread stops after $1 answers (all its connections count into one Lua state with -t1) and
+# says so in $WRK_DONE; wrk itself would sleep out its -d, so run() then ends it with SIGINT.
 cat >"$OUT/count.lua" <<'EOF'
 local limit = tonumber(os.getenv("WRK_LIMIT"))
 local seen = 0
 response = function(status, headers, body)
   seen = seen + 1
   if status ~= 200 then io.stderr:write("status " .. status .. "\n") end
-  if seen >= limit then wrk.thread:stop() end
+  if seen == limit then
+    wrk.thread:stop()
+    local f = io.open(os.getenv("WRK_DONE"), "w"); f:write("done\n"); f:close()
+  end
 end
 done = function(summary, latency, requests)
   io.write(string.format("COUNT %d errors %d\n", summary.requests,
@@ -63,8 +58,16 @@ setsid taskset -c 1 "${WRAP[@]}" "$PYTHON" "$HERE/$SCRIPT" "$@" --listen $HOST:$
   --upstream $HOST:$UP_PORT >"$OUT/proxy.log" 2>&1 </dev/null &
 PX=$!; PIDS+=($PX)
 for _ in $(seq 300); do curl -s -o /dev/null --max-time 2 "http://$HOST:$PX_PORT$URL_PATH" && break; sleep 0.2; done
-run() { WRK_LIMIT=$1 taskset -c 0 wrk -t1 -c"$CONNS" -d300s -s "$OUT/count.lua" "http://$HOST:$PX_PORT$URL_PATH" \
-        | awk '/^COUNT/ {print $2, $4}'; }
+run() {
+  rm -f "$OUT/wrk.done"
+  WRK_LIMIT=$1 WRK_DONE="$OUT/wrk.done" taskset -c 0 wrk -t1 -c"$CONNS" -d300s -s "$OUT/count.lua" \
+    "http://$HOST:$PX_PORT$URL_PATH" >"$OUT/wrk.out" 2>&1 &
+  local wrk_pid=$!
+  while [ ! -e "$OUT/wrk.done" ] && kill -0 "$wrk_pid" 2>/dev/null; do sleep 0.05; done
+  kill -INT "$wrk_pid" 2>/dev/null || true  # wrk prints its summary (and COUNT) on SIGINT
+  wait "$wrk_pid" || true
+  awk '/^COUNT/ {print $2, $4}' "$OUT/wrk.out"
+}
 read -r warm _ < <(run "$WARM")
 case $MODE in
   callgrind)
