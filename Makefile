@@ -34,7 +34,7 @@ chromium:
 
 
 demo: $(STAMP) images
-	$(BIN)/python -m controller.demo
+	$(BIN)/python -m controller.rehearsal.demo
 
 test: $(STAMP) images chromium
 	$(BIN)/ruff check proxy controller tests bench

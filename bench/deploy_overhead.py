@@ -1,9 +1,9 @@
 """Deploy overhead: each strategy's wall time split into phases, against `docker run` + first healthy
 probe of the same image measured in the same run.
 
-A `turnout serve` (controller.testing.TurnoutDaemon: its own state dir, an ephemeral loopback port) runs
-a service `web` of `--replicas` turnout-testapp containers. Each round runs, in an order that rotates
-from round to round, for every strategy: first the reference, then a deploy with that strategy that
+A `turnout serve` (controller.testing.plugin.TurnoutDaemon: its own state dir, an ephemeral loopback
+port) runs a service `web` of `--replicas` turnout-testapp containers. Each round runs, in an order that
+rotates from round to round, for every strategy: first the reference, then a deploy with that strategy that
 alternates between turnout-testapp:v1 and :v2. No load is sent (drains are empty; see zero_loss.py
 for deploys under load).
 
@@ -170,7 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
 
-    from controller.testing import TurnoutDaemon
+    from controller.testing.plugin import TurnoutDaemon
     from proxy.log import configure
 
     configure("warning")  # this process's own log lines (container removal) stay off the table output

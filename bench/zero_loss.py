@@ -1,6 +1,6 @@
 """Zero loss: rehearse every strategy under open-loop load and count what clients lost.
 
-A `turnout serve` (controller.testing.TurnoutDaemon) runs a service `web` of 2 replicas of
+A `turnout serve` (controller.testing.plugin.TurnoutDaemon) runs a service `web` of 2 replicas of
 turnout-testapp:v1. Then, per strategy (one after the other, alternating the target image between :v2
 and :v1 so every deploy is a real version change):
 
@@ -13,7 +13,7 @@ requests/s for >= 20 s. "offered" is every start the open-loop schedule made (se
 start is skipped (not sent) while --max-in-flight requests are in flight, and requests a big-bang hold
 keeps waiting count, so the bound (default 4096 here) must cover rate x hold on top of the usual.
 
-References, same run: the same load generator (controller.loadgen.run_load, same rate, duration and
+References, same run: the same load generator (controller.rehearsal.loadgen.run_load, same rate, duration and
 share of new connections) (1) through the same proxy with no deploy, so a deploy's longest gap and
 latency can be read against what the load shows anyway, and (2) straight to the containers' published
 ports (the rate split between them), so what the app and Docker's port publishing do by themselves shows.
@@ -68,7 +68,7 @@ def control(
 ) -> dict:
     """The same load with no deploy: what the generator and proxy show anyway; also where the CPU went
     (per process group, CPU seconds per second of load; other tenants of the machine are not separated)."""
-    from controller.loadgen import LoadConfig, run_load
+    from controller.rehearsal.loadgen import LoadConfig, run_load
 
     config = LoadConfig(
         url=url,
@@ -115,7 +115,7 @@ def direct(
 ) -> dict:
     """The same total load sent straight to the containers' published ports (rate split evenly), no
     Turnout proxy in the path: what the app + Docker's port publishing show by themselves."""
-    from controller.loadgen import LoadConfig, LoadResult, run_load
+    from controller.rehearsal.loadgen import LoadConfig, LoadResult, run_load
 
     async def both() -> list:
         return await asyncio.gather(
@@ -244,8 +244,8 @@ def main() -> None:
     if not 1 <= args.max_in_flight <= 65536:
         parser.error(f"--max-in-flight: must be between 1 and 65536, got {args.max_in_flight}")
 
-    from controller.duration import parse_duration
-    from controller.testing import TurnoutDaemon
+    from controller.config.duration import parse_duration
+    from controller.testing.plugin import TurnoutDaemon
     from proxy.log import configure
 
     configure("warning")  # this process's own log lines (container removal) stay off the table output

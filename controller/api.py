@@ -11,10 +11,11 @@ from aiohttp import web
 
 from proxy.admin import ApiError, describe_table, read_json
 
+from .config.model import ConfigError, ServiceConfig
+from .config.overrides import service_from_flags, with_overrides
 from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .events import EventLog
-from .spec import ConfigError, ServiceConfig, service_from_flags, with_overrides
 
 DEPLOYER_KEY = web.AppKey("deployer", Deployer)
 LISTEN_KEY = web.AppKey("listen", str)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TurnoutError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
-        from .client import DaemonUnreachable
+        from .admin_client import DaemonUnreachable
 
         return 2 if isinstance(exc, DaemonUnreachable) or getattr(exc, "status", 500) < 500 else 1
 
@@ -157,8 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.config import ProxyConfig
     from proxy.log import configure
 
+    from .config.reader import load_config
     from .daemon import Daemon
-    from .spec import load_config
 
     configure(args.log_level)
     config = load_config(args.config)
@@ -194,7 +194,7 @@ def _labels_from_env() -> dict[str, str]:
 
 
 async def _command(args: argparse.Namespace, socket: Path) -> int:
-    from .client import AdminClient
+    from .admin_client import AdminClient
 
     async with AdminClient(socket) as client:
         handler = COMMANDS[args.command]
@@ -296,7 +296,7 @@ def _signal(command: str) -> Any:
 
 def _in_flight_bound(raw: str) -> int:
     """argparse type of --max-in-flight: an integer within the load generator's bounds."""
-    from .loadgen import MAX_IN_FLIGHT_LIMIT
+    from .rehearsal.loadgen import MAX_IN_FLIGHT_LIMIT
 
     try:
         value = int(raw)
@@ -308,16 +308,16 @@ def _in_flight_bound(raw: str) -> int:
 
 
 def _rehearse_default_in_flight() -> int:
-    from .rehearse import DEFAULT_MAX_IN_FLIGHT
+    from .rehearsal.rehearse import DEFAULT_MAX_IN_FLIGHT
 
     return DEFAULT_MAX_IN_FLIGHT
 
 
 def rehearsal_plan(args: argparse.Namespace) -> Any:
     """The RehearsalPlan the `rehearse` arguments ask for; UsageError names a bad option."""
-    from .duration import parse_duration
-    from .loadgen import OPEN_FILES_MARGIN, ensure_open_files
-    from .rehearse import DEFAULT_MAX_IN_FLIGHT, STRATEGY_ORDER, RehearsalPlan
+    from .config.duration import parse_duration
+    from .rehearsal.loadgen import OPEN_FILES_MARGIN, ensure_open_files
+    from .rehearsal.rehearse import DEFAULT_MAX_IN_FLIGHT, STRATEGY_ORDER, RehearsalPlan
 
     if not 0.0 <= args.new_connections <= 1.0:
         raise UsageError("--new-connections: must be between 0 and 1")
@@ -344,7 +344,7 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
 
 
 async def _rehearse(client: Any, args: argparse.Namespace) -> int:
-    from .rehearse import all_succeeded, rehearse, render
+    from .rehearsal.rehearse import all_succeeded, rehearse, render
 
     plan = rehearsal_plan(args)
     progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))

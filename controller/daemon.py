@@ -23,14 +23,14 @@ from proxy.metrics import Metrics
 from proxy.router import Router
 from proxy.server import ProxyServer
 
-from . import faults
 from .api import add_controller_routes
+from .config.model import Config
 from .deployer import Deployer
 from .docker_backend import DockerBackend
 from .journal import Journal
-from .proxy_client import ProxyControl
+from .proxy_control import ProxyControl
 from .recovery import recover
-from .spec import Config
+from .testing import faults
 
 log = structlog.get_logger("turnout.daemon")
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from .config.model import ServiceConfig
+from .config.service_state import service_to_dict
 from .docker_backend import Container, DockerBackend
 from .errors import (
     AnalysisFailed,
@@ -30,11 +32,9 @@ from .errors import (
 from .events import EventLog
 from .journal import Journal
 from .operations import STOP_TIMEOUT, Operations
-from .proxy_client import ProxyControl
+from .proxy_control import ProxyControl
 from .release import Release, version_of
-from .service_state import service_to_dict
 from .signals import Signals
-from .spec import ServiceConfig
 from .strategies import STRATEGIES
 
 log = structlog.get_logger("turnout.controller")

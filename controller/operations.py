@@ -17,16 +17,16 @@ import structlog
 
 from proxy.upstream import Upstream
 
-from . import faults
+from .config.model import HealthCheck, ServiceConfig
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
 from .journal import Journal
-from .proxy_client import ProxyControl
+from .proxy_control import ProxyControl
 from .readiness import wait_healthy
 from .release import Release
 from .signals import Signals
-from .spec import HealthCheck, ServiceConfig
+from .testing import faults
 
 READINESS_POLL = 0.05  # seconds between readiness probes of a new container: it serves sooner
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL; upstreams have drained by then
@@ -56,7 +56,7 @@ class Operations:
 
     # ------------------------------------------------------------ recording
     def step(self, name: str, **detail: Any) -> None:
-        fault = faults.ARMED  # test-only (controller/faults.py); None unless a fault test armed it
+        fault = faults.ARMED  # test-only (controller/testing/faults.py); None unless a fault test armed it
         if fault is not None:
             fault.reached(name, self.new.version, before=True)
         self.journal.step(self.deployment_id, name, **detail)

@@ -13,14 +13,14 @@ from typing import Any
 
 import structlog
 
+from .config.model import Config, ServiceConfig
+from .config.service_state import service_from_dict
 from .deployer import Deployer
 from .docker_backend import Container
 from .errors import TurnoutError
 from .operations import STOP_TIMEOUT
 from .readiness import wait_healthy
 from .release import Release
-from .service_state import service_from_dict
-from .spec import Config, ServiceConfig
 
 log = structlog.get_logger("turnout.controller.recovery")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.loadgen import LoadConfig, run_load
-from controller.testing import free_port
+from controller.rehearsal.loadgen import LoadConfig, run_load
+from controller.testing.plugin import free_port
 
 pytestmark = pytest.mark.docker
 

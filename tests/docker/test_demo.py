@@ -6,15 +6,15 @@ import sys
 import pytest
 
 from controller.daemon import owner_for
-from controller.demo import STATE_DIR
+from controller.rehearsal.demo import STATE_DIR
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.mark.timeout(300)
 def test_demo_rehearses_a_canary_and_cleans_up(docker_client):
-    result = subprocess.run([sys.executable, "-m", "controller.demo", "--rate", "100", "--duration", "3s"],
-                            capture_output=True, text=True, timeout=280)
+    demo = [sys.executable, "-m", "controller.rehearsal.demo", "--rate", "100", "--duration", "3s"]
+    result = subprocess.run(demo, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "Rehearsal of web: canary v1 -> v2  [succeeded]" in out

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from controller.loadgen import LoadConfig, LoadResult, Marks, run_load
+from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, run_load
 from helpers.daemon import Daemon
 from helpers.live import owner_containers, status, wait_for_version
 

@@ -1,11 +1,11 @@
 """`turnout serve` SIGKILLed at every step of a real v1 -> v2 deploy, for every strategy, then started again.
 
-The daemon is started with the test-only hook TURNOUT_FAULT_KILL_AT (controller/faults.py), which makes it
-SIGKILL itself right after the journal write of one step, or right before it for the steps that follow a
-change to containers or saved state (helpers/fault_points.py; tests/unit/test_fault_points.py keeps the
-lists true to what the strategies journal). Started again without the hook, recovery must leave v1
-serving when the deploy had not switched, v2 (with v1 kept as the rollback target) when it had, a
-history entry saying which, only containers the journal knows, and traffic flowing without loss.
+The daemon is started with the test-only hook TURNOUT_FAULT_KILL_AT (controller/testing/faults.py), which
+makes it SIGKILL itself right after the journal write of one step, or right before it for the steps that
+follow a change to containers or saved state (helpers/fault_points.py; tests/unit/test_fault_points.py keeps
+the lists true to what the strategies journal). Started again without the hook, recovery must leave v1
+serving when the deploy had not switched, v2 (with v1 kept as the rollback target) when it had, a history
+entry saying which, only containers the journal knows, and traffic flowing without loss.
 
 Each case is a daemon of its own (own state dir, owner label, port), so a strategy's cases run
 PARALLEL at a time: most of a case is waiting for containers and health probes, not CPU.
@@ -23,7 +23,7 @@ import pytest
 from test_faults_control_plane import assert_consistent, history
 
 from controller.journal import Journal
-from controller.loadgen import LoadConfig, run_load
+from controller.rehearsal.loadgen import LoadConfig, run_load
 from helpers.daemon import Daemon
 from helpers.fault_points import JOURNALLED_STEPS, KILL_CONFIG, fault_points, promoted
 from helpers.live import owner_containers, wait_for_version

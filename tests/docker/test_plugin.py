@@ -6,7 +6,7 @@ pytestmark = pytest.mark.docker
 
 APP_TESTS = '''
 import pytest
-from controller.testing import DeployFailed
+from controller.testing.plugin import DeployFailed
 
 
 def test_bluegreen_loses_nothing(turnout):

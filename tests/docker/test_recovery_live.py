@@ -11,7 +11,7 @@ import pytest
 from controller.daemon import owner_for
 from controller.docker_backend import ContainerSpec, DockerBackend
 from controller.journal import Journal
-from controller.loadgen import LoadConfig, run_load
+from controller.rehearsal.loadgen import LoadConfig, run_load
 from helpers.live import owner_containers, status, wait_for_version
 
 pytestmark = pytest.mark.docker

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from controller.testing import TurnoutDaemon, free_port
+from controller.testing.plugin import TurnoutDaemon, free_port
 
 
 class Daemon(TurnoutDaemon):
     """TurnoutDaemon plus `extra_env` for the next start: e.g. the test-only fault hooks of
-    controller/faults.py (`TURNOUT_FAULT_KILL_AT`), cleared by assigning `{}` before a restart."""
+    controller/testing/faults.py (`TURNOUT_FAULT_KILL_AT`), cleared by assigning `{}` before a restart."""
 
     extra_env: dict[str, str] = {}
 

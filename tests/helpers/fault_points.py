@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import tomllib
 
-from controller.spec import ServiceConfig, parse_config
+from controller.config.model import ServiceConfig
+from controller.config.reader import parse_config
 
 # Fast everything: 2 healthy probes 200 ms apart, a 300 ms verification window, canary 50% for 300 ms.
 KILL_CONFIG = """

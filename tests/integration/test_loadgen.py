@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from controller.loadgen import LoadConfig, Marks, Outcome, run_load
+from controller.rehearsal.loadgen import LoadConfig, Marks, Outcome, run_load
 
 # What a server does with request number n (counted from 0 across all its connections).
 OK, PROXY_503, APP_500, TRUNCATE, RESET, HANG = "ok", "proxy503", "app500", "truncate", "reset", "hang"

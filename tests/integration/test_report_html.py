@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.loadgen import LoadResult, Mark, Outcome, RequestRecord
-from controller.report import DeployInfo, write_html
+from controller.rehearsal.loadgen import LoadResult, Mark, Outcome, RequestRecord
+from controller.rehearsal.report import DeployInfo, write_html
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

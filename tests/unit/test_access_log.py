@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from controller.spec import ConfigError, load_config, parse_config
+from controller.config.model import ConfigError
+from controller.config.reader import load_config, parse_config
 from proxy.__main__ import main
 from proxy.access_log import FIELDS, format_time
 from proxy.config import ProxyConfig

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from controller import cli, loadgen
+from controller import cli
 from controller.errors import UsageError
-from controller.rehearse import DEFAULT_MAX_IN_FLIGHT
+from controller.rehearsal import loadgen
+from controller.rehearsal.rehearse import DEFAULT_MAX_IN_FLIGHT
 
 
 def plan(*extra: str):
@@ -69,7 +70,7 @@ def test_ensure_open_files_lifts_a_low_soft_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 3000:
         pytest.fail(f"this machine's hard open-files limit ({hard}) is too low for rehearsals")
-    code = "from controller.loadgen import ensure_open_files; print(ensure_open_files(2500))"
+    code = "from controller.rehearsal.loadgen import ensure_open_files; print(ensure_open_files(2500))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),

@@ -1,5 +1,6 @@
 """The step lists the SIGKILL battery cuts deploys at (helpers/fault_points.py) are what the strategies
-really journal under its config, and the test-only fault hook (controller/faults.py) fires exactly there."""
+really journal under its config, and the test-only fault hook
+(controller/testing/faults.py) fires exactly there."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import signal
 
 import pytest
 
-import controller.faults as faults
 import controller.operations as operations
+import controller.testing.faults as faults
 from controller.deployer import Deployer
 from controller.errors import UsageError
 from controller.journal import Journal
-from controller.proxy_client import ProxyControl
+from controller.proxy_control import ProxyControl
 from helpers.fake_docker import FakeBackend
 from helpers.fault_points import JOURNALLED_STEPS, fault_points, kill_service_config
 from proxy.router import Router

@@ -1,7 +1,7 @@
 """Recovery after the controller died at any step of a v1 -> v2 deploy, against the fake Docker client.
 
-The death is simulated in-process: the test-only fault hook (controller/faults.py) is armed at a step, and
-its signal replaced by raising `Killed` (a BaseException: no `except Exception` in the deployer runs, so
+The death is simulated in-process: the test-only fault hook (controller/testing/faults.py) is armed at a step,
+and its signal replaced by raising `Killed` (a BaseException: no `except Exception` in the deployer runs, so
 nothing after that point happens, as after a SIGKILL). A fresh deployer on the same journal and the same
 containers then runs `recover`. Every step, before and after its write, for every strategy: the Docker
 battery (tests/docker/test_kill_at_every_step.py) does the same against the real engine, fewer of them."""
@@ -12,13 +12,13 @@ import asyncio
 
 import pytest
 
-import controller.faults as faults
 import controller.operations as operations
 import controller.recovery as recovery
+import controller.testing.faults as faults
+from controller.config.model import Config
 from controller.deployer import Deployer
 from controller.journal import Journal
-from controller.proxy_client import ProxyControl
-from controller.spec import Config
+from controller.proxy_control import ProxyControl
 from helpers.fake_docker import FakeBackend
 from helpers.fault_points import JOURNALLED_STEPS, kill_service_config, promoted
 from proxy.router import Router

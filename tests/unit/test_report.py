@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from controller.loadgen import (
+from controller.rehearsal.loadgen import (
     LoadConfig,
     LoadResult,
     Mark,
@@ -16,7 +16,7 @@ from controller.loadgen import (
     classify,
     version_from_response,
 )
-from controller.report import DeployInfo, comparison_table, format_table, to_json
+from controller.rehearsal.report import DeployInfo, comparison_table, format_table, to_json
 
 
 def rec(start: float, latency: float = 0.002, outcome: Outcome = Outcome.OK, version: str | None = "v1",

@@ -4,19 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.duration import DurationError, format_duration, parse_duration
+from controller.config.duration import DurationError, format_duration, parse_duration
+from controller.config.model import CanaryOptions, Config, ConfigError, HealthCheck, Volume
+from controller.config.overrides import service_from_flags, with_overrides
+from controller.config.reader import load_config, preset_steps
 from controller.errors import TurnoutError
-from controller.spec import (
-    CanaryOptions,
-    Config,
-    ConfigError,
-    HealthCheck,
-    Volume,
-    load_config,
-    preset_steps,
-    service_from_flags,
-    with_overrides,
-)
 
 REPO = Path(__file__).resolve().parents[2]
 

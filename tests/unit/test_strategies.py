@@ -8,11 +8,12 @@ from dataclasses import replace
 import pytest
 
 import controller.operations as operations
+from controller.config.model import BlueGreenOptions, CanaryOptions, RollingOptions
+from controller.config.overrides import service_from_flags
 from controller.deployer import Deployer
 from controller.errors import DeployInProgress
 from controller.journal import Journal
-from controller.proxy_client import ProxyControl
-from controller.spec import BlueGreenOptions, CanaryOptions, RollingOptions, service_from_flags
+from controller.proxy_control import ProxyControl
 from helpers.fake_docker import FakeBackend
 from proxy.router import Router
 

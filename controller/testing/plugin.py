@@ -119,8 +119,8 @@ class TurnoutDaemon:
 
     def remove_containers(self) -> int:
         """Remove every container this daemon's owner label marks (the test's cleanup)."""
-        from .daemon import owner_for
-        from .docker_backend import DockerBackend
+        from ..daemon import owner_for
+        from ..docker_backend import DockerBackend
 
         async def remove_all() -> int:
             backend = DockerBackend(owner=owner_for(self.state_dir))
@@ -188,7 +188,7 @@ class Turnout:
         """Send load through the proxy for as long as the block runs; the report fills in at exit.
 
         `service` is informational (the proxy routes by Host; a single service is the default)."""
-        from .loadgen import LoadConfig, run_load
+        from ..rehearsal.loadgen import LoadConfig, run_load
 
         report = TrafficReport()
         config = LoadConfig(url=self.url, duration=max_seconds, concurrency=concurrency,

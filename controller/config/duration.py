@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import TurnoutError
+from ..errors import TurnoutError
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # One or more "<number><unit>" parts, largest unit first by convention (not enforced: "90s" is fine).

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from .spec import BlueGreenOptions, CanaryOptions, HealthCheck, RollingOptions, ServiceConfig, Volume
+from .model import BlueGreenOptions, CanaryOptions, HealthCheck, RollingOptions, ServiceConfig, Volume
 
 
 def service_to_dict(config: ServiceConfig) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """`make demo`: start Turnout on the demo stack, deploy v1, then rehearse a canary to v2 under live load
 and print what every client saw. Cleans up after itself unless --keep is given.
 
-  python -m controller.demo [--keep] [--strategy canary|bluegreen|rolling|bigbang|all] [--rate R]
+  python -m controller.rehearsal.demo [--keep] [--strategy canary|bluegreen|rolling|bigbang|all] [--rate R]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from proxy.router import Router
 from proxy.specs import PoolSpec, ServiceSpec
 from proxy.upstream import DrainResult, Health, Upstream
 
-from .spec import ServiceConfig
+from .config.model import ServiceConfig
 
 
 class ProxyControl:

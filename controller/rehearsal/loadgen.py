@@ -6,7 +6,7 @@ stalled upstream shows up as errors and latency instead of silently slowing the 
 loop (`concurrency`: N clients, each sending its next request when the previous one ended).
 
 The figures (counts, latency per phase, windows, timeline) are computed by `LoadResult`;
-`controller.report` prints them.
+`controller.rehearsal.report` prints them.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .errors import UsageError
+from ..errors import UsageError
 
 ENV = {"TURNOUT_FAULT_KILL_AT": signal.SIGKILL, "TURNOUT_FAULT_STOP_AT": signal.SIGSTOP}
 _GRAMMAR = re.compile(r"(?:(?P<when>before|after):)?(?P<step>[a-z_]+)(?:#(?P<n>[1-9][0-9]*))?"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .client import AdminClient
-from .events import describe_event
+from ..admin_client import AdminClient
+from ..events import describe_event
 from .loadgen import (
     DEPLOY_FINISHED,
     DEPLOY_STARTED,

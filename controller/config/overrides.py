@@ -1,0 +1,78 @@
+"""Command-line options through the config's own readers: a service from `turnout deploy` flags, and
+per-deploy overrides (steps, step_pause, max_surge, keep_old, ...), errors named as `--flags`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from .model import (
+    BLUEGREEN_KEYS,
+    CANARY_KEYS,
+    CLI_SOURCE,
+    OVERRIDES,
+    ROLLING_KEYS,
+    SERVICE_OVERRIDES,
+    CanaryOptions,
+    ConfigError,
+    ServiceConfig,
+)
+from .reader import read_bluegreen, read_canary, read_image, read_rolling, read_service, read_strategy
+from .table import Table
+
+
+def service_from_flags(name: str, image: str | None, port: int, replicas: int = 1,
+                       health_path: str = "/healthz", host: str | list[str] | None = None,
+                       strategy: str = "rolling") -> ServiceConfig:
+    """A service that is not in the config, from `turnout deploy` flags (errors name the flags)."""
+    data: dict[str, Any] = {"port": port, "replicas": replicas, "health": {"path": health_path},
+                            "strategy": strategy}
+    if image is not None:
+        data["image"] = image
+    if host:
+        data["host"] = host
+    return read_service(name, Table(data, "", CLI_SOURCE, flag_prefix=""), None)
+
+
+def with_overrides(service: ServiceConfig, **options: Any) -> ServiceConfig:
+    """Apply CLI options (steps, step_pause, preset, max_surge, keep_old, strategy, replicas, ...) with
+    the config's validation. None values mean "not given". Values have TOML types; steps may also be
+    "5,25,50,100" and durations strings such as "30s" or "manual" for step_pause."""
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in OVERRIDES:
+            raise ConfigError("--" + key.replace("_", "-"), "unknown option", CLI_SOURCE)
+    if not service.managed and given:
+        raise ConfigError("--" + next(iter(given)).replace("_", "-"),
+                          f"service {service.name!r} has static upstreams; there is nothing to deploy",
+                          CLI_SOURCE)
+    changes: dict[str, Any] = {}
+    if canary := {k: v for k, v in given.items() if k in CANARY_KEYS}:
+        changes["canary"] = read_canary(_cli_table(_canary_base(service.canary, canary) | canary))
+    if rolling := {k: v for k, v in given.items() if k in ROLLING_KEYS}:
+        base = {"max_surge": service.rolling.max_surge, "max_unavailable": service.rolling.max_unavailable}
+        changes["rolling"] = read_rolling(_cli_table(base | rolling))
+    if bluegreen := {k: v for k, v in given.items() if k in BLUEGREEN_KEYS}:
+        changes["bluegreen"] = read_bluegreen(_cli_table(bluegreen | {
+            k: getattr(service.bluegreen, k) for k in BLUEGREEN_KEYS - set(bluegreen)}))
+    own = _cli_table({k: v for k, v in given.items() if k in SERVICE_OVERRIDES})
+    readers = {"image": read_image, "strategy": read_strategy,
+               "replicas": lambda t: t.integer("replicas", minimum=1),
+               "hold_timeout": lambda t: t.duration("hold_timeout", positive=True),
+               "drain_timeout": lambda t: t.duration("drain_timeout", positive=True),
+               "verify": lambda t: t.duration("verify")}
+    changes.update({key: readers[key](own) for key in own.data})
+    return replace(service, **changes)
+
+
+def _cli_table(data: dict[str, Any]) -> Table:
+    return Table(data, "", CLI_SOURCE, flag_prefix="")
+
+
+def _canary_base(current: CanaryOptions, given: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {k: getattr(current, k) for k in
+                            ("max_error_rate", "max_p99_ratio", "min_requests", "analysis_interval")}
+    if "preset" not in given:  # a new preset replaces steps and pause; otherwise keep the current ones
+        base["steps"] = list(current.steps)
+        base["step_pause"] = "manual" if current.step_pause is None else current.step_pause
+    return base

@@ -1,0 +1,402 @@
+"""Reading turnout.toml: `load_config(path)` gives a validated `Config` (or the embedded defaults for
+None). Each section has its reader here; a service may take its container definition from a Compose file
+(`compose`), and command-line flags go through the same readers (`overrides`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from proxy.config import ProxyConfig
+from proxy.errors import ValidationError
+from proxy.specs import NAME_RE, parse_address
+
+from ..labels import CORE_KEYS
+from .compose import read_compose_service
+from .duration import DurationError, parse_duration
+from .model import (
+    BLUEGREEN_KEYS,
+    CANARY_KEYS,
+    CONTAINER_KEYS,
+    DEFAULT_STATE_DIR,
+    DEFAULT_VERIFY,
+    HEALTH_KEYS,
+    MIN_MEMORY_BYTES,
+    PROXY_FIELDS,
+    PROXY_KEYS,
+    ROLLING_KEYS,
+    SERVICE_KEYS,
+    STRATEGIES,
+    BlueGreenOptions,
+    CanaryOptions,
+    Config,
+    ConfigError,
+    HealthCheck,
+    RollingOptions,
+    ServiceConfig,
+    Volume,
+)
+from .table import Table
+
+_PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
+_HOST = re.compile(r"^[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?$")
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
+    t.reject_unknown(PROXY_KEYS)
+    state_dir = _resolve(Path(t.string("state_dir", str(DEFAULT_STATE_DIR))), base_dir)
+    options: dict[str, Any] = {}
+    for name, f in PROXY_FIELDS.items():
+        if not t.has(name):
+            continue
+        if name.endswith("_timeout"):
+            options[name] = t.duration(name, positive=True)
+        elif isinstance(f.default, bool):
+            options[name] = t.boolean(name, f.default)
+        elif isinstance(f.default, int):
+            options[name] = t.integer(name, minimum=1 if name == "max_connections" else 0)
+        elif name == "trusted_proxies":
+            options[name] = t.strings(name)
+        else:
+            options[name] = t.string(name)
+    for name in ("listen", "admin_tcp"):
+        if name in options:
+            _address(t, name, options[name])
+    admin_socket = _resolve(Path(options.get("admin_socket", state_dir / "admin.sock")), base_dir)
+    if len(os.fsencode(admin_socket)) > 107:  # sun_path holds 108 bytes with the terminating NUL
+        raise t.error("admin_socket", f"{admin_socket} is too long for a unix socket path (max 107 bytes)")
+    options["admin_socket"] = str(admin_socket)
+    try:
+        return ProxyConfig(**options), state_dir
+    except ValueError as exc:  # ProxyConfig's own cross-field checks say "proxy.<key>: problem"
+        key, _, problem = str(exc).partition(": ")
+        key = key if key.startswith("proxy.") else "proxy"
+        raise ConfigError(key, problem or str(exc), t.source) from None
+
+
+def _address(t: Table, key: str, value: str) -> None:
+    try:
+        parse_address(key, value)
+    except ValidationError as exc:
+        raise t.error(key, exc.message) from None
+
+
+def _resolve(path: Path, base_dir: Path | None) -> Path:
+    path = path.expanduser()
+    return path if base_dir is None or path.is_absolute() else base_dir / path
+
+
+def _health(t: Table | None) -> HealthCheck:
+    if t is None:
+        return HealthCheck()
+    t.reject_unknown(HEALTH_KEYS)
+    d = HealthCheck()
+    path = t.string("path", d.path)
+    if not path.startswith("/"):
+        raise t.error("path", f"must start with '/', got {path!r}")
+    return HealthCheck(
+        path=path,
+        interval=t.duration("interval", d.interval, positive=True),
+        timeout=t.duration("timeout", d.timeout, positive=True),
+        healthy=t.integer("healthy", d.healthy, minimum=1),
+        unhealthy=t.integer("unhealthy", d.unhealthy, minimum=1),
+        start_timeout=t.duration("start_timeout", d.start_timeout, positive=True),
+    )
+
+
+def preset_steps(name: str, where: str = "preset",
+                 source: Path | str | None = None) -> tuple[tuple[int, ...], float]:
+    """CodeDeploy-style presets: canaryP-T (P%, then 100% after T), linearP-T (+P% every T),
+    all-at-once. Returns (steps, step_pause)."""
+    if name == "all-at-once":
+        return (100,), 0.0
+    match = _PRESET.fullmatch(name)
+    problem = (f"unknown preset {name!r} (use canaryP-T such as canary10-5m, linearP-T such as linear10-1m, "
+               "or all-at-once)")
+    if not match or not 1 <= int(match[2]) <= 99:
+        raise ConfigError(where, problem, source)
+    try:
+        pause = parse_duration(match[3], where)
+    except DurationError:
+        raise ConfigError(where, problem, source) from None
+    percent = int(match[2])
+    steps = (percent, 100) if match[1] == "canary" else (*range(percent, 100, percent), 100)
+    return steps, pause
+
+
+def _steps(t: Table, key: str) -> tuple[int, ...]:
+    value = t.data[key]
+    if isinstance(value, str):  # "5,25,50,100" from the command line
+        try:
+            value = [int(part) for part in value.split(",")]
+        except ValueError:
+            raise t.error(key, f"must be a list of percentages such as 5,25,50,100, got {value!r}") from None
+    if not isinstance(value, list | tuple) or not value:
+        raise t.error(key, f"must be a non-empty list of percentages, got {value!r}")
+    for step in value:
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 100:
+            raise t.error(key, f"each step must be a whole percentage in 1..100, got {step!r}")
+    if any(b <= a for a, b in itertools.pairwise(value)):
+        raise t.error(key, f"steps must be strictly increasing, got {list(value)}")
+    if value[-1] != 100:
+        raise t.error(key, f"the last step must be 100, got {list(value)}")
+    return tuple(value)
+
+
+def read_canary(t: Table | None) -> CanaryOptions:
+    if t is None:
+        return CanaryOptions()
+    t.reject_unknown(CANARY_KEYS)
+    d = CanaryOptions()
+    preset = t.string("preset")
+    if preset is not None:
+        for key in ("steps", "step_pause"):
+            if t.has(key):
+                raise t.error(key, "cannot be combined with preset (the preset sets steps and step_pause)")
+        steps, pause = preset_steps(preset, *t.where("preset"))
+    else:
+        steps = _steps(t, "steps") if t.has("steps") else d.steps
+        raw_pause = t.data.get("step_pause", d.step_pause)
+        pause = None if raw_pause in ("manual", None) else t.duration("step_pause", d.step_pause)
+    return CanaryOptions(
+        steps=steps,
+        step_pause=pause,
+        max_error_rate=t.number("max_error_rate", d.max_error_rate, minimum=0, maximum=1),
+        max_p99_ratio=t.number("max_p99_ratio", d.max_p99_ratio, minimum=1),
+        min_requests=t.integer("min_requests", d.min_requests, minimum=0),
+        analysis_interval=t.duration("analysis_interval", d.analysis_interval, positive=True),
+        preset=preset,
+    )
+
+
+def read_rolling(t: Table | None) -> RollingOptions:
+    if t is None:
+        return RollingOptions()
+    t.reject_unknown(ROLLING_KEYS)
+    d = RollingOptions()
+    surge = t.integer("max_surge", d.max_surge, minimum=0)
+    unavailable = t.integer("max_unavailable", d.max_unavailable, minimum=0)
+    if surge == 0 and unavailable == 0:
+        key = "max_surge" if t.has("max_surge") else "max_unavailable"
+        raise t.error(key, "max_surge and max_unavailable cannot both be 0 (nothing could ever move)")
+    return RollingOptions(max_surge=surge, max_unavailable=unavailable)
+
+
+def read_bluegreen(t: Table | None) -> BlueGreenOptions:
+    if t is None:
+        return BlueGreenOptions()
+    t.reject_unknown(BLUEGREEN_KEYS)
+    d = BlueGreenOptions()
+    return BlueGreenOptions(keep_old=t.duration("keep_old", d.keep_old),
+                            preview=t.boolean("preview", d.preview))
+
+
+def read_image(t: Table) -> str | None:
+    image = t.string("image")
+    if image is not None and any(c.isspace() for c in image):
+        raise t.error("image", f"must not contain spaces, got {image!r}")
+    return image
+
+
+def _hosts(t: Table) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower() for h in t.strings("host"))
+    for host in hosts:
+        if not _HOST.match(host):
+            raise t.error("host", f"{host!r} is not a host name")
+    return hosts
+
+
+def _command(t: Table) -> tuple[str, ...] | None:
+    value = t.data.get("command")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise t.error("command", f"cannot split {value!r}: {exc}") from None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise t.error("command", f"must be a string or a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _volumes(t: Table, base_dir: Path | None) -> tuple[Volume, ...]:
+    value = t.data.get("volumes", [])
+    if isinstance(value, dict):
+        items = [(str(src), dst, "rw") for src, dst in value.items()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = []
+        for entry in value:
+            parts = entry.split(":")
+            if len(parts) not in (2, 3):
+                raise t.error("volumes", f"{entry!r} is not source:target[:ro|rw]")
+            items.append((parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"))
+    else:
+        raise t.error("volumes", f"must be a table of source = target or a list of 'source:target[:ro]', "
+                                 f"got {value!r}")
+    volumes = []
+    for source, target, mode in items:
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise t.error("volumes", f"target of {source!r} must be an absolute path, got {target!r}")
+        if mode not in ("ro", "rw"):
+            raise t.error("volumes", f"mode of {source!r} must be ro or rw, got {mode!r}")
+        if source.startswith((".", "~", "/")):  # a host path; relative ones are relative to the config file
+            host_path = _resolve(Path(source), base_dir)
+            source = str(host_path.resolve() if base_dir else host_path)
+        elif not _VOLUME_NAME.fullmatch(source):
+            raise t.error("volumes", f"{source!r} is neither a host path (/, ./, ~) nor a volume name")
+        volumes.append(Volume(source, target, read_only=mode == "ro"))
+    return tuple(volumes)
+
+
+def _memory(t: Table) -> int | None:
+    value = t.data.get("mem_limit")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _MEMORY.fullmatch(value.strip())):
+        size = int(float(match[1]) * 1024 ** "bkmg".index(match[2].lower() or "b"))
+    else:
+        raise t.error("mem_limit", f"must be bytes or a size such as 256m or 1g, got {value!r}")
+    if size < MIN_MEMORY_BYTES:
+        raise t.error("mem_limit", f"must be at least 6m (Docker's minimum), got {value!r}")
+    return size
+
+
+def _labels(t: Table) -> dict[str, str]:
+    labels = t.string_map("labels")
+    for key in labels:
+        if key in CORE_KEYS:
+            raise t.error("labels", f"{key!r} is reserved for Turnout")
+    return labels
+
+
+def read_strategy(t: Table) -> str:
+    return t.string("strategy", "rolling", choices=STRATEGIES)
+
+
+def _upstreams(t: Table) -> tuple[str, ...]:
+    upstreams = t.strings("upstreams")
+    if not upstreams:
+        raise t.error("upstreams", "must list at least one host:port")
+    for address in upstreams:
+        _address(t, "upstreams", address)
+    if len(set(upstreams)) != len(upstreams):
+        raise t.error("upstreams", f"lists an address twice: {list(upstreams)}")
+    for key in sorted(CONTAINER_KEYS):
+        if t.has(key):
+            raise t.error(key, "not allowed with static upstreams (the service is routed, not managed)")
+    return upstreams
+
+
+def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(t.path or "service", f"{name!r} is not a valid service name "
+                          "(letters, digits, _ . -)", t.source)
+    t.reject_unknown(SERVICE_KEYS)
+    if t.has("upstreams") and t.has("compose"):
+        raise t.error("compose", "not allowed with static upstreams (the service is routed, not managed)")
+    compose_file = compose_service = None
+    if t.has("compose") or t.has("service"):
+        t, compose_file, compose_service = _with_compose(name, t, base_dir)
+    path_prefix = t.string("path_prefix", "/")
+    if not path_prefix.startswith("/"):
+        raise t.error("path_prefix", f"must start with '/', got {path_prefix!r}")
+    common = dict(
+        name=name,
+        hosts=_hosts(t),
+        path_prefix=path_prefix,
+        sticky=t.boolean("sticky", False),
+        hold_timeout=t.duration("hold_timeout", positive=True),
+        drain_timeout=t.duration("drain_timeout", positive=True),
+        compose_file=compose_file,
+        compose_service=compose_service,
+    )
+    if t.has("upstreams"):
+        health = _health(t.table("health")) if t.has("health") else None
+        return ServiceConfig(upstreams=_upstreams(t), health=health, **common)
+    port = t.integer("port", minimum=1, maximum=65535)
+    if port is None:
+        raise t.error("port", "required: the container port the app listens on (or set static upstreams)")
+    return ServiceConfig(
+        image=read_image(t),
+        port=port,
+        replicas=t.integer("replicas", 1, minimum=1),
+        health=_health(t.table("health")),
+        strategy=read_strategy(t),
+        env=t.string_map("env"),
+        command=_command(t),
+        volumes=_volumes(t, base_dir),
+        labels=_labels(t),
+        mem_limit=_memory(t),
+        cpus=t.number("cpus", positive=True),
+        canary=read_canary(t.table("canary")),
+        rolling=read_rolling(t.table("rolling")),
+        bluegreen=read_bluegreen(t.table("bluegreen")),
+        verify=t.duration("verify", DEFAULT_VERIFY),
+        **common,
+    )
+
+
+def _with_compose(name: str, t: Table, base_dir: Path | None) -> tuple[Table, Path, str]:
+    if not t.has("compose"):
+        raise t.error("service", "needs `compose` (the Compose file to read the service from)")
+    compose_path = _resolve(Path(t.string("compose")), base_dir)
+    compose_service = t.string("service", name)
+    raw, origins = read_compose_service(compose_path, compose_service, t.where("compose"), t.where("service"))
+    own = {k: v for k, v in t.data.items() if k not in ("compose", "service")}
+    for key in own:
+        origins.pop(key, None)
+    merged = Table(raw | own, t.path, t.source, origins=origins)
+    return merged, compose_path, compose_service
+
+
+
+def load_config(path: Path | None) -> Config:
+    """The config in `path` (TOML), or the embedded defaults for None."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("", "config file not found", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read the config file: {exc}", path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", path) from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate already-parsed TOML; relative paths resolve against the source file's directory."""
+    base_dir = source.resolve().parent if source is not None else None
+    top = Table(data, "", source)
+    top.reject_unknown(frozenset({"proxy", "services"}))
+    proxy_table = top.table("proxy") or Table({}, "proxy", source)
+    proxy, state_dir = _proxy(proxy_table, base_dir)
+    services_table = top.table("services") or Table({}, "services", source)
+    services = {name: read_service(name, services_table.table(name), base_dir)  # type: ignore[arg-type]
+                for name in services_table.data}
+    _check_routes(services, source)
+    return Config(proxy=proxy, state_dir=state_dir, services=services, source=source)
+
+
+def _check_routes(services: dict[str, ServiceConfig], source: Path | None) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for service in services.values():
+        for host in service.hosts or ("",):
+            route = (host, service.path_prefix)
+            if route in seen:
+                what = f"host {host!r}" if host else "no host rule"
+                raise ConfigError(f"services.{service.name}.host", f"{what} and path_prefix "
+                                  f"{service.path_prefix!r} are already routed to {seen[route]!r}", source)
+            seen[route] = service.name

@@ -1,0 +1,1 @@
+"""Test support shipped with Turnout: the pytest plugin and the fault hooks the fault tests arm."""
