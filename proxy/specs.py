@@ -16,17 +16,34 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 BALANCES = ("round_robin", "least_outstanding")
 STATES = ("active", "paused", "stopped")
 MAX_WEIGHT = 1_000_000
+# A health check's bounds: the one place both layers take them from (turnout.toml, the journal and the
+# admin API all build a HealthSpec, which checks them).
+HEALTH_THRESHOLDS = (1, 100)  # `healthy` / `unhealthy`: consecutive probes
+HEALTH_SECONDS = (0.01, 3600.0)  # `interval` / `timeout`
+HEALTH_KEYS = ("path", "interval", "timeout", "healthy", "unhealthy")
 
 
 @dataclass(frozen=True, slots=True)
 class HealthSpec:
-    """Active HTTP probe per upstream: `rise` passes make it healthy, `fall` failures unhealthy."""
+    """Active HTTP probe per upstream: `healthy` passes in a row make it healthy, `unhealthy` failures
+    unhealthy. Checks its own values: a bad one raises ValidationError naming the key."""
 
     path: str = "/healthz"
     interval: float = 1.0
     timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
+    healthy: int = 2
+    unhealthy: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ValidationError("path", f"must start with '/', got {self.path!r}")
+        for key in ("interval", "timeout"):
+            _number(key, getattr(self, key), *HEALTH_SECONDS, unit=" seconds")
+        low, high = HEALTH_THRESHOLDS
+        for key in ("healthy", "unhealthy"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValidationError(key, f"must be a whole number {low}-{high}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +134,11 @@ def _check_name(where: str, value: Any) -> None:
         raise ValidationError(where, "must be 1-63 characters of letters, digits, '_', '.', '-'")
 
 
-def _number(where: str, value: Any, minimum: float, maximum: float) -> float:
+def _number(where: str, value: Any, minimum: float, maximum: float, unit: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(where, "must be a number")
+        raise ValidationError(where, f"must be a number, got {value!r}")
     if not minimum <= value <= maximum:
-        raise ValidationError(where, f"must be between {minimum:g} and {maximum:g}")
+        raise ValidationError(where, f"must be between {minimum:g} and {maximum:g}{unit}, got {value!r}")
     return float(value)
 
 
@@ -171,21 +188,11 @@ def _health(raw: Any) -> HealthSpec | None:
         return None
     if not isinstance(raw, dict):
         raise ValidationError("health", "must be an object or null")
-    extra = set(raw) - {"path", "interval", "timeout", "rise", "fall"}
+    extra = set(raw) - set(HEALTH_KEYS)
     if extra:
-        raise ValidationError(f"health.{sorted(extra)[0]}", "unknown field")
-    path = raw.get("path", "/healthz")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValidationError("health.path", "must start with '/'")
-    ints = {}
-    for key in ("rise", "fall"):
-        value = raw.get(key, 2 if key == "rise" else 3)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-            raise ValidationError(f"health.{key}", "must be an integer 1-100")
-        ints[key] = value
-    return HealthSpec(
-        path=path,
-        interval=_number("health.interval", raw.get("interval", 1.0), 0.01, 3600.0),
-        timeout=_number("health.timeout", raw.get("timeout", 1.0), 0.01, 3600.0),
-        **ints,
-    )
+        raise ValidationError(f"health.{sorted(extra)[0]}",
+                              f"unknown field (known: {', '.join(HEALTH_KEYS)})")
+    try:
+        return HealthSpec(**raw)
+    except ValidationError as exc:
+        raise ValidationError(f"health.{exc.key}", exc.message) from None

@@ -13,12 +13,14 @@ from proxy.config import ProxyConfig
 from proxy.specs import HealthSpec
 
 from ..errors import TurnoutError
+from ..hardening import DEFAULT_CAP_ADD, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT, DEFAULT_SECURITY_OPT
 
 STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
 DEFAULT_STATE_DIR = Path(".turnout")
 CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
 DEFAULT_VERIFY = 2.0  # seconds of post-switch verification (ServiceConfig.verify)
+MAX_REPLICAS = 100  # containers per service on one host: turnout.toml, the CLI and the admin API alike
 
 
 class ConfigError(TurnoutError, ValueError):
@@ -46,7 +48,7 @@ class HealthCheck:
 
     def to_proxy(self) -> HealthSpec:
         return HealthSpec(path=self.path, interval=self.interval, timeout=self.timeout,
-                          rise=self.healthy, fall=self.unhealthy)
+                          healthy=self.healthy, unhealthy=self.unhealthy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +102,13 @@ class ServiceConfig:
     command: tuple[str, ...] | None = None
     volumes: tuple[Volume, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
-    mem_limit: int | None = None  # bytes
-    cpus: float | None = None
+    mem_limit: int | None = None  # bytes; None: no limit (no default, see SECURITY.md)
+    cpus: float | None = None  # None: no limit
+    # Hardening every container gets unless the service says otherwise (controller/hardening.py).
+    pids_limit: int = DEFAULT_PIDS_LIMIT  # 0: no limit set by Turnout
+    cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
+    cap_add: tuple[str, ...] = DEFAULT_CAP_ADD
+    security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
     sticky: bool = False
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
@@ -138,13 +145,14 @@ class Config:
 
 # The keys each section accepts.
 PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name != "extra"}
-PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir"}
+PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file"}
 HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
-                            "mem_limit", "cpus", "canary", "rolling", "bluegreen", "verify"})
+                            "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
+                            "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}

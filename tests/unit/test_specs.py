@@ -12,9 +12,9 @@ def spec(**overrides):
 
 def test_valid_spec_round_trips():
     parsed = ServiceSpec.from_dict(spec(hosts=["Web.Localhost"], sticky=True,
-                                        health={"path": "/up", "rise": 1}))
+                                        health={"path": "/up", "healthy": 1}))
     assert parsed.hosts == ("web.localhost",)
-    assert parsed.health.path == "/up" and parsed.health.rise == 1 and parsed.health.fall == 3
+    assert parsed.health.path == "/up" and parsed.health.healthy == 1 and parsed.health.unhealthy == 3
     assert ServiceSpec.from_dict(parsed.to_dict()) == parsed
 
 
@@ -33,7 +33,8 @@ def test_valid_spec_round_trips():
         ({"state": "sleeping"}, "state"),
         ({"path_prefix": "api"}, "path_prefix"),
         ({"health": {"interval": 0}}, "health.interval"),
-        ({"health": {"rise": 0}}, "health.rise"),
+        ({"health": {"healthy": 0}}, "health.healthy"),
+        ({"health": {"rise": 2}}, "health.rise"),
         ({"bogus": 1}, "bogus"),
         ({"name": "has space"}, "name"),
     ],
