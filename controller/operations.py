@@ -100,7 +100,8 @@ class Operations:
             deployment_id=self.deployment_id, pool=release.pool, env=config.env, command=config.command,
             volumes={v.source: f"{v.target}:{'ro' if v.read_only else 'rw'}" for v in config.volumes},
             extra_labels={**config.labels, **self.extra_labels},
-            mem_limit=config.mem_limit, cpus=config.cpus,
+            mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
+            cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
         ))
         try:
             await self._wait_healthy(container)

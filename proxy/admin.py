@@ -59,19 +59,26 @@ def create_admin_app(router: Router, token: str | None = None) -> web.Applicatio
 
 # ---------------------------------------------------------------- middlewares
 def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = None if token is None else b"Bearer " + token.encode()
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Origin" in request.headers:
             raise ApiError(403, "browser requests (with an Origin header) are refused")
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if expected is not None and not _bearer_matches(request, expected):
+            raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         if request.method not in ("GET", "HEAD") and CLIENT_HEADER not in request.headers:
             raise ApiError(403, f"changes need the {CLIENT_HEADER} header")
         return await handler(request)
 
     return guard
+
+
+def _bearer_matches(request: web.Request, expected: bytes) -> bool:
+    """The one `Authorization` header's raw bytes against `Bearer <token>`, in constant time. Raw bytes:
+    a value that is not UTF-8 is simply wrong (decoding it would fail before the comparison)."""
+    given = [value for name, value in request.raw_headers if name.lower() == b"authorization"]
+    return len(given) == 1 and hmac.compare_digest(given[0], expected)
 
 
 @web.middleware
