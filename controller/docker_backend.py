@@ -85,7 +85,7 @@ class ContainerSpec:
     pool: str
     env: Mapping[str, str] = field(default_factory=dict)
     command: Sequence[str] | None = None
-    volumes: Mapping[str, str] = field(default_factory=dict)  # source (host path or volume) -> target
+    volumes: Sequence[str] = ()  # binds "source:target[:mode]": one source may be mounted at two targets
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     mem_limit: str | int | None = None  # docker notation, e.g. "256m", or bytes
     cpus: float | None = None
@@ -120,9 +120,11 @@ class ContainerSpec:
                 if (problem := problem_of(value)) is not None:
                     raise ValueError(f"ContainerSpec.{name}: {problem}")
             object.__setattr__(self, name, tuple(values))
+        if isinstance(self.volumes, str | Mapping):
+            raise ValueError("ContainerSpec.volumes must be a list of 'source:target[:mode]' binds")
         # Copy what we were given, so the caller's later changes never reach a frozen spec.
         object.__setattr__(self, "env", _copy(self.env))
-        object.__setattr__(self, "volumes", _copy(self.volumes))
+        object.__setattr__(self, "volumes", tuple(self.volumes))
         object.__setattr__(self, "extra_labels", _copy(self.extra_labels))
         if self.command is not None:
             object.__setattr__(self, "command", tuple(self.command))
@@ -318,7 +320,7 @@ class DockerBackend:
             "detach": True,
         }
         if spec.volumes:
-            kwargs["volumes"] = [f"{source}:{target}" for source, target in spec.volumes.items()]
+            kwargs["volumes"] = list(spec.volumes)
         if spec.mem_limit is not None:
             kwargs["mem_limit"] = spec.mem_limit
         if spec.cpus is not None:

@@ -52,6 +52,10 @@ class Operations:
         self.timings: dict[str, float] = {}  # phase -> seconds, reported at the end
         # Work that needs no client to wait for it (stopping a drained old set): run after success.
         self.after_success: list[Callable[[], Awaitable[None]]] = []
+        # Once the deploy is ending (restoring the old release, promoting, its final status) a journal
+        # write that fails must not stop the end: it is logged and kept here, and the result says so.
+        self.ending = False
+        self.journal_errors: list[str] = []
         self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
 
     # ------------------------------------------------------------ recording
@@ -59,11 +63,23 @@ class Operations:
         fault = faults.ARMED  # test-only (controller/testing/faults.py); None unless a fault test armed it
         if fault is not None:
             fault.reached(name, self.new.version, before=True)
-        self.journal.step(self.deployment_id, name, **detail)
+        self.record(f"step {name}", self.journal.step, self.deployment_id, name, **detail)
         if fault is not None:
             fault.reached(name, self.new.version, before=False)
         self.events.emit("step", step=name, **detail)
         self.log.info(f"deploy.{name}", **detail)
+
+    def record(self, what: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Make one journal write; once `ending`, a failure is reported (False) rather than raised."""
+        try:
+            write(*args, **kwargs)
+        except Exception as exc:
+            if not self.ending:
+                raise
+            self.journal_errors.append(f"{what}: {exc}")
+            self.log.error("deploy.journal_write_failed", write=what, error=str(exc))
+            return False
+        return True
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
@@ -98,7 +114,7 @@ class Operations:
         container = await self.backend.start(ContainerSpec(
             service=config.name, version=release.version, image=release.image, port=config.port,
             deployment_id=self.deployment_id, pool=release.pool, env=config.env, command=config.command,
-            volumes={v.source: f"{v.target}:{'ro' if v.read_only else 'rw'}" for v in config.volumes},
+            volumes=tuple(str(v) for v in config.volumes),  # one bind each: a source may be mounted twice
             extra_labels={**config.labels, **self.extra_labels},
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,

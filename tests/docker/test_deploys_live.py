@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +17,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, run_load
+from controller.testing.plugin import CLI
 from helpers.daemon import Daemon
 from helpers.live import owner_containers, status, wait_for_version
 
@@ -80,6 +83,24 @@ async def test_failed_deploy_leaves_old_version_serving(daemon, docker_client, s
     assert all(c.labels["turnout.version"] == "v1" for c in left)
     history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
     assert history[0]["status"] == "failed" and seen in history[0]["message"]
+
+
+def test_deploy_into_a_closed_pipe_ends_quietly_and_the_deploy_goes_on(daemon):
+    """`turnout deploy ... | head -1`: once the reader left, the CLI ends without a traceback, and the
+    deploy carries on in the daemon."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails
+    try:
+        done = subprocess.run([*CLI, "--state-dir", str(daemon.state_dir), "deploy", "web", "--image",
+                               "turnout-testapp:v2", "--strategy", "bluegreen"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env=daemon.env, cwd=daemon.workdir,
+                              timeout=120)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 141, done.stderr
+    wait_for_version(daemon, "v2")
+    history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
+    assert history[0]["to_version"] == "v2" and history[0]["status"] == "succeeded", history[0]
 
 
 async def test_bluegreen_rollback_reuses_the_kept_set(daemon, docker_client):
