@@ -14,7 +14,9 @@ from typing import Any
 
 import structlog
 
-from .config.model import ServiceConfig
+from proxy.specs import NAME_RE
+
+from .config.model import ConfigError, ServiceConfig
 from .config.service_state import service_to_dict
 from .docker_backend import Container, DockerBackend
 from .errors import (
@@ -40,6 +42,8 @@ from .strategies import STRATEGIES
 log = structlog.get_logger("turnout.controller")
 
 ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engine to stop answering
+# A version names its pool (`<version>` or `<version>-<n>`, n < 100000): a pool name is at most 63.
+MAX_VERSION = 57
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Deployer:
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
         old = self.releases.get(config.name)
-        version = version or version_of(image)
+        version = check_version(version or version_of(image))
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
         # `verify`: seconds of post-switch verification this deploy owes (recovery reads it).
         verify = config.verify if old is not None and STRATEGIES[strategy].verifies else 0.0
@@ -450,6 +454,16 @@ class Deployer:
         await asyncio.gather(*[a.task for a in self.active.values() if a.task], *self._background,
                              return_exceptions=True)
 
+
+
+def check_version(version: Any) -> str:
+    """A deploy's version (`--version`, the API's `version`, or the image tag) names its pool, which
+    ends up in cookies, headers, labels and /metrics: letters, digits and `_ . -` only, matched whole."""
+    if (not isinstance(version, str) or not NAME_RE.fullmatch(version)
+            or len(version) > MAX_VERSION):
+        raise ConfigError("version", f"{version!r} is not a valid version: 1-{MAX_VERSION} letters, digits, "
+                          "'_', '.' or '-', starting with a letter or digit (give another with --version)")
+    return version
 
 
 async def _run_all(steps: list[Any]) -> None:

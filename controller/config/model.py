@@ -103,6 +103,11 @@ class ServiceConfig:
     mem_limit: int | None = None  # bytes
     cpus: float | None = None
     sticky: bool = False
+    # Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py): "off",
+    # "header-secret" (value `<pool>:<override_secret>`) or "trusted" (clients in `override_networks`).
+    override: str = "off"
+    override_secret: str | None = None
+    override_networks: tuple[str, ...] = ()
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
     upstreams: tuple[str, ...] = ()  # static "host:port" upstreams: routed, not managed
@@ -146,7 +151,8 @@ BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
                             "mem_limit", "cpus", "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
-                                 "upstreams", "compose", "service"}
+                                 "upstreams", "compose", "service", "override", "override_secret",
+                                 "override_networks"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
 OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES

@@ -21,7 +21,7 @@ def service_to_dict(config: ServiceConfig) -> dict[str, Any]:
 def service_from_dict(data: dict[str, Any]) -> ServiceConfig:
     known = {f.name for f in fields(ServiceConfig)}
     values = {k: v for k, v in data.items() if k in known}
-    tuples = ("hosts", "upstreams")
+    tuples = ("hosts", "upstreams", "override_networks")
     for key in tuples:
         values[key] = tuple(values.get(key) or ())
     if values.get("command") is not None:
