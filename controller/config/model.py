@@ -53,7 +53,7 @@ class HealthCheck:
 class CanaryOptions:
     steps: tuple[int, ...] = (5, 25, 50, 100)  # canary weight in percent, strictly increasing, ends at 100
     step_pause: float | None = 30.0  # seconds at each step; None: wait for `turnout promote`
-    max_error_rate: float = 0.05  # canary 5xx ratio above this rolls back
+    max_error_rate: float = 0.05  # error rate (500, 502-504) above the old version's by more rolls back
     max_p99_ratio: float = 2.0  # canary p99 above stable p99 times this rolls back
     min_requests: int = 20  # requests the canary must see at a step before it is judged
     analysis_interval: float = 1.0

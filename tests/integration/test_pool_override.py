@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers.upstreams import fetch, running_proxy, service, start_upstreams
+from proxy.admin import describe_table
 from proxy.router import Router
 
 SECRET = "s3cret-for-the-preview-0123"
@@ -53,6 +54,8 @@ async def test_header_secret_lets_only_the_secret_choose_the_pool(ups):
     for upstream in (a, b):  # the secret never reaches an app
         assert SECRET.encode() not in upstream.raw
         assert all(b"x-turnout-pool" not in r.head.lower() for r in upstream.requests)
+    shown = describe_table(router)["services"]["app"]["spec"]  # nor `turnout status --json`
+    assert shown["override"] == "header-secret" and shown["override_secret"] == "(set)"
 
 
 @pytest.mark.parametrize(("networks", "reaches"), [(["127.0.0.0/8"], b"b"), (["::1", "10.0.0.0/8"], b"a"),
