@@ -56,6 +56,9 @@ def describe_event(event: dict[str, Any]) -> str:
         if event.get("timings"):
             text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
         return text
+    if kind == "preview_access":
+        return (f"{'preview':<10} reach it with the header `{event['header']}` "
+                f"or the cookie `{event['cookie']}`")
     detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
     weights = detail.pop("weights", None)
     text = f"{event.get('step', kind):<10}"
