@@ -222,7 +222,8 @@ class ClientConnection(asyncio.Protocol):
             self._reject(exc)
             return
         except Exception:  # the one error boundary per request: 500 before the head, close after
-            log.exception("proxy.request_failed")
+            log.exception("proxy.request_failed", where="client")
+            self.router.metrics.internal_errors += 1
             self.keep_alive = False
             self.buf = b""
             if self.head_sent:
@@ -576,6 +577,18 @@ class ClientConnection(asyncio.Protocol):
         self.upconn = None
         if not self.head_sent:
             return self._fail(502, reason)
+        return self._cut()
+
+    def internal_error(self, where: str, error: BaseException) -> None:
+        """A bug of the proxy's own surfaced on the upstream side (`where`), not the upstream's fault:
+        logged once with the original exception, counted, answered 500 (cut once the head went out)."""
+        self.upconn = None
+        log.error("proxy.request_failed", where=where, exc_info=error,
+                  upstream=self.upstream.address if self.upstream is not None else "")
+        self.router.metrics.internal_errors += 1
+        self.keep_alive = False
+        if not self.head_sent:
+            return self._fail(500, "internal")
         return self._cut()
 
     def tunnel_started(self) -> None:

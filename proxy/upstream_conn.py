@@ -41,7 +41,11 @@ MAX_KNOWN_HEAD = 2048
 
 
 class _StopParsing(Exception):
-    """Raised from a parser callback to stop llhttp (HEAD answer head read, or bad framing)."""
+    """Raised from a parser callback to stop llhttp on a bad answer (`bad` says why)."""
+
+
+class _HeadAnswered(Exception):
+    """Raised from a parser callback to stop llhttp once the head of an answer to HEAD is read."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -160,9 +164,13 @@ class UpstreamConnection(asyncio.Protocol):
             rest = data[exc.args[0]:]
             if rest:
                 self.out.append(rest)
-        except HttpParserCallbackError:
-            if self.bad or not self.head_only:
-                return self._fail(client, self.bad or "upstream-protocol", pending)
+        except HttpParserCallbackError as exc:
+            # llhttp wraps whatever a callback raised; the callback's own exception is the context.
+            stop = exc.__context__
+            if not isinstance(stop, _HeadAnswered):
+                if isinstance(stop, _StopParsing):
+                    return self._fail(client, self.bad or "upstream-protocol", pending)
+                return self._internal_error(client, stop or exc, pending)  # Turnout's bug, not the upstream's
             # A HEAD answer: its head is all there is. Reuse the connection only when the head ended
             # exactly at the end of this read (otherwise the framing is uncertain).
             self.complete = True
@@ -195,6 +203,16 @@ class UpstreamConnection(asyncio.Protocol):
         if unsent and not self.tunnel:
             client.head_sent = False
         client.upstream_error(reason)
+
+    def _internal_error(self, client: ClientConnection, error: BaseException, unsent: bool) -> None:
+        """A parser callback raised something of its own: drop the connection like `_fail`, but as the
+        proxy's failure (logged with the original exception, counted, 500), not the upstream's."""
+        self.out.clear()
+        self.client = None
+        self.transport.abort()
+        if unsent and not self.tunnel:
+            client.head_sent = False
+        client.internal_error("upstream-parser", error)
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -264,7 +282,7 @@ class UpstreamConnection(asyncio.Protocol):
                                           extra=client.resp_extra))
         client.response_started(status)
         if self.head_only:
-            raise _StopParsing
+            raise _HeadAnswered
 
     def on_body(self, body: bytes) -> None:
         if self.chunked:
