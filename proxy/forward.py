@@ -472,7 +472,11 @@ class ClientConnection(asyncio.Protocol):
         self.upconn = conn
         pending = self.pending
         self.pending = None
-        conn.bind(self, pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[arg-type]
+        if len(pending) == 1:  # type: ignore[arg-type]
+            conn.bind(self, pending[0])  # type: ignore[index]
+        else:
+            conn.bind(self, b"".join(pending))  # type: ignore[arg-type]
+            conn.request = None  # body bytes went with the head: never replayed, so not kept either
         if self.rpause & _P_PENDING:
             self._resume(_P_PENDING)
         if not self.reading_body:
@@ -493,7 +497,9 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.upstream is not upstream or self.upconn is not None:
             conn.release(True)  # type: ignore[attr-defined]
             return None
-        return self._bind(conn)  # type: ignore[arg-type]
+        self._bind(conn)  # type: ignore[arg-type]
+        conn.request = None  # type: ignore[attr-defined]  # a first exchange is never replayed
+        return None
 
     def _connect_failed(self, upstream: Upstream) -> None:
         upstream.passive_failures += 1
@@ -566,10 +572,20 @@ class ClientConnection(asyncio.Protocol):
             self.reading_body = False
         self._next()
 
-    def upstream_lost(self) -> None:
-        """The upstream connection closed before its answer was complete."""
+    def upstream_lost(self, replay: bytes | None) -> None:
+        """The upstream connection closed before its answer was complete. `replay`: what was sent on it,
+        when it was a pooled connection that closed without a byte of an answer (closed while idle): an
+        idempotent request without a body goes again, once, on a fresh connection (so does Go's Transport)."""
         self.upconn = None
         if not self.head_sent:
+            req = self.req
+            if (replay is not None and req is not None and req.method in IDEMPOTENT
+                    and req.content_length <= 0 and not req.chunked
+                    and self.upstream is not None and not self.closed and self.task is None):
+                self.pending = [replay]
+                self.pending_size = 0
+                self.task = self.loop.create_task(self._connect(self.upstream))
+                return None
             return self._fail(502, "upstream-closed")
         return self._cut()
 

@@ -50,8 +50,8 @@ class _HeadAnswered(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("bad", "chunked", "client", "closed", "complete", "conn_close", "head_only", "headbuf",
-                 "head_pending", "interim", "out", "parser", "read_paused", "reusable", "status", "transport",
-                 "tunnel", "until_close", "upstream")
+                 "head_pending", "interim", "out", "parser", "read_paused", "request", "reusable", "status",
+                 "transport", "tunnel", "until_close", "upstream")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -73,6 +73,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.complete = False
         self.reusable = False
+        # What the current exchange wrote at its start, kept for a replay (`connection_lost`); None on a
+        # connection's first exchange (`ClientConnection._connect` clears it): a new connection the
+        # upstream closes without answering has refused the request, not timed out while idle.
+        self.request: bytes | None = None
 
     # ------------------------------------------------------------------ driven by the client side
     def bind(self, client: ClientConnection, data: bytes) -> None:
@@ -82,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_pending = True
         self.interim = 0
         self.chunked = self.until_close = self.head_only = self.complete = False
+        self.request = data
         if client.wpaused:
             self.transport.pause_reading()
             self.read_paused = True
@@ -130,8 +135,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self.chunked:
                 client.transport.write(b"0\r\n\r\n")
             client.upstream_complete(self, False)
+        elif self.head_pending and not self.headbuf and not self.interim and self.request is not None:
+            # Not a byte of an answer on a connection that had served one before: the upstream closed it
+            # while idle, crossing this request (the race with its keep-alive timeout). Safe to replay?
+            client.upstream_lost(self.request)
         else:
-            client.upstream_lost()
+            client.upstream_lost(None)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
