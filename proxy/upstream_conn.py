@@ -10,7 +10,7 @@ connection whose framing is uncertain, or released while its upstream drains, is
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from httptools import (
     HttpParserCallbackError,
@@ -21,9 +21,6 @@ from httptools import (
 
 from .http import response_head, split_response_head
 from .upstream import Upstream
-
-if TYPE_CHECKING:
-    from .forward import ClientConnection
 
 MAX_IDLE_PER_UPSTREAM = 512
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -38,6 +35,33 @@ _UPGRADE_EXTRA = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 _KNOWN_ANSWERS: dict[bytes, tuple[int, int, bytes]] = {}
 MAX_KNOWN_ANSWERS = 512
 MAX_KNOWN_HEAD = 2048
+
+
+class Client(Protocol):
+    """The client side of an exchange (`forward.ClientConnection`), as an upstream connection sees it: what
+    it reads about the request, the transport the answer goes to, and one call for each turn the answer
+    takes. The upstream side reads these fields and never writes them."""
+
+    transport: asyncio.Transport  # the client's: the answer is written here
+    wpaused: bool  # that transport is paused for writing (back-pressure): start the exchange paused
+    is_head: bool
+    reading_body: bool  # the request body is still arriving
+    keep_alive: bool
+    http11: bool
+    websocket: bool  # the request asked for a websocket upgrade (a 101 is expected)
+    resp_extra: bytes  # header lines the proxy adds to the answer (a sticky cookie)
+
+    def response_started(self, status: int) -> None: ...
+    def answered_whole(self, conn: UpstreamConnection, status: int, answer: bytes) -> None: ...
+    def upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
+    def upstream_lost(self, replay: bytes | None) -> None: ...
+    def upstream_error(self, reason: str, unsent: bool) -> None: ...
+    def internal_error(self, where: str, error: BaseException, unsent: bool) -> None: ...
+    def close_after_answer(self) -> None: ...
+    def tunnel_started(self) -> None: ...
+    def tunnel_closed(self) -> None: ...
+    def pause_reading_for_upstream(self) -> None: ...
+    def resume_reading_for_upstream(self) -> None: ...
 
 
 class _StopParsing(Exception):
@@ -56,7 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.client: ClientConnection | None = None
+        self.client: Client | None = None
         self.parser = HttpResponseParser(self)
         self.out: list[bytes] = []
         self.closed = False
@@ -79,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.request: bytes | None = None
 
     # ------------------------------------------------------------------ driven by the client side
-    def bind(self, client: ClientConnection, data: bytes) -> None:
+    def bind(self, client: Client, data: bytes) -> None:
         """Start an exchange: remember the client and write its request head (and body so far)."""
         self.client = client
         self.status = 0
@@ -203,25 +227,21 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.tunnel:
             client.tunnel_started()
 
-    def _fail(self, client: ClientConnection, reason: str, unsent: bool = False) -> None:
+    def _fail(self, client: Client, reason: str, unsent: bool = False) -> None:
         """Bad answer: drop this read's output and the connection. `unsent`: the answer's head was
         still in `out` (not written), so the client can get a clean 502 instead of a cut."""
         self.out.clear()
         self.client = None
         self.transport.abort()
-        if unsent and not self.tunnel:
-            client.head_sent = False
-        client.upstream_error(reason)
+        client.upstream_error(reason, unsent and not self.tunnel)
 
-    def _internal_error(self, client: ClientConnection, error: BaseException, unsent: bool) -> None:
+    def _internal_error(self, client: Client, error: BaseException, unsent: bool) -> None:
         """A parser callback raised something of its own: drop the connection like `_fail`, but as the
         proxy's failure (logged with the original exception, counted, 500), not the upstream's."""
         self.out.clear()
         self.client = None
         self.transport.abort()
-        if unsent and not self.tunnel:
-            client.head_sent = False
-        client.internal_error("upstream-parser", error)
+        client.internal_error("upstream-parser", error, unsent and not self.tunnel)
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -269,7 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         chunked = False
         if client.reading_body:  # answered before the request body was read: the client connection closes
-            client.keep_alive = False
+            client.close_after_answer()
         if client.is_head or status in _NO_BODY_STATUS:
             self.head_only = client.is_head
         elif content_length is None:
@@ -277,7 +297,7 @@ class UpstreamConnection(asyncio.Protocol):
             if client.http11:
                 chunked = self.chunked = True
             else:  # HTTP/1.0 client: a close-delimited body
-                client.keep_alive = False
+                client.close_after_answer()
         if common is not None and client.keep_alive and client.http11 and not client.resp_extra:
             self.out.append(common)  # the usual answer: its client head was made once, with the split
             if (status not in _NO_BODY_STATUS and not te and not self.conn_close and end <= MAX_KNOWN_HEAD
