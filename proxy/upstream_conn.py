@@ -4,7 +4,10 @@ A connection carries one exchange at a time for a client connection (`forward.Cl
 parses the response with httptools, rewrites its head for the client and streams the body with one
 client write per upstream read. An answer that arrives whole under a head the parser accepted before
 (`_KNOWN_ANSWERS`) is passed on without it. Idle keep-alive connections live in `Upstream.idle` (LIFO); a
-connection whose framing is uncertain, or released while its upstream drains, is closed instead.
+connection whose framing is uncertain, or released while its upstream drains, is closed instead. A pooled
+connection the upstream closed while idle, under a request that got no byte of an answer, hands the
+request back for one replay on a fresh connection (`ClientConnection.upstream_lost`). The client side is
+reached through `Client`, a protocol of calls.
 """
 
 from __future__ import annotations
