@@ -103,6 +103,8 @@ class Operations:
             mem_limit=config.mem_limit, cpus=config.cpus,
         ))
         try:
+            # Recorded before anything else: only containers the journal knows are routed or removed.
+            self.journal.record_container(container.id, config.name, release.pool, self.deployment_id)
             await self._wait_healthy(container)
         except BaseException:
             await self.remove([container])

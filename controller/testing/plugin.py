@@ -119,11 +119,14 @@ class TurnoutDaemon:
 
     def remove_containers(self) -> int:
         """Remove every container this daemon's owner label marks (the test's cleanup)."""
-        from ..daemon import owner_for
+        from ..daemon import owner_of
         from ..docker_backend import DockerBackend
 
         async def remove_all() -> int:
-            backend = DockerBackend(owner=owner_for(self.state_dir))
+            owner = owner_of(self.state_dir)
+            if owner is None:  # the daemon never got as far as its journal: it started nothing
+                return 0
+            backend = DockerBackend(owner=owner)
             containers = await backend.list()
             for container in containers:
                 await backend.remove(container.id)
