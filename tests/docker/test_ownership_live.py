@@ -56,6 +56,7 @@ def test_a_fresh_journal_at_the_same_state_dir_path_leaves_the_first_daemons_con
         tmp_path, docker_client, test_run_labels):
     """The issue's case: daemon A deployed `alphasec`; daemon B, at the same state-dir path with an empty
     journal, got the same owner id (a hash of the path) and removed A's containers as "unknown"."""
+    (tmp_path / "a").mkdir()
     a = Daemon(tmp_path / "a", test_run_labels, ALPHASEC)
     b = moved = None
     try:
