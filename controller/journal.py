@@ -368,7 +368,6 @@ class Journal:
             rows = self._db.execute("SELECT service, state FROM service_state ORDER BY service").fetchall()
         return {service: json.loads(state) for service, state in rows}
 
-
     # -- containers this journal's daemon created ------------------------------------------------
 
     def record_container(self, container_id: str, service: str, pool: str, deployment_id: str) -> None:
