@@ -249,11 +249,12 @@ class ClientConnection(asyncio.Protocol):
         if (service is None or service.state != "active" or self.closed
                 or len(head) > self.config.max_header_bytes):
             return False
-        pool = service.only  # one weighted pool: no draw (the usual case)
+        pool = service.only  # one weighted pool, no rule: no draw (the usual case)
         if pool is None:
             if service.sticky:
                 return False
-            pool = service.choose()  # the draw select(None, None) makes
+            # What select(None, None, req) does: the rules (remembered per head), else the draw.
+            pool = service.choose() if service.rules is None else service.choose_plain(req)
             if pool is None:
                 return False
         upstream = pool.only or pool.pick()  # a drawn pool is routable: pick() finds an upstream
@@ -401,14 +402,14 @@ class ClientConnection(asyncio.Protocol):
             return None
         if state != "active":
             return service
-        pool = service.only  # one pool takes all traffic, no sticky cookie: no draw (the usual case)
+        pool = service.only  # one pool takes all traffic, no rule, no sticky cookie: no draw (the usual case)
         if pool is not None and req.forced is None and req.cookies is None:
             set_cookie = False
         elif req.forced is not None or req.cookies is not None:
             forced, sticky = forced_and_sticky(req, service.cookie_name)
-            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky)
+            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky, req)
         else:
-            pool, set_cookie = service.select(None, None)
+            pool, set_cookie = service.select(None, None, req)
         if pool is None:
             return service
         upstream = pool.only or pool.pick()

@@ -104,11 +104,21 @@ class PoolCounters:
         )
 
 
+class RuleStats:
+    """Requests one routing rule sent to its pool (rules that matched but fell through are not counted)."""
+
+    __slots__ = ("matches",)
+
+    def __init__(self) -> None:
+        self.matches = 0
+
+
 class Metrics:
     """Registry of PoolStats by (service, pool), plus proxy-wide counters."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], PoolStats] = {}
+        self.rules: dict[tuple[str, str], RuleStats] = {}  # by (service, rule name), across swaps
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
         self.drain_aborted = 0
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
@@ -119,6 +129,13 @@ class Metrics:
         stats = self.pools.get(key)
         if stats is None:
             stats = self.pools[key] = PoolStats()
+        return stats
+
+    def rule(self, service: str, rule: str) -> RuleStats:
+        key = (service, rule)
+        stats = self.rules.get(key)
+        if stats is None:
+            stats = self.rules[key] = RuleStats()
         return stats
 
     def counters(self, service: str) -> dict[str, PoolCounters]:
@@ -141,6 +158,10 @@ class Metrics:
                 for cls, count in enumerate(s._overridden.snapshot().classes, 1):
                     out.append(f'turnout_override_requests_total{{service="{svc}",pool="{pool}",'
                                f'code="{cls}xx"}} {count}')
+        out += ["# HELP turnout_rule_matches_total Requests a routing rule sent to its pool, by rule.",
+                "# TYPE turnout_rule_matches_total counter"]
+        for (svc, rule), r in sorted(self.rules.items()):
+            out.append(f'turnout_rule_matches_total{{service="{svc}",rule="{rule}"}} {r.matches}')
         out += ["# HELP turnout_proxy_errors_total 502/503/504 answers made by the proxy itself.",
                 "# TYPE turnout_proxy_errors_total counter"]
         for (svc, pool), s in sorted(self.pools.items()):

@@ -20,7 +20,7 @@ import structlog
 
 from .errors import UnknownService, ValidationError
 from .metrics import Metrics
-from .specs import PoolSpec, ServiceSpec
+from .specs import PoolSpec, RuleSpec, ServiceSpec
 from .table import RoutingTable, build_table
 from .upstream import DrainResult, Health, Upstream
 
@@ -96,6 +96,11 @@ class Router:
         if state not in ("active", "paused", "stopped"):
             raise ValidationError("state", "must be active, paused or stopped")
         self._install_one(_replace(spec, state=state), reason="state")
+
+    def set_rules(self, name: str, rules: tuple[RuleSpec, ...]) -> None:
+        """Replace the service's routing rules (validated `RuleSpec`s) in one swap."""
+        spec = self.service_spec(name)
+        self._install_one(_replace(spec, rules=tuple(rules)), reason="rules")
 
     def set_health(self, upstream: Upstream, health: Health) -> None:
         """A health transition: rebuild the snapshot so the hot path never filters."""

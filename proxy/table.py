@@ -58,5 +58,6 @@ def build_table(specs: Mapping[str, ServiceSpec], upstreams: Mapping[str, Upstre
                  metrics.pool(spec.name, p.name))
             for p in spec.pools
         )
-        services.append(Service(spec, pools, hold_timeout))
+        rule_stats = tuple(metrics.rule(spec.name, rule.name) for rule in spec.rules)
+        services.append(Service(spec, pools, hold_timeout, rule_stats))
     return RoutingTable(tuple(services))
