@@ -127,6 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    rules = sub.add_parser(
+        "rules", help="a service's routing rules: list, set (replace all) or clear",
+        description="Routing rules send matching requests to a pool (canary, stable or a version), tried "
+        "in order after the X-Turnout-Pool override and before the sticky cookie and the weights; a rule "
+        "whose pool is not routable falls through. Changes apply at once and are kept in the journal.")
+    actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the rules in order, where each sends now, and its matches")
+    listing.add_argument("service")
+    listing.add_argument("--json", action="store_true")
+    setting = actions.add_parser(
+        "set", help="replace the service's rules with these, in this order",
+        description="Replace SERVICE's rules. MATCH is header:NAME=VALUE, cookie:NAME=VALUE, "
+        "query:NAME=VALUE (VALUE exact, prefix:..., regex:... matching whole) or hash:cookie:NAME=PERCENT "
+        "(stable buckets of that cookie's value; hash:header:NAME=PERCENT for a header). TO is canary, "
+        "stable or a version. Example: turnout rules set web --rule insiders header:X-Canary=always canary "
+        "--rule beta hash:cookie:account_id=10 canary")
+    setting.add_argument("service")
+    given = setting.add_mutually_exclusive_group(required=True)
+    given.add_argument("--rule", nargs=3, action="append", metavar=("NAME", "MATCH", "TO"),
+                       help="one rule (repeat for more; the order is the order of matching)")
+    given.add_argument("--file", type=Path,
+                       help="a TOML file of [[rules]] tables (name, match, to), as in turnout.toml")
+    clearing = actions.add_parser("clear", help="remove every rule of the service")
+    clearing.add_argument("service")
+
     for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
@@ -313,6 +338,57 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rules(client: Any, args: argparse.Namespace) -> int:
+    path = f"/v1/services/{args.service}/rules"
+    if args.rules_command == "list":
+        data = await client.request("GET", path)
+    elif args.rules_command == "clear":
+        data = await client.request("DELETE", path)
+    else:
+        rules = _rules_from_args(args)
+        data = await client.request("PUT", path, {"rules": [rule.to_dict() for rule in rules]})
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{args.service}: {len(data['rules'])} rule(s)" + (", tried in order" if data["rules"] else ""))
+    for i, rule in enumerate(data["rules"], 1):
+        where = rule["pool"] or "nowhere now: falls through"
+        print(f"  {i}. {rule['name']:<16} {describe_match(rule['match']):<40} -> {rule['to']} ({where}), "
+              f"{rule['matches']} routed")
+    return 0
+
+
+def _rules_from_args(args: argparse.Namespace) -> Any:
+    from .config.model import ConfigError
+    from .config.overrides import rules_from_flags
+    from .config.reader import read_rules
+    from .config.table import Table
+
+    if args.rule:
+        return rules_from_flags(args.rule)
+    import tomllib
+
+    try:
+        data = tomllib.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"cannot read rules: {exc}", args.file) from None
+    table = Table(data, "", args.file)
+    table.reject_unknown({"rules"})
+    return read_rules(table)
+
+
+def describe_match(match: dict[str, Any]) -> str:
+    """A rule's match as the command line writes it (`header:X-Canary=always & query:b=1`)."""
+    parts = []
+    for source in ("header", "cookie", "query"):
+        parts += [f"{source}:{name}={value}" for name, value in match.get(source, {}).items()]
+    if "hash" in match:
+        spec = match["hash"]
+        source = "cookie" if "cookie" in spec else "header"
+        parts.append(f"hash:{source}:{spec[source]}={spec['percent']:g}%")
+    return " & ".join(parts)
+
+
 def _signal(command: str) -> Any:
     async def send(client: Any, args: argparse.Namespace) -> int:
         if getattr(args, "traffic", False):
@@ -398,6 +474,7 @@ COMMANDS = {
     "abort": _signal("abort"),
     "pause": _signal("pause"),
     "resume": _signal("resume"),
+    "rules": _rules,
 }
 
 

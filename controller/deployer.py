@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from proxy.specs import NAME_RE
+from proxy.specs import NAME_RE, RuleSpec
 
 from .config.model import ConfigError, ServiceConfig
 from .config.service_state import service_to_dict
@@ -161,6 +161,25 @@ class Deployer:
         active.task = asyncio.get_running_loop().create_task(
             self._run(active, config, previous, current, reuse=True))
         return active
+
+    def set_rules(self, service: str, rules: tuple[RuleSpec, ...]) -> None:
+        """Routing rules changed live (`turnout rules set|clear`, the admin API): kept in the service's
+        config and its journal state (so a daemon restarted without a config file naming the service keeps
+        them), then installed in one swap. Refused while a deploy of the service runs: its routing (an
+        `ab` deploy's own rule first) comes from the config it started with."""
+        if service in self.active:
+            raise DeployInProgress(service, self.active[service].id)
+        self.proxy.router.service_spec(service)  # an unknown service changes nothing
+        config = self.configs.get(service)
+        if config is not None:
+            self.configs[service] = replace(config, rules=tuple(rules))
+            if service in self.releases:
+                try:
+                    self._save_state(service)
+                except Exception:
+                    self.configs[service] = config  # refused by the journal: nothing changed
+                    raise
+        self.proxy.router.set_rules(service, tuple(rules))
 
     async def _all_exist(self, containers: list[Container]) -> bool:
         if not containers:
@@ -490,7 +509,8 @@ class Deployer:
     async def _stop_warm(self, config: ServiceConfig, current: Release, old: Release) -> None:
         if self.releases.get(config.name) is not current or self.previous.get(config.name) is not old:
             return  # work held before this one changed what serves
-        removed = self.proxy.install(config, [current.as_pool(100)],
+        # The service's routing settings as they are now (rules may have changed since the deploy).
+        removed = self.proxy.install(self.configs.get(config.name, config), [current.as_pool(100)],
                                      labels={"stable": current.pool})
         await self.proxy.wait_drained(removed)
         for container in old.containers:

@@ -36,6 +36,7 @@ class ProxyControl:
             override=config.override,
             override_secret=config.override_secret,
             override_networks=config.override_networks,
+            rules=config.rules,
         )
 
     def pools(self, service: str) -> dict[str, PoolSpec]:

@@ -63,7 +63,9 @@ class Service:
 
     def _rule_target(self, to: str) -> Pool | None:
         """The pool a rule's `to` names here: "stable" (the pool labelled stable, else the heaviest),
-        "canary" (the pool labelled canary, else the last one that is not stable), or a pool name."""
+        "canary" (the pool labelled canary; in a spec without a stable label, the last pool that is not
+        the heaviest), or a pool name. The controller labels both, and a canary only while a deploy
+        routes its new release beside the stable one (never a kept-warm old set)."""
         name: str | None = to
         if to in ("stable", "canary"):
             labels = self.spec.labels
@@ -71,9 +73,10 @@ class Service:
             stable = labels.get("stable") or heaviest
             if to == "stable":
                 name = stable
+            elif "stable" in labels:
+                name = labels.get("canary")
             else:
-                newest = (p.name for p in reversed(self.pools) if p.name != stable)
-                name = labels.get("canary") or next(newest, None)
+                name = next((p.name for p in reversed(self.pools) if p.name != stable), None)
         pool = self.pools_by_name.get(name) if name is not None else None
         return pool if pool is not None and pool.routable else None
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from proxy.config import ProxyConfig
-from proxy.specs import HealthSpec
+from proxy.specs import HealthSpec, RuleSpec
 
 from ..errors import TurnoutError
 from ..hardening import DEFAULT_CAP_ADD, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT, DEFAULT_SECURITY_OPT
@@ -115,6 +115,8 @@ class ServiceConfig:
     override: str = "off"
     override_secret: str | None = None
     override_networks: tuple[str, ...] = ()
+    # Routing rules (`[[services.x.rules]]`, proxy/rules.py), tried in order after the pool override.
+    rules: tuple[RuleSpec, ...] = ()
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
     upstreams: tuple[str, ...] = ()  # static "host:port" upstreams: routed, not managed
@@ -160,7 +162,7 @@ CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "com
                             "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",
-                                 "override_networks"}
+                                 "override_networks", "rules"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
 OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES

@@ -3,8 +3,12 @@ per-deploy overrides (steps, step_pause, max_surge, keep_old, ...), errors named
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
+
+from proxy.errors import ValidationError
+from proxy.specs import RuleSpec, rule_from_dict, rules_from_list
 
 from .model import (
     BLUEGREEN_KEYS,
@@ -30,6 +34,37 @@ from .table import Table
 
 # What `turnout deploy` may say about a service that is in no config (the admin API's `flags`).
 FLAGS = ("port", "replicas", "health_path", "host")
+# A rule's match on the command line: `header:X-Canary=always`, `cookie:beta=prefix:y`, `query:b=1`,
+# `hash:cookie:account_id=10%` (the value takes turnout.toml's forms: exact, prefix:, regex:, exact:).
+_MATCH_FLAG = re.compile(r"(header|cookie|query):([^=]+)=(.*)", re.DOTALL)
+_HASH_FLAG = re.compile(r"hash:(cookie|header):([^=]+)=([0-9]+(?:\.[0-9]+)?)%?")
+MATCH_SYNTAX = ("header:NAME=VALUE, cookie:NAME=VALUE, query:NAME=VALUE (VALUE: exact, prefix:..., "
+                "regex:...) or hash:cookie:NAME=PERCENT (or hash:header:...)")
+
+
+def match_from_flag(text: str, flag: str) -> dict[str, Any]:
+    """A `--match` (or `--rule`) value as turnout.toml's `match` table; ConfigError names the flag."""
+    if (found := _HASH_FLAG.fullmatch(text)) is not None:
+        percent = float(found[3])
+        return {"hash": {found[1]: found[2], "percent": int(percent) if percent.is_integer() else percent}}
+    if (found := _MATCH_FLAG.fullmatch(text)) is not None:
+        return {found[1]: {found[2]: found[3]}}
+    raise ConfigError(flag, f"{text!r} is not one of {MATCH_SYNTAX}", CLI_SOURCE)
+
+
+def rules_from_flags(triples: list[list[str]]) -> tuple[RuleSpec, ...]:
+    """`--rule NAME MATCH TO`, repeated: the rules in that order, validated as turnout.toml's are."""
+    rules = []
+    for name, match, to in triples:
+        flag = f"--rule {name}"
+        try:
+            rules.append(rule_from_dict({"name": name, "match": match_from_flag(match, flag), "to": to}, ""))
+        except ValidationError as exc:
+            raise ConfigError(flag, f"{exc.key.lstrip('.')}: {exc.message}", CLI_SOURCE) from None
+    try:
+        return rules_from_list([rule.to_dict() for rule in rules])
+    except ValidationError as exc:  # across rules: a name given twice
+        raise ConfigError("--rule", exc.message, CLI_SOURCE) from None
 
 
 def service_from_flags(name: str, image: str | None, port: int | None = None, replicas: int = 1,

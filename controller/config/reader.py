@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, override_settings, parse_address
+from proxy.specs import NAME_RE, RuleSpec, override_settings, parse_address, rules_from_list
 
 from ..hardening import (
     DEFAULT_CAP_ADD,
@@ -349,6 +349,15 @@ def _override(t: Table) -> dict[str, Any]:
         raise t.error(exc.field, exc.message) from None
 
 
+def read_rules(t: Table, key: str = "rules") -> tuple[RuleSpec, ...]:
+    """`[[services.x.rules]]`: validated by the proxy's own reader (proxy/specs.py), whose error names the
+    key inside the rules (`rules[0].match.header.X-Canary`); here it gets the service's path and file."""
+    try:
+        return rules_from_list(t.data.get(key, []), key)
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
 def read_strategy(t: Table) -> str:
     return t.string("strategy", "rolling", choices=STRATEGIES)
 
@@ -386,6 +395,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         path_prefix=path_prefix,
         sticky=t.boolean("sticky", False),
         **_override(t),
+        rules=read_rules(t),
         hold_timeout=t.duration("hold_timeout", positive=True),
         drain_timeout=t.duration("drain_timeout", positive=True),
         compose_file=compose_file,

@@ -28,6 +28,7 @@ def service_to_dict(config: ServiceConfig) -> dict[str, Any]:
     for key in ("compose_file",):
         if data[key] is not None:
             data[key] = str(data[key])
+    data["rules"] = [rule.to_dict() for rule in config.rules]  # as turnout.toml writes them
     return data
 
 

@@ -183,7 +183,7 @@ def web(router: Router, rules: list[dict], **extra: object) -> None:
 def test_precedence_override_then_rules_then_sticky_then_weights():
     router = Router()
     web(router, [INSIDERS, rule("to-v1", to="v1", cookie={"turnout-web": "v2"})], sticky=True,
-        override="trusted", override_networks=["127.0.0.0/8"], labels={"stable": "v1"})
+        override="trusted", override_networks=["127.0.0.0/8"], labels={"stable": "v1", "canary": "v2"})
     matched = head("/", "X-Canary: always")
     assert routed(router, matched) == ("v2", False)  # the rule reaches the weight-0 canary
     assert routed(router, matched, forced="v1") == ("v1", False)  # the override wins over the rules
@@ -214,6 +214,9 @@ def test_canary_and_stable_targets_follow_labels_or_weights():
         labels={"stable": "v2", "canary": "v1"})
     assert routed(router, head("/", "X-T: c"))[0] == "v1"
     assert routed(router, head("/", "X-T: s"))[0] == "v2"
+    # Labelled stable and no canary (the controller's kept-warm old set at weight 0): "canary" is nobody.
+    web(router, [rule("c", "canary", header={"X-T": "c"})], labels={"stable": "v1"})
+    assert router.table.services["web"].rules is None
 
 
 def test_rules_without_a_routable_target_leave_the_service_as_if_it_had_none():

@@ -41,6 +41,16 @@ canary = { steps = [10, 100], step_pause = "manual", min_requests = 3 }
 rolling = { max_surge = 0, max_unavailable = 1 }
 bluegreen = { keep_old = "1m", preview = true }
 
+[[services.web.rules]]
+name = "insiders"
+match = { header = { "X-Canary" = "always" }, query = { beta = "prefix:y" } }
+to = "canary"
+
+[[services.web.rules]]
+name = "beta-10pct"
+match = { hash = { cookie = "account_id", percent = 12.5 } }
+to = "v2"
+
 [services.web.health]
 path = "/up"
 interval = "250ms"
@@ -58,6 +68,7 @@ canary = { preset = "linear25-10s" }
 upstreams = ["127.0.0.1:9000"]
 host = "api.localhost"
 health = { path = "/ping" }
+rules = [{ name = "old-clients", match = { header = { "User-Agent" = "regex:curl/7[.].*" } }, to = "stable" }]
 
 [services.plain]
 upstreams = ["127.0.0.1:9001"]

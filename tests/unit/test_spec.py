@@ -311,6 +311,15 @@ BAD = [
      "static upstreams"),
     ('[services.web]\nport = 80\nservice = "web"', "services.web.service", "needs `compose`"),
     ('[services.web]\nport = 80\ncompose = "missing.yml"', "services.web.compose", "not found"),
+    (WEB + '[[services.web.rules]]\nname = "x"\nmatch = { header = { X-Canary = "regex:a(" } }\n'
+     'to = "canary"',
+     "services.web.rules[0].match.header.X-Canary", "bad regex 'a('"),
+    (WEB + '[[services.web.rules]]\nname = "x"\nmatch = { body = { a = "1" } }\nto = "canary"',
+     "services.web.rules[0].match.body", "unknown match key"),
+    (WEB + '[[services.web.rules]]\nname = "x"\nmatch = { cookie = { a = "1" } }\nto = "canary"\n'
+     '[[services.web.rules]]\nname = "y"\nmatch = { hash = { cookie = "id" } }\nto = "canary"',
+     "services.web.rules[1].match.hash.percent", "required"),
+    (WEB + 'rules = "all"', "services.web.rules", "list of rules"),
     ('[services.a]\nport = 80\n[services.b]\nport = 81', "services.b.host", "already routed to 'a'"),
     ('[services.a]\nport = 80\nhost = "x.localhost"\n[services.b]\nport = 81\nhost = "X.localhost"',
      "services.b.host", "already routed"),
@@ -631,3 +640,40 @@ def test_config_with_service_adds_without_changing_the_original():
     config = load_config(None)
     web = service_from_flags("web", "app:v1", 8080)
     assert config.with_service(web).services == {"web": web} and config.services == {}
+
+
+# -- rules on the command line (`turnout rules set --rule`, `turnout deploy --match`) -------------------
+
+def test_rules_from_flags_read_as_turnout_toml_does():
+    from controller.cli import describe_match
+    from controller.config.overrides import rules_from_flags
+
+    rules = rules_from_flags([["insiders", "header:X-Canary=always", "canary"],
+                              ["beta", "hash:cookie:account_id=10%", "canary"],
+                              ["fr", "query:lang=regex:fr(-..)?", "v2"],
+                              ["c", "cookie:plan=prefix:pro", "stable"]])
+    assert [r.to_dict() for r in rules] == [
+        {"name": "insiders", "match": {"header": {"X-Canary": "always"}}, "to": "canary"},
+        {"name": "beta", "match": {"hash": {"cookie": "account_id", "percent": 10}}, "to": "canary"},
+        {"name": "fr", "match": {"query": {"lang": "regex:fr(-..)?"}}, "to": "v2"},
+        {"name": "c", "match": {"cookie": {"plan": "prefix:pro"}}, "to": "stable"},
+    ]
+    assert [describe_match(r.to_dict()["match"]) for r in rules] == [
+        "header:X-Canary=always", "hash:cookie:account_id=10%", "query:lang=regex:fr(-..)?",
+        "cookie:plan=prefix:pro"]
+
+
+@pytest.mark.parametrize(("triples", "flag", "problem"), [
+    ([["x", "header:X-Canary=regex:a(", "canary"]], "--rule x", "match.header.X-Canary: bad regex"),
+    ([["x", "body:a=1", "canary"]], "--rule x", "is not one of header:NAME=VALUE"),
+    ([["x", "hash:cookie:id=0", "canary"]], "--rule x", "match.hash.percent: must be above 0"),
+    ([["x", "header:a=1", "no way"]], "--rule x", "to: must be canary, stable or a version"),
+    ([["x y", "header:a=1", "canary"]], "--rule x y", "name: must be 1-63 characters"),
+    ([["x", "header:a=1", "canary"], ["x", "query:b=2", "stable"]], "--rule", "duplicate rule 'x'"),
+])
+def test_rules_from_flags_name_the_flag(triples, flag, problem):
+    from controller.config.overrides import rules_from_flags
+
+    with pytest.raises(ConfigError) as info:
+        rules_from_flags(triples)
+    assert info.value.key == flag and problem in info.value.problem, str(info.value)
