@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config.model import STRATEGIES
+from .config.model import SHIFTING, STRATEGIES
 from .errors import TurnoutError, UsageError
 from .events import describe_event
 
@@ -26,6 +26,7 @@ examples:
   turnout serve                                   # proxy on 127.0.0.1:8000, state in .turnout/
   turnout deploy web --image myapp:v1 --port 8080 --replicas 2
   turnout deploy web --image myapp:v2 --strategy canary --steps 5,25,50,100 --step-pause 30s
+  turnout deploy web --image myapp:v2 --strategy ab --match 'header:X-Canary=always' --duration 10m
   turnout status web
   turnout rollback web
 """
@@ -33,7 +34,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary) "
+        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary, A/B) "
         "on a single Docker host.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="daemon state (journal, admin socket) [default: .turnout or $TURNOUT_STATE_DIR]")
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
     opts.add_argument("--verify", help="bigbang/bluegreen/rolling: watch the new version this long after "
                       "the switch, rolling back on an error-rate or health breach, e.g. 2s; 0 disables [2s]")
+    opts.add_argument("--match", help="ab: the requests that reach the new version, e.g. "
+                      "header:X-Canary=always, cookie:beta=prefix:y, query:ab=1 or hash:cookie:account_id=10")
+    opts.add_argument("--duration", help="ab: how long matching requests are judged before the end, e.g. "
+                      "10m [10m]")
+    opts.add_argument("--then", choices=("promote", "canary"),
+                      help="ab: what follows a passed A/B phase: promote the new version, or hand it on to "
+                      "the canary's weight steps [promote]")
     opts.add_argument("--preview", action="store_true",
                       help="blue-green: route the new set only for the pool override until `turnout "
                       "promote` (prints the X-Turnout-Pool header that reaches it)")
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("service")
     rehearse.add_argument("--image", required=True, help="the new version (a local image)")
     which = rehearse.add_mutually_exclusive_group()
-    which.add_argument("--strategy", choices=STRATEGIES)
+    which.add_argument("--strategy", choices=SHIFTING)
     which.add_argument("--all-strategies", action="store_true",
                        help="run the four strategies one after another (alternating images) and compare")
     load = rehearse.add_mutually_exclusive_group()
@@ -261,7 +269,8 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("port", "replicas", "health_path", "host")
              if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("steps", "step_pause", "preset", "max_error_rate",
-                                             "max_surge", "max_unavailable", "keep_old", "verify")
+                                             "max_surge", "max_unavailable", "keep_old", "verify", "match",
+                                             "duration", "then")
                if getattr(args, k) is not None}
     if args.preview:
         options["preview"] = True
@@ -339,6 +348,8 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _rules(client: Any, args: argparse.Namespace) -> int:
+    from .config.reader import match_text
+
     path = f"/v1/services/{args.service}/rules"
     if args.rules_command == "list":
         data = await client.request("GET", path)
@@ -353,7 +364,7 @@ async def _rules(client: Any, args: argparse.Namespace) -> int:
     print(f"{args.service}: {len(data['rules'])} rule(s)" + (", tried in order" if data["rules"] else ""))
     for i, rule in enumerate(data["rules"], 1):
         where = rule["pool"] or "nowhere now: falls through"
-        print(f"  {i}. {rule['name']:<16} {describe_match(rule['match']):<40} -> {rule['to']} ({where}), "
+        print(f"  {i}. {rule['name']:<16} {match_text(rule['match']):<40} -> {rule['to']} ({where}), "
               f"{rule['matches']} routed")
     return 0
 
@@ -375,18 +386,6 @@ def _rules_from_args(args: argparse.Namespace) -> Any:
     table = Table(data, "", args.file)
     table.reject_unknown({"rules"})
     return read_rules(table)
-
-
-def describe_match(match: dict[str, Any]) -> str:
-    """A rule's match as the command line writes it (`header:X-Canary=always & query:b=1`)."""
-    parts = []
-    for source in ("header", "cookie", "query"):
-        parts += [f"{source}:{name}={value}" for name, value in match.get(source, {}).items()]
-    if "hash" in match:
-        spec = match["hash"]
-        source = "cookie" if "cookie" in spec else "header"
-        parts.append(f"hash:{source}:{spec[source]}={spec['percent']:g}%")
-    return " & ".join(parts)
 
 
 def _signal(command: str) -> Any:
@@ -442,7 +441,7 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
                                  f"process may open only {limit} (ulimit -n)")
             # The default: as much of it as the limit allows (the report says which bound was used).
             max_in_flight = max(1, limit - OPEN_FILES_MARGIN)
-    strategies = STRATEGIES if args.all_strategies else (args.strategy,)
+    strategies = SHIFTING if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),

@@ -47,7 +47,7 @@ ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engi
 # What a deploy's options change for that deploy only (`--preview`, `--keep-old`, `--steps`,
 # `--max-surge`, `--verify`, ...): afterwards the service keeps the values its config gives. (The image
 # and replicas a deploy asks for describe what then runs: those stay.)
-PER_DEPLOY = ("canary", "rolling", "bluegreen", "verify", "hold_timeout", "drain_timeout")
+PER_DEPLOY = ("canary", "rolling", "bluegreen", "ab", "verify", "hold_timeout", "drain_timeout")
 # A version names its pool (`<version>` or `<version>-<n>`, n < 100000): a pool name is at most 63.
 MAX_VERSION = 57
 
@@ -107,6 +107,9 @@ class Deployer:
         strategy = strategy or config.strategy
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+        check = getattr(STRATEGIES[strategy], "check", None)  # what it needs of the config (ab: a match)
+        if check is not None:
+            check(config)  # refused before anything starts
         old = self.releases.get(config.name)
         version = check_version(version or version_of(image))
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"

@@ -15,7 +15,12 @@ from proxy.specs import HealthSpec, RuleSpec
 from ..errors import TurnoutError
 from ..hardening import DEFAULT_CAP_ADD, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT, DEFAULT_SECURITY_OPT
 
-STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
+# Strategies that move all traffic on their own (what `rehearse --all-strategies` and the benchmarks run)
+SHIFTING = ("bigbang", "bluegreen", "rolling", "canary")
+# ... and `ab`, which needs a match (`--match`): only matching requests reach the new version until it is
+# judged, then it is promoted or handed on to a canary.
+STRATEGIES = (*SHIFTING, "ab")
+AB_THEN = ("promote", "canary")  # what follows a passed A/B phase
 DEFAULT_STATE_DIR = Path(".turnout")
 CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
@@ -64,6 +69,16 @@ class CanaryOptions:
     @property
     def manual(self) -> bool:
         return self.step_pause is None
+
+
+@dataclass(frozen=True, slots=True)
+class AbOptions:
+    """The `ab` strategy: requests matching `match` (a rule named "ab" to the canary) reach the new
+    version for `duration`, judged by the canary's analysis against the stable pool; then `then`."""
+
+    match: RuleSpec | None = None
+    duration: float = 600.0
+    then: str = "promote"  # or "canary": hand on to the canary's weight steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +138,7 @@ class ServiceConfig:
     canary: CanaryOptions = field(default_factory=CanaryOptions)
     rolling: RollingOptions = field(default_factory=RollingOptions)
     bluegreen: BlueGreenOptions = field(default_factory=BlueGreenOptions)
+    ab: AbOptions = field(default_factory=AbOptions)
     # Seconds the new version is watched after bigbang/bluegreen/rolling switch to it (5xx rate with the
     # canary's thresholds, active health); a breach rolls back. 0: no verification.
     verify: float = DEFAULT_VERIFY
@@ -157,12 +173,13 @@ HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
+AB_KEYS = frozenset({f.name for f in fields(AbOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
                             "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
-                            "canary", "rolling", "bluegreen", "verify"})
+                            "canary", "rolling", "bluegreen", "ab", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",
                                  "override_networks", "rules"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
-OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES
+OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | AB_KEYS | SERVICE_OVERRIDES

@@ -3,7 +3,6 @@ per-deploy overrides (steps, step_pause, max_surge, keep_old, ...), errors named
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +10,7 @@ from proxy.errors import ValidationError
 from proxy.specs import RuleSpec, rule_from_dict, rules_from_list
 
 from .model import (
+    AB_KEYS,
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CLI_SOURCE,
@@ -22,6 +22,9 @@ from .model import (
     ServiceConfig,
 )
 from .reader import (
+    MATCH_SYNTAX,
+    match_from_text,
+    read_ab,
     read_bluegreen,
     read_canary,
     read_image,
@@ -34,22 +37,14 @@ from .table import Table
 
 # What `turnout deploy` may say about a service that is in no config (the admin API's `flags`).
 FLAGS = ("port", "replicas", "health_path", "host")
-# A rule's match on the command line: `header:X-Canary=always`, `cookie:beta=prefix:y`, `query:b=1`,
-# `hash:cookie:account_id=10%` (the value takes turnout.toml's forms: exact, prefix:, regex:, exact:).
-_MATCH_FLAG = re.compile(r"(header|cookie|query):([^=]+)=(.*)", re.DOTALL)
-_HASH_FLAG = re.compile(r"hash:(cookie|header):([^=]+)=([0-9]+(?:\.[0-9]+)?)%?")
-MATCH_SYNTAX = ("header:NAME=VALUE, cookie:NAME=VALUE, query:NAME=VALUE (VALUE: exact, prefix:..., "
-                "regex:...) or hash:cookie:NAME=PERCENT (or hash:header:...)")
 
 
 def match_from_flag(text: str, flag: str) -> dict[str, Any]:
-    """A `--match` (or `--rule`) value as turnout.toml's `match` table; ConfigError names the flag."""
-    if (found := _HASH_FLAG.fullmatch(text)) is not None:
-        percent = float(found[3])
-        return {"hash": {found[1]: found[2], "percent": int(percent) if percent.is_integer() else percent}}
-    if (found := _MATCH_FLAG.fullmatch(text)) is not None:
-        return {found[1]: {found[2]: found[3]}}
-    raise ConfigError(flag, f"{text!r} is not one of {MATCH_SYNTAX}", CLI_SOURCE)
+    """A `--rule` MATCH as turnout.toml's `match` table; ConfigError names the flag."""
+    match = match_from_text(text)
+    if match is None:
+        raise ConfigError(flag, f"{text!r} is not one of {MATCH_SYNTAX}", CLI_SOURCE)
+    return match
 
 
 def rules_from_flags(triples: list[list[str]]) -> tuple[RuleSpec, ...]:
@@ -102,6 +97,12 @@ def with_overrides(service: ServiceConfig, **options: Any) -> ServiceConfig:
     if bluegreen := {k: v for k, v in given.items() if k in BLUEGREEN_KEYS}:
         changes["bluegreen"] = read_bluegreen(_cli_table(bluegreen | {
             k: getattr(service.bluegreen, k) for k in BLUEGREEN_KEYS - set(bluegreen)}))
+    if ab := {k: v for k, v in given.items() if k in AB_KEYS}:
+        current = service.ab
+        base: dict[str, Any] = {"duration": current.duration, "then": current.then}
+        if current.match is not None:
+            base["match"] = current.match.to_dict()["match"]
+        changes["ab"] = read_ab(_cli_table(base | ab))
     own = _cli_table({k: v for k, v in given.items() if k in SERVICE_OVERRIDES})
     readers = {"image": read_image, "strategy": read_strategy,
                "replicas": lambda t: read_replicas(t, None),

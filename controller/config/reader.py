@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, RuleSpec, override_settings, parse_address, rules_from_list
+from proxy.specs import NAME_RE, RuleSpec, override_settings, parse_address, rule_from_dict, rules_from_list
 
 from ..hardening import (
     DEFAULT_CAP_ADD,
@@ -31,6 +31,8 @@ from ..labels import CORE_KEYS
 from .compose import read_compose_service
 from .duration import DurationError, parse_duration
 from .model import (
+    AB_KEYS,
+    AB_THEN,
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CONTAINER_KEYS,
@@ -44,6 +46,7 @@ from .model import (
     ROLLING_KEYS,
     SERVICE_KEYS,
     STRATEGIES,
+    AbOptions,
     BlueGreenOptions,
     CanaryOptions,
     Config,
@@ -59,6 +62,12 @@ _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
 _HOST = re.compile(r"[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?")
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A rule's match written on one line (`--match`, `--rule`): `header:X-Canary=always`, `cookie:beta=prefix:y`,
+# `query:b=1`, `hash:cookie:account_id=10%` (the value takes turnout.toml's forms: exact, prefix:, regex:).
+_MATCH_TEXT = re.compile(r"(header|cookie|query):([^=]+)=(.*)", re.DOTALL)
+_HASH_TEXT = re.compile(r"hash:(cookie|header):([^=]+)=([0-9]+(?:\.[0-9]+)?)%?")
+MATCH_SYNTAX = ("header:NAME=VALUE, cookie:NAME=VALUE, query:NAME=VALUE (VALUE: exact, prefix:..., "
+                "regex:...) or hash:cookie:NAME=PERCENT (or hash:header:...)")
 
 
 def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
@@ -208,6 +217,51 @@ def read_canary(t: Table | None) -> CanaryOptions:
         analysis_interval=t.duration("analysis_interval", d.analysis_interval, positive=True),
         preset=preset,
     )
+
+
+def match_from_text(text: str) -> dict[str, Any] | None:
+    """A match written on one line (MATCH_SYNTAX) as turnout.toml's `match` table; None when it is not."""
+    if (found := _HASH_TEXT.fullmatch(text)) is not None:
+        percent = float(found[3])
+        return {"hash": {found[1]: found[2], "percent": int(percent) if percent.is_integer() else percent}}
+    if (found := _MATCH_TEXT.fullmatch(text)) is not None:
+        return {found[1]: {found[2]: found[3]}}
+    return None
+
+
+def match_text(match: dict[str, Any]) -> str:
+    """A rule's match on one line, as `--match` takes it (`header:X-Canary=always`; several conditions
+    are shown joined by " & ", which only a TOML table can give)."""
+    parts = []
+    for source in ("header", "cookie", "query"):
+        parts += [f"{source}:{name}={value}" for name, value in match.get(source, {}).items()]
+    if "hash" in match:
+        spec = match["hash"]
+        source = "cookie" if "cookie" in spec else "header"
+        parts.append(f"hash:{source}:{spec[source]}={spec['percent']:g}%")
+    return " & ".join(parts)
+
+
+def read_ab(t: Table | None) -> AbOptions:
+    """`[services.x.ab]` (and `--match`, `--duration`, `--then`): `match` is a table as a rule's, or one
+    line (`header:X-Canary=always`); it becomes the rule "ab" sending matches to the canary."""
+    if t is None:
+        return AbOptions()
+    t.reject_unknown(AB_KEYS)
+    d = AbOptions()
+    match = d.match
+    if t.has("match"):
+        raw = t.data["match"]
+        if isinstance(raw, str):
+            raw = match_from_text(raw)
+            if raw is None:
+                raise t.error("match", f"{t.data['match']!r} is not one of {MATCH_SYNTAX}")
+        try:
+            match = rule_from_dict({"name": "ab", "match": raw, "to": "canary"}, "")
+        except ValidationError as exc:
+            raise t.error(exc.key.lstrip("."), exc.message) from None
+    return AbOptions(match=match, duration=t.duration("duration", d.duration, positive=True),
+                     then=t.string("then", d.then, choices=AB_THEN))
 
 
 def read_rolling(t: Table | None) -> RollingOptions:
@@ -423,6 +477,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         canary=read_canary(t.table("canary")),
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),
+        ab=read_ab(t.table("ab")),
         verify=t.duration("verify", DEFAULT_VERIFY),
         **common,
     )

@@ -29,6 +29,9 @@ def service_to_dict(config: ServiceConfig) -> dict[str, Any]:
         if data[key] is not None:
             data[key] = str(data[key])
     data["rules"] = [rule.to_dict() for rule in config.rules]  # as turnout.toml writes them
+    ab = config.ab
+    data["ab"] = {"duration": ab.duration, "then": ab.then,
+                  **({"match": ab.match.to_dict()["match"]} if ab.match is not None else {})}
     return data
 
 

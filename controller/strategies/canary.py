@@ -9,6 +9,7 @@ from typing import ClassVar
 from proxy.metrics import PoolCounters
 
 from ..analysis import error_breach, latency_breach
+from ..config.model import ServiceConfig
 from ..errors import AnalysisFailed
 from ..operations import Operations
 from ..release import Release
@@ -19,30 +20,42 @@ class Canary:
     verifies: ClassVar[bool] = False  # its analysis runs before the switch, none after
 
     async def run(self, ops: Operations) -> None:
-        options = ops.config.canary
         old, new = ops.old, ops.new
         await ops.start(new, ops.config.replicas)
         if old is None:
             ops.route([(new, 100)])
             ops.step("switched", weights={new.pool: 100})
             return
-        for weight in options.steps:
-            if weight >= 100:
-                break
-            ops.route([(old, 100 - weight), (new, weight)])
-            ops.step("weight", weights={old.pool: 100 - weight, new.pool: weight})
-            judge = Judge(ops, stable=old, canary=new)
-            outcome = await ops.wait_step(options.step_pause, judge.check, options.analysis_interval)
-            await judge.check()  # a last look at the full step window
-            if outcome == "promoted":
-                ops.step("promoted", at_weight=weight)
-                break
-        removed = ops.route([(new, 100)])
-        ops.step("switched", weights={new.pool: 100})
-        await ops.drain(removed)
-        await ops.remove(old.containers)
-        old.containers = []  # gone: a rollback redeploys this version's image
-        ops.step("old_removed", version=old.version)
+        await shift(ops, old, new)
+
+
+async def shift(ops: Operations, old: Release, new: Release, routing: ServiceConfig | None = None) -> None:
+    """Move the weight from `old` to the running, healthy `new` in the canary's steps, judging each, then
+    switch, drain and remove the old set. `routing`: the routing settings of the steps (the `ab`
+    strategy keeps its rule while it hands on); the final switch uses the service's own."""
+    options = ops.config.canary
+    for weight in options.steps:
+        if weight >= 100:
+            break
+        ops.route([(old, 100 - weight), (new, weight)], routing)
+        ops.step("weight", weights={old.pool: 100 - weight, new.pool: weight})
+        judge = Judge(ops, stable=old, canary=new)
+        outcome = await ops.wait_step(options.step_pause, judge.check, options.analysis_interval)
+        await judge.check()  # a last look at the full step window
+        if outcome == "promoted":
+            ops.step("promoted", at_weight=weight)
+            break
+    await switch(ops, old, new)
+
+
+async def switch(ops: Operations, old: Release, new: Release) -> None:
+    """All traffic to `new` in one swap; then drain and remove the old set."""
+    removed = ops.route([(new, 100)])
+    ops.step("switched", weights={new.pool: 100})
+    await ops.drain(removed)
+    await ops.remove(old.containers)
+    old.containers = []  # gone: a rollback redeploys this version's image
+    ops.step("old_removed", version=old.version)
 
 
 class Judge:
@@ -56,11 +69,14 @@ class Judge:
         self.options = ops.config.canary
         self.baseline = ops.proxy.counters(ops.config.name)
 
+    def windows(self) -> tuple[PoolCounters | None, PoolCounters | None]:
+        """(stable, canary): what each pool answered since this judge began."""
+        now = self.ops.proxy.counters(self.ops.config.name)
+        return _window(now, self.baseline, self.stable), _window(now, self.baseline, self.canary)
+
     async def check(self) -> None:
         self.ops.check_health(self.canary_release)  # ejected by the proxy's health checks: not healthy
-        now = self.ops.proxy.counters(self.ops.config.name)
-        stable = _window(now, self.baseline, self.stable)
-        canary = _window(now, self.baseline, self.canary)
+        stable, canary = self.windows()
         breach = error_breach(canary, stable, self.options) or latency_breach(canary, stable, self.options)
         if breach is not None:
             raise AnalysisFailed(f"canary {self.canary} {breach}")

@@ -40,6 +40,7 @@ verify = 0
 canary = { steps = [10, 100], step_pause = "manual", min_requests = 3 }
 rolling = { max_surge = 0, max_unavailable = 1 }
 bluegreen = { keep_old = "1m", preview = true }
+ab = { match = { cookie = { beta = "prefix:y" } }, duration = "5m", then = "canary" }
 
 [[services.web.rules]]
 name = "insiders"

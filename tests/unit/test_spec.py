@@ -320,6 +320,13 @@ BAD = [
      '[[services.web.rules]]\nname = "y"\nmatch = { hash = { cookie = "id" } }\nto = "canary"',
      "services.web.rules[1].match.hash.percent", "required"),
     (WEB + 'rules = "all"', "services.web.rules", "list of rules"),
+    (WEB + '[services.web.ab]\nmatch = { header = { X = "regex:(" } }', "services.web.ab.match.header.X",
+     "bad regex"),
+    (WEB + '[services.web.ab]\nmatch = "body:x=1"', "services.web.ab.match", "is not one of header:NAME"),
+    (WEB + '[services.web.ab]\nthen = "wait"', "services.web.ab.then", "promote, canary"),
+    (WEB + '[services.web.ab]\nduration = "0s"', "services.web.ab.duration", "longer than 0"),
+    ('[services.api]\nupstreams = ["h:1"]\n[services.api.ab]\nduration = "1m"', "services.api.ab",
+     "static upstreams"),
     ('[services.a]\nport = 80\n[services.b]\nport = 81', "services.b.host", "already routed to 'a'"),
     ('[services.a]\nport = 80\nhost = "x.localhost"\n[services.b]\nport = 81\nhost = "X.localhost"',
      "services.b.host", "already routed"),
@@ -645,8 +652,8 @@ def test_config_with_service_adds_without_changing_the_original():
 # -- rules on the command line (`turnout rules set --rule`, `turnout deploy --match`) -------------------
 
 def test_rules_from_flags_read_as_turnout_toml_does():
-    from controller.cli import describe_match
     from controller.config.overrides import rules_from_flags
+    from controller.config.reader import match_text
 
     rules = rules_from_flags([["insiders", "header:X-Canary=always", "canary"],
                               ["beta", "hash:cookie:account_id=10%", "canary"],
@@ -658,7 +665,7 @@ def test_rules_from_flags_read_as_turnout_toml_does():
         {"name": "fr", "match": {"query": {"lang": "regex:fr(-..)?"}}, "to": "v2"},
         {"name": "c", "match": {"cookie": {"plan": "prefix:pro"}}, "to": "stable"},
     ]
-    assert [describe_match(r.to_dict()["match"]) for r in rules] == [
+    assert [match_text(r.to_dict()["match"]) for r in rules] == [
         "header:X-Canary=always", "hash:cookie:account_id=10%", "query:lang=regex:fr(-..)?",
         "cookie:plan=prefix:pro"]
 
@@ -677,3 +684,25 @@ def test_rules_from_flags_name_the_flag(triples, flag, problem):
     with pytest.raises(ConfigError) as info:
         rules_from_flags(triples)
     assert info.value.key == flag and problem in info.value.problem, str(info.value)
+
+
+@pytest.mark.parametrize(("options", "flag", "problem"), [
+    ({"match": "header:X=regex:("}, "--match.header.X", "bad regex"),
+    ({"match": "ip:1.2.3.4"}, "--match", "is not one of"),
+    ({"then": "later"}, "--then", "must be one of promote, canary"),
+    ({"duration": "soon"}, "--duration", "not a duration"),
+])
+def test_ab_options_on_the_command_line_name_the_flag(options, flag, problem):
+    with pytest.raises(ConfigError) as info:
+        with_overrides(service_from_flags("web", "app:v1", port=80), **options)
+    assert info.value.key == flag and problem in info.value.problem, str(info.value)
+
+
+def test_ab_options_from_the_command_line_and_the_config():
+    config = with_overrides(service_from_flags("web", "app:v1", port=80), match="hash:cookie:id=12.5",
+                            duration="90s", then="canary")
+    assert config.ab.match.to_dict() == {"name": "ab", "match": {"hash": {"cookie": "id", "percent": 12.5}},
+                                         "to": "canary"}
+    assert (config.ab.duration, config.ab.then) == (90.0, "canary")
+    again = with_overrides(config, duration="1m")  # the other options stay
+    assert (again.ab.match, again.ab.duration, again.ab.then) == (config.ab.match, 60.0, "canary")
