@@ -160,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     clearing = actions.add_parser("clear", help="remove every rule of the service")
     clearing.add_argument("service")
 
+    mirror = sub.add_parser(
+        "mirror", help="shadow traffic: the report of differences between mirrored answers",
+        description="A service with [services.NAME.mirror] copies sampled requests to another pool (the "
+        "canary by default) and compares the answers with the clients'. The report groups differences per "
+        "endpoint template (GET /items/{id}) with the differing fields; fields that also differ between two "
+        "upstreams of the stable pool are learned as noise and left out.")
+    reports = mirror.add_subparsers(dest="mirror_command", required=True, metavar="ACTION")
+    report = reports.add_parser("report", help="what was copied, and the differences per endpoint")
+    report.add_argument("service")
+    report.add_argument("--json", action="store_true")
+
     for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
@@ -388,6 +399,33 @@ def _rules_from_args(args: argparse.Namespace) -> Any:
     return read_rules(table)
 
 
+async def _mirror(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("GET", f"/v1/services/{args.service}/mirror")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    spec, counts = data["mirror"], data["counts"]
+    target = data["target_pool"] or "no routable pool now: nothing is copied"
+    print(f"{args.service}: mirror to {spec['to']} ({target}), {spec['percent']:g}% of "
+          f"{', '.join(spec['methods'])}, at most {spec['max_per_second']}/s, compare "
+          f"{'on' if spec['compare'] else 'off'}")
+    dropped = counts["dropped_queue_full"] + counts["dropped_rate"] + counts["dropped_body"]
+    print(f"  copies: {counts['sampled']} sampled, {counts['sent']} sent, {counts['compared']} compared, "
+          f"{counts['failed']} failed, {dropped} dropped (queue full {counts['dropped_queue_full']}, "
+          f"rate {counts['dropped_rate']}, body {counts['dropped_body']}), {counts['unanswered']} without "
+          "the client's whole answer")
+    if data["diff_rate"] is not None:
+        print(f"  diff rate: {data['diff_rate']:.1%}")
+    for entry in data["endpoints"]:
+        print(f"  {entry['endpoint']}: {entry['differing']} of {entry['compared']} differ")
+        for item in entry["fields"]:
+            print(f"      {item['field']:<28} {item['count']:>6}x  primary {item['primary']}  "
+                  f"mirror {item['mirror']}")
+        if entry["noise"]:
+            print(f"      noise (differs between stable upstreams too): {', '.join(entry['noise'])}")
+    return 0
+
+
 def _signal(command: str) -> Any:
     async def send(client: Any, args: argparse.Namespace) -> int:
         if getattr(args, "traffic", False):
@@ -474,6 +512,7 @@ COMMANDS = {
     "pause": _signal("pause"),
     "resume": _signal("resume"),
     "rules": _rules,
+    "mirror": _mirror,
 }
 
 

@@ -64,6 +64,7 @@ def create_admin_app(router: Router, token: str | None = None) -> web.Applicatio
     app.router.add_get("/v1/services/{name}/rules", get_rules)
     app.router.add_put("/v1/services/{name}/rules", put_rules)
     app.router.add_delete("/v1/services/{name}/rules", delete_rules)
+    app.router.add_get("/v1/services/{name}/mirror", get_mirror)
     app.router.add_get("/v1/drains", get_drains)
     app.router.add_get("/metrics", get_metrics)
     return app
@@ -280,6 +281,21 @@ async def _apply_rules(request: web.Request, rules: tuple[RuleSpec, ...]) -> web
     request.app[RULES_SETTER](name, rules)
     await _data_plane_first()
     return _json({"generation": router.generation, **describe_rules(router, name)})
+
+
+async def get_mirror(request: web.Request) -> web.Response:
+    """The service's shadow traffic: its settings, what happened to the copies, and the differences
+    found per endpoint template (noise learned from the stable pool left out)."""
+    router = request.app[ROUTER_KEY]
+    name = request.match_info["name"]
+    spec = router.service_spec(name)
+    mirror = router.mirrors.get(name)
+    if mirror is None:
+        raise ApiError(404, f"service {name!r} has no mirror (add [services.{name}.mirror])")
+    service = router.table.services.get(name)
+    target = service.mirror_pool if service is not None and service.mirror is not None else None
+    return _json({**mirror.describe(), "active": spec.mirror is not None and target is not None,
+                  "target_pool": target.name if target is not None else None})
 
 
 def _seconds(bound: float | None) -> float | str | None:

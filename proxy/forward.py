@@ -38,6 +38,7 @@ from .http import (
     next_request_id,
     sticky_cookie,
 )
+from .mirror import Job as MirrorJob
 from .pool import Pool
 from .service import Service
 from .table import RoutingTable
@@ -79,7 +80,8 @@ class Listener(Protocol):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
-        "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "peer", "pending", "pending_size",
+        "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "mjob", "peer", "pending",
+        "pending_size",
         "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
         "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
         "upstream", "websocket", "wpaused", "_dispatch_needed",
@@ -126,6 +128,7 @@ class ClientConnection(asyncio.Protocol):
         self.suffix = b""
         self.head_tag = b""
         self.alog: Tap | None = None  # the access log's tap, when the access log is on
+        self.mjob: MirrorJob | None = None  # a sampled request's copy, waiting for the rest of its body
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -251,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         pool = service.only  # one weighted pool, no rule: no draw (the usual case)
         if pool is None:
-            if service.sticky:
+            if service.full_path_only:  # sticky, or mirrored (proxy/mirror.py)
                 return False
             # What select(None, None, req) does: the rules (remembered per head), else the draw.
             pool = service.choose() if service.rules is None else service.choose_plain(req)
@@ -327,6 +330,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.attempts = 0
+        self.mjob = None
         if req.chunked:
             self.chunker = ChunkedFramer()
             self.reading_body = True
@@ -376,9 +380,16 @@ class ClientConnection(asyncio.Protocol):
                 self.pending_size += n
                 if self.pending_size > PENDING_LIMIT:
                     self._pause(_P_PENDING)
+            job = self.mjob
+            if job is not None and not job.mirror.add_body(job, piece):
+                self.mjob = None
         if done:
             self.reading_body = False
             self.chunker = None
+            job = self.mjob
+            if job is not None:  # the whole request is read: its copy may go
+                self.mjob = None
+                job.mirror.submit(job)
             if self.upconn is not None and not self.head_sent:
                 self._set_deadline(D_UPSTREAM, self.config.upstream_timeout)
             elif self.dkind == D_BODY:
@@ -423,6 +434,9 @@ class ClientConnection(asyncio.Protocol):
         upstream.begin(self)
         pool.stats.inflight += 1
         self._dispatch_needed = True
+        mirror = service.mirror
+        if mirror is not None:  # shadow traffic: a copy of this request, maybe (never delays this one)
+            self.mjob = mirror.sample(self, pool, upstream, service.mirror_pool, req)  # type: ignore[arg-type]
         return None
 
     async def _hold(self, service: Service) -> None:

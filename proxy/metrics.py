@@ -113,12 +113,32 @@ class RuleStats:
         self.matches = 0
 
 
+MIRROR_OUTCOMES = ("sampled", "sent", "compared", "failed", "dropped_queue_full", "dropped_rate",
+                   "dropped_body", "unanswered", "internal_errors")
+
+
+class MirrorStats:
+    """What happened to one service's shadow traffic (proxy/mirror.py): copies sampled, sent (answered),
+    compared with the client's answer, failed at the mirror target, dropped (queue full, over
+    `max_per_second`, body over `max_body`), not compared for lack of the client's whole answer."""
+
+    __slots__ = MIRROR_OUTCOMES
+
+    def __init__(self) -> None:
+        for name in MIRROR_OUTCOMES:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in MIRROR_OUTCOMES}
+
+
 class Metrics:
     """Registry of PoolStats by (service, pool), plus proxy-wide counters."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], PoolStats] = {}
         self.rules: dict[tuple[str, str], RuleStats] = {}  # by (service, rule name), across swaps
+        self.mirrors: dict[str, MirrorStats] = {}  # by service, across swaps
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
         self.drain_aborted = 0
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
@@ -136,6 +156,12 @@ class Metrics:
         stats = self.rules.get(key)
         if stats is None:
             stats = self.rules[key] = RuleStats()
+        return stats
+
+    def mirror(self, service: str) -> MirrorStats:
+        stats = self.mirrors.get(service)
+        if stats is None:
+            stats = self.mirrors[service] = MirrorStats()
         return stats
 
     def counters(self, service: str) -> dict[str, PoolCounters]:
@@ -162,6 +188,11 @@ class Metrics:
                 "# TYPE turnout_rule_matches_total counter"]
         for (svc, rule), r in sorted(self.rules.items()):
             out.append(f'turnout_rule_matches_total{{service="{svc}",rule="{rule}"}} {r.matches}')
+        out += ["# HELP turnout_mirror_requests_total Shadow traffic copies, by service and outcome.",
+                "# TYPE turnout_mirror_requests_total counter"]
+        for svc, m in sorted(self.mirrors.items()):
+            for outcome, count in m.as_dict().items():
+                out.append(f'turnout_mirror_requests_total{{service="{svc}",outcome="{outcome}"}} {count}')
         out += ["# HELP turnout_proxy_errors_total 502/503/504 answers made by the proxy itself.",
                 "# TYPE turnout_proxy_errors_total counter"]
         for (svc, pool), s in sorted(self.pools.items()):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from .http import RequestHead
 from .metrics import RuleStats
+from .mirror import Mirror
 from .override import Override
 from .pool import Pool
 from .rules import Rules, compiled
@@ -19,12 +20,12 @@ STICKY_COOKIE_PREFIX = "turnout-"  # the sticky cookie is named turnout-<service
 class Service:
     """Immutable: built from a ServiceSpec plus upstream health each time either changes."""
 
-    __slots__ = ("_cumulative", "_weighted", "cookie_name", "forced_pools", "hold_timeout", "hosts", "name",
-                 "only", "override", "path_prefix", "pools", "pools_by_name", "routable", "rule_pools",
-                 "rule_stats", "rules", "spec", "state", "sticky")
+    __slots__ = ("_cumulative", "_weighted", "cookie_name", "forced_pools", "full_path_only", "hold_timeout",
+                 "hosts", "mirror", "mirror_pool", "name", "only", "override", "path_prefix", "pools",
+                 "pools_by_name", "routable", "rule_pools", "rule_stats", "rules", "spec", "state", "sticky")
 
     def __init__(self, spec: ServiceSpec, pools: tuple[Pool, ...], hold_timeout: float,
-                 rule_stats: tuple[RuleStats, ...] = ()) -> None:
+                 rule_stats: tuple[RuleStats, ...] = (), mirror: Mirror | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.hosts = spec.hosts
@@ -56,10 +57,15 @@ class Service:
         self.rule_stats = rule_stats
         self.rules: Rules | None = (compiled(spec.rules)
                                     if any(p is not None for p in self.rule_pools) else None)
+        # Shadow traffic, while its target pool is routable (proxy/mirror.py): requests are sampled on
+        # the full path, so such a service never takes the fast lane; neither does a sticky one.
+        self.mirror_pool = self._rule_target(spec.mirror.to) if spec.mirror is not None else None
+        self.mirror = mirror if self.mirror_pool is not None else None
+        self.full_path_only = self.sticky or self.mirror is not None
         # The pool every request without an override gets, when there is no draw, no rule and no cookie to
         # set: what select(None, None) returns then, known in advance (the hot path's shortcut).
-        self.only = (self._weighted[0] if len(self._weighted) == 1 and not self.sticky and self.rules is None
-                     else None)
+        self.only = (self._weighted[0] if len(self._weighted) == 1 and not self.full_path_only
+                     and self.rules is None else None)
 
     def _rule_target(self, to: str) -> Pool | None:
         """The pool a rule's `to` names here: "stable" (the pool labelled stable, else the heaviest),

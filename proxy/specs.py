@@ -36,6 +36,12 @@ RULE_TARGETS = ("canary", "stable")  # the newest pool (label "canary") and the 
 MAX_RULES = 32
 MAX_PATTERN = 1024  # characters of one match value
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Shadow traffic (proxy/mirror.py): copies of sampled requests to another pool, answers compared.
+MIRROR_KEYS = ("to", "percent", "max_per_second", "methods", "max_body", "compare", "ignore", "headers",
+               "timeout")
+MIRROR_HEADERS = ("content-type", "location", "cache-control")  # compared unless `headers` says otherwise
+MAX_MIRROR_BODY = 16 * 1024 * 1024
+_IGNORE_RE = re.compile(r"json:\$(?:\.[^.\[\]]+|\[(?:[0-9]+|\*)\])*|header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,30 @@ class RuleSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    """Shadow traffic: `percent` of the requests with one of `methods` (at most `max_per_second`) are
+    copied to the pool `to` ("canary", "stable" or a pool name) when it is another pool than the one
+    serving them; with `compare`, the two answers are compared (status, `headers`, the body up to
+    `max_body` bytes), leaving out `ignore` ("json:$.path", "header:Name")."""
+
+    to: str = "canary"
+    percent: float = 10.0
+    max_per_second: int = 200
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    max_body: int = 64 * 1024
+    compare: bool = True
+    ignore: tuple[str, ...] = ()
+    headers: tuple[str, ...] = MIRROR_HEADERS
+    timeout: float = 5.0  # seconds a copy (and the client's answer it is compared with) may take
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("methods", "ignore", "headers"):
+            data[key] = list(data[key])
+        return data
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
     pools: tuple[PoolSpec, ...]
@@ -119,6 +149,7 @@ class ServiceSpec:
     override_secret: str | None = None
     override_networks: tuple[str, ...] = ()
     rules: tuple[RuleSpec, ...] = ()  # tried in order, after the pool override, before the sticky cookie
+    mirror: MirrorSpec | None = None  # shadow traffic with a response diff (proxy/mirror.py)
 
     @property
     def upstream_addresses(self) -> set[str]:
@@ -133,6 +164,7 @@ class ServiceSpec:
         data["hosts"] = list(self.hosts)
         data["override_networks"] = list(self.override_networks)
         data["rules"] = [rule.to_dict() for rule in self.rules]
+        data["mirror"] = self.mirror.to_dict() if self.mirror is not None else None
         return data
 
     @classmethod
@@ -141,7 +173,8 @@ class ServiceSpec:
         if not isinstance(data, dict):
             raise ValidationError("service", "must be a JSON object")
         known = {"name", "pools", "hosts", "path_prefix", "balance", "state", "sticky", "health",
-                 "hold_timeout", "labels", "override", "override_secret", "override_networks", "rules"}
+                 "hold_timeout", "labels", "override", "override_secret", "override_networks", "rules",
+                 "mirror"}
         for key in data:
             if key not in known:
                 raise ValidationError(str(key), f"unknown field (known: {', '.join(sorted(known))})")
@@ -184,7 +217,61 @@ class ServiceSpec:
             labels=dict(labels),
             **override_settings(data),
             rules=rules_from_list(data.get("rules", [])),
+            mirror=mirror_from_dict(data["mirror"]) if data.get("mirror") is not None else None,
         )
+
+
+def mirror_from_dict(raw: Any, where: str = "mirror") -> MirrorSpec:
+    """Validate a mirror table (turnout.toml's `[services.x.mirror]`, with `max_body` in bytes here);
+    a bad value raises ValidationError naming its key (`mirror.percent`)."""
+    if not isinstance(raw, dict):
+        raise ValidationError(where, "must be a table")
+    for key in raw:
+        if key not in MIRROR_KEYS:
+            raise ValidationError(f"{where}.{key}", f"unknown key (known: {', '.join(MIRROR_KEYS)})")
+    d = MirrorSpec()
+    to = raw.get("to", d.to)
+    if to not in RULE_TARGETS:
+        try:
+            _check_name(f"{where}.to", to)
+        except ValidationError:
+            raise ValidationError(f"{where}.to", f"must be canary, stable or a version (pool) name, got "
+                                  f"{to!r}") from None
+    percent = _number(f"{where}.percent", raw.get("percent", d.percent), 0.0, 100.0)
+    if percent <= 0:
+        raise ValidationError(f"{where}.percent", "must be above 0")
+    rate = raw.get("max_per_second", d.max_per_second)
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= 100_000:
+        raise ValidationError(f"{where}.max_per_second", f"must be a whole number 1-100000, got {rate!r}")
+    methods = _strings(f"{where}.methods", raw.get("methods", list(d.methods)))
+    for method in methods:
+        if not _HEADER_NAME_RE.fullmatch(method) or method.upper() != method:
+            raise ValidationError(f"{where}.methods", f"{method!r} is not an upper-case method name")
+    max_body = raw.get("max_body", d.max_body)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or not 0 <= max_body <= MAX_MIRROR_BODY:
+        raise ValidationError(f"{where}.max_body", f"must be 0-{MAX_MIRROR_BODY} bytes, got {max_body!r}")
+    compare = raw.get("compare", d.compare)
+    if not isinstance(compare, bool):
+        raise ValidationError(f"{where}.compare", "must be true or false")
+    ignore = _strings(f"{where}.ignore", raw.get("ignore", []))
+    for entry in ignore:
+        if not _IGNORE_RE.fullmatch(entry):
+            raise ValidationError(f"{where}.ignore", f"{entry!r} is neither json:$.path (.key, [0], [*]) "
+                                  "nor header:Name")
+    headers = _strings(f"{where}.headers", raw.get("headers", list(d.headers)))
+    for name in headers:
+        if not _HEADER_NAME_RE.fullmatch(name):
+            raise ValidationError(f"{where}.headers", f"{name!r} is not a header name")
+    timeout = _number(f"{where}.timeout", raw.get("timeout", d.timeout), 0.01, 60.0, unit=" seconds")
+    return MirrorSpec(to=to, percent=percent, max_per_second=rate, methods=tuple(methods), max_body=max_body,
+                      compare=compare, ignore=tuple(ignore), headers=tuple(h.lower() for h in headers),
+                      timeout=timeout)
+
+
+def _strings(where: str, raw: Any) -> list[str]:
+    if not isinstance(raw, list | tuple) or not all(isinstance(v, str) and v for v in raw):
+        raise ValidationError(where, f"must be a list of non-empty strings, got {raw!r}")
+    return list(raw)
 
 
 def rules_from_list(raw: Any, where: str = "rules") -> tuple[RuleSpec, ...]:

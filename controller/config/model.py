@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from proxy.config import ProxyConfig
-from proxy.specs import HealthSpec, RuleSpec
+from proxy.specs import HealthSpec, MirrorSpec, RuleSpec
 
 from ..errors import TurnoutError
 from ..hardening import DEFAULT_CAP_ADD, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT, DEFAULT_SECURITY_OPT
@@ -65,6 +65,9 @@ class CanaryOptions:
     min_requests: int = 20  # requests the canary must see at a step before it is judged
     analysis_interval: float = 1.0
     preset: str | None = None  # the preset the steps came from, for display
+    # Share of mirrored requests whose answers differ (proxy/mirror_diff.py) above which the new version
+    # is rolled back (judged once `min_requests` copies were compared); None: differences never roll back.
+    max_diff_rate: float | None = None
 
     @property
     def manual(self) -> bool:
@@ -132,6 +135,8 @@ class ServiceConfig:
     override_networks: tuple[str, ...] = ()
     # Routing rules (`[[services.x.rules]]`, proxy/rules.py), tried in order after the pool override.
     rules: tuple[RuleSpec, ...] = ()
+    # Shadow traffic with a response diff (`[services.x.mirror]`, proxy/mirror.py); None: no mirror.
+    mirror: MirrorSpec | None = None
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
     upstreams: tuple[str, ...] = ()  # static "host:port" upstreams: routed, not managed
@@ -179,7 +184,7 @@ CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "com
                             "canary", "rolling", "bluegreen", "ab", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",
-                                 "override_networks", "rules"}
+                                 "override_networks", "rules", "mirror"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
 OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | AB_KEYS | SERVICE_OVERRIDES

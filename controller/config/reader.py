@@ -15,7 +15,16 @@ from typing import Any
 
 from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, RuleSpec, override_settings, parse_address, rule_from_dict, rules_from_list
+from proxy.specs import (
+    NAME_RE,
+    MirrorSpec,
+    RuleSpec,
+    mirror_from_dict,
+    override_settings,
+    parse_address,
+    rule_from_dict,
+    rules_from_list,
+)
 
 from ..hardening import (
     DEFAULT_CAP_ADD,
@@ -214,6 +223,7 @@ def read_canary(t: Table | None) -> CanaryOptions:
         max_error_rate=t.number("max_error_rate", d.max_error_rate, minimum=0, maximum=1),
         max_p99_ratio=t.number("max_p99_ratio", d.max_p99_ratio, minimum=1),
         min_requests=t.integer("min_requests", d.min_requests, minimum=0),
+        max_diff_rate=t.number("max_diff_rate", d.max_diff_rate, minimum=0, maximum=1),
         analysis_interval=t.duration("analysis_interval", d.analysis_interval, positive=True),
         preset=preset,
     )
@@ -412,6 +422,30 @@ def read_rules(t: Table, key: str = "rules") -> tuple[RuleSpec, ...]:
         raise t.error(exc.key, exc.message) from None
 
 
+_SIZE = re.compile(r"([0-9]+)\s*(b|k|kb|kib|m|mb|mib)?", re.IGNORECASE)
+
+
+def read_mirror(t: Table) -> MirrorSpec | None:
+    """`[services.x.mirror]`: the proxy's own reader (proxy/specs.py), with `max_body` also as a size
+    ("64KiB", "1MiB": powers of 1024)."""
+    if not t.has("mirror"):
+        return None
+    mirror = t.table("mirror")
+    assert mirror is not None
+    data = dict(mirror.data)
+    size = data.get("max_body")
+    if isinstance(size, str):
+        found = _SIZE.fullmatch(size.strip())
+        if found is None:
+            raise mirror.error("max_body", f"must be bytes or a size such as 64KiB or 1MiB, got {size!r}")
+        unit = (found[2] or "b").lower()[:1]
+        data["max_body"] = int(found[1]) * 1024 ** "bkm".index(unit)
+    try:
+        return mirror_from_dict(data, "mirror")
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
 def read_strategy(t: Table) -> str:
     return t.string("strategy", "rolling", choices=STRATEGIES)
 
@@ -450,6 +484,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         sticky=t.boolean("sticky", False),
         **_override(t),
         rules=read_rules(t),
+        mirror=read_mirror(t),
         hold_timeout=t.duration("hold_timeout", positive=True),
         drain_timeout=t.duration("drain_timeout", positive=True),
         compose_file=compose_file,

@@ -68,6 +68,7 @@ class Judge:
         self.canary_release = canary
         self.options = ops.config.canary
         self.baseline = ops.proxy.counters(ops.config.name)
+        self.diffs_baseline = ops.proxy.mirror_totals(ops.config.name)
 
     def windows(self) -> tuple[PoolCounters | None, PoolCounters | None]:
         """(stable, canary): what each pool answered since this judge began."""
@@ -77,9 +78,26 @@ class Judge:
     async def check(self) -> None:
         self.ops.check_health(self.canary_release)  # ejected by the proxy's health checks: not healthy
         stable, canary = self.windows()
-        breach = error_breach(canary, stable, self.options) or latency_breach(canary, stable, self.options)
+        breach = (error_breach(canary, stable, self.options) or latency_breach(canary, stable, self.options)
+                  or self._diff_breach())
         if breach is not None:
             raise AnalysisFailed(f"canary {self.canary} {breach}")
+
+
+    def _diff_breach(self) -> str | None:
+        """Shadow traffic (proxy/mirror.py) to the canary: the share of compared copies whose answers
+        differed from the stable's, since this judge began, against `max_diff_rate`."""
+        limit = self.options.max_diff_rate
+        now = self.ops.proxy.mirror_totals(self.ops.config.name)
+        if limit is None or now is None:
+            return None
+        compared, differing = now
+        if self.diffs_baseline is not None:
+            compared, differing = compared - self.diffs_baseline[0], differing - self.diffs_baseline[1]
+        if compared < max(1, self.options.min_requests) or differing / compared <= limit:
+            return None
+        return (f"diff rate {differing / compared:.1%} of {compared} mirrored requests exceeds "
+                f"max_diff_rate {limit:.1%} (see `turnout mirror report {self.ops.config.name}`)")
 
 
 def _window(now: dict[str, PoolCounters], before: dict[str, PoolCounters], pool: str) -> PoolCounters | None:

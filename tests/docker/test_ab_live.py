@@ -60,10 +60,10 @@ async def test_an_ab_deploy_routes_only_matched_clients_then_promotes(daemon):
     assert steps[steps.index("ab"):steps.index("ab") + 3] == ["ab", "ab_judged", "switched"]
 
 
-def ab_rule_routes(daemon) -> bool:
+def ab_rule_routes(daemon, pool: str = "v2") -> bool:
     listed = daemon.cli("rules", "list", "web", "--json")
     rules = json.loads(listed.stdout)["rules"] if listed.returncode == 0 else []
-    return any(rule["name"] == "ab" and rule["pool"] == "v2" for rule in rules)
+    return any(rule["name"] == "ab" and rule["pool"] == pool for rule in rules)
 
 
 async def wait_until(predicate, timeout: float = 60.0) -> None:

@@ -236,6 +236,7 @@ def test_draws_and_connects_as_the_full_path_does(loop, heads, monkeypatch, rig_
 @pytest.mark.parametrize("why, rig_args", [
     ("sticky cookie to set", {"sticky": True}),
     ("sticky, several pools", {"sticky": True, "pools": TWO_POOLS}),
+    ("mirrored: requests are sampled on the full path", {"pools": TWO_POOLS, "mirror": {"to": "green"}}),
     ("no route: a path prefix that does not match", {"path_prefix": "/api"}),
     ("no route: another host", {"hosts": ["elsewhere.test"], "others": (OTHER_HOST,)}),
 ])

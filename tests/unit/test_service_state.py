@@ -37,7 +37,7 @@ cap_add = []
 sticky = true
 hold_timeout = "5s"
 verify = 0
-canary = { steps = [10, 100], step_pause = "manual", min_requests = 3 }
+canary = { steps = [10, 100], step_pause = "manual", min_requests = 3, max_diff_rate = 0.01 }
 rolling = { max_surge = 0, max_unavailable = 1 }
 bluegreen = { keep_old = "1m", preview = true }
 ab = { match = { cookie = { beta = "prefix:y" } }, duration = "5m", then = "canary" }
@@ -51,6 +51,14 @@ to = "canary"
 name = "beta-10pct"
 match = { hash = { cookie = "account_id", percent = 12.5 } }
 to = "v2"
+
+[services.web.mirror]
+to = "canary"
+percent = 10
+max_per_second = 50
+methods = ["GET", "POST"]
+max_body = "64KiB"
+ignore = ["json:$.generated_at", "header:Date"]
 
 [services.web.health]
 path = "/up"

@@ -324,6 +324,11 @@ BAD = [
      "bad regex"),
     (WEB + '[services.web.ab]\nmatch = "body:x=1"', "services.web.ab.match", "is not one of header:NAME"),
     (WEB + '[services.web.ab]\nthen = "wait"', "services.web.ab.then", "promote, canary"),
+    (WEB + '[services.web.mirror]\npercent = 0', "services.web.mirror.percent", "above 0"),
+    (WEB + '[services.web.mirror]\nmax_body = "big"', "services.web.mirror.max_body", "such as 64KiB"),
+    (WEB + '[services.web.mirror]\nignore = ["generated_at"]', "services.web.mirror.ignore", "json:$.path"),
+    (WEB + '[services.web.mirror]\nmirror_to = "v2"', "services.web.mirror.mirror_to", "unknown key"),
+    (CANARY + 'max_diff_rate = 2', "services.web.canary.max_diff_rate", "at most 1"),
     (WEB + '[services.web.ab]\nduration = "0s"', "services.web.ab.duration", "longer than 0"),
     ('[services.api]\nupstreams = ["h:1"]\n[services.api.ab]\nduration = "1m"', "services.api.ab",
      "static upstreams"),
@@ -706,3 +711,10 @@ def test_ab_options_from_the_command_line_and_the_config():
     assert (config.ab.duration, config.ab.then) == (90.0, "canary")
     again = with_overrides(config, duration="1m")  # the other options stay
     assert (again.ab.match, again.ab.duration, again.ab.then) == (config.ab.match, 60.0, "canary")
+
+
+def test_mirror_sizes_and_defaults(tmp_path):
+    path = write(tmp_path, WEB + '[services.web.mirror]\nmax_body = "1MiB"\nmethods = ["GET"]\n')
+    mirror = load_config(path).services["web"].mirror
+    assert mirror.max_body == 1024 * 1024 and mirror.methods == ("GET",) and mirror.to == "canary"
+    assert load_config(write(tmp_path, WEB)).services["web"].mirror is None

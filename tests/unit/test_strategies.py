@@ -528,3 +528,20 @@ async def test_ab_without_a_match_is_refused_before_anything_starts(world):
     with pytest.raises(UsageError, match="needs --match"):
         deployer.deploy(web(), "app:v2", "ab")
     assert "web" not in deployer.active
+
+
+async def test_canary_rolls_back_when_mirrored_answers_differ_too_often(world):
+    from proxy.specs import MirrorSpec
+
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=5.0, analysis_interval=0.02,
+                                      min_requests=10, max_diff_rate=0.1), mirror=MirrorSpec())
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+    await wait_weights(router, {"v1": 50, "v2": 50})
+    report = router.mirrors["web"].report
+    for i in range(20):  # what the mirror's workers would record: 3 in 4 copies differ in price
+        report.record("GET /items/{id}", {"$.price": ("10", "12")} if i % 4 else {})
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back" and "diff rate 75.0%" in active.message, active.message
+    assert [p.name for p in router.table.services["web"].pools] == ["v1"]
