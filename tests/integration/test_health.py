@@ -102,6 +102,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
     b.healthy = False
     await wait_for(lambda: upstream_b.health is Health.UNHEALTHY)
+    await listeners_ran()  # `on_swap` runs from the swap's call_soon, after the health changed
     assert failures_at_transition == [FAST["fall"]]  # exactly `fall` failures, not fewer
     assert eligible(router) == {a.address}
     assert router.table.services["app"].pools[0].eligible == (router.upstreams[a.address],)
@@ -112,6 +113,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
         b.healthy = True
         await wait_for(lambda: upstream_b.health is Health.HEALTHY)
+        await listeners_ran()
         assert passes_at_transition == [FAST["rise"]]  # exactly `rise` passes
         assert eligible(router) == {a.address, b.address}
         bodies = [(await fetch(proxy.port)).body for _ in range(10)]
@@ -229,6 +231,7 @@ async def test_health_transitions_are_logged(ups, checked):
         await wait_for(lambda: router.upstreams[b.address].health is Health.UNHEALTHY)
         b.healthy = True
         await wait_for(lambda: router.upstreams[b.address].health is Health.HEALTHY)
+        await listeners_ran()  # the swap's `table.changed` line is logged from call_soon: inside the capture
     changes = [(e["upstream"], e["previous"], e["health"])
                for e in logs if e["event"] == "upstream.health_changed"]
     assert changes == [(b.address, "healthy", "unhealthy"), (b.address, "unhealthy", "healthy")]
