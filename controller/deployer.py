@@ -374,11 +374,12 @@ class Deployer:
                       started: float) -> None:
         active.status, active.message = status, message
         seconds = round(time.monotonic() - started, 3)
-        self.journal.finish(active.id, status, message)
+        result = ops.result()  # requests the proxy failed during the deploy, notes (why the gap was long)
+        self.journal.finish(active.id, status, message, result=result)
         event = "deploy.finished" if status == "succeeded" else "deploy.failed"
-        ops.log.info(event, status=status, message=message, seconds=seconds, timings=ops.timings)
+        ops.log.info(event, status=status, message=message, seconds=seconds, timings=ops.timings, **result)
         active.events.emit("finished", status=status, message=message, seconds=seconds,
-                           timings=ops.timings)
+                           timings=ops.timings, **result)
         self.finished[active.service] = active
         self.active.pop(active.service, None)
         await active.events.close()

@@ -54,6 +54,7 @@ CREATE_OPTIONS = frozenset(
         "volumes",  # ContainerSpec.volumes as "source:target[:mode]" binds
         "mem_limit",  # ContainerSpec.mem_limit
         "nano_cpus",  # ContainerSpec.cpus * 1e9
+        "init",  # ContainerSpec.init: Docker's --init (a tiny init as PID 1 that forwards signals)
         "restart_policy",  # always {"Name": "no"}
         "detach",
     }
@@ -84,6 +85,8 @@ class ContainerSpec:
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     mem_limit: str | int | None = None  # docker notation, e.g. "256m", or bytes
     cpus: float | None = None
+    init: bool = False  # Docker's --init
+    # `docker stop`'s timeout is given at stop (DockerBackend.stop): docker-py's create takes no StopTimeout.
 
     def __post_init__(self) -> None:
         for name in ("service", "version", "image", "pool"):
@@ -299,6 +302,8 @@ class DockerBackend:
             kwargs["mem_limit"] = spec.mem_limit
         if spec.cpus is not None:
             kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
+        if spec.init:
+            kwargs["init"] = True
         unexpected = kwargs.keys() - CREATE_OPTIONS
         if unexpected:  # a programming error here, never user input
             raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")

@@ -6,6 +6,7 @@
 #   turnout-testapp:fail500        healthy, but / answers 500
 #   turnout-testapp:flaky          /healthz alternates pass/fail per probe (never 2 passes in a row)
 #   turnout-testapp:sick           /healthz passes 3 probes, then fails for good
+#   turnout-testapp:noterm         healthy, but ignores SIGTERM as PID 1 (docker stop kills it: exit 137)
 # Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,3 +34,4 @@ build crash v-crash crash
 build fail500 v-fail500 fail500
 build flaky v-flaky flaky
 build sick v-sick sick
+build noterm v-noterm noterm

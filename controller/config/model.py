@@ -19,6 +19,7 @@ DEFAULT_STATE_DIR = Path(".turnout")
 CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
 DEFAULT_VERIFY = 2.0  # seconds of post-switch verification (ServiceConfig.verify)
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL when stopping a container (Docker's own)
 
 
 class ConfigError(TurnoutError, ValueError):
@@ -102,6 +103,8 @@ class ServiceConfig:
     labels: dict[str, str] = field(default_factory=dict)
     mem_limit: int | None = None  # bytes
     cpus: float | None = None
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # `docker stop`'s grace: SIGTERM, then SIGKILL after it
+    init: bool = False  # Docker's --init: a tiny init as PID 1 forwards signals and reaps zombies
     sticky: bool = False
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
@@ -144,7 +147,8 @@ CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
-                            "mem_limit", "cpus", "canary", "rolling", "bluegreen", "verify"})
+                            "mem_limit", "cpus", "stop_timeout", "init", "canary", "rolling", "bluegreen",
+                            "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
