@@ -146,6 +146,24 @@ async def test_a_probe_timeout_counts_as_a_failure(ups, checked):
     assert failed and "Timeout" in failed[0]["seen"]
 
 
+@pytest.mark.parametrize("status", [200, 204, 302, 304, 404, 410, 500, 503])
+async def test_only_2xx_and_3xx_answers_count_as_healthy(ups, checked, status):
+    # Like most load balancers (and readiness, controller/readiness.py): a 4xx is not healthy, a redirect is.
+    a, _ = ups
+    router = Router()
+    path = f"/status/{status}"
+    router.set_service(service(pools={"blue": (1, [a.address])}, health=FAST | {"path": path, "fall": 2}))
+    await checked(router)
+    upstream = router.upstreams[a.address]
+    if status < 400:
+        # `fall` + 1 probes answered: the checker has judged `fall` of them, enough to eject it
+        await wait_for(lambda: sum(r.target == path for r in a.requests) >= FAST["fall"] + 1)
+        assert upstream.health is Health.HEALTHY
+    else:
+        await wait_for(lambda: upstream.health is Health.UNHEALTHY)
+        assert eligible(router) == set()
+
+
 async def test_a_stopped_upstream_is_ejected(ups, checked):
     a, b = ups
     router = two_upstreams(a, b)
