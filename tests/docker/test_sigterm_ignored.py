@@ -45,10 +45,12 @@ def noterm(tmp_path, docker_client, test_run_labels):
     "v-noterm") on 2 replicas."""
     serve = Daemon(tmp_path, test_run_labels, CONFIG)
     serve.start()
-    wait_for_version(serve, "noterm")
-    yield serve
-    serve.stop()
-    owner_containers(docker_client, serve, remove=True)
+    try:  # stopped even when it never serves: a daemon left running would repair what cleanup removes
+        wait_for_version(serve, "noterm")
+        yield serve
+    finally:
+        serve.stop()
+        owner_containers(docker_client, serve, remove=True)
 
 
 async def test_bigbang_from_an_app_ignoring_sigterm_loses_no_request(noterm, docker_client):
