@@ -299,7 +299,10 @@ class Journal:
                              (seq, n, name, at, _json(detail)))
         return Step(deployment_id, n, name, at, json.loads(_json(detail)))
 
-    def finish(self, deployment_id: str, status: str, message: str = "") -> Deployment:
+    def finish(self, deployment_id: str, status: str, message: str = "",
+               result: dict[str, Any] | None = None) -> Deployment:
+        """`result`: what the deploy's end measured (e.g. requests the proxy failed), kept with its
+        options under "result" (no schema change: options is free-form JSON)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
         seq = _seq(deployment_id)
@@ -307,8 +310,9 @@ class Journal:
             current = self._get(seq)
             if current.finished:
                 raise DeploymentFinished(current.id, current.status)
-            self._db.execute("UPDATE deployments SET status = ?, finished_at = ?, message = ? WHERE seq = ?",
-                             (status, time.time(), message, seq))
+            options = {**current.options, "result": result} if result is not None else current.options
+            self._db.execute("UPDATE deployments SET status = ?, finished_at = ?, message = ?, options = ? "
+                             "WHERE seq = ?", (status, time.time(), message, _json(options), seq))
             return self._get(seq)
 
     def get(self, deployment_id: str) -> Deployment:
