@@ -136,11 +136,16 @@ class Step:
 REDACTED = "***"
 
 
+SECRET_KEYS = frozenset({"override_secret", "admin_token"})
+
+
 def redacted(value: Any) -> Any:
-    """`value` with the values of every `env` in it replaced by "***" (keys kept): what the journal
-    shows through `history` (env values are often secrets; the journal itself keeps them, 0600)."""
+    """`value` with the values of every `env` in it replaced by "***" (keys kept), and every secret
+    (`override_secret`, a token) by "***": what the journal shows through `history` (the journal itself
+    keeps them, 0600, for recovery)."""
     if isinstance(value, dict):
-        return {k: _env_keys_only(v) if k == "env" else redacted(v) for k, v in value.items()}
+        return {k: _env_keys_only(v) if k == "env" else REDACTED if k in SECRET_KEYS and v else redacted(v)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redacted(v) for v in value]
     return value
