@@ -68,6 +68,10 @@ class ProxyControl:
         mirror = self.router.mirrors.get(service)
         return mirror.report.totals() if mirror is not None else None
 
+    def failed_requests(self, service: str) -> int:
+        """Requests of `service` the proxy failed itself so far (its errors, hold timeouts included)."""
+        return self.router.metrics.failed(service)
+
     def set_state(self, service: str, state: str) -> None:
         self.router.set_state(service, state)
 

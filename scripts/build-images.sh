@@ -9,6 +9,7 @@
 #   turnout-testapp:pricier        v2 whose /cgi-bin/items/ID answers price 12 instead of 10 (shadow traffic)
 #   turnout-testapp:keepalive-v1, :keepalive-v2   v1/v2 on a keep-alive server that closes connections
 #                                  idle for 40 ms (busybox httpd closes after every answer)
+#   turnout-testapp:noterm         healthy, but ignores SIGTERM as PID 1 (docker stop kills it: exit 137)
 # Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,3 +40,4 @@ build sick v-sick sick
 build pricier v2 pricier
 build keepalive-v1 v1 ok keepalive
 build keepalive-v2 v2 ok keepalive
+build noterm v-noterm noterm
