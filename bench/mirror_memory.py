@@ -90,7 +90,7 @@ def stop(process: subprocess.Popen) -> str:
         os.killpg(process.pid, signal.SIGKILL)  # the proxy's child (a slow target) goes with its group
     except ProcessLookupError:
         pass
-    return out.decode(errors="replace")
+    return out.decode(errors="replace") if out else ""
 
 
 async def one_run(variant: str, upstream: str, args: argparse.Namespace) -> dict:

@@ -114,13 +114,14 @@ class RuleStats:
 
 
 MIRROR_OUTCOMES = ("sampled", "sent", "compared", "failed", "dropped_queue_full", "dropped_rate",
-                   "dropped_body", "unanswered", "internal_errors")
+                   "dropped_body", "dropped_target_down", "unanswered", "internal_errors")
 
 
 class MirrorStats:
     """What happened to one service's shadow traffic (proxy/mirror.py): copies sampled, sent (answered),
     compared with the client's answer, failed at the mirror target, dropped (queue full, over
-    `max_per_second`, body over `max_body`), not compared for lack of the client's whole answer."""
+    `max_per_second`, body over `max_body`, the target failing every copy of late), not compared for lack
+    of the client's whole answer."""
 
     __slots__ = MIRROR_OUTCOMES
 

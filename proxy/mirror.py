@@ -13,7 +13,8 @@ on the mirror's side is counted, never raised into the client's path.
 With `compare`, the client's answer is tee'd as it is written (`Tee`: the client connection's transport
 for that one exchange, parsing a copy up to `max_body`) and compared with the mirror's. When the stable
 pool has a second upstream, the request also goes there, and what differs between the two stable answers
-is learned as noise (Diffy's trick).
+is learned as noise (Diffy's trick). A target that fails copies in a row gets none for a while
+(`FAILURES_TO_PAUSE`), so a dead one costs no connection attempt per sampled request.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ log = structlog.get_logger("turnout.proxy.mirror")
 MAX_QUEUE = 256  # copies waiting for a worker; more are dropped (counted)
 MAX_WORKERS = 16  # copies in flight per service
 MARK = b"X-Turnout-Mirror: 1\r\n"
+# A target that failed this many copies in a row is given none for a pause (1 s, doubling up to 30 s, reset
+# by a copy that gets through): a dead target must not cost a connection attempt per sampled request.
+FAILURES_TO_PAUSE = 5
+MAX_PAUSE = 30.0
 
 
 class _AnswerReader:
@@ -141,14 +146,16 @@ class Tee:
 class Job:
     """One copy to send: where, what (head and body), and the client's answer to compare with."""
 
-    __slots__ = ("body", "body_size", "endpoint", "head", "head_only", "mirror", "second", "target", "tee")
+    __slots__ = ("body", "body_size", "endpoint", "head", "head_only", "mirror", "second", "target",
+                 "targets", "tee")
 
-    def __init__(self, mirror: Mirror, endpoint_name: str, head: bytes, target: Upstream,
+    def __init__(self, mirror: Mirror, endpoint_name: str, head: bytes, targets: tuple[Upstream, ...],
                  second: Upstream | None, tee: Tee | None, head_only: bool) -> None:
         self.mirror = mirror
+        self.targets = targets  # the target pool's upstreams when the copy was made
+        self.target = random.choice(targets)
         self.endpoint = endpoint_name
         self.head = head
-        self.target = target
         self.second = second
         self.tee = tee
         self.head_only = head_only
@@ -170,6 +177,10 @@ class Mirror:
         self._workers: set[asyncio.Task[None]] = set()
         self._tokens = 0.0
         self._refilled = time.monotonic()
+        self._failures = 0  # copies failed in a row
+        self._pause = 0.0  # seconds of the last pause
+        self._paused_until = 0.0
+        self._paused_for: tuple[Upstream, ...] = ()  # the target's upstreams when the pause began
 
     def configure(self, spec: MirrorSpec) -> None:
         if spec != self.spec:
@@ -206,6 +217,11 @@ class Mirror:
         if not self._take_token():
             self.stats.dropped_rate += 1
             return None
+        if self._paused_until and time.monotonic() < self._paused_until:
+            if target_pool.eligible == self._paused_for:  # the upstreams that failed: still paused
+                self.stats.dropped_target_down += 1
+                return None
+            self._paused_until = self._pause = 0.0  # other upstreams now: they get their chance
         has_body = req.chunked or req.content_length > 0
         if has_body and (req.content_length > spec.max_body or spec.max_body == 0):
             self.stats.dropped_body += 1
@@ -217,7 +233,7 @@ class Mirror:
         head_only = req.method == b"HEAD"
         tee = Tee(client, spec.max_body, head_only) if spec.compare else None
         job = Job(self, endpoint(req.method.decode("latin-1"), req.path), head[:-2] + MARK + b"\r\n",
-                  random.choice(target_pool.eligible), second, tee, head_only)
+                  target_pool.eligible, second, tee, head_only)
         if has_body:
             return job
         self.submit(job)
@@ -245,7 +261,7 @@ class Mirror:
         return True
 
     def submit(self, job: Job) -> None:
-        """Queue a copy (dropped and counted when the queue is full); a worker takes it."""
+        """Queue a copy (dropped and counted when the queue is full); a worker takes it. Never raises."""
         if len(self._queue) >= MAX_QUEUE:
             self.stats.dropped_queue_full += 1
             if job.tee is not None:
@@ -253,7 +269,13 @@ class Mirror:
             return
         self._queue.append(job)
         if len(self._workers) < MAX_WORKERS:
-            task = asyncio.get_running_loop().create_task(self._work())
+            try:
+                task = asyncio.get_running_loop().create_task(self._work())
+            except Exception:  # no running loop: nothing can send it
+                log.exception("mirror.submit_failed", service=self.service)
+                self.stats.internal_errors += 1
+                self._queue.remove(job)
+                return
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
 
@@ -279,10 +301,13 @@ class Mirror:
         mirrored = answers[0]
         if isinstance(mirrored, BaseException) or mirrored is None:
             self.stats.failed += 1
+            self._failed(job.targets)
             if job.tee is not None:
                 job.tee.abandon()
             return
         self.stats.sent += 1
+        self._failures = 0
+        self._pause = 0.0
         if job.tee is None:
             return
         primary = await self._primary(job.tee, deadline)
@@ -294,6 +319,16 @@ class Mirror:
             self.report.learn_noise(job.endpoint, differences(primary, second, spec.headers, spec.ignore))
         self.report.record(job.endpoint, differences(primary, mirrored, spec.headers, spec.ignore))
         self.stats.compared += 1
+
+    def _failed(self, targets: tuple[Upstream, ...]) -> None:
+        self._failures += 1
+        if self._failures >= FAILURES_TO_PAUSE:
+            self._paused_for = targets
+            self._failures = 0
+            self._pause = min(MAX_PAUSE, max(1.0, self._pause * 2))
+            self._paused_until = time.monotonic() + self._pause
+            log.warning("mirror.target_paused", service=self.service, seconds=self._pause,
+                        reason=f"{FAILURES_TO_PAUSE} copies failed in a row")
 
     @staticmethod
     async def _primary(tee: Tee, deadline: float) -> Answer | None:

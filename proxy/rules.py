@@ -23,8 +23,8 @@ from .http import RequestHead
 from .specs import RuleSpec
 
 BUCKETS = 10_000
-MAX_DECISIONS = 4096  # remembered heads per rule set (cleared when full, like the head store)
-MAX_REMEMBERED_HEAD = 4096  # longer heads are matched every time, never remembered
+MAX_DECISIONS = 1024  # remembered heads per rule set (cleared when full, like the head store)
+MAX_REMEMBERED_HEAD = 2048  # longer heads are matched every time, never remembered (as in the head store)
 _COMPILED_MAX = 256
 
 Test = Callable[["HeadView"], bool]
@@ -45,22 +45,21 @@ class HeadView:
     def __init__(self, raw: bytes, req: RequestHead) -> None:
         self.raw = raw
         self.req = req
-        self._headers: dict[str, str] | None = None
+        self._headers: dict[str, str | None] | None = None
         self._cookies: dict[str, str] | None = None
         self._query: dict[str, str] | None = None
 
     def header(self, name: str) -> str | None:
-        """The header's value (several lines of it joined with ", ", as RFC 9110 5.3 allows)."""
+        """The header's value (several lines of it joined with ", ", as RFC 9110 5.3 allows). A validated
+        head has no space before a colon, so one search per name finds its lines."""
         if self._headers is None:
-            headers: dict[str, str] = {}
-            for line in self.raw.split(b"\r\n")[1:]:
-                key, colon, value = line.partition(b":")
-                if colon:
-                    k = key.decode("latin-1").lower()
-                    v = value.strip(b" \t").decode("latin-1")
-                    headers[k] = f"{headers[k]}, {v}" if k in headers else v
-            self._headers = headers
-        return self._headers.get(name)
+            self._headers = {}
+        elif name in self._headers:
+            return self._headers[name]
+        found = _header_re(name).findall(self.raw)
+        value = ", ".join(v.rstrip(b" \t").decode("latin-1") for v in found) if found else None
+        self._headers[name] = value
+        return value
 
     def cookie(self, name: str) -> str | None:
         if self._cookies is None:
@@ -77,12 +76,25 @@ class HeadView:
     def query(self, name: str) -> str | None:
         if self._query is None:
             target = self.req.origin if self.req.origin is not None else self.req.target
-            _, _, query = target.partition(b"?")
-            query = query.partition(b"#")[0]
             self._query = {}
-            for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
-                self._query.setdefault(key, value)
+            if b"?" in target:
+                query = target.partition(b"?")[2].partition(b"#")[0]
+                for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True,
+                                            encoding="latin-1"):
+                    self._query.setdefault(key, value)
         return self._query.get(name)
+
+
+_HEADER_RES: dict[str, re.Pattern[bytes]] = {}
+
+
+def _header_re(name: str) -> re.Pattern[bytes]:
+    """`\r\n<name>:[ \t]*(value)`, any case: the lines of one header in a raw head."""
+    pattern = _HEADER_RES.get(name)
+    if pattern is None:
+        escaped = re.escape(name.encode("latin-1"))
+        pattern = _HEADER_RES[name] = re.compile(rb"\r\n" + escaped + rb":[ \t]*([^\r]*)", re.IGNORECASE)
+    return pattern
 
 
 def _value_test(pattern: str) -> Callable[[str], bool]:
@@ -137,7 +149,14 @@ class Rules:
         found = self._decisions.get(raw)
         if found is None:
             view = HeadView(raw, req)
-            found = tuple(i for i, tests in enumerate(self._tests) if all(test(view) for test in tests))
+            matched = []
+            for i, tests in enumerate(self._tests):
+                for test in tests:
+                    if not test(view):
+                        break
+                else:
+                    matched.append(i)
+            found = tuple(matched)
             if len(raw) <= MAX_REMEMBERED_HEAD:
                 if len(self._decisions) >= MAX_DECISIONS:
                     self._decisions.clear()

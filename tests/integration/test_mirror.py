@@ -10,7 +10,7 @@ import contextlib
 import pytest
 
 from helpers.upstreams import RawClient, fetch, running_proxy, service
-from proxy.mirror import MAX_QUEUE, MAX_WORKERS
+from proxy.mirror import FAILURES_TO_PAUSE, MAX_QUEUE, MAX_WORKERS
 from proxy.router import Router
 
 
@@ -120,9 +120,30 @@ async def test_a_dead_or_silent_target_changes_nothing_for_clients(ups, target):
     assert all(r.body == b"a1" and r.header("x-turnout-error") is None for r in answers)
     counts = router.mirrors["app"].describe()["counts"]
     assert counts["sent"] == counts["compared"] == 0
-    assert counts["failed"] + counts["dropped_queue_full"] == counts["sampled"] == len(answers)
-    assert counts["failed"] >= MAX_WORKERS
+    dropped = counts["dropped_queue_full"] + counts["dropped_target_down"]
+    assert counts["failed"] + dropped == counts["sampled"] == len(answers)
+    if target == "dead":  # refused at once, again and again: the target is paused, copies are dropped
+        assert counts["failed"] >= FAILURES_TO_PAUSE and counts["dropped_target_down"] > 0
+    else:  # every worker waited out its timeout; the queue filled meanwhile
+        assert counts["failed"] >= MAX_WORKERS and counts["dropped_queue_full"] > 0
     assert router.metrics.counters("app")["v1"].errors == 0
+
+
+async def test_a_paused_target_gets_copies_again_once_its_pool_changes(ups):
+    from helpers.upstreams import dead_address
+
+    a1, _, b = ups
+    router = mirrored([a1.address], [dead_address()])
+    async with running_proxy(router) as proxy:
+        await requests_on_one_connection(proxy.port, 3 * FAILURES_TO_PAUSE, path="/")
+        await router.mirrors["app"].wait_idle()
+        assert router.mirrors["app"].describe()["counts"]["dropped_target_down"] > 0
+        router.set_service(service(pools={"v1": (100, [a1.address]), "v2": (0, [b.address])},
+                                   labels={"stable": "v1", "canary": "v2"},
+                                   mirror={"to": "canary", "percent": 100}))  # a new canary
+        await requests_on_one_connection(proxy.port, 3, path="/")
+        await router.mirrors["app"].wait_idle()
+    assert len(b.requests) == 3
 
 
 async def test_over_max_per_second_copies_are_dropped_and_counted(ups):
