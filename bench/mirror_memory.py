@@ -161,8 +161,8 @@ async def main() -> None:
           f"{'p99.9':>7} {'RSS start':>9} {'peak':>6} {'end':>6}  mirror")
     for run in runs:
         m = run["mirror"]
-        mirror = (f"sampled {m['sampled']} sent {m['sent']} failed {m['failed']} dropped "
-                  f"{m['dropped_queue_full'] + m['dropped_rate']}" if m else "-")
+        mirror = (f"sampled {m['sampled']} sent {m['sent']} failed {m['failed']} dropped: queue full "
+                  f"{m['dropped_queue_full']}, target down {m['dropped_target_down']}" if m else "-")
         print(f"{run['variant']:<11} {run['round']:>5} {run['sent']:>7} {run['failed']:>6} "
               f"{run['p50_ms']:>7} {run['p99_ms']:>7} {run['p999_ms']:>7} {run['rss_start_mb']:>9} "
               f"{run['rss_peak_mb']:>6} {run['rss_end_mb']:>6}  {mirror}")
