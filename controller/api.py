@@ -11,8 +11,10 @@ from aiohttp import web
 
 from proxy.admin import ApiError, describe_table, read_json
 
+from .apply.run import ApplyOptions, applier_for
 from .config.model import ConfigError, ServiceConfig
 from .config.overrides import FLAGS, service_from_flags, with_overrides
+from .config.service_state import service_from_dict
 from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .events import EventLog
@@ -27,6 +29,7 @@ def add_controller_routes(app: web.Application, deployer: Deployer, listen: str)
     app[LISTEN_KEY] = listen
     app.middlewares.append(_turnout_errors)
     app.router.add_post("/v1/deploy", post_deploy)
+    app.router.add_post("/v1/apply", post_apply)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/status/{service}", get_status)
     app.router.add_get("/v1/history/{service}", get_history)
@@ -97,6 +100,37 @@ async def post_deploy(request: web.Request) -> web.StreamResponse:
     if request.query.get("follow"):
         return await _stream(request, active.events)
     return web.json_response(active.describe(), status=202)
+
+
+APPLY_KEYS = ("services", "source", "dry_run", "prune", "allow_empty", "wait")
+
+
+async def post_apply(request: web.Request) -> web.StreamResponse:
+    """`turnout apply`: `services` as the journal spells them (the CLI read the file: relative paths and
+    Compose files resolve where it runs). Answers the plan (`dry_run`), the started changes, or with
+    `?follow=1` streams the plan, each change's events and the results (NDJSON)."""
+    deployer = request.app[DEPLOYER_KEY]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body: must be a JSON object", field="body")
+    _known_keys(body, APPLY_KEYS)
+    source = body.get("source") if isinstance(body.get("source"), str) else None
+    services = _object(body, "services")
+    configs = {}
+    for name, data in services.items():
+        config = service_from_dict(data, f"{source or 'apply'} (service {name!r})")
+        if config.name != name:
+            raise ApiError(400, f"services.{name}: names service {config.name!r}", field=f"services.{name}")
+        configs[name] = config
+    flags = {}
+    for key in APPLY_KEYS[2:]:
+        if not isinstance(body.get(key, False), bool):
+            raise ApiError(400, f"{key}: must be true or false", field=key)
+        flags[key] = body.get(key, False)
+    run = await applier_for(deployer).apply(configs, ApplyOptions(**flags), source)
+    if request.query.get("follow"):
+        return await _stream(request, run.events)
+    return web.json_response(run.describe(), status=200 if flags["dry_run"] else 202)
 
 
 async def post_rollback(request: web.Request) -> web.StreamResponse:

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove containers that carry this daemon's owner label but that its journal "
                        "never recorded (made by hand, or left by a lost journal); without it they are "
                        "left alone and reported")
+    serve.add_argument("--watch", action="store_true",
+                       help="apply the --config file again whenever it changes (and once at start), as "
+                       "`turnout apply --wait` would, never pruning")
 
     deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
                             description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
@@ -79,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
                       "promote` (prints the X-Turnout-Pool header that reaches it)")
     deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
     deploy.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    apply = sub.add_parser(
+        "apply", help="make the services run as a file describes (each changed one deployed)",
+        description="Plan the services of FILE against what runs (one action per service: = unchanged, "
+        "~ routing, scale or release, + new, - pruned) and carry the plan out through the daemon. "
+        "Exits 0 when every change succeeded, 1 when one failed, 2 for bad input or a refusal; with "
+        "--dry-run 0 for no change, 1 for changes, 2 for an error.")
+    apply.add_argument("-f", "--file", type=Path, default=Path("turnout.toml"),
+                       help="the file to apply [turnout.toml]")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    apply.add_argument("--prune", action="store_true",
+                       help="remove services apply created that the file no longer has (drained first)")
+    apply.add_argument("--allow-empty", action="store_true", help="accept a file with no services")
+    when = apply.add_mutually_exclusive_group()
+    when.add_argument("--wait", action="store_true",
+                      help="wait for deploys in progress instead of refusing")
+    when.add_argument("--detach", action="store_true", help="return once the changes started")
+    apply.add_argument("--json", action="store_true", help="the plan and events as JSON")
 
     status = sub.add_parser("status", help="what serves each service, and any deploy in progress")
     status.add_argument("service", nargs="?")
@@ -205,7 +226,10 @@ def _serve(args: argparse.Namespace) -> int:
                              "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
-    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays)
+    if args.watch and args.config is None:
+        raise UsageError("--watch: needs --config (the file to watch)")
+    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
+                    watch=args.watch)
     if args.loop == "uvloop":
         import uvloop
 
@@ -248,6 +272,66 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
               f"follow it with `turnout status {args.service}`")
         return 0
     return await _follow(client.stream("POST", "/v1/deploy", body, follow="1"), args.json)
+
+
+async def _apply(client: Any, args: argparse.Namespace) -> int:
+    """`turnout apply`; with --dry-run every error exits 2 (the `kubectl diff` convention)."""
+    try:
+        return await _apply_file(client, args)
+    except TurnoutError as exc:
+        if not args.dry_run:
+            raise
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _apply_file(client: Any, args: argparse.Namespace) -> int:
+    from .config.reader import load_config
+    from .config.service_state import service_to_dict
+
+    config = load_config(args.file)  # read here: relative paths and Compose files resolve beside it
+    body = {"services": {name: service_to_dict(s) for name, s in config.services.items()},
+            "source": str(args.file), "dry_run": args.dry_run, "prune": args.prune,
+            "allow_empty": args.allow_empty, "wait": args.wait}
+    if args.dry_run or args.detach:
+        answer = await client.request("POST", "/v1/apply", body)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            for line in _plan_lines(answer):
+                print(line)
+            if args.detach and answer["changed"]:
+                print("started; follow with `turnout status`")
+        return (1 if answer["changed"] else 0) if args.dry_run else 0
+    succeeded = False
+    started = time.monotonic()
+    async for event in client.stream("POST", "/v1/apply", body, follow="1"):
+        if args.json:
+            print(json.dumps(event), flush=True)
+        elif event.get("event") == "plan":
+            for line in _plan_lines(event):
+                print(line, flush=True)
+        elif event.get("event") == "service":
+            print(f"[{time.monotonic() - started:6.1f}s] {event['service']}: "
+                  f"{describe_event(_inner_event(event))}", flush=True)
+        elif event.get("event") == "applied":
+            succeeded = event["succeeded"]
+            for result in event["results"]:
+                if result["action"] != "=":
+                    print(f"{result['line']}: {result['status']}"
+                          + (f" — {result['message']}" if result["message"] else ""), flush=True)
+    return 0 if succeeded else 1
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    lines = [a["line"] for a in plan["actions"]]
+    return lines + ([] if plan["changed"] else ["no changes"])
+
+
+def _inner_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A change's own event, out of apply's relay (which tags it with the service)."""
+    return {"event": event.get("kind"), **{k: v for k, v in event.items()
+                                           if k not in ("event", "kind", "service", "deployment")}}
 
 
 async def _rollback(client: Any, args: argparse.Namespace) -> int:
@@ -391,6 +475,7 @@ async def _rehearse(client: Any, args: argparse.Namespace) -> int:
 COMMANDS = {
     "rehearse": _rehearse,
     "deploy": _deploy,
+    "apply": _apply,
     "status": _status,
     "history": _history,
     "rollback": _rollback,

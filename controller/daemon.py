@@ -27,6 +27,8 @@ from proxy.router import Router
 from proxy.server import ProxyServer
 
 from .api import add_controller_routes
+from .apply.run import applier_for
+from .apply.watch import watch
 from .config.model import Config
 from .deployer import Deployer
 from .docker_backend import DockerBackend
@@ -50,8 +52,9 @@ def owner_of(state_dir: Path) -> str | None:
 
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
-                 prune_strays: bool = False) -> None:
+                 prune_strays: bool = False, watch: bool = False) -> None:
         self.config = config
+        self.watch = watch  # apply config.source again whenever it changes (controller/apply/watch.py)
         self.state_dir = config.state_dir
         self.extra_labels = extra_labels or {}
         self.prune_strays = prune_strays
@@ -103,6 +106,10 @@ class Daemon:
                 self.deployer.deploy(service, service.image)
         reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         stack.push_async_callback(_cancel, reconciler)
+        if self.watch and self.config.source is not None:
+            watcher = asyncio.get_running_loop().create_task(
+                watch(self.config.source, applier_for(self.deployer)))
+            stack.push_async_callback(_cancel, watcher)
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
                  state_dir=str(self.state_dir), owner=self.journal.owner, recovered=outcome)
 

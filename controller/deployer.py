@@ -48,6 +48,7 @@ ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engi
 # `--max-surge`, `--verify`, ...): afterwards the service keeps the values its config gives. (The image
 # and replicas a deploy asks for describe what then runs: those stay.)
 PER_DEPLOY = ("canary", "rolling", "bluegreen", "verify", "hold_timeout", "drain_timeout")
+STATIC_VERSION = "static"  # what a change of a static service (no release) is journalled as
 # A version names its pool (`<version>` or `<version>-<n>`, n < 100000): a pool name is at most 63.
 MAX_VERSION = 57
 
@@ -98,8 +99,9 @@ class Deployer:
 
     # ------------------------------------------------------------ commands
     def deploy(self, config: ServiceConfig, image: str, strategy: str | None = None,
-               version: str | None = None) -> ActiveDeployment:
-        """Start a deployment in the background; follow it through `.events`."""
+               version: str | None = None, origin: str | None = None) -> ActiveDeployment:
+        """Start a deployment in the background; follow it through `.events`. `origin`: what asked for
+        it, journalled in its options (`apply`: the service is apply's to prune, Journal.created)."""
         if config.name in self.active:
             raise DeployInProgress(config.name, self.active[config.name].id)
         if not config.managed:
@@ -112,8 +114,8 @@ class Deployer:
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
         # `verify`: seconds of post-switch verification this deploy owes (recovery reads it).
         verify = config.verify if old is not None and STRATEGIES[strategy].verifies else 0.0
-        record = self._begin(config.name, strategy, version, image,
-                             old.version if old else None, {"pool": pool, "verify": verify})
+        record = self._begin(config.name, strategy, version, image, old.version if old else None,
+                             {"pool": pool, "verify": verify, **({"origin": origin} if origin else {})})
         self.configs[config.name] = _lasting(config, self.configs.get(config.name))
         active = ActiveDeployment(record.id, config.name, strategy, version, image, EventLog(), Signals())
         self.active[config.name] = active
@@ -234,6 +236,52 @@ class Deployer:
                              mine[config.replicas:] + strays))
         await asyncio.wait([active.task])
         return active
+
+    def change(self, config: ServiceConfig, kind: str, work: Callable[[Operations], Awaitable[str]],
+               origin: str | None = None) -> ActiveDeployment:
+        """Run `work` on the service as a journalled deployment of its own (`kind`: apply's `routing`,
+        `scale` and `prune`): one per service at a time like any deploy, after the work its last deploy
+        left. `work` returns the message; when it raises, it has undone what it did. The service's
+        state is saved after it unless the work forgot the service."""
+        if config.name in self.active:
+            raise DeployInProgress(config.name, self.active[config.name].id)
+        release = self.releases.get(config.name) or Release(STATIC_VERSION, "-", STATIC_VERSION)
+        record = self._begin(config.name, kind, release.version, release.image, release.version,
+                             {"pool": release.pool, **({"origin": origin} if origin else {})})
+        active = ActiveDeployment(record.id, config.name, kind, release.version, release.image,
+                                  EventLog(), Signals())
+        self.active[config.name] = active
+        active.task = asyncio.get_running_loop().create_task(self._change_run(active, config, release, work))
+        return active
+
+    async def _change_run(self, active: ActiveDeployment, config: ServiceConfig, release: Release,
+                          work: Callable[[Operations], Awaitable[str]]) -> None:
+        ops = Operations(backend=self.backend, proxy=self.proxy, journal=self.journal,
+                         deployment_id=active.id, config=config, new=release, old=None,
+                         events=active.events, signals=active.signals, extra_labels=self.extra_labels)
+        started = time.monotonic()
+        try:
+            settling = self._settling.pop(config.name, None)
+            if settling is not None:
+                await asyncio.wait([settling])
+            ops.step("started", strategy=active.strategy)
+            message = await work(ops)
+            ops.ending = True
+            if config.name in self.configs:
+                self._save_state_quietly(ops)
+            ops.step("completed")
+            status = "succeeded"
+        except Exception as exc:
+            if not isinstance(exc, TurnoutError | sqlite3.Error):
+                ops.log.exception("deploy.internal_error")
+            status, message = "failed", _describe(exc)
+        await self._finish(active, status, message, ops, started)
+
+    def forget(self, service: str) -> None:
+        """The service is gone (pruned): no config, release or saved state left of it."""
+        for known in (self.configs, self.releases, self.previous, self.finished):
+            known.pop(service, None)
+        self.journal.forget_service(service)
 
     def _report_strangers(self, strangers: list[Container]) -> None:
         for container in strangers:
@@ -422,6 +470,9 @@ class Deployer:
             self._later(self._remove_quietly(dropped.containers))
 
     def _save_state(self, service: str) -> None:
+        if service not in self.releases:  # a static service: its config only
+            self.journal.set_service_state(service, {"config": service_to_dict(self.configs[service])})
+            return
         state: dict[str, Any] = {"stable": self.releases[service].describe()}
         if service in self.previous:
             state["previous"] = self.previous[service].describe()

@@ -94,6 +94,7 @@ class ContainerSpec:
     cap_drop: Sequence[str] = ()
     cap_add: Sequence[str] = ()
     security_opt: Sequence[str] = ()
+    spec_hash: str = ""  # labelled turnout.spec-hash (controller/apply/spec.py)
 
     def __post_init__(self) -> None:
         for name in ("service", "version", "image", "pool"):
@@ -273,6 +274,11 @@ class DockerBackend:
         """Whether `image` is present locally (never pulls)."""
         return await self._run(self._image_exists_sync, image)
 
+    async def image_id(self, image: str) -> str:
+        """The ID of the local image `image` names ("sha256:..."): what a tag points at now, so a tag
+        rebuilt since shows as a new ID. ImageNotFound when absent (never pulls)."""
+        return await self._run(self._image_id_sync, image)
+
     async def ping(self) -> bool:
         """Whether the engine answers; never raises."""
         try:
@@ -307,6 +313,7 @@ class DockerBackend:
             spec.pool,
             spec.port,
             {**self.extra_labels, **spec.extra_labels},
+            spec.spec_hash,
         )
         kwargs: dict[str, Any] = {
             "image": spec.image,
@@ -467,6 +474,15 @@ class DockerBackend:
                 return False
             raise
         return True
+
+    def _image_id_sync(self, image: str) -> str:
+        try:
+            with _translated(f"looking up image {image}"):
+                return str(self._docker().images.get(image).id)
+        except DockerError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                raise ImageNotFound(image) from exc.__cause__
+            raise
 
     def _ping_sync(self) -> bool:
         with _translated("pinging the Docker engine"):

@@ -324,6 +324,16 @@ class Journal:
             ).fetchall()
         return [_deployment(row) for row in rows]
 
+    def created(self, service: str) -> Deployment | None:
+        """The deployment that created the service: its first, or its first after the last prune that
+        succeeded (a pruned service added again is a new one). Its `options["origin"]` says who."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deployments WHERE service = ? AND seq > COALESCE((SELECT MAX(seq) "
+                "FROM deployments WHERE service = ? AND strategy = 'prune' AND status = 'succeeded'), 0) "
+                "ORDER BY seq LIMIT 1", (service, service)).fetchone()
+        return _deployment(row) if row else None
+
     def unfinished(self) -> list[Deployment]:
         """Deployments still `running`: after a restart, the ones the crash interrupted (oldest first)."""
         with self._lock:
@@ -362,6 +372,11 @@ class Journal:
         with self._lock:
             row = self._db.execute("SELECT state FROM service_state WHERE service = ?", (service,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def forget_service(self, service: str) -> None:
+        """Drop the service's saved state (it was pruned); its deployments stay as history."""
+        with self.transaction():
+            self._db.execute("DELETE FROM service_state WHERE service = ?", (service,))
 
     def services(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -19,6 +19,7 @@ from proxy.metrics import PoolCounters
 from proxy.upstream import Upstream
 
 from .analysis import error_breach
+from .apply.spec import spec_hash
 from .config.model import HealthCheck, ServiceConfig
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
@@ -60,6 +61,7 @@ class Operations:
         self.journal_errors: list[str] = []
         self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
         self.counters_at_start = proxy.counters(config.name)  # the old version's baseline starts here
+        self._spec_hashes: dict[str, str] = {}  # image -> spec hash of this config with it
 
     # ------------------------------------------------------------ recording
     def step(self, name: str, **detail: Any) -> None:
@@ -112,6 +114,12 @@ class Operations:
                   addresses=[c.address for c in containers])
         return containers
 
+    async def spec_hash(self, image: str) -> str:
+        """The spec hash of this deploy's container definition with `image` as it is now (its ID)."""
+        if image not in self._spec_hashes:
+            self._spec_hashes[image] = spec_hash(self.config, await self.backend.image_id(image))
+        return self._spec_hashes[image]
+
     async def _start_one(self, release: Release) -> Container:
         config = self.config
         container = await self.backend.start(ContainerSpec(
@@ -121,6 +129,7 @@ class Operations:
             extra_labels={**config.labels, **self.extra_labels},
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
+            spec_hash=await self.spec_hash(release.image),
         ))
         try:
             # Recorded before anything else: only containers the journal knows are routed or removed.

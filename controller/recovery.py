@@ -87,6 +87,8 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         for release in known.values():
             release.containers = [c for c in found if c.pool == release.pool]
         await _remove(deployer, [c for c in found if c.pool not in known])
+        if not service_config.managed:  # a static service apply added: routed from its saved config
+            deployer.proxy.install_static(service_config)
         if stable is None:
             outcome.setdefault(service, "nothing to route")
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+from controller import labels as lbl
 from controller.docker_backend import Container, ContainerSpec
 from controller.errors import ContainerFailed, ContainerNotFound, ImageNotFound
 
@@ -17,6 +18,7 @@ class FakeBackend:
         self.containers: dict[str, Container] = {}
         self.failing_images: set[str] = set()
         self.missing_images: set[str] = set()
+        self.rebuilt: dict[str, int] = {}  # image -> times rebuilt under the same tag (a new image ID)
         self.calls: list[tuple[str, str]] = []  # (verb, container version) in order
         self._ids = itertools.count(1)
         self._ports = itertools.count(20000)
@@ -28,7 +30,8 @@ class FakeBackend:
         container = Container(
             id=f"{n:064x}", name=f"fake-{n}", service=spec.service, version=spec.version, pool=spec.pool,
             deployment_id=spec.deployment_id, image=spec.image, address=f"127.0.0.1:{next(self._ports)}",
-            state="running", exit_code=None, labels={})
+            state="running", exit_code=None,
+            labels={lbl.SPEC_HASH: spec.spec_hash} if spec.spec_hash else {})
         self.containers[container.id] = container
         self.calls.append(("start", spec.version))
         if spec.image in self.failing_images:  # it starts, then exits at once, as a crashing app does
@@ -63,6 +66,11 @@ class FakeBackend:
 
     async def image_exists(self, image: str) -> bool:
         return image not in self.missing_images
+
+    async def image_id(self, image: str) -> str:
+        if image in self.missing_images:
+            raise ImageNotFound(image)
+        return f"sha256:{image}#{self.rebuilt.get(image, 0)}"
 
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         return ""
