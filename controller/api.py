@@ -19,6 +19,7 @@ from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .events import EventLog
 from .journal import redacted
+from .schema import SchemaRefused
 
 DEPLOYER_KEY = web.AppKey("deployer", Deployer)
 LISTEN_KEY = web.AppKey("listen", str)
@@ -44,7 +45,7 @@ async def _turnout_errors(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     except ConfigError as exc:
         raise ApiError(400, str(exc), field=getattr(exc, "key", None)) from None
-    except DeployInProgress as exc:
+    except (DeployInProgress, SchemaRefused) as exc:
         raise ApiError(409, str(exc)) from None
     except UsageError as exc:
         raise ApiError(400, str(exc)) from None
@@ -136,7 +137,11 @@ async def post_apply(request: web.Request) -> web.StreamResponse:
 async def post_rollback(request: web.Request) -> web.StreamResponse:
     deployer = request.app[DEPLOYER_KEY]
     body = await read_json(request) if request.can_read_body else {}
-    active = await deployer.rollback(request.match_info["service"], (body or {}).get("to_version"))
+    body = body or {}
+    force = body.get("force_past_migration", False)
+    if not isinstance(force, bool):
+        raise ApiError(400, "force_past_migration: must be true or false", field="force_past_migration")
+    active = await deployer.rollback(request.match_info["service"], body.get("to_version"), force)
     if request.query.get("follow"):
         return await _stream(request, active.events)
     return web.json_response(active.describe(), status=202)
@@ -146,7 +151,17 @@ async def post_command(request: web.Request) -> web.Response:
     deployer = request.app[DEPLOYER_KEY]
     active: ActiveDeployment = deployer.signals_of(request.match_info["service"])
     command = request.match_info["command"]
-    getattr(active.signals, command)()
+    force = request.query.get("force") == "1"
+    if active.frozen and command == "abort" and not force:
+        raise ApiError(409, f"deployment {active.id} is frozen ({active.message}); a plain abort would "
+                       "roll back past it: `turnout abort --force` does, `turnout promote` keeps what serves")
+    if active.frozen and command == "promote" and not active.promotable:
+        raise ApiError(409, f"deployment {active.id} is frozen with nothing to promote (its new version has "
+                       "no containers); `turnout abort --force` ends it, keeping what serves")
+    if command == "abort":
+        active.signals.abort(force=force)
+    else:
+        getattr(active.signals, command)()
     return web.json_response({**active.describe(), "command": command})
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config.model import STRATEGIES
 from .errors import TurnoutError, UsageError
-from .events import describe_event
+from .events import describe_event, describe_hook
 
 EXAMPLES = """\
 examples:
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="put the previous version back (or --to VERSION)")
     rollback.add_argument("service")
     rollback.add_argument("--to", dest="to_version")
+    rollback.add_argument("--force-past-migration", action="store_true",
+                          help="roll back even to a version older than the schema floor a contract hook "
+                          "set (it may not read the schema any more)")
     rollback.add_argument("--detach", action="store_true")
     rollback.add_argument("--json", action="store_true")
 
@@ -148,10 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
+    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version); "
+                        "a frozen deploy keeps what serves"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("service")
+        if name == "abort":
+            cmd.add_argument("--force", action="store_true",
+                             help="also a frozen deploy: roll back past its schema floor")
     for name, text in (("pause", "pause the deploy in progress (or, with --traffic, hold requests)"),
                        ("resume", "resume the paused deploy (or, with --traffic, release requests)")):
         cmd = sub.add_parser(name, help=text)
@@ -303,7 +310,7 @@ async def _apply_file(client: Any, args: argparse.Namespace) -> int:
             if args.detach and answer["changed"]:
                 print("started; follow with `turnout status`")
         return (1 if answer["changed"] else 0) if args.dry_run else 0
-    succeeded = False
+    succeeded = frozen = False
     started = time.monotonic()
     async for event in client.stream("POST", "/v1/apply", body, follow="1"):
         if args.json:
@@ -316,11 +323,12 @@ async def _apply_file(client: Any, args: argparse.Namespace) -> int:
                   f"{describe_event(_inner_event(event))}", flush=True)
         elif event.get("event") == "applied":
             succeeded = event["succeeded"]
+            frozen = any(r["status"] == "frozen" for r in event["results"])
             for result in event["results"]:
                 if result["action"] != "=":
                     print(f"{result['line']}: {result['status']}"
                           + (f" — {result['message']}" if result["message"] else ""), flush=True)
-    return 0 if succeeded else 1
+    return 0 if succeeded else FROZEN if frozen else 1
 
 
 def _plan_lines(plan: dict[str, Any]) -> list[str]:
@@ -335,7 +343,9 @@ def _inner_event(event: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _rollback(client: Any, args: argparse.Namespace) -> int:
-    body = {"to_version": args.to_version} if args.to_version else {}
+    body: dict[str, Any] = {"to_version": args.to_version} if args.to_version else {}
+    if args.force_past_migration:
+        body["force_past_migration"] = True
     path = f"/v1/deployments/{args.service}/rollback"
     if args.detach:
         print(json.dumps(await client.request("POST", path, body)))
@@ -344,6 +354,8 @@ async def _rollback(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _follow(events: Any, as_json: bool) -> int:
+    """Print a deploy's events until it ends: 0 succeeded, 1 failed or rolled back, 3 frozen (it waits in
+    the daemon for `promote` or `abort --force`)."""
     status = "unknown"
     started = time.monotonic()
     async for event in events:
@@ -353,7 +365,12 @@ async def _follow(events: Any, as_json: bool) -> int:
             print(f"[{time.monotonic() - started:6.1f}s] {describe_event(event)}", flush=True)
         if event.get("event") == "finished":
             status = event.get("status", "unknown")
+        elif event.get("step") == "frozen":
+            return FROZEN
     return 0 if status == "succeeded" else 1
+
+
+FROZEN = 3  # exit code: the deploy froze (past a schema floor, or cut inside a hook)
 
 
 async def _status(client: Any, args: argparse.Namespace) -> int:
@@ -374,6 +391,8 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
             d = info["deployment"]
             paused = " PAUSED" if d["paused"] else ""
             print(f"  deploying {d['version']} with {d['strategy']} ({d['id']}){paused}")
+            if d["status"] == "frozen":
+                print(f"  FROZEN: {d['message']}")
         if info["previous"]:
             print(f"  previous: {info['previous']['version']} (rollback target)")
     return 0
@@ -391,7 +410,8 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
         print(f"{d['id']}  {d['strategy']:<9} {d.get('from_version') or '-':>8} -> {d['to_version']:<8} "
               f"{d['status']:<11} {d.get('message') or ''}")
         for step in d.get("steps", []):
-            print(f"    {step.get('name')}: {json.dumps(step.get('detail'))}")
+            hook = describe_hook(step.get("name"), step.get("detail") or {})
+            print(f"    {step.get('name')}: {hook or json.dumps(step.get('detail'))}")
     if not data["deployments"]:
         print(f"no deployments of {args.service} yet")
     return 0
@@ -404,7 +424,8 @@ def _signal(command: str) -> Any:
             await client.request("POST", f"/v1/services/{args.service}/{proxy_command}")
             print(f"traffic of {args.service}: {'held' if command == 'pause' else 'flowing'}")
             return 0
-        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}")
+        params = {"force": "1"} if getattr(args, "force", False) else {}
+        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}", **params)
         print(f"{command}: deploy {data['id']} of {args.service} ({data['version']})")
         return 0
     return send

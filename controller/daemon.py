@@ -93,6 +93,8 @@ class Daemon:
         stack.push_async_callback(self.backend.close)
         self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
         self.deployer.prune_strays = self.prune_strays
+        self.deployer.allow_host_hooks = self.config.allow_host_hooks
+        self.deployer.proxy.listen = self.listen  # http hooks go through the proxy's preview route
         for service in self.config.services.values():
             self.deployer.configs[service.name] = service
             if not service.managed:

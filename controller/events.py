@@ -59,9 +59,27 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "preview_access":
         return (f"{'preview':<10} reach it with the header `{event['header']}` "
                 f"or the cookie `{event['cookie']}`")
+    hook = describe_hook(event.get("step"), event)
+    if hook is not None:
+        return f"{event['step']:<10} {hook}"
     detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
     weights = detail.pop("weights", None)
     text = f"{event.get('step', kind):<10}"
     if weights:
         text += " " + " / ".join(f"{pool} {w}%" for pool, w in weights.items())
     return text + "".join(f" {k}={v}" for k, v in detail.items())
+
+
+def describe_hook(step: str | None, detail: dict[str, Any]) -> str | None:
+    """A hook's steps as one line (`migrate oneoff: passed, exit 0 in 1.2s`), its output indented."""
+    if step == "hook_started":
+        return f"{detail.get('point')} {detail.get('kind')} (timeout {detail.get('timeout')}s)"
+    if step != "hook_finished":
+        return None
+    text = (f"{detail.get('point')} {detail.get('kind')}: {'passed' if detail.get('ok') else 'FAILED'}, "
+            f"{detail.get('result')} in {detail.get('seconds', 0):.1f}s")
+    if not detail.get("ok"):
+        text += f" (on_failure = {detail.get('on_failure')})"
+    if detail.get("output"):
+        text += "".join(f"\n             | {line}" for line in str(detail["output"]).splitlines())
+    return text

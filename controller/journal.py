@@ -374,9 +374,21 @@ class Journal:
         return json.loads(row[0]) if row else None
 
     def forget_service(self, service: str) -> None:
-        """Drop the service's saved state (it was pruned); its deployments stay as history."""
+        """Drop the service's saved state and schema (it was pruned); its deployments stay as history."""
         with self.transaction():
             self._db.execute("DELETE FROM service_state WHERE service = ?", (service,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (f"schema:{service}",))
+
+    def schema(self, service: str) -> dict[str, Any] | None:
+        """The service's schema state (controller/schema.py), None when it has none."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"schema:{service}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_schema(self, service: str, state: dict[str, Any]) -> None:
+        with self.transaction():
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                             "value = excluded.value", (f"schema:{service}", _json(state)))
 
     def services(self) -> dict[str, dict[str, Any]]:
         with self._lock:

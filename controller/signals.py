@@ -18,6 +18,7 @@ class Signals:
         self.resumed = asyncio.Event()
         self.resumed.set()  # not paused
         self.abort_reason = ""
+        self.forced = False  # the abort was `abort --force`: it may roll back past a schema floor
 
     @property
     def paused(self) -> bool:
@@ -27,8 +28,9 @@ class Signals:
         self.promoted.set()
         self.resumed.set()
 
-    def abort(self, reason: str = "aborted by operator") -> None:
+    def abort(self, reason: str = "aborted by operator", force: bool = False) -> None:
         self.abort_reason = reason
+        self.forced = self.forced or force
         self.aborted.set()
         self.resumed.set()
 
@@ -37,6 +39,28 @@ class Signals:
 
     def resume(self) -> None:
         self.resumed.set()
+
+    def freeze(self) -> None:
+        """The deploy froze: what was asked before (a promote of a canary step, an abort) does not count."""
+        self.promoted.clear()
+        self.aborted.clear()
+        self.forced = False
+        self.resumed.set()
+
+    async def wait_resolved(self) -> str:
+        """A frozen deploy waits here for `promote` ("promoted") or `abort --force` ("forced")."""
+        while True:
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self.promoted, self.aborted)]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if self.promoted.is_set():
+                return "promoted"
+            if self.forced:
+                return "forced"
+            self.aborted.clear()  # a plain abort does not end a freeze (the API refuses it first)
 
     def check(self) -> None:
         if self.aborted.is_set():

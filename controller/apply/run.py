@@ -207,6 +207,9 @@ class Applier:
                         **{k: v for k, v in event.items() if k not in ("time", "event")})
             if event.get("event") == "finished":
                 outcome.status, outcome.message = event.get("status", "failed"), event.get("message", "")
+            elif event.get("step") == "frozen":  # it waits for promote or abort --force: apply ends here
+                outcome.status, outcome.message = "frozen", active.message
+                return
         if outcome.status == "running":  # its stream closed without a result
             outcome.status, outcome.message = active.status, active.message
 

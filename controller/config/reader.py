@@ -34,9 +34,13 @@ from .model import (
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CONTAINER_KEYS,
+    DEFAULT_HOOK_TIMEOUT,
     DEFAULT_STATE_DIR,
     DEFAULT_VERIFY,
     HEALTH_KEYS,
+    HOOK_KEYS,
+    HOOK_KINDS,
+    HOOK_POINTS,
     MAX_REPLICAS,
     MIN_MEMORY_BYTES,
     PROXY_FIELDS,
@@ -49,6 +53,7 @@ from .model import (
     Config,
     ConfigError,
     HealthCheck,
+    Hook,
     RollingOptions,
     ServiceConfig,
     Volume,
@@ -230,6 +235,42 @@ def read_bluegreen(t: Table | None) -> BlueGreenOptions:
     d = BlueGreenOptions()
     return BlueGreenOptions(keep_old=t.duration("keep_old", d.keep_old),
                             preview=t.boolean("preview", d.preview))
+
+
+def read_hooks(t: Table | None) -> dict[str, Hook]:
+    """`[services.X.hooks]`: point = { <kind> = ..., timeout = "5m", on_failure = "abort" | "warn" }."""
+    if t is None:
+        return {}
+    hooks = {}
+    for point in t.data:
+        if point not in HOOK_POINTS:
+            raise t.error(str(point), f"unknown hook point (known: {', '.join(HOOK_POINTS)})")
+        hook = t.table(point)
+        assert hook is not None
+        hook.reject_unknown(HOOK_KEYS)
+        kinds = [k for k in HOOK_KINDS if hook.has(k)]
+        if len(kinds) != 1:
+            raise t.error(point, f"needs exactly one of {', '.join(HOOK_KINDS)}, got "
+                          f"{', '.join(kinds) if kinds else 'none'}")
+        kind = kinds[0]
+        if kind in ("exec", "http") and point in ("pre_deploy", "migrate", "on_failure"):
+            raise hook.error(kind, f"no new container serves at {point} (a new set runs from pre_traffic "
+                             "to post_deploy); use oneoff or run")
+        value: Any
+        if kind == "http":
+            value = hook.string("http")
+            if not value.startswith("/"):
+                raise hook.error("http", f"must be a path starting with '/', got {value!r}")
+        else:
+            value = hook.data[kind]
+            if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+                raise hook.error(kind, f"must be a non-empty list of strings (the command and its "
+                                 f"arguments, e.g. [\"/app/migrate\", \"up\"]), got {value!r}")
+            value = tuple(value)
+        hooks[point] = Hook(**{kind: value},  # type: ignore[arg-type]
+                            timeout=hook.duration("timeout", DEFAULT_HOOK_TIMEOUT, positive=True),
+                            on_failure=hook.string("on_failure", "abort", choices=("abort", "warn")))
+    return hooks
 
 
 def read_image(t: Table) -> str | None:
@@ -414,6 +455,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),
         verify=t.duration("verify", DEFAULT_VERIFY),
+        hooks=read_hooks(t.table("hooks")),
         **common,
     )
 
@@ -455,11 +497,25 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     top.reject_unknown(frozenset({"proxy", "services"}))
     proxy_table = top.table("proxy") or Table({}, "proxy", source)
     proxy, state_dir = _proxy(proxy_table, base_dir)
+    allow_host_hooks = proxy_table.boolean("allow_host_hooks", False)
     services_table = top.table("services") or Table({}, "services", source)
     services = {name: read_service(name, services_table.table(name), base_dir)  # type: ignore[arg-type]
                 for name in services_table.data}
     _check_routes(services, source)
-    return Config(proxy=proxy, state_dir=state_dir, services=services, source=source)
+    if not allow_host_hooks:
+        check_host_hooks(services.values(), source)
+    return Config(proxy=proxy, state_dir=state_dir, services=services, source=source,
+                  allow_host_hooks=allow_host_hooks)
+
+
+def check_host_hooks(services: Any, source: Path | str | None) -> None:
+    """`run` hooks (host commands) are refused unless `allow_host_hooks = true` in [proxy]."""
+    for service in services:
+        for point, hook in service.hooks.items():
+            if hook.run is not None:
+                raise ConfigError(f"services.{service.name}.hooks.{point}.run", "host command hooks are "
+                                  "refused unless `allow_host_hooks = true` in [proxy] (they run as the "
+                                  "Turnout daemon's user, on the host)", source)
 
 
 def _check_routes(services: dict[str, ServiceConfig], source: Path | None) -> None:

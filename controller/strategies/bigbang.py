@@ -23,9 +23,11 @@ class BigBang:
             await ops.stop(ops.old.containers)
             ops.step("old_stopped", version=ops.old.version)
         await ops.start(ops.new, ops.config.replicas)
+        await ops.pre_traffic()  # (requests are still held)
         ops.route([(ops.new, 100)])
         gap = time.monotonic() - gap_started
         ops.add_time("gap", gap)
         ops.step("switched", weights={ops.new.pool: 100}, gap_seconds=round(gap, 3))
+        await ops.hook("post_switch")
         if ops.old is not None:
             await ops.verify(ops.new)  # a breach restarts the (stopped) old set

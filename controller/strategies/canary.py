@@ -22,9 +22,11 @@ class Canary:
         options = ops.config.canary
         old, new = ops.old, ops.new
         await ops.start(new, ops.config.replicas)
+        await ops.pre_traffic()
         if old is None:
             ops.route([(new, 100)])
             ops.step("switched", weights={new.pool: 100})
+            await ops.hook("post_switch")
             return
         for weight in options.steps:
             if weight >= 100:
@@ -39,6 +41,7 @@ class Canary:
                 break
         removed = ops.route([(new, 100)])
         ops.step("switched", weights={new.pool: 100})
+        await ops.hook("post_switch")
         await ops.drain(removed)
         await ops.remove(old.containers)
         old.containers = []  # gone: a rollback redeploys this version's image
