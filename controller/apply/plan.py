@@ -179,7 +179,12 @@ def _differences(old: ServiceConfig, new: ServiceConfig, names: tuple[str, ...])
         a, b = getattr(old, name), getattr(new, name)
         if a == b:
             continue
-        if name in _SECRET:
+        if name == "hooks":
+            for point in sorted(set(a) | set(b)):
+                if a.get(point) != b.get(point):
+                    what = "added" if point not in a else "removed" if point not in b else "changed"
+                    out.append(f"hooks.{point} {what}")
+        elif name in _SECRET:
             keys = sorted(set(a) ^ set(b) | {k for k in set(a) & set(b) if a[k] != b[k]}) \
                 if isinstance(a, dict) and isinstance(b, dict) else []
             out.append(f"{name} changed" + (f" ({', '.join(keys)})" if keys else ""))

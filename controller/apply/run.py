@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from ..config.model import ConfigError, ServiceConfig
+from ..config.reader import check_host_hooks
 from ..deployer import ActiveDeployment, Deployer, check_version
 from ..errors import DeployInProgress, ImageNotFound, UsageError
 from ..events import EventLog
@@ -100,6 +101,9 @@ class Applier:
             except ConfigError as exc:
                 raise ConfigError(f"services.{name}.image", f"its tag names the version: {exc.problem}",
                                   source) from None
+        if not self.deployer.allow_host_hooks:
+            check_host_hooks(services.values(), f"{source or 'the file'} (the daemon's [proxy] does not "
+                             "allow them)")
         await self._ready(options.wait)
         desired = {name: Desired(config, await self._spec_hash(config, source))
                    for name, config in services.items()}

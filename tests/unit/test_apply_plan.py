@@ -147,6 +147,7 @@ def test_replicas_with_a_new_image_is_one_release():
     ({"rolling": {"max_surge": 2}}, "rolling.max_surge 1 -> 2"),
     ({"bluegreen": {"keep_old": "5m"}}, "bluegreen.keep_old 0.0 -> 300.0"),
     ({"verify": "5s"}, "verify 2.0 -> 5.0"),
+    ({"hooks": {"migrate": {"oneoff": ["/app/migrate"]}}}, "hooks.migrate added"),
     ({"override": "header-secret", "override_secret": "a-secret-of-16-chars"}, "override_secret changed"),
 ])
 def test_settings_alone_are_a_routing_change(changes, shown):
@@ -248,3 +249,10 @@ def test_volumes_compare_as_binds():
     assert old.volumes == (Volume("data", "/data"),)
     assert only(want(service(volumes=["data:/data:ro"])), live(old)).changes[1] == \
         "volumes data:/data:rw -> data:/data:ro"
+
+
+def test_hook_changes_name_their_points():
+    old = service(hooks={"migrate": {"oneoff": ["a"]}, "contract": {"oneoff": ["c"]}})
+    new = service(hooks={"migrate": {"oneoff": ["b"]}, "post_deploy": {"http": "/x"}})
+    assert only(want(new), live(old)).changes == ("hooks.contract removed", "hooks.migrate changed",
+                                                  "hooks.post_deploy added")

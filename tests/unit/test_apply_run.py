@@ -174,6 +174,10 @@ async def test_refusals_change_nothing(world):
         await applier.apply(services(web={"image": "app:v9"}, api={"image": "api:v1"}), ApplyOptions())
     with pytest.raises(ConfigError, match=r"services\.web\.image: its tag names the version"):
         await applier.apply(services(web={"image": "app:-bad"}), ApplyOptions())
+    with pytest.raises(ConfigError, match=r"services\.api\.hooks\.migrate\.run: host command hooks"):
+        allowed_here = parse_config({"proxy": {"allow_host_hooks": True}, "services": {"api": {
+            "image": "api:v1", "port": 8080, "hooks": {"migrate": {"run": ["x"]}}}}})
+        await applier.apply(allowed_here.services, ApplyOptions())
     with pytest.raises(ConfigError, match=r"services\.web\.image: required by apply"):
         await applier.apply({"web": service_from_flags("web", None, port=8080)}, ApplyOptions())
     assert backend.calls == [] and not deployer.active and not deployer.journal.history("api")
