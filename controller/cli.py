@@ -338,8 +338,8 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
 
 def _inner_event(event: dict[str, Any]) -> dict[str, Any]:
     """A change's own event, out of apply's relay (which tags it with the service)."""
-    return {"event": event.get("kind"), **{k: v for k, v in event.items()
-                                           if k not in ("event", "kind", "service", "deployment")}}
+    inner = event.get("of")
+    return inner if isinstance(inner, dict) else {}
 
 
 async def _rollback(client: Any, args: argparse.Namespace) -> int:

@@ -195,7 +195,11 @@ class Applier:
         """Relay each change's events (tagged with its service), then the results."""
         try:
             relays = [self._relay(run.events, o) for o in run.outcomes if o.deployment is not None]
-            await asyncio.gather(*relays)
+            for outcome, failed in zip([o for o in run.outcomes if o.deployment is not None],
+                                       await asyncio.gather(*relays, return_exceptions=True), strict=True):
+                if isinstance(failed, Exception):  # the change itself goes on in the deployer
+                    log.error("apply.relay_failed", service=outcome.action.service, error=repr(failed))
+                    outcome.status, outcome.message = "unknown", f"internal error following it: {failed!r}"
             run.events.emit("applied", **run.describe())
             log.info("apply.finished", succeeded=run.succeeded,
                      results={o.action.service: o.status for o in run.outcomes})
@@ -207,8 +211,8 @@ class Applier:
         active = outcome.deployment
         assert active is not None
         async for event in active.events.follow():
-            events.emit("service", service=active.service, deployment=active.id, kind=event["event"],
-                        **{k: v for k, v in event.items() if k not in ("time", "event")})
+            events.emit("service", service=active.service, deployment=active.id,
+                        of={k: v for k, v in event.items() if k != "time"})
             if event.get("event") == "finished":
                 outcome.status, outcome.message = event.get("status", "failed"), event.get("message", "")
             elif event.get("step") == "frozen":  # it waits for promote or abort --force: apply ends here

@@ -231,3 +231,14 @@ async def test_a_failed_change_is_reported_and_the_others_go_on(world):
     assert applied["event"] == "applied" and applied["succeeded"] is False
     relayed = [e for e in run.events.events if e["event"] == "service"]
     assert {e["service"] for e in relayed} == {"web", "api"}
+    assert {e["of"]["event"] for e in relayed} == {"step", "finished"}
+
+
+async def test_hook_steps_are_relayed_with_their_service(world):
+    """A hook's steps carry their own `kind` (oneoff, ...): the relay keeps each change's event whole."""
+    deployer, backend, applier = world
+    run = await apply(applier, services(web={"image": "app:v1", "hooks": {"migrate": {"oneoff": ["/m"]}}}))
+    assert actions(run) == {"web": ("+", "succeeded")}
+    hooks = [e["of"] for e in run.events.events if e["event"] == "service" and e["of"].get("kind")]
+    assert [(h["step"], h["kind"]) for h in hooks] == [("hook_started", "oneoff"),
+                                                        ("hook_finished", "oneoff")]
