@@ -99,16 +99,17 @@ def test_expand_mixed_contract_under_load_then_no_rollback_below_the_floor(serve
     assert result.failed_by_proxy == 0 and result.truncated == 0 and result.app_errors == 0, summary
     assert {"v1", "v2"} <= set(result.versions()), summary  # the mixed window: both answered
     assert schema(serve) == "3"
-    assert [line for line in migrations(serve) if " v2 " in line] == ["migrate v2 expand -> 2",
-                                                                      "contract v2 contract -> 3"]
+    assert migrations(serve)[-2:] == ["migrate schema-v2 expand -> 2",
+                                       "contract schema-v2 contract -> 3"], \
+        migrations(serve)
     hooks = [line for line in out.splitlines() if "hook_finished" in line]
     assert len(hooks) == 2 and all("passed, exit 0" in line for line in hooks), out
 
     deployment = json.loads(serve.cli("history", "web", "--json").stdout)["deployments"][0]["id"]
     refused = serve.cli("rollback", "web")
     assert refused.returncode == 2, refused
-    assert f"deployment {deployment} (v2) ran its contract hook" in refused.stderr, refused.stderr
-    assert status(serve)["stable"]["version"] == "v2"
+    assert f"deployment {deployment} (schema-v2) ran its contract hook" in refused.stderr, refused.stderr
+    assert status(serve)["stable"]["version"] == "schema-v2"
 
 
 def test_a_failure_after_the_contract_freezes_until_promote(serve):
@@ -120,9 +121,9 @@ def test_a_failure_after_the_contract_freezes_until_promote(serve):
     assert frozen.returncode == 3, frozen.stdout + frozen.stderr
     assert "post_deploy oneoff: FAILED, exit 4" in frozen.stdout and "smoke test failed" in frozen.stdout
     info = status(serve)
-    assert info["deployment"]["status"] == "frozen" and info["stable"]["version"] == "v3", info
-    assert "contract hook of v3 finished" in info["deployment"]["message"]
-    assert {p["weight"] for p in info["pools"].values()} == {100} and "v3" in info["pools"]
+    assert info["deployment"]["status"] == "frozen" and info["stable"]["version"] == "schema-v3", info
+    assert "contract hook of schema-v3 finished" in info["deployment"]["message"]
+    assert {p["weight"] for p in info["pools"].values()} == {100} and "schema-v3" in info["pools"]
 
     refused = serve.cli("abort", "web")
     assert refused.returncode == 2 and "is frozen" in refused.stderr, refused
@@ -131,7 +132,7 @@ def test_a_failure_after_the_contract_freezes_until_promote(serve):
     while status(serve)["deployment"] is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     record = json.loads(serve.cli("history", "web", "--json").stdout)["deployments"][0]
-    assert record["status"] == "succeeded" and "then promoted: v3 serves" in record["message"], record
+    assert record["status"] == "succeeded" and "then promoted: schema-v3 serves" in record["message"], record
 
 
 def test_sigkill_during_migrate_freezes_and_never_runs_it_again(serve, docker_client):
@@ -139,7 +140,7 @@ def test_sigkill_during_migrate_freezes_and_never_runs_it_again(serve, docker_cl
     serve.start()
     assert apply(serve, spec(data, "v1")).returncode == 0
     serve.stop()
-    serve.extra_env = {"TURNOUT_FAULT_KILL_AT": "after:hook_container@v2"}  # the one-off is running
+    serve.extra_env = {"TURNOUT_FAULT_KILL_AT": "after:hook_container@schema-v2"}  # the one-off runs
     serve.start()
     cut = apply(serve, spec(data, "v2", migrate_seconds=2))
     assert cut.returncode != 0
@@ -150,7 +151,7 @@ def test_sigkill_during_migrate_freezes_and_never_runs_it_again(serve, docker_cl
     info = status(serve)
     assert info["deployment"]["status"] == "frozen", info
     assert "the migrate hook ran; it is not run again" in info["deployment"]["message"]
-    assert info["stable"]["version"] == "v1"  # what served keeps serving
+    assert info["stable"]["version"] == "schema-v1"  # what served keeps serving
     hook_containers = [c for c in owner_containers(docker_client, serve)
                        if c.labels.get("turnout.pool") == "hook-migrate"]
     assert len(hook_containers) == 1  # kept for the operator, and no second one
@@ -160,7 +161,7 @@ def test_sigkill_during_migrate_freezes_and_never_runs_it_again(serve, docker_cl
         started = [s for s in journal.steps(record.id) if s.name == "hook_started"]
     assert record.status == "running" and len(started) == 1
     hook_containers[0].wait(timeout=30)  # the cut migration finishes on its own, once
-    assert [line for line in migrations(serve) if " v2 " in line] == ["migrate v2 expand -> 2"]
+    assert migrations(serve)[-1] == "migrate schema-v2 expand -> 2", migrations(serve)
 
     ended = serve.cli("abort", "web", "--force")
     assert ended.returncode == 0, ended.stderr
@@ -170,4 +171,4 @@ def test_sigkill_during_migrate_freezes_and_never_runs_it_again(serve, docker_cl
     assert not [c for c in owner_containers(docker_client, serve)
                 if c.labels.get("turnout.pool") == "hook-migrate"]
     record = json.loads(serve.cli("history", "web", "--json").stdout)["deployments"][0]
-    assert record["status"] == "aborted" and "ended by abort --force: v1 serves" in record["message"]
+    assert record["status"] == "aborted" and "ended by abort --force: schema-v1 serves" in record["message"]
