@@ -25,6 +25,9 @@ from proxy.server import ProxyServer
 
 from .api import add_controller_routes
 from .config.model import Config
+from .dashboard.app import DashboardServer
+from .dashboard.feed import Feed
+from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
 from .journal import Journal
@@ -58,6 +61,8 @@ class Daemon:
         self._admin_runner: web.AppRunner | None = None
         self.admin_socket = Path(config.proxy.admin_socket)
         self._reconciler: asyncio.Task[None] | None = None
+        self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
+        self.dashboard: DashboardServer | None = None
 
     async def start(self) -> None:
         faults.install_from_env()  # test-only fault hook; unset in any real deployment
@@ -74,6 +79,7 @@ class Daemon:
             if not service.managed:
                 self.deployer.proxy.install_static(service)
         outcome = await recover(self.deployer, self.config)
+        await self._start_dashboard()
         await self._start_admin()
         for service in self.config.services.values():
             if service.managed and service.image and service.name not in self.deployer.releases:
@@ -88,10 +94,19 @@ class Daemon:
         host, _ = self.config.proxy.listen_host_port
         return f"{host}:{self.proxy_server.port}"
 
+    async def _start_dashboard(self) -> None:
+        assert self.deployer is not None
+        self.feed = Feed(self.router, self.deployer)
+        self.feed.start()
+        if self.config.dashboard is not None:
+            self.dashboard = DashboardServer(self.config.dashboard, self.feed, self.deployer, self.config.source)
+            await self.dashboard.start()
+
     async def _start_admin(self) -> None:
         app = create_admin_app(self.router)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
+        add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +122,7 @@ class Daemon:
         if proxy.admin_tcp:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
             add_controller_routes(tcp_app, self.deployer, self.listen)
+            add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             host, _, port = proxy.admin_tcp.rpartition(":")
@@ -140,6 +156,10 @@ class Daemon:
         if self._reconciler is not None:
             self._reconciler.cancel()
             await asyncio.gather(self._reconciler, return_exceptions=True)
+        if self.feed is not None:
+            await self.feed.stop()  # ends the streams that follow it first
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.deployer is not None:
             await self.deployer.close()
         await self.proxy_server.stop(timeout)

@@ -56,9 +56,26 @@ def describe_event(event: dict[str, Any]) -> str:
         if event.get("timings"):
             text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
         return text
+    if kind == "plan":
+        pause = event.get("step_pause")
+        each = "until promoted" if pause is None else f"{pause:g}s each"
+        return f"{'plan':<10} weights {' -> '.join(f'{w}%' for w in event.get('steps', []))} ({each})"
+    if kind == "analysis":
+        return f"{'analysis':<10} {describe_verdict(event)}"
     detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
     weights = detail.pop("weights", None)
     text = f"{event.get('step', kind):<10}"
     if weights:
         text += " " + " / ".join(f"{pool} {w}%" for pool, w in weights.items())
     return text + "".join(f" {k}={v}" for k, v in detail.items())
+
+
+def describe_verdict(event: dict[str, Any]) -> str:
+    """A canary analysis verdict (an `analysis` event) in a few words."""
+    verdict = event.get("verdict", "?")
+    if verdict == "waiting":
+        return f"waiting: {event.get('requests', 0)} of {event.get('needed', 0)} requests on the canary"
+    if verdict == "passing":
+        return (f"passing: {event.get('error_rate', 0):.1%} 5xx over {event.get('requests', 0)} requests "
+                f"(limit {event.get('max_error_rate', 0):.1%})")
+    return f"{verdict}: {event.get('reason', '')}"

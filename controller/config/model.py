@@ -129,10 +129,25 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """`[dashboard]`: the live dashboard in a browser (controller/dashboard/); off when absent."""
+
+    listen: str  # host:port; port 0 takes any free port (`turnout dashboard` prints the URL)
+    token: str | None = None  # required unless `listen` is loopback; then optional
+    allow_actions: bool = False  # promote / abort / pause / resume / rollback buttons (CSRF-protected)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     state_dir: Path = DEFAULT_STATE_DIR
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    dashboard: DashboardConfig | None = None  # None: no dashboard
     source: Path | None = None  # the file read; None: embedded defaults
 
     @property
@@ -146,6 +161,7 @@ class Config:
 # The keys each section accepts.
 PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name != "extra"}
 PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file"}
+DASHBOARD_KEYS = frozenset({f.name for f in fields(DashboardConfig)})
 HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
