@@ -99,7 +99,8 @@ class Daemon:
         self.feed = Feed(self.router, self.deployer)
         self.feed.start()
         if self.config.dashboard is not None:
-            self.dashboard = DashboardServer(self.config.dashboard, self.feed, self.deployer, self.config.source)
+            self.dashboard = DashboardServer(self.config.dashboard, self.feed, self.deployer,
+                                             self.config.source)
             await self.dashboard.start()
 
     async def _start_admin(self) -> None:

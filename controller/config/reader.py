@@ -113,8 +113,8 @@ def read_dashboard(t: Table) -> DashboardConfig:
     token = None if t.data.get("token") in (None, "") else t.string("token")  # `token = ""`: none
     if token is not None:
         if not _URL_TOKEN.fullmatch(token) or len(token) < MIN_DASHBOARD_TOKEN:
-            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ - "
-                                   "(make one with `python3 -c 'import secrets; "
+            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ -"
+                                   " (make one with `python3 -c 'import secrets; "
                                    "print(secrets.token_urlsafe(32))'`)")
     elif not is_loopback(host.strip("[]")):
         raise t.error("token", f"required when the dashboard listens beyond loopback ({listen})")

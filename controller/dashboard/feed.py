@@ -181,7 +181,8 @@ class Feed:
         readings = self._readings()
         sampled_at = time.monotonic()
         seconds = sampled_at - self._sampled_at
-        windows = {key: c - self._previous[key] if key in self._previous else c for key, c in readings.items()}
+        previous = self._previous
+        windows = {key: c - previous[key] if key in previous else c for key, c in readings.items()}
         self._previous, self._sampled_at = readings, sampled_at
         self._recent.append({key: w.requests for key, w in windows.items()})
         served: dict[str, int] = {}
