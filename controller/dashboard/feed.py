@@ -169,15 +169,16 @@ class Feed:
             next_at += self.interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             try:
-                self._follow_new_deployments()
-                self._tick()
+                self.sample()
             except Exception:  # one bad sample must not end the feed
                 log.exception("dashboard.sample_failed")
 
     def _readings(self) -> dict[tuple[str, str], PoolCounters]:
         return {key: stats.snapshot() for key, stats in list(self.router.metrics.pools.items())}
 
-    def _tick(self) -> None:
+    def sample(self) -> None:
+        """One sample of the per-pool counters, published as a `tick` (the sampler calls it each second)."""
+        self._follow_new_deployments()
         readings = self._readings()
         sampled_at = time.monotonic()
         seconds = sampled_at - self._sampled_at
