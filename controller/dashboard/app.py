@@ -226,10 +226,11 @@ class DashboardServer:
 
     async def start(self) -> None:
         host, port = self.config.listen_host_port
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Open event streams end when the feed stops (before this); what is left gets 2 s.
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, shutdown_timeout=2.0).start()
+            await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError("dashboard.listen", f"cannot listen on {self.config.listen}: "

@@ -12,6 +12,7 @@ const actions = body.dataset.actions === "true";
 const csrf = document.querySelector('meta[name="turnout-csrf"]').content;
 let selected = decodeURIComponent(location.hash.slice(1));
 let dirty = false;
+let chartsDirty = true;  // the charts change with samples, markers and the selection only
 let ticks = 0;
 
 // ------------------------------------------------------------------ the stream
@@ -35,6 +36,7 @@ function setConnection(value) {
 
 function apply(kind, data) {
   if (data.t) state.offset = data.t * 1000 - Date.now();
+  if (kind !== "table" && kind !== "history") chartsDirty = true;
   if (kind === "snapshot") {
     Object.assign(state, { services: data.services, series: data.series, markers: data.markers,
                            deployments: data.deployments, history: data.history, interval: data.interval });
@@ -163,7 +165,11 @@ function renderDetail() {
     `${selected} — ${service.stable ? `serving ${service.stable}` : service.managed ? "not deployed" : "static upstreams"}` +
     (service.strategy ? ` · ${service.strategy}` : "") + (service.state !== "active" ? ` · ${service.state}` : "");
   renderDeploy(selected, service);
-  renderCharts(selected);
+  if (chartsDirty || detail.dataset.charted !== selected) {
+    chartsDirty = false;
+    detail.dataset.charted = selected;
+    renderCharts(selected);
+  }
   renderPools(service);
   renderHistory(state.history[selected] || []);
 }
