@@ -72,7 +72,7 @@ class Picture:
 
     def _services_table(self) -> Table:
         table = Table(expand=True, title="services", title_justify="left")
-        for column in ("service", "serving", "pool", "set weight", "seen"):
+        for column in ("service", "serving", "pool", "set weight", "seen (5 s)"):
             table.add_column(column)
         for column in ("req/s", "5xx/s", "p99"):
             table.add_column(column, justify="right")
