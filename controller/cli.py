@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--max-unavailable", type=int, help="rolling: containers that may be missing [0]")
     opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
     opts.add_argument("--verify", help="bigbang/bluegreen/rolling: watch the new version this long after "
-                      "the switch, rolling back on a 5xx or health breach, e.g. 2s; 0 disables [2s]")
+                      "the switch, rolling back on an error-rate or health breach, e.g. 2s; 0 disables [2s]")
     opts.add_argument("--preview", action="store_true",
-                      help="blue-green: route the new set only for X-Turnout-Pool until `turnout promote`")
+                      help="blue-green: route the new set only for the pool override until `turnout "
+                      "promote` (prints the X-Turnout-Pool header that reaches it)")
     deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
     deploy.add_argument("--json", action="store_true", help="print events as JSON lines")
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import structlog
 
-from .config.model import ServiceConfig
+from proxy.specs import NAME_RE
+
+from .config.model import ConfigError, ServiceConfig
 from .config.service_state import service_to_dict
 from .docker_backend import Container, DockerBackend
 from .errors import (
@@ -46,6 +48,8 @@ ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engi
 # `--max-surge`, `--verify`, ...): afterwards the service keeps the values its config gives. (The image
 # and replicas a deploy asks for describe what then runs: those stay.)
 PER_DEPLOY = ("canary", "rolling", "bluegreen", "verify", "hold_timeout", "drain_timeout")
+# A version names its pool (`<version>` or `<version>-<n>`, n < 100000): a pool name is at most 63.
+MAX_VERSION = 57
 
 
 @dataclass
@@ -100,7 +104,7 @@ class Deployer:
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
         old = self.releases.get(config.name)
-        version = version or version_of(image)
+        version = check_version(version or version_of(image))
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
         # `verify`: seconds of post-switch verification this deploy owes (recovery reads it).
         verify = config.verify if old is not None and STRATEGIES[strategy].verifies else 0.0
@@ -558,6 +562,16 @@ def _noting(message: str, journal_errors: list[str]) -> str:
         return message
     note = f"the journal could not record: {'; '.join(journal_errors)}"
     return f"{message}; {note}" if message else note
+
+
+def check_version(version: Any) -> str:
+    """A deploy's version (`--version`, the API's `version`, or the image tag) names its pool, which
+    ends up in cookies, headers, labels and /metrics: letters, digits and `_ . -` only, matched whole."""
+    if (not isinstance(version, str) or not NAME_RE.fullmatch(version)
+            or len(version) > MAX_VERSION):
+        raise ConfigError("version", f"{version!r} is not a valid version: 1-{MAX_VERSION} letters, digits, "
+                          "'_', '.' or '-', starting with a letter or digit (give another with --version)")
+    return version
 
 
 async def _run_all(steps: list[Any]) -> None:

@@ -62,6 +62,9 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"{'plan':<10} weights {' -> '.join(f'{w}%' for w in event.get('steps', []))} ({each})"
     if kind == "analysis":
         return f"{'analysis':<10} {describe_verdict(event)}"
+    if kind == "preview_access":
+        return (f"{'preview':<10} reach it with the header `{event['header']}` "
+                f"or the cookie `{event['cookie']}`")
     detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
     weights = detail.pop("weights", None)
     text = f"{event.get('step', kind):<10}"

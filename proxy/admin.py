@@ -127,7 +127,7 @@ def describe_table(router: Router) -> dict[str, Any]:
     services = {}
     for service in table.services.values():
         services[service.name] = {
-            "spec": service.spec.to_dict(),
+            "spec": _redacted(service.spec.to_dict()),
             "routable": service.routable,
             "pools": [
                 {
@@ -143,6 +143,13 @@ def describe_table(router: Router) -> dict[str, Any]:
             ],
         }
     return {"generation": router.generation, "services": services}
+
+
+def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec for display: the override secret is not printed by `turnout status --json`."""
+    if spec.get("override_secret"):
+        spec["override_secret"] = "(set)"
+    return spec
 
 
 def _drain_timeout(request: web.Request) -> float | None:
@@ -218,7 +225,7 @@ async def get_counters(request: web.Request) -> web.Response:
     counters = router.metrics.counters(name)
     return _json({
         pool: {"requests": c.requests, "by_class": dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"),
-                                                            c.by_class[1:], strict=True)),
+                                                            c.classes, strict=True)),
                "proxy_errors": c.proxy_errors, "p50": _seconds(c.quantile(0.5)),
                "p99": _seconds(c.quantile(0.99))}
         for pool, c in counters.items()

@@ -402,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
             set_cookie = False
         elif req.forced is not None or req.cookies is not None:
             forced, sticky = forced_and_sticky(req, service.cookie_name)
-            pool, set_cookie = service.select(forced, sticky)
+            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky)
         else:
             pool, set_cookie = service.select(None, None)
         if pool is None:

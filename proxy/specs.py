@@ -6,15 +6,22 @@ a bad request changes nothing. The effective table (`table.py`) is derived from 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ValidationError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Names of services, pools and versions: they end up in cookies, headers, labels and /metrics, so they
+# must be matched whole (`fullmatch`: `$` would let a trailing newline through).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BALANCES = ("round_robin", "least_outstanding")
 STATES = ("active", "paused", "stopped")
+# Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py).
+OVERRIDE_MODES = ("off", "header-secret", "trusted")
+# An override secret travels in a header and a cookie value: token characters only, long enough to guess.
+SECRET_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 MAX_WEIGHT = 1_000_000
 # A health check's bounds: the one place both layers take them from (turnout.toml, the journal and the
 # admin API all build a HealthSpec, which checks them).
@@ -65,6 +72,11 @@ class ServiceSpec:
     health: HealthSpec | None = None
     hold_timeout: float | None = None  # None: the proxy-wide default
     labels: dict[str, str] = field(default_factory=dict)  # free-form, e.g. which pool is stable
+    # The pool override (X-Turnout-Pool / turnout-pool cookie): "off", "header-secret" (the value is
+    # `<pool>:<override_secret>`) or "trusted" (clients whose address is in `override_networks`).
+    override: str = "off"
+    override_secret: str | None = None
+    override_networks: tuple[str, ...] = ()
 
     @property
     def upstream_addresses(self) -> set[str]:
@@ -77,6 +89,7 @@ class ServiceSpec:
         data = asdict(self)
         data["pools"] = [asdict(p) | {"upstreams": list(p.upstreams)} for p in self.pools]
         data["hosts"] = list(self.hosts)
+        data["override_networks"] = list(self.override_networks)
         return data
 
     @classmethod
@@ -85,7 +98,7 @@ class ServiceSpec:
         if not isinstance(data, dict):
             raise ValidationError("service", "must be a JSON object")
         known = {"name", "pools", "hosts", "path_prefix", "balance", "state", "sticky", "health",
-                 "hold_timeout", "labels"}
+                 "hold_timeout", "labels", "override", "override_secret", "override_networks"}
         for key in data:
             if key not in known:
                 raise ValidationError(str(key), f"unknown field (known: {', '.join(sorted(known))})")
@@ -126,11 +139,46 @@ class ServiceSpec:
             health=_health(data.get("health")),
             hold_timeout=hold,
             labels=dict(labels),
+            **override_settings(data),
         )
 
 
+def override_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The override keys: a mode, and exactly what that mode needs (a secret, or client networks)."""
+    mode = data.get("override", "off")
+    if mode not in OVERRIDE_MODES:
+        raise ValidationError("override", f"must be one of {', '.join(OVERRIDE_MODES)}")
+    secret = data.get("override_secret")
+    networks = data.get("override_networks", [])
+    if mode == "header-secret":
+        if not isinstance(secret, str) or not SECRET_RE.fullmatch(secret):
+            raise ValidationError("override_secret", "must be 16-256 characters of letters, digits and "
+                                  "._~+/=- (required with override = header-secret)")
+    elif secret is not None:
+        raise ValidationError("override_secret", "only with override = header-secret")
+    if not isinstance(networks, list | tuple) or not all(isinstance(n, str) for n in networks):
+        raise ValidationError("override_networks", "must be a list of addresses or CIDR networks")
+    if mode == "trusted":
+        if not networks:
+            raise ValidationError("override_networks", "required with override = trusted (CIDR networks "
+                                  "such as 10.0.0.0/8, or addresses)")
+        for network in networks:
+            parse_network("override_networks", network)
+    elif networks:
+        raise ValidationError("override_networks", "only with override = trusted")
+    return {"override": mode, "override_secret": secret, "override_networks": tuple(networks)}
+
+
+def parse_network(where: str, value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """'10.0.0.0/8', '::1' or '192.168.1.7' (one address) -> a network, or ValidationError."""
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(where, f"{value!r} is not an address or CIDR network") from None
+
+
 def _check_name(where: str, value: Any) -> None:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ValidationError(where, "must be 1-63 characters of letters, digits, '_', '.', '-'")
 
 

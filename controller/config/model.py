@@ -55,7 +55,7 @@ class HealthCheck:
 class CanaryOptions:
     steps: tuple[int, ...] = (5, 25, 50, 100)  # canary weight in percent, strictly increasing, ends at 100
     step_pause: float | None = 30.0  # seconds at each step; None: wait for `turnout promote`
-    max_error_rate: float = 0.05  # canary 5xx ratio above this rolls back
+    max_error_rate: float = 0.05  # error rate (500, 502-504) above the old version's by more rolls back
     max_p99_ratio: float = 2.0  # canary p99 above stable p99 times this rolls back
     min_requests: int = 20  # requests the canary must see at a step before it is judged
     analysis_interval: float = 1.0
@@ -110,6 +110,11 @@ class ServiceConfig:
     cap_add: tuple[str, ...] = DEFAULT_CAP_ADD
     security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
     sticky: bool = False
+    # Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py): "off",
+    # "header-secret" (value `<pool>:<override_secret>`) or "trusted" (clients in `override_networks`).
+    override: str = "off"
+    override_secret: str | None = None
+    override_networks: tuple[str, ...] = ()
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
     upstreams: tuple[str, ...] = ()  # static "host:port" upstreams: routed, not managed
@@ -170,7 +175,8 @@ CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "com
                             "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
                             "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
-                                 "upstreams", "compose", "service"}
+                                 "upstreams", "compose", "service", "override", "override_secret",
+                                 "override_networks"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
 OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES

@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, parse_address
+from proxy.specs import NAME_RE, override_settings, parse_address
 
 from ..hardening import (
     DEFAULT_CAP_ADD,
@@ -59,7 +59,7 @@ from .model import (
 from .table import Table
 
 _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
-_HOST = re.compile(r"^[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?$")
+_HOST = re.compile(r"[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?")
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _URL_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # fits in `?token=` unescaped (secrets.token_urlsafe)
@@ -280,7 +280,7 @@ def read_image(t: Table) -> str | None:
 def _hosts(t: Table) -> tuple[str, ...]:
     hosts = tuple(h.strip().lower() for h in t.strings("host"))
     for host in hosts:
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise t.error("host", f"{host!r} is not a host name")
     return hosts
 
@@ -375,6 +375,18 @@ def read_replicas(t: Table, default: int | None) -> int | None:
     return t.integer("replicas", default, minimum=1, maximum=MAX_REPLICAS)
 
 
+def _override(t: Table) -> dict[str, Any]:
+    """override / override_secret / override_networks, with the proxy's own rules (proxy/specs.py)."""
+    keys = ("override", "override_secret", "override_networks")
+    data = {key: t.data[key] for key in keys if key in t.data}
+    if isinstance(data.get("override_networks"), str):
+        data["override_networks"] = [data["override_networks"]]
+    try:
+        return override_settings(data)
+    except ValidationError as exc:
+        raise t.error(exc.field, exc.message) from None
+
+
 def read_strategy(t: Table) -> str:
     return t.string("strategy", "rolling", choices=STRATEGIES)
 
@@ -394,7 +406,7 @@ def _upstreams(t: Table) -> tuple[str, ...]:
 
 
 def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(t.path or "service", f"{name!r} is not a valid service name "
                           "(letters, digits, _ . -)", t.source)
     t.reject_unknown(SERVICE_KEYS)
@@ -411,6 +423,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         hosts=_hosts(t),
         path_prefix=path_prefix,
         sticky=t.boolean("sticky", False),
+        **_override(t),
         hold_timeout=t.duration("hold_timeout", positive=True),
         drain_timeout=t.duration("drain_timeout", positive=True),
         compose_file=compose_file,

@@ -28,7 +28,7 @@ from proxy.router import Router
 from proxy.table import RoutingTable
 
 from ..deployer import ActiveDeployment, Deployer
-from .view import describe_deployment, describe_history, describe_services, now, pool_rates
+from .view import describe_deployment, describe_history, describe_services, now, pool_rates, shown
 
 log = structlog.get_logger("turnout.dashboard")
 
@@ -233,6 +233,6 @@ class Feed:
                 label = event.get("step") or f"{event.get('status')}"
                 self.markers.append({"service": active.service, "t": event.get("time"), "label": label,
                                      "deployment": active.id})
-            self.publish("deploy", service=active.service, deployment=info, event=event)
+            self.publish("deploy", service=active.service, deployment=info, event=shown(event))
         self.publish("history", service=active.service,
                      deployments=describe_history(self.deployer, active.service))

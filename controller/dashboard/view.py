@@ -17,6 +17,9 @@ from proxy.router import Router
 from ..deployer import ActiveDeployment, Deployer
 
 HISTORY_LIMIT = 8  # journal rows shown per service
+# Deploy events shown whole; any other kind (e.g. `preview_access`, which carries a blue-green preview's
+# secret) is shown by its name and time only: a dashboard viewer is not the operator.
+SHOWN_EVENTS = frozenset({"step", "finished", "plan", "analysis"})
 
 
 def describe_services(router: Router, deployer: Deployer,
@@ -67,8 +70,15 @@ def describe_deployment(active: ActiveDeployment, with_events: bool = False) -> 
     info = {**active.describe(), "started": round(active.started, 3),
             "step_ends_at": active.signals.step_ends_at}
     if with_events:
-        info["events"] = list(active.events.events)
+        info["events"] = [shown(e) for e in active.events.events]
     return info
+
+
+def shown(event: dict[str, Any]) -> dict[str, Any]:
+    """A deploy event as the dashboard may show it (see SHOWN_EVENTS)."""
+    if event.get("event") in SHOWN_EVENTS:
+        return event
+    return {"event": event.get("event"), "time": event.get("time")}
 
 
 def describe_history(deployer: Deployer, service: str) -> list[dict[str, Any]]:

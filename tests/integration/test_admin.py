@@ -322,12 +322,13 @@ def _sample(text: str, name: str, **labels: str) -> float:
 async def test_metrics_is_prometheus_text_per_pool_after_traffic(ups, tmp_path):
     a, b = ups
     router = Router()
-    router.set_service(service(pools={"blue": (1, [a.address]), "green": (1, [b.address])}))
+    router.set_service(service(pools={"blue": (1, [a.address]), "green": (0, [b.address])}))
     async with serve_unix(router, tmp_path / "admin.sock") as admin, running_proxy(router) as proxy:
         for _ in range(3):
-            assert (await fetch(proxy.port, headers={"X-Turnout-Pool": "blue"})).status == 200
-        failing = await fetch(proxy.port, path="/status/503", headers={"X-Turnout-Pool": "green"})
-        assert failing.status == 503
+            assert (await fetch(proxy.port)).status == 200
+        router.set_weights("app", {"blue": 0, "green": 1})
+        failing = await fetch(proxy.port, path="/status/503")
+        assert failing.status == 503 and failing.header("x-upstream") == "b"
         async with admin.session.get(admin.base + "/metrics") as response:
             assert response.status == 200
             assert response.content_type == "text/plain"

@@ -40,6 +40,8 @@ labels = { team = "x" }
 mem_limit = "256m"
 cpus = 0.5
 sticky = true
+override = "header-secret"
+override_secret = "0123456789abcdef-web"
 hold_timeout = "5s"
 drain_timeout = "30s"
 
@@ -70,6 +72,8 @@ preview = true
 [services.api]
 upstreams = ["127.0.0.1:9000", "[::1]:9001"]
 host = ["api.localhost", "api.example.com"]
+override = "trusted"
+override_networks = ["10.0.0.0/8", "::1"]
 """
 
 
@@ -128,6 +132,7 @@ def test_full_example_parses(tmp_path):
     assert str(web.volumes[1]) == "/etc/ssl:/ssl:rw"
     assert web.labels == {"team": "x"} and web.mem_limit == 256 * 1024 * 1024 and web.cpus == 0.5
     assert web.sticky and web.hold_timeout == 5 and web.drain_timeout == 30
+    assert (web.override, web.override_secret) == ("header-secret", "0123456789abcdef-web")
     assert web.canary == CanaryOptions((5, 25, 50, 100), None, 0.1, 1.5, 50, 2.0)
     assert web.canary.manual
     assert (web.rolling.max_surge, web.rolling.max_unavailable) == (0, 1)
@@ -137,6 +142,7 @@ def test_full_example_parses(tmp_path):
     assert not api.managed and api.upstreams == ("127.0.0.1:9000", "[::1]:9001")
     assert api.image is None and api.port is None and api.health is None
     assert api.hosts == ("api.localhost", "api.example.com")
+    assert (api.override, api.override_networks) == ("trusted", ("10.0.0.0/8", "::1"))
 
 
 def test_defaults_without_a_file():
@@ -200,6 +206,15 @@ BAD = [
     ('[services.web]\nport = 80\nreplicas = true', "services.web.replicas", "whole number"),
     ('[services.web]\nport = 80\nstrategy = "yolo"', "services.web.strategy", "one of bigbang"),
     ('[services.web]\nport = 80\nhost = "a b"', "services.web.host", "not a host name"),
+    ('[services."web\\n"]\nport = 80', "services.web\n", "not a valid service name"),
+    (WEB + 'override = "on"', "services.web.override", "must be one of off, header-secret, trusted"),
+    (WEB + 'override = "header-secret"', "services.web.override_secret", "required with override"),
+    (WEB + 'override = "header-secret"\noverride_secret = "short"', "services.web.override_secret",
+     "16-256 characters"),
+    (WEB + 'override_secret = "0123456789abcdef"', "services.web.override_secret", "only with override"),
+    (WEB + 'override = "trusted"', "services.web.override_networks", "required with override"),
+    (WEB + 'override = "trusted"\noverride_networks = ["10.0.0.0/40"]', "services.web.override_networks",
+     "not an address or CIDR"),
     ('[services.web]\nport = 80\nhost = []', None, None),  # an empty list is simply no host rule
     ('[services.web]\nport = 80\npath_prefix = "api"', "services.web.path_prefix", "start with '/'"),
     ('[services.web]\nport = 80\nhealth = { path = "healthz" }', "services.web.health.path", "start with"),
