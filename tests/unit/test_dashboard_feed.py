@@ -13,9 +13,11 @@ import controller.operations as operations
 from controller.config.model import CanaryOptions, ServiceConfig
 from controller.config.overrides import service_from_flags
 from controller.dashboard.feed import BUFFER_EVENTS, Feed
-from controller.deployer import Deployer
+from controller.deployer import ActiveDeployment, Deployer
+from controller.events import EventLog
 from controller.journal import Journal
 from controller.proxy_control import ProxyControl
+from controller.signals import Signals
 from helpers.fake_docker import FakeBackend
 from proxy.router import Router
 from proxy.specs import PoolSpec, ServiceSpec
@@ -162,3 +164,21 @@ async def test_stop_ends_every_reader(world):
     await feed.stop()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(reader, 5)
+
+
+async def test_a_preview_secret_never_reaches_the_dashboard(world):
+    """`preview_access` carries a blue-green preview's secret for the operator; viewers see its name only."""
+    router, deployer, feed = world
+    active = ActiveDeployment("d-000009", "web", "bluegreen", "v2", "app:v2", EventLog(), Signals())
+    active.events.emit("step", step="started")
+    active.events.emit("preview_access", header="X-Turnout-Pool: v2:s3cret", cookie="turnout-pool=v2:s3cret")
+    deployer.active["web"] = active
+    follower = feed.follow()
+    events = await take(follower, 1)
+    feed.sample()
+    events += await take(follower, 3)  # the tick, then the deploy's two events
+    await active.events.close()
+    assert [e.kind for e in events] == ["snapshot", "tick", "deploy", "deploy"]
+    published = "".join(e.data for e in events) + json.dumps(feed.snapshot())
+    assert "s3cret" not in published and "preview_access" in published
+    await follower.aclose()
