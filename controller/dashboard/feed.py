@@ -193,13 +193,12 @@ class Feed:
                 served[service] = served.get(service, 0) + n
                 by_pool[(service, pool)] = by_pool.get((service, pool), 0) + n
         stats = self.router.metrics.pools
-        routed = {(s.name, p.name) for s in self.router.table.services.values() for p in s.pools}
         rates: dict[str, dict[str, Any]] = {}
         for key, window in windows.items():
             service, pool = key
             in_flight = stats[key].inflight if key in stats else 0
-            if not window.requests and not in_flight and key not in routed and not by_pool.get(key):
-                continue  # a pool long gone: no line of zeros for it
+            if not window.requests and not in_flight and not by_pool.get(key):
+                continue  # idle for SHARE_TICKS samples: a missing pool reads as 0 (samples stay small)
             entry = pool_rates(window, seconds, in_flight)
             entry["share"] = round(by_pool.get(key, 0) / served[service], 4) if served.get(service) else None
             rates.setdefault(service, {})[pool] = entry

@@ -299,7 +299,7 @@ function renderCharts(name) {
   const rps = pools.map((pool) => ({ name: pool, x, y: series.map((s) => value(s, pool, "rps") ?? 0), type: "scatter", mode: "lines",
                                      stackgroup: "rps", line: { width: 0.5, color: colourOf(pool) } }));
   Plotly.react("chart-rps", rps, layout("requests/s per version (stacked: the real split)", { annotations: notes, yaxis: { rangemode: "tozero" } }), config);
-  const errors = pools.map((pool) => ({ name: pool, x, y: series.map((s) => value(s, pool, "errors")), type: "scatter", mode: "lines",
+  const errors = pools.map((pool) => ({ name: pool, x, y: series.map((s) => value(s, pool, "errors") ?? 0), type: "scatter", mode: "lines",
                                         line: { color: colourOf(pool) } }));
   Plotly.react("chart-errors", errors, layout("5xx/s per version", { yaxis: { rangemode: "tozero" } }), config);
   const p99 = pools.map((pool) => ({ name: pool, x, y: series.map((s) => { const v = value(s, pool, "p99"); return v === null ? null : v * 1000; }),
