@@ -114,7 +114,7 @@ class Feed:
         deployer = self.deployer
         deployments = {name: describe_deployment(a, with_events=True)
                        for name, a in {**deployer.finished, **deployer.active}.items()}
-        return {"run": self.run, "t": now(), "interval": self.interval,
+        return {"run": self.run, "seq": self.seq, "t": now(), "interval": self.interval,
                 "services": describe_services(self.router, deployer, self._homes),
                 "series": list(self.series), "markers": list(self.markers), "deployments": deployments,
                 "history": {name: describe_history(deployer, name) for name in deployer.configs}}
