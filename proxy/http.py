@@ -43,14 +43,22 @@ _TOKEN_RE = re.compile(_TOKEN + rb"+")
 # "Connection: Content-Length" would make the proxy forward a body the upstream reads as a request).
 _UNNOMINABLE = frozenset((b"host", b"content-length"))
 _COOKIE_RE = re.compile(rb"(?:^|;)[ \t]*(turnout-[^=; \t]*)=[ \t]*([^; \t]*)")
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+# chunk-size [chunk-ext] (RFC 9112 7.1.1): every ";" is followed by a name, an "=" by a token or a
+# quoted-string ("5;" is refused: a lenient reader elsewhere may take the line differently).
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[ \t]*" + _TOKEN + rb"+(?:[ \t]*=[ \t]*(?:"
+                            + _TOKEN + rb"+|" + _QUOTED + rb"))?)*")
 _TRAILER_RE = re.compile(_TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*")
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 # Request header lines never forwarded: hop-by-hop, the X-Forwarded-* the proxy sets itself, and the
 # pool override (meant for the proxy; with header-secret it carries the secret).
+# Also every name with an underscore, as nginx does (`underscores_in_headers off`): CGI/WSGI-style servers
+# read "_" as "-", so `Transfer_Encoding` beside a Content-Length would frame the body differently there.
 _DROP_NAMES = (rb"connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate"
-               rb"|proxy-authorization|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-turnout-pool")
+               rb"|proxy-authorization|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-turnout-pool"
+               rb"|[^:\r]*_[^:\r]*")
+_UNDERSCORE_NAME_RE = re.compile(rb"\r\n[^:\r]*_")  # in a validated head: a header name with "_"
 _DROP_TRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"):[^\r]*", re.IGNORECASE)
 # From untrusted peers also every other X-Forwarded-* and Forwarded.
 # (X-Real-IP and underscore spellings too: CGI/WSGI servers read X_Forwarded_For as X-Forwarded-For.)
@@ -184,6 +192,8 @@ def parse_request_head(head: bytes) -> RequestHead:
                 upgrade = value.rstrip(b" \t")
             elif name not in _DROPPED:
                 req.forwarded = True
+    if b"_" in head and _UNDERSCORE_NAME_RE.search(head) is not None:
+        req.drop = True
     if hosts != 1:
         if hosts > 1:
             raise BadRequest(400, "several Host headers")

@@ -111,6 +111,7 @@ class Metrics:
         self.pools: dict[tuple[str, str], PoolStats] = {}
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
         self.drain_aborted = 0
+        self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
 
     def pool(self, service: str, pool: str) -> PoolStats:
@@ -169,6 +170,9 @@ class Metrics:
             out.append(f'turnout_unrouted_total{{code="{cls}xx"}} {self.unrouted[cls]}')
         out += ["# TYPE turnout_drain_aborted_total counter",
                 f"turnout_drain_aborted_total {self.drain_aborted}",
+                "# HELP turnout_internal_errors_total Requests failed by a bug of the proxy's own (logged).",
+                "# TYPE turnout_internal_errors_total counter",
+                f"turnout_internal_errors_total {self.internal_errors}",
                 "# TYPE turnout_client_connections gauge",
                 f"turnout_client_connections {self.connections}", ""]
         return "\n".join(out)
