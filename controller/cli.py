@@ -27,6 +27,8 @@ examples:
   turnout deploy web --image myapp:v1 --port 8080 --replicas 2
   turnout deploy web --image myapp:v2 --strategy canary --steps 5,25,50,100 --step-pause 30s
   turnout status web
+  turnout status --watch                          # live: weights, split, health, deploy progress
+  turnout dashboard                               # the address of the same picture in a browser
   turnout rollback web
 """
 
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="proxy listen address, e.g. 127.0.0.1:8000")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    serve.add_argument("--dashboard", metavar="HOST:PORT",
+                       help="serve the dashboard here (the [dashboard] section's listen), "
+                       "e.g. 127.0.0.1:8081")
     serve.add_argument("--prune-strays", action="store_true",
                        help="remove containers that carry this daemon's owner label but that its journal "
                        "never recorded (made by hand, or left by a lost journal); without it they are "
@@ -104,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what serves each service, and any deploy in progress")
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true",
+                        help="the live picture (the dashboard's, in the terminal), refreshed in place "
+                        "until Ctrl-C")
+
+    dashboard = sub.add_parser("dashboard", help="print the address of the live dashboard (a browser page)")
+    dashboard.add_argument("--with-token", action="store_true",
+                           help="print the address with ?token=... (opening it once logs the browser in)")
 
     history = sub.add_parser("history", help="past deployments of a service, newest first")
     history.add_argument("service")
@@ -223,6 +235,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.listen:
         config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+    if args.dashboard:
+        config = replace(config, dashboard=_dashboard_flag(args.dashboard, config))
     if args.state_dir is not None:
         # The admin socket follows the state dir unless the config placed it elsewhere on purpose.
         socket = config.proxy.admin_socket
@@ -244,6 +258,20 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(daemon.serve_forever())
     return 0
+
+
+def _dashboard_flag(listen: str, config: Any) -> Any:
+    """`serve --dashboard HOST:PORT`: the [dashboard] section with this listen address (its token and
+    allow_actions kept), checked by the section's own reader."""
+    from .config.model import CLI_SOURCE
+    from .config.reader import read_dashboard
+    from .config.table import Table
+
+    data: dict[str, Any] = {"listen": listen}
+    if config.dashboard is not None:
+        data.update(token=config.dashboard.token or "", allow_actions=config.dashboard.allow_actions)
+    origins = {"listen": ("--dashboard", CLI_SOURCE)}
+    return read_dashboard(Table(data, "dashboard", CLI_SOURCE, origins=origins))
 
 
 def _labels_from_env() -> dict[str, str]:
@@ -374,6 +402,12 @@ FROZEN = 3  # exit code: the deploy froze (past a schema floor, or cut inside a 
 
 
 async def _status(client: Any, args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.json or args.service:
+            raise UsageError("--watch: shows every service live; it takes no SERVICE and no --json")
+        from .dashboard.terminal import watch
+
+        return await watch(client)
     path = f"/v1/status/{args.service}" if args.service else "/v1/status"
     data = await client.request("GET", path)
     if args.json:
@@ -398,6 +432,23 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dashboard(client: Any, args: argparse.Namespace) -> int:
+    info = await client.request("GET", "/v1/dashboard")
+    if not info["enabled"]:
+        print("turnout: the dashboard is off: add a [dashboard] section to turnout.toml "
+              '(listen = "127.0.0.1:8081"), or start `turnout serve --dashboard 127.0.0.1:8081`',
+              file=sys.stderr)
+        return 1
+    if info["token"] and args.with_token:
+        print(f"{info['url']}?token={info['token']}")
+    else:
+        print(info["url"])
+        if info["token"]:
+            print("it asks for its token once: open it with ?token=<dashboard.token> "
+                  "(`turnout dashboard --with-token` prints that address)", file=sys.stderr)
+    return 0
+
+
 async def _history(client: Any, args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit)}
     if args.steps:
@@ -407,8 +458,12 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     for d in data["deployments"]:
+        result = (d.get("options") or {}).get("result") or {}
+        failed = f"{result['proxy_failed']:>4} failed" if "proxy_failed" in result else " " * 11
         print(f"{d['id']}  {d['strategy']:<9} {d.get('from_version') or '-':>8} -> {d['to_version']:<8} "
-              f"{d['status']:<11} {d.get('message') or ''}")
+              f"{d['status']:<11} {failed}  {d.get('message') or ''}".rstrip())
+        for note in result.get("notes") or ():
+            print(f"    note: {note}")
         for step in d.get("steps", []):
             hook = describe_hook(step.get("name"), step.get("detail") or {})
             print(f"    {step.get('name')}: {hook or json.dumps(step.get('detail'))}")
@@ -498,6 +553,7 @@ COMMANDS = {
     "deploy": _deploy,
     "apply": _apply,
     "status": _status,
+    "dashboard": _dashboard,
     "history": _history,
     "rollback": _rollback,
     "promote": _signal("promote"),

@@ -30,6 +30,9 @@ from .api import add_controller_routes
 from .apply.run import applier_for
 from .apply.watch import watch
 from .config.model import Config
+from .dashboard.app import DashboardServer
+from .dashboard.feed import Feed
+from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
 from .journal import Journal, read_owner
@@ -68,6 +71,8 @@ class Daemon:
         self.admin_socket = Path(config.proxy.admin_socket)
         self._stack = AsyncExitStack()  # the stops of the start steps done so far
         self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
+        self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
+        self.dashboard: DashboardServer | None = None
 
     async def start(self) -> None:
         stack = AsyncExitStack()
@@ -100,7 +105,10 @@ class Daemon:
             if not service.managed:
                 self.deployer.proxy.install_static(service)
         outcome = await recover(self.deployer, self.config)
+        await self._start_dashboard(stack)
         await self._start_admin(stack)
+        assert self.feed is not None
+        stack.push_async_callback(self.feed.stop)  # its streams end before the listeners stop
         # From here on deploys run (the API's and the first ones): stopping cancels them first.
         stack.push_async_callback(self.deployer.close)
         for service in self.config.services.values():
@@ -124,10 +132,22 @@ class Daemon:
         host, _ = self.config.proxy.listen_host_port
         return f"{host}:{self.proxy_server.port}"
 
+    async def _start_dashboard(self, stack: AsyncExitStack) -> None:
+        assert self.deployer is not None
+        self.feed = Feed(self.router, self.deployer)
+        self.feed.start()
+        stack.push_async_callback(self.feed.stop)
+        if self.config.dashboard is not None:
+            self.dashboard = DashboardServer(self.config.dashboard, self.feed, self.deployer,
+                                             self.config.source)
+            await self.dashboard.start()
+            stack.push_async_callback(self.dashboard.stop)
+
     async def _start_admin(self, stack: AsyncExitStack) -> None:
         app = create_admin_app(self.router)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
+        add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -145,6 +165,7 @@ class Daemon:
         if proxy.admin_tcp:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
             add_controller_routes(tcp_app, self.deployer, self.listen)
+            add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             stack.push_async_callback(tcp_runner.cleanup)

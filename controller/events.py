@@ -55,7 +55,17 @@ def describe_event(event: dict[str, Any]) -> str:
             text += f" — {event['message']}"
         if event.get("timings"):
             text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
+        if "proxy_failed" in event:
+            text += f"; the proxy failed {event['proxy_failed']} request(s) during it"
+        for note in event.get("notes") or ():
+            text += f"\n    note: {note}"
         return text
+    if kind == "plan":
+        pause = event.get("step_pause")
+        each = "until promoted" if pause is None else f"{pause:g}s each"
+        return f"{'plan':<10} weights {' -> '.join(f'{w}%' for w in event.get('steps', []))} ({each})"
+    if kind == "analysis":
+        return f"{'analysis':<10} {describe_verdict(event)}"
     if kind == "preview_access":
         return (f"{'preview':<10} reach it with the header `{event['header']}` "
                 f"or the cookie `{event['cookie']}`")
@@ -68,6 +78,17 @@ def describe_event(event: dict[str, Any]) -> str:
     if weights:
         text += " " + " / ".join(f"{pool} {w}%" for pool, w in weights.items())
     return text + "".join(f" {k}={v}" for k, v in detail.items())
+
+
+def describe_verdict(event: dict[str, Any]) -> str:
+    """A canary analysis verdict (an `analysis` event) in a few words."""
+    verdict = event.get("verdict", "?")
+    if verdict == "waiting":
+        return f"waiting: {event.get('requests', 0)} of {event.get('needed', 0)} requests on the canary"
+    if verdict == "passing":
+        return (f"passing: {event.get('error_rate', 0):.1%} 5xx over {event.get('requests', 0)} requests "
+                f"(limit {event.get('max_error_rate', 0):.1%})")
+    return f"{verdict}: {event.get('reason', '')}"
 
 
 def describe_hook(step: str | None, detail: dict[str, Any]) -> str | None:

@@ -106,7 +106,8 @@ async def _oneoff(ops: Operations, point: str, hook: Hook, state: dict[str, Any]
         env={**config.env, **hook_env(ops, point)}, command=hook.oneoff,
         volumes=tuple(str(v) for v in config.volumes), extra_labels={**config.labels, **ops.extra_labels},
         mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
-        cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt))
+        cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
+        init=config.init))
     state["container"] = container
     # Recorded (only recorded containers are ever removed) and journalled: a daemon killed from here on
     # leaves the container to recovery, which keeps it for the operator and never starts another.

@@ -24,7 +24,6 @@ from .docker_backend import Container
 from .errors import TurnoutError
 from .hooks import HOOK_POOL_PREFIX
 from .journal import Deployment
-from .operations import STOP_TIMEOUT
 from .readiness import wait_healthy
 from .release import Release
 from .schema import frozen_reason
@@ -128,7 +127,7 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         if previous is not None:
             for container in previous.containers:
                 if container.running:
-                    await backend.stop(container.id, timeout=STOP_TIMEOUT)
+                    await backend.stop(container.id, timeout=service_config.stop_timeout)
         deployer._save_state(service)
         outcome.setdefault(service, f"routed {stable.version} on {len(stable.containers)} container(s)")
         log.info("recovery.service", service=service, outcome=outcome[service])

@@ -8,6 +8,7 @@
 #   turnout-testapp:sick           /healthz passes 3 probes, then fails for good
 #   turnout-testapp:keepalive-v1, :keepalive-v2   v1/v2 on a keep-alive server that closes connections
 #                                  idle for 40 ms (busybox httpd closes after every answer)
+#   turnout-testapp:noterm         healthy, but ignores SIGTERM as PID 1 (docker stop kills it: exit 137)
 #   turnout-testapp:schema-v1, :schema-v2, :schema-v3   read schema 1-2, 2-3, 3-3 from /data/schema (a volume;
 #                                  500 otherwise), labelled turnout.schema; /app/migrate expand|contract sets it
 # Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
@@ -41,6 +42,7 @@ build flaky v-flaky flaky
 build sick v-sick sick
 build keepalive-v1 v1 ok keepalive
 build keepalive-v2 v2 ok keepalive
+build noterm v-noterm noterm
 build schema-v1 v1 schema httpd 1-2
 build schema-v2 v2 schema httpd 2-3
 build schema-v3 v3 schema httpd 3-3

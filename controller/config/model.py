@@ -21,6 +21,7 @@ CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
 DEFAULT_VERIFY = 2.0  # seconds of post-switch verification (ServiceConfig.verify)
 MAX_REPLICAS = 100  # containers per service on one host: turnout.toml, the CLI and the admin API alike
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL when stopping a container (Docker's own)
 
 
 class ConfigError(TurnoutError, ValueError):
@@ -135,6 +136,8 @@ class ServiceConfig:
     cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
     cap_add: tuple[str, ...] = DEFAULT_CAP_ADD
     security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # `docker stop`'s grace: SIGTERM, then SIGKILL after it
+    init: bool = False  # Docker's --init: a tiny init as PID 1 forwards signals and reaps zombies
     sticky: bool = False
     # Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py): "off",
     # "header-secret" (value `<pool>:<override_secret>`) or "trusted" (clients in `override_networks`).
@@ -161,10 +164,25 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """`[dashboard]`: the live dashboard in a browser (controller/dashboard/); off when absent."""
+
+    listen: str  # host:port; port 0 takes any free port (`turnout dashboard` prints the URL)
+    token: str | None = None  # required unless `listen` is loopback; then optional
+    allow_actions: bool = False  # promote / abort / pause / resume / rollback buttons (CSRF-protected)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     state_dir: Path = DEFAULT_STATE_DIR
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    dashboard: DashboardConfig | None = None  # None: no dashboard
     source: Path | None = None  # the file read; None: embedded defaults
     allow_host_hooks: bool = False  # [proxy] allow_host_hooks: `run` hooks (host commands) may run
 
@@ -179,13 +197,14 @@ class Config:
 # The keys each section accepts.
 PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name != "extra"}
 PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file", "allow_host_hooks"}
+DASHBOARD_KEYS = frozenset({f.name for f in fields(DashboardConfig)})
 HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
                             "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
-                            "canary", "rolling", "bluegreen", "verify", "hooks"})
+                            "stop_timeout", "init", "canary", "rolling", "bluegreen", "verify", "hooks"})
 HOOK_KEYS = frozenset({f.name for f in fields(Hook)})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",

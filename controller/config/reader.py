@@ -4,6 +4,7 @@ None). Each section has its reader here; a service may take its container defini
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -34,8 +35,10 @@ from .model import (
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CONTAINER_KEYS,
+    DASHBOARD_KEYS,
     DEFAULT_HOOK_TIMEOUT,
     DEFAULT_STATE_DIR,
+    DEFAULT_STOP_TIMEOUT,
     DEFAULT_VERIFY,
     HEALTH_KEYS,
     HOOK_KEYS,
@@ -52,6 +55,7 @@ from .model import (
     CanaryOptions,
     Config,
     ConfigError,
+    DashboardConfig,
     HealthCheck,
     Hook,
     RollingOptions,
@@ -64,6 +68,8 @@ _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
 _HOST = re.compile(r"[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?")
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_URL_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # fits in `?token=` unescaped (secrets.token_urlsafe)
+MIN_DASHBOARD_TOKEN = 32
 
 
 def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
@@ -99,6 +105,39 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
     except ValidationError as exc:  # ProxyConfig's own cross-field checks name their key
         from_file = exc.key == "admin_token" and t.has("admin_token_file")
         raise t.error("admin_token_file" if from_file else exc.key, exc.message) from None
+
+
+def read_dashboard(t: Table) -> DashboardConfig:
+    """`[dashboard]` (or `serve --dashboard`): a token is required unless the listener is loopback."""
+    t.reject_unknown(DASHBOARD_KEYS)
+    listen = t.string("listen")
+    if listen is None:
+        raise t.error("listen", "required: the dashboard's host:port, e.g. \"127.0.0.1:8081\"")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise t.error("listen", f"{listen!r} is not host:port with a port in 0-65535 (0: any free port)")
+    token = None if t.data.get("token") in (None, "") else t.string("token")  # `token = ""`: none
+    if token is not None:
+        if not _URL_TOKEN.fullmatch(token) or len(token) < MIN_DASHBOARD_TOKEN:
+            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ -"
+                                   " (make one with `python3 -c 'import secrets; "
+                                   "print(secrets.token_urlsafe(32))'`)")
+    elif not is_loopback(host.strip("[]")):
+        raise t.error("token", f"required when the dashboard listens beyond loopback ({listen})")
+    allow_actions = t.boolean("allow_actions", False)
+    if allow_actions and token is None:  # the admin socket is the owner's alone; so are its actions
+        raise t.error("allow_actions", "needs dashboard.token: without one, anyone on this host could "
+                                       "steer deploys from the dashboard")
+    return DashboardConfig(listen=listen, token=token, allow_actions=allow_actions)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _token_file(t: Table, base_dir: Path | None) -> str:
@@ -451,6 +490,8 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         mem_limit=_memory(t),
         cpus=t.number("cpus", positive=True),
         **_hardening(t),
+        stop_timeout=t.duration("stop_timeout", DEFAULT_STOP_TIMEOUT),
+        init=t.boolean("init", False),
         canary=read_canary(t.table("canary")),
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),
@@ -494,7 +535,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate already-parsed TOML; relative paths resolve against the source file's directory."""
     base_dir = source.resolve().parent if source is not None else None
     top = Table(data, "", source)
-    top.reject_unknown(frozenset({"proxy", "services"}))
+    top.reject_unknown(frozenset({"proxy", "services", "dashboard"}))
     proxy_table = top.table("proxy") or Table({}, "proxy", source)
     proxy, state_dir = _proxy(proxy_table, base_dir)
     allow_host_hooks = proxy_table.boolean("allow_host_hooks", False)
@@ -502,9 +543,11 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     services = {name: read_service(name, services_table.table(name), base_dir)  # type: ignore[arg-type]
                 for name in services_table.data}
     _check_routes(services, source)
+    dashboard_table = top.table("dashboard")
+    dashboard = read_dashboard(dashboard_table) if dashboard_table is not None else None
     if not allow_host_hooks:
         check_host_hooks(services.values(), source)
-    return Config(proxy=proxy, state_dir=state_dir, services=services, source=source,
+    return Config(proxy=proxy, state_dir=state_dir, services=services, dashboard=dashboard, source=source,
                   allow_host_hooks=allow_host_hooks)
 
 
