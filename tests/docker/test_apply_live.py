@@ -170,3 +170,22 @@ def wait_until(predicate, daemon: Daemon, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"not reached in {timeout}s:\n{daemon.log()}")
+
+
+def test_http_and_exec_hooks_reach_the_new_set(serve):
+    """pre_traffic's GET goes through the preview route to the NEW set (the answer's body says which
+    version answered), exec runs inside a new container, and a failing GET keeps the old version."""
+    base = file(replicas=1)
+    assert apply(serve, base).returncode == 0
+    hooks = ('[services.web.hooks]\npre_traffic = { http = "/version" }\n'
+             'post_switch = { exec = ["cat", "/www/version"] }\n')
+    passed = apply(serve, file("turnout-testapp:v2", replicas=1) + hooks)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "pre_traffic http: passed, HTTP 200 for GET /version" in passed.stdout, passed.stdout
+    assert "post_switch exec: passed, exit 0" in passed.stdout and "| v2" in passed.stdout, passed.stdout
+
+    failing = '[services.web.hooks]\npre_traffic = { http = "/cgi-bin/fail" }\n'
+    failed = apply(serve, file("turnout-testapp:v3", replicas=1) + failing)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "HTTP 500 for GET /cgi-bin/fail" in failed.stdout and "| v3 fail" in failed.stdout, failed.stdout
+    assert status(serve)["stable"]["version"] == "v2" and web_body(serve) == "v2"
