@@ -2,8 +2,10 @@
 happens in the daemon (`turnout serve`), so a deploy survives the CLI exiting.
 
 Exit codes: 0 success; 1 the operation failed (a deploy failed or was rolled back: the old version
-still serves); 2 bad usage or the daemon could not be reached; 141 (128 + SIGPIPE) when stdout was
+still serves); 2 bad usage or the daemon could not be reached; 3 the deploy froze (past a schema floor,
+or cut inside a hook: it waits for `promote` or `abort --force`); 141 (128 + SIGPIPE) when stdout was
 closed (`turnout deploy ... | head -1`): the CLI stops quietly, a deploy goes on in the daemon.
+`turnout apply --dry-run`: 0 no change, 1 changes, 2 any error.
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="make the services run as a file describes (each changed one deployed)",
         description="Plan the services of FILE against what runs (one action per service: = unchanged, "
         "~ routing, scale or release, + new, - pruned) and carry the plan out through the daemon. "
-        "Exits 0 when every change succeeded, 1 when one failed, 2 for bad input or a refusal; with "
-        "--dry-run 0 for no change, 1 for changes, 2 for an error.")
+        "Exits 0 when every change succeeded, 1 when one failed, 2 for bad input or a refusal, 3 when a "
+        "deploy froze; with --dry-run 0 for no change, 1 for changes, 2 for an error.")
     apply.add_argument("-f", "--file", type=Path, default=Path("turnout.toml"),
                        help="the file to apply [turnout.toml]")
     apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
