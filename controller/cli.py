@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true")
 
+    certs = sub.add_parser("certs", help="the HTTPS certificates: hosts, issuer, expiry, source, errors",
+                           description="List the certificates the HTTPS listener serves ([proxy.tls]), "
+                           "and every file or ACME host that could not be loaded or issued; `turnout certs "
+                           "reload` re-reads the certificate directories now (as SIGHUP does).")
+    certs.add_argument("action", nargs="?", choices=("list", "reload"), default="list")
+    certs.add_argument("--json", action="store_true")
+
     history = sub.add_parser("history", help="past deployments of a service, newest first")
     history.add_argument("service")
     history.add_argument("--limit", type=int, default=20)
@@ -292,7 +299,40 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
             print(f"  deploying {d['version']} with {d['strategy']} ({d['id']}){paused}")
         if info["previous"]:
             print(f"  previous: {info['previous']['version']} (rollback target)")
+    proxy = data.get("proxy", {})
+    if proxy.get("tls_listen"):
+        print(f"https: {proxy['tls_listen']}")
+    for warning in proxy.get("tls_warnings", []):
+        print(f"warning: {warning}")
     return 0
+
+
+async def _certs(client: Any, args: argparse.Namespace) -> int:
+    if args.action == "reload":
+        data = await client.request("POST", "/v1/certs/reload")
+    else:
+        data = await client.request("GET", "/v1/certs")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    reloaded = "" if "changed" not in data else f"; reloaded, {'changed' if data['changed'] else 'no change'}"
+    print(f"https: {data['listen']} (no SNI or an unknown name: {data['default']}){reloaded}")
+    for cert in data["certificates"]:
+        print(f"  {cert['name']:<20} {cert['source']:<6} {', '.join(cert['hosts'])}")
+        print(f"  {'':<20} issuer {cert['issuer']}, until {cert['not_after']} ({cert['days_left']} days)")
+    if not data["certificates"]:
+        print("  no certificate loaded")
+    for error in data["errors"]:
+        print(f"error: {error['file'] + ': ' if error['file'] else ''}{error['error']}")
+    for host in data.get("acme") or []:
+        state = "valid" if host["valid"] else "not issued"
+        line = f"acme: {host['host']}: {state}"
+        if host.get("next_attempt"):
+            line += f", next attempt {host['next_attempt']}"
+        if host.get("last_error"):
+            line += f"; last error: {host['last_error']}"
+        print(line)
+    return 1 if data["errors"] else 0
 
 
 async def _history(client: Any, args: argparse.Namespace) -> int:
@@ -393,6 +433,7 @@ COMMANDS = {
     "deploy": _deploy,
     "status": _status,
     "history": _history,
+    "certs": _certs,
     "rollback": _rollback,
     "promote": _signal("promote"),
     "abort": _signal("abort"),
