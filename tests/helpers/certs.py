@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class CertAuthority:
         return cls(key, cert, path)
 
     def leaf(self, hosts: list[str], *, days: float = 90, not_before_days: float = -1,
-             key: ec.EllipticCurvePrivateKey | None = None) -> tuple[bytes, bytes]:
+             key: ec.EllipticCurvePrivateKey | None = None, ips: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
         """(certificate PEM with the CA appended, key PEM) for `hosts` (no SAN when empty)."""
         key = key or _key()
         name = hosts[0] if hosts else "no-san.test"
@@ -55,9 +56,10 @@ class CertAuthority:
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(NOW + dt.timedelta(days=not_before_days))
                    .not_valid_after(NOW + dt.timedelta(days=days)))
-        if hosts:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
-                                            critical=False)
+        if hosts or ips:
+            names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
+            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         pem = serialization.Encoding.PEM
         chain = cert.public_bytes(pem) + self.cert.public_bytes(pem)
