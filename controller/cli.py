@@ -127,7 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "pause) count, so a hold of H s at R req/s needs about R*H more. Each is a "
                           "connection: the open-files limit is raised to fit "
                           f"[{_rehearse_default_in_flight()}]")
-    rehearse.add_argument("--url", help="where to send the load [default: the daemon's proxy listener]")
+    rehearse.add_argument("--url", help="where to send the load, http:// or https:// [default: the daemon's "
+                          "proxy listener]")
+    rehearse.add_argument("--cacert", type=Path, metavar="FILE",
+                          help="with an https:// --url: PEM file of CAs to trust [the system's]")
+    rehearse.add_argument("--connect-to", metavar="ADDR",
+                          help="send to ADDR (host:port) instead of the --url's host, which still goes in "
+                          "SNI and the Host header (as curl --connect-to)")
     rehearse.add_argument("--html", type=Path, default=Path("turnout-rehearsal.html"),
                           help="HTML report with the timeline chart [turnout-rehearsal.html]")
     rehearse.add_argument("--steps", help="canary weights, e.g. 10,50,100")
@@ -314,7 +320,7 @@ async def _certs(client: Any, args: argparse.Namespace) -> int:
         data = await client.request("GET", "/v1/certs")
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
+        return 1 if data["errors"] else 0
     reloaded = "" if "changed" not in data else f"; reloaded, {'changed' if data['changed'] else 'no change'}"
     print(f"https: {data['listen']} (no SNI or an unknown name: {data['default']}){reloaded}")
     for cert in data["certificates"]:
@@ -406,13 +412,27 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
                                  f"process may open only {limit} (ulimit -n)")
             # The default: as much of it as the limit allows (the report says which bound was used).
             max_in_flight = max(1, limit - OPEN_FILES_MARGIN)
+    if args.cacert is not None and not args.cacert.is_file():
+        raise UsageError(f"--cacert: {args.cacert} is not a readable file")
+    if (args.cacert is not None or args.connect_to is not None) and not (args.url or "").startswith(
+            ("http://", "https://")):
+        raise UsageError("--cacert and --connect-to need --url (e.g. https://app.example.com:8443/)")
+    if args.connect_to is not None:
+        from proxy.errors import ValidationError
+        from proxy.specs import parse_address
+
+        try:
+            parse_address("--connect-to", args.connect_to)
+        except ValidationError as exc:
+            raise UsageError(str(exc)) from None
     strategies = STRATEGIES if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),
         duration=parse_duration(args.duration, "--duration"), rate=args.rate,
         concurrency=args.concurrency or (None if args.rate else 8),
-        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight)
+        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight,
+        cacert=str(args.cacert) if args.cacert else None, connect_to=args.connect_to)
 
 
 async def _rehearse(client: Any, args: argparse.Namespace) -> int:

@@ -445,3 +445,20 @@ def test_proxy_config_refuses_the_same_address_twice():
 
     with pytest.raises(ValidationError, match=r"tls\.listen"):
         ProxyConfig(listen="127.0.0.1:8000", tls=TlsConfig(listen="127.0.0.1:8000", certs_dir="x"))
+
+
+async def test_load_generator_speaks_https_with_cacert_and_connect_to(ups, tmp_path):
+    from controller.rehearsal.loadgen import LoadConfig, run_load
+
+    async with front_door(tmp_path, app_router(ups[0])) as front:
+        config = LoadConfig(url=f"https://app.test:{front.port}/", duration=0.5, concurrency=4,
+                            new_connections=0.5, cacert=str(front.ca.path),
+                            connect_to=f"127.0.0.1:{front.port}")
+        result = await run_load(config)
+        assert result.sent > 10 and result.succeeded == result.sent, result.summary()
+        assert result.versions() == ["a"]
+        assert front.https.server.completed >= result.sent // 2  # half the requests on a fresh connection
+        wrong = LoadConfig(url=f"https://app.test:{front.port}/", duration=0.2, concurrency=1,
+                           connect_to=f"127.0.0.1:{front.port}")  # the system's CAs: not the test CA
+        result = await run_load(wrong)
+        assert result.sent and result.succeeded == 0
