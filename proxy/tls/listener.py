@@ -72,6 +72,7 @@ class TlsServer(ProxyServer):
         self.failures: Counter[str] = Counter({reason: 0 for reason in REASONS})
         self.refusals: deque[str] = deque(maxlen=1024)  # SNI refusals whose handshakes have not ended yet
         self.completed = 0
+        self.resumed = 0  # of those, abbreviated handshakes (a session ticket): no certificate signature
         self.closing = False
         self._last_logged: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
@@ -135,8 +136,10 @@ class TlsServer(ProxyServer):
                "# TYPE turnout_tls_handshake_failures_total counter"]
         for reason, count in sorted(self.failures.items()):
             out.append(f'turnout_tls_handshake_failures_total{{reason="{reason}"}} {count}')
-        out += ["# TYPE turnout_tls_handshakes_total counter",
-                f"turnout_tls_handshakes_total {self.completed}"]
+        out += ["# HELP turnout_tls_handshakes_total TLS handshakes completed, full or resumed.",
+                "# TYPE turnout_tls_handshakes_total counter",
+                f'turnout_tls_handshakes_total{{resumed="false"}} {self.completed - self.resumed}',
+                f'turnout_tls_handshakes_total{{resumed="true"}} {self.resumed}']
         return out
 
 
@@ -181,6 +184,9 @@ class Handshake(asyncio.Protocol):
                                         str(exc) or type(exc).__name__)
             return
         server.completed += 1
+        sslobj = tls_transport.get_extra_info("ssl_object")
+        if sslobj is not None and sslobj.session_reused:
+            server.resumed += 1
         if server.closing or self.lost:
             tls_transport.abort()
             return
