@@ -350,8 +350,12 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     for d in data["deployments"]:
+        result = (d.get("options") or {}).get("result") or {}
+        failed = f"{result['proxy_failed']:>4} failed" if "proxy_failed" in result else " " * 11
         print(f"{d['id']}  {d['strategy']:<9} {d.get('from_version') or '-':>8} -> {d['to_version']:<8} "
-              f"{d['status']:<11} {d.get('message') or ''}")
+              f"{d['status']:<11} {failed}  {d.get('message') or ''}".rstrip())
+        for note in result.get("notes") or ():
+            print(f"    note: {note}")
         for step in d.get("steps", []):
             print(f"    {step.get('name')}: {json.dumps(step.get('detail'))}")
     if not data["deployments"]:

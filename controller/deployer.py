@@ -35,7 +35,7 @@ from .errors import (
 )
 from .events import EventLog
 from .journal import Deployment, DeploymentFinished, Journal, JournalError
-from .operations import STOP_TIMEOUT, Operations
+from .operations import Operations
 from .proxy_control import ProxyControl
 from .release import Release, version_of
 from .signals import Signals
@@ -451,9 +451,9 @@ class Deployer:
         except sqlite3.Error as exc:
             raise JournalError(f"the journal refused a write ({exc}); nothing was started") from exc
 
-    def _record_end(self, active: ActiveDeployment) -> None:
+    def _record_end(self, active: ActiveDeployment, result: dict[str, Any]) -> None:
         try:
-            self.journal.finish(active.id, active.status, active.message)
+            self.journal.finish(active.id, active.status, active.message, result=result)
         except DeploymentFinished:
             pass  # the write that seemed to fail had been kept
 
@@ -463,16 +463,18 @@ class Deployer:
         shown in the result and written before the service's next deploy), tell the followers and
         close their stream, and leave `active` so the service takes the next deploy."""
         ops.ending = True
+        result = ops.result()  # requests the proxy failed during the deploy, notes (why the gap was long)
         active.status, active.message = status, _noting(message, ops.journal_errors)
-        if not ops.record("finish", self._record_end, active):
-            self._unjournalled.setdefault(active.service, {})[active.id] = lambda: self._record_end(active)
+        if not ops.record("finish", self._record_end, active, result):
+            pending = self._unjournalled.setdefault(active.service, {})
+            pending[active.id] = lambda: self._record_end(active, result)
         message = active.message = _noting(message, ops.journal_errors)
         active.journal_errors = list(ops.journal_errors)
         seconds = round(time.monotonic() - started, 3)
         event = "deploy.finished" if status == "succeeded" else "deploy.failed"
-        ops.log.info(event, status=status, message=message, seconds=seconds, timings=ops.timings)
+        ops.log.info(event, status=status, message=message, seconds=seconds, timings=ops.timings, **result)
         active.events.emit("finished", status=status, message=message, seconds=seconds,
-                           timings=ops.timings,
+                           timings=ops.timings, **result,
                            **({"journal_errors": active.journal_errors} if active.journal_errors else {}))
         self.finished[active.service] = active
         self.active.pop(active.service, None)
@@ -495,7 +497,7 @@ class Deployer:
         await self.proxy.wait_drained(removed)
         for container in old.containers:
             try:
-                await self.backend.stop(container.id, timeout=STOP_TIMEOUT)
+                await self.backend.stop(container.id, timeout=config.stop_timeout)
             except TurnoutError as exc:
                 log.warning("deploy.retire_failed", container=container.short_id, error=str(exc))
 

@@ -59,6 +59,7 @@ CREATE_OPTIONS = frozenset(
         "cap_drop",  # ContainerSpec.cap_drop (any capability, or ALL)
         "cap_add",  # ContainerSpec.cap_add: only capabilities of Docker's default set
         "security_opt",  # ContainerSpec.security_opt: no-new-privileges, an AppArmor profile
+        "init",  # ContainerSpec.init: Docker's --init (a tiny init as PID 1 that forwards signals)
         "restart_policy",  # always {"Name": "no"}
         "detach",
     }
@@ -94,6 +95,8 @@ class ContainerSpec:
     cap_drop: Sequence[str] = ()
     cap_add: Sequence[str] = ()
     security_opt: Sequence[str] = ()
+    init: bool = False  # Docker's --init
+    # `docker stop`'s timeout is given at stop (DockerBackend.stop): docker-py's create takes no StopTimeout.
 
     def __post_init__(self) -> None:
         for name in ("service", "version", "image", "pool"):
@@ -330,6 +333,8 @@ class DockerBackend:
         for name in ("cap_drop", "cap_add", "security_opt"):
             if getattr(spec, name):
                 kwargs[name] = list(getattr(spec, name))
+        if spec.init:
+            kwargs["init"] = True
         unexpected = kwargs.keys() - CREATE_OPTIONS
         if unexpected:  # a programming error here, never user input
             raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")

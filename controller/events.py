@@ -55,6 +55,10 @@ def describe_event(event: dict[str, Any]) -> str:
             text += f" — {event['message']}"
         if event.get("timings"):
             text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
+        if "proxy_failed" in event:
+            text += f"; the proxy failed {event['proxy_failed']} request(s) during it"
+        for note in event.get("notes") or ():
+            text += f"\n    note: {note}"
         return text
     if kind == "preview_access":
         return (f"{'preview':<10} reach it with the header `{event['header']}` "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -31,7 +32,7 @@ from .signals import Signals
 from .testing import faults
 
 READINESS_POLL = 0.05  # seconds between readiness probes of a new container: it serves sooner
-STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL; upstreams have drained by then
+KILLED_EXIT_CODE = 137  # 128 + SIGKILL: what `docker stop` leaves when the grace ran out
 VERIFY_POLL = 0.1  # seconds between looks at the proxy's counters and health during verification
 
 log = structlog.get_logger("turnout.controller")
@@ -52,6 +53,8 @@ class Operations:
         self.signals = signals
         self.extra_labels = extra_labels or {}
         self.timings: dict[str, float] = {}  # phase -> seconds, reported at the end
+        self.notes: list[str] = []  # what a reader of the result should know (why the gap was long)
+        self._failed_before = proxy.failed_requests(config.name)  # the proxy's count as the deploy began
         # Work that needs no client to wait for it (stopping a drained old set): run after success.
         self.after_success: list[Callable[[], Awaitable[None]]] = []
         # Once the deploy is ending (restoring the old release, promoting, its final status) a journal
@@ -87,6 +90,12 @@ class Operations:
     def add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
 
+    def result(self) -> dict[str, Any]:
+        """What the deploy's end reports beside its status: requests of this service the proxy failed
+        itself while the deploy ran (502/503/504 it made, 503 hold-timeout included), and the notes."""
+        return {"proxy_failed": self.proxy.failed_requests(self.config.name) - self._failed_before,
+                "notes": list(self.notes)}
+
     # ------------------------------------------------------------ containers
     async def start(self, release: Release, count: int) -> list[Container]:
         """Start `count` containers of `release` and wait until each is healthy.
@@ -121,6 +130,7 @@ class Operations:
             extra_labels={**config.labels, **self.extra_labels},
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
+            init=config.init,
         ))
         try:
             # Recorded before anything else: only containers the journal knows are routed or removed.
@@ -146,10 +156,26 @@ class Operations:
             refreshed.append(await self.backend.inspect(container.id))
         release.containers = refreshed
 
-    async def stop(self, containers: Sequence[Container]) -> None:
-        """Stop (but keep) containers whose upstreams already drained."""
-        await asyncio.gather(*(self.backend.stop(c.id, timeout=STOP_TIMEOUT)
-                               for c in containers))
+    async def stop(self, containers: Sequence[Container]) -> list[Container]:
+        """Stop (but keep) containers whose upstreams already drained: SIGTERM, then SIGKILL after the
+        service's `stop_timeout`. Containers that had to be killed are recorded (`killed_after_grace`)
+        with a note for the result: their app ignored SIGTERM, and the wait was the whole grace."""
+        timeout = self.config.stop_timeout
+        started = time.monotonic()
+        stopped = await asyncio.gather(*(self.backend.stop(c.id, timeout=timeout) for c in containers))
+        seconds = time.monotonic() - started
+        self.add_time("stop", seconds)
+        killed = [c for c in stopped if c.exit_code == KILLED_EXIT_CODE]
+        if killed:
+            versions = sorted({c.version for c in killed})
+            self.step("killed_after_grace", containers=[c.short_id for c in killed], versions=versions,
+                      stop_timeout=timeout, seconds=round(seconds, 3), exit_code=KILLED_EXIT_CODE,
+                      hint="the app ignored SIGTERM (PID 1 without a handler?): handle SIGTERM, or set "
+                           "init = true, or a shorter stop_timeout")
+            self.notes.append(
+                f"{len(killed)} container(s) of {', '.join(versions)} ignored SIGTERM and were killed after "
+                f"the {timeout:g}s stop_timeout (exit {KILLED_EXIT_CODE}); stopping took {seconds:.1f}s")
+        return list(stopped)
 
     async def remove(self, containers: Sequence[Container]) -> None:
         """Stop and remove; tolerant of containers that are already gone."""
@@ -162,11 +188,16 @@ class Operations:
 
     # ------------------------------------------------------------ routing
     def route(self, weights: Sequence[tuple[Release, int]],
-              config: ServiceConfig | None = None) -> list[Upstream]:
+              config: ServiceConfig | None = None, hold_timeout: float | None = None) -> list[Upstream]:
         """Install exactly these pools (release, weight) in one swap; returns upstreams now draining.
-        `config`: routing settings other than the service's own (blue-green's preview override)."""
+        `config`: routing settings other than the service's own (blue-green's preview override);
+        `hold_timeout`: how long a request held while this table is in place may wait (None: the
+        service's own), e.g. for big-bang's gap."""
         pools = [r.as_pool(w) for r, w in weights]
-        return self.proxy.install(config or self.config, pools, labels={"stable": self._stable_pool(weights)})
+        config = config or self.config
+        if hold_timeout is not None:
+            config = replace(config, hold_timeout=hold_timeout)
+        return self.proxy.install(config, pools, labels={"stable": self._stable_pool(weights)})
 
     @staticmethod
     def _stable_pool(weights: Sequence[tuple[Release, int]]) -> str:

@@ -61,6 +61,10 @@ class ProxyControl:
     def counters(self, service: str) -> dict[str, PoolCounters]:
         return self.router.metrics.counters(service)
 
+    def failed_requests(self, service: str) -> int:
+        """Requests of `service` the proxy failed itself so far (its errors, hold timeouts included)."""
+        return self.router.metrics.failed(service)
+
     def set_state(self, service: str, state: str) -> None:
         self.router.set_state(service, state)
 

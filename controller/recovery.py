@@ -20,7 +20,6 @@ from .config.service_state import service_from_dict
 from .deployer import Deployer
 from .docker_backend import Container
 from .errors import TurnoutError
-from .operations import STOP_TIMEOUT
 from .readiness import wait_healthy
 from .release import Release
 
@@ -103,7 +102,7 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         if previous is not None:
             for container in previous.containers:
                 if container.running:
-                    await backend.stop(container.id, timeout=STOP_TIMEOUT)
+                    await backend.stop(container.id, timeout=service_config.stop_timeout)
         deployer._save_state(service)
         outcome.setdefault(service, f"routed {stable.version} on {len(stable.containers)} container(s)")
         log.info("recovery.service", service=service, outcome=outcome[service])

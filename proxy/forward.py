@@ -438,6 +438,8 @@ class ClientConnection(asyncio.Protocol):
             remaining = deadline - now()
             if remaining <= 0:
                 self.task = None
+                timeouts = self.router.metrics.hold_timeouts  # per service: a deploy reports its own
+                timeouts[service.name] = timeouts.get(service.name, 0) + 1
                 self._local_error(503, "hold-timeout", retry_after=max(1, round(service.hold_timeout)))
                 return
             await router.wait_for_change(remaining)

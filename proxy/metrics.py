@@ -111,6 +111,7 @@ class Metrics:
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], PoolStats] = {}
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
+        self.hold_timeouts: dict[str, int] = {}  # by service: held requests answered 503 at their deadline
         self.drain_aborted = 0
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
@@ -125,6 +126,12 @@ class Metrics:
 
     def counters(self, service: str) -> dict[str, PoolCounters]:
         return {pool: s.snapshot() for (svc, pool), s in self.pools.items() if svc == service}
+
+    def failed(self, service: str) -> int:
+        """Requests of `service` the proxy failed itself: its 502/503/504 in every pool, plus held
+        requests that reached their deadline before any pool served (503 hold-timeout)."""
+        return (sum(s.proxy_errors for (svc, _), s in self.pools.items() if svc == service)
+                + self.hold_timeouts.get(service, 0))
 
     def render(self, health: list[tuple[str, str, str, bool]]) -> str:
         """Prometheus text exposition; `health` lists (service, pool, upstream, healthy)."""
@@ -147,6 +154,10 @@ class Metrics:
                 "# TYPE turnout_proxy_errors_total counter"]
         for (svc, pool), s in sorted(self.pools.items()):
             out.append(f'turnout_proxy_errors_total{{service="{svc}",pool="{pool}"}} {s.proxy_errors}')
+        out += ["# HELP turnout_hold_timeouts_total Held requests answered 503 at their hold deadline.",
+                "# TYPE turnout_hold_timeouts_total counter"]
+        for svc, count in sorted(self.hold_timeouts.items()):
+            out.append(f'turnout_hold_timeouts_total{{service="{svc}"}} {count}')
         out += ["# HELP turnout_request_duration_seconds Time to the end of the response.",
                 "# TYPE turnout_request_duration_seconds histogram"]
         for (svc, pool), s in sorted(self.pools.items()):

@@ -8,6 +8,7 @@
 #   turnout-testapp:sick           /healthz passes 3 probes, then fails for good
 #   turnout-testapp:keepalive-v1, :keepalive-v2   v1/v2 on a keep-alive server that closes connections
 #                                  idle for 40 ms (busybox httpd closes after every answer)
+#   turnout-testapp:noterm         healthy, but ignores SIGTERM as PID 1 (docker stop kills it: exit 137)
 # Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,3 +38,4 @@ build flaky v-flaky flaky
 build sick v-sick sick
 build keepalive-v1 v1 ok keepalive
 build keepalive-v2 v2 ok keepalive
+build noterm v-noterm noterm

@@ -21,6 +21,7 @@ CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
 DEFAULT_VERIFY = 2.0  # seconds of post-switch verification (ServiceConfig.verify)
 MAX_REPLICAS = 100  # containers per service on one host: turnout.toml, the CLI and the admin API alike
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL when stopping a container (Docker's own)
 
 
 class ConfigError(TurnoutError, ValueError):
@@ -109,6 +110,8 @@ class ServiceConfig:
     cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
     cap_add: tuple[str, ...] = DEFAULT_CAP_ADD
     security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # `docker stop`'s grace: SIGTERM, then SIGKILL after it
+    init: bool = False  # Docker's --init: a tiny init as PID 1 forwards signals and reaps zombies
     sticky: bool = False
     # Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py): "off",
     # "header-secret" (value `<pool>:<override_secret>`) or "trusted" (clients in `override_networks`).
@@ -160,7 +163,7 @@ ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
                             "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
-                            "canary", "rolling", "bluegreen", "verify"})
+                            "stop_timeout", "init", "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",
                                  "override_networks"}

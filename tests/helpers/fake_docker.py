@@ -17,6 +17,8 @@ class FakeBackend:
         self.containers: dict[str, Container] = {}
         self.failing_images: set[str] = set()
         self.missing_images: set[str] = set()
+        self.sigterm_ignoring_images: set[str] = set()  # `docker stop` kills them after the grace: exit 137
+        self.stop_timeouts: list[float] = []  # the grace each stop was given, in order
         self.calls: list[tuple[str, str]] = []  # (verb, container version) in order
         self._ids = itertools.count(1)
         self._ports = itertools.count(20000)
@@ -44,14 +46,20 @@ class FakeBackend:
     async def stop(self, container_id: str, timeout: float = 10) -> Container:
         container = await self.inspect(container_id)
         self.calls.append(("stop", container.version))
-        self.containers[container_id] = replace(container, state="exited", exit_code=0)
+        self.stop_timeouts.append(timeout)
+        killed = container.running and container.image in self.sigterm_ignoring_images
+        exit_code = 137 if killed else 0 if container.running else container.exit_code
+        self.containers[container_id] = replace(container, state="exited", exit_code=exit_code)
         return self.containers[container_id]
 
     async def restart(self, container_id: str) -> Container:
         container = await self.inspect(container_id)
         self.calls.append(("restart", container.version))
-        self.containers[container_id] = replace(container, state="running", exit_code=None)
-        return self.containers[container_id]
+        if not container.running:  # the engine publishes a new ephemeral host port on every start
+            container = replace(container, state="running", exit_code=None,
+                                address=f"127.0.0.1:{next(self._ports)}")
+        self.containers[container_id] = container
+        return container
 
     async def remove(self, container_id: str) -> None:
         container = self.containers.pop(container_id, None)
