@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-NOW = dt.datetime.now(dt.UTC)
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -34,10 +36,11 @@ class CertAuthority:
     @classmethod
     def create(cls, directory: Path, name: str = "Turnout Test CA") -> CertAuthority:
         key = _key()
+        now = _now()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=3650))
+                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                 .sign(key, hashes.SHA256()))
         directory.mkdir(parents=True, exist_ok=True)
@@ -49,13 +52,14 @@ class CertAuthority:
              key: ec.EllipticCurvePrivateKey | None = None, ips: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
         """(certificate PEM with the CA appended, key PEM) for `hosts` (no SAN when empty)."""
         key = key or _key()
+        now = _now()
         name = hosts[0] if hosts else "no-san.test"
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                    .issuer_name(self.cert.subject).public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
-                   .not_valid_before(NOW + dt.timedelta(days=not_before_days))
-                   .not_valid_after(NOW + dt.timedelta(days=days)))
+                   .not_valid_before(now + dt.timedelta(days=not_before_days))
+                   .not_valid_after(now + dt.timedelta(days=days)))
         if hosts or ips:
             names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
             names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
