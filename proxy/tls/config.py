@@ -55,7 +55,10 @@ class TlsConfig:
     hsts: float = 0.0  # Strict-Transport-Security max-age in seconds; 0: no header
     min_version: str = "TLSv1.2"
     handshake_timeout: float = 10.0  # a handshake not done by then is closed
-    max_handshakes_per_client: int = 64  # handshakes under way at once from one client address
+    # Handshakes under way at once from one client address: one address cannot take every slot, while a
+    # burst of new connections from one busy client (a NAT, a load generator held by a big-bang gap)
+    # still gets through.
+    max_handshakes_per_client: int = 256
     reload_interval: float = 2.0  # seconds between re-reads of the certificate directories
     acme: AcmeConfig | None = None
     state_dir: str = field(default=".turnout")  # where ACME keeps its account and certificates
