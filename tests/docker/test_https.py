@@ -45,7 +45,8 @@ async def test_zero_loss_over_https_for_every_strategy(https_daemon):
         "--duration", "5s", "--new-connections", "0.1", "--url", f"https://web.test:{port}/",
         "--cacert", str(https_daemon.ca.path), "--connect-to", f"127.0.0.1:{port}", "--json",
         "--html", str(https_daemon.workdir / "r.html"))
-    refused = [line for line in https_daemon.log_path.read_text().splitlines() if "tls.handshake_failed" in line]
+    log = https_daemon.log_path.read_text()
+    refused = [line for line in log.splitlines() if "tls.handshake_failed" in line]
     assert code == 0, (out, refused)
     reports = json.loads(out)
     assert [r["deploy"]["strategy"] for r in reports] == ["bigbang", "bluegreen", "rolling", "canary"]
