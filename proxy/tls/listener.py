@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from ..config import ProxyConfig
+from ..http import error_response
 from ..router import Router
 from ..server import ProxyServer
 from .certs import server_context
@@ -144,16 +145,22 @@ class TlsServer(ProxyServer):
 
 
 class Handshake(asyncio.Protocol):
-    """One accepted connection until its TLS handshake is over; then a ClientConnection takes over."""
+    """One accepted connection until its TLS handshake is over; then a ClientConnection takes over.
+
+    The first bytes decide: a TLS handshake record starts TLS (those bytes are handed to the TLS layer);
+    a plain HTTP request is answered 400 in plain text, anything else is cut."""
 
     def __init__(self, server: TlsServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.step: _Steps | None = None  # the handshake under way
+        self.step: _Steps | None = None  # the TLS handshake under way
+        self.timer: asyncio.TimerHandle | None = None  # until the first byte
         self.early: list[bytes] = []  # application data that arrived with the end of the handshake
+        self.connection: Any = None  # the ClientConnection that took over
         self.eof = False
         self.lost = False
+        self.ended = False  # refused, answered or failed before TLS started
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -161,20 +168,80 @@ class Handshake(asyncio.Protocol):
         self.peer = peer[0] if peer else ""
         refused = self.server.handshake_started(self)
         if refused is not None:
+            self.ended = True
             self.server.handshake_failed(self.peer, refused, "refused before the handshake")
             transport.abort()  # type: ignore[attr-defined]
             return
-        # start_tls runs here, up to its wait, so the TLS layer is the transport's protocol before any
-        # byte is read: uvloop starts reading right after connection_made, whatever pause_reading said,
-        # and a task would start too late.
-        self.step = _Steps(self.server.loop.start_tls(
-            transport, self, self.server.context, server_side=True,  # type: ignore[arg-type]
-            ssl_handshake_timeout=self.server.tls.handshake_timeout), self._done)
+        self.timer = self.server.loop.call_later(self.server.tls.handshake_timeout, self._silent)
+
+    def data_received(self, data: bytes) -> None:
+        if self.step is not None:  # from the TLS layer: the request that came with the handshake's end
+            self.early.append(data)
+            return
+        if self.ended:
+            return
+        self._cancel_timer()
+        transport = self.transport
+        assert transport is not None
+        if data[0] == 0x16:  # a TLS handshake record
+            # start_tls runs now up to its wait (a task would start a turn later): the TLS layer becomes
+            # the transport's protocol and reading pauses; these bytes go to it once it is set up, in the
+            # same turn of the loop as its connection_made, so nothing can come between.
+            self.step = step = _Steps(self.server.loop.start_tls(
+                transport, self, self.server.context, server_side=True,
+                ssl_handshake_timeout=self.server.tls.handshake_timeout), self._done)
+            step.start()
+            if self.step is step:  # not over already
+                self.server.loop.call_soon(self._hand_over, data)
+            return
+        self.ended = True
+        self.server.handshake_ended(self)
+        if 65 <= data[0] <= 90:  # "GET ...", "POST ...": plain HTTP to the HTTPS port
+            transport.write(error_response(400, "plain-http-to-https-port"))
+            transport.close()
+            self.server.handshake_failed(self.peer, "plain-http", "a plain HTTP request on the HTTPS port")
+        else:
+            transport.abort()
+            self.server.handshake_failed(self.peer, "malformed", f"first byte {data[0]:#04x}")
+
+    def _hand_over(self, data: bytes) -> None:
+        """The bytes read before TLS started, to the TLS layer (a BufferedProtocol, as uvloop's and
+        asyncio's are)."""
+        transport = self.transport
+        if self.step is None or transport is None or transport.is_closing():
+            return
+        layer = transport.get_protocol()
+        get_buffer = getattr(layer, "get_buffer", None)
+        if get_buffer is None:
+            layer.data_received(data)  # type: ignore[attr-defined]
+            return
+        view = memoryview(data)
+        while view:
+            buffer = get_buffer(len(view))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            layer.buffer_updated(n)  # type: ignore[attr-defined]
+            view = view[n:]
+
+    def _silent(self) -> None:
+        """No byte within handshake_timeout."""
+        self.timer = None
+        if not self.ended and self.step is None and self.transport is not None:
+            self.ended = True
+            self.server.handshake_ended(self)
+            self.transport.abort()
+            self.server.handshake_failed(self.peer, "timeout", "no byte within handshake_timeout")
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _done(self, tls_transport: asyncio.Transport | None, exc: BaseException | None) -> None:
         server = self.server
         server.handshake_ended(self)
         self.step = None
+        self.ended = True
         if tls_transport is None:
             if self.transport is not None:
                 self.transport.abort()
@@ -187,10 +254,10 @@ class Handshake(asyncio.Protocol):
         sslobj = tls_transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.session_reused:
             server.resumed += 1
-        if server.closing or self.lost:
+        if server.closing or self.lost or tls_transport.is_closing():
             tls_transport.abort()
             return
-        connection = server.connection_class(server)
+        self.connection = connection = server.connection_class(server)
         tls_transport.set_protocol(connection)
         connection.connection_made(tls_transport)
         if self.early and not connection.closed:
@@ -208,18 +275,26 @@ class Handshake(asyncio.Protocol):
         if self.step is not None:
             self.step.cancel()
         elif self.transport is not None:
+            self._cancel_timer()
             self.transport.abort()
 
-    # Until the ClientConnection takes over, the TLS layer delivers here.
-    def data_received(self, data: bytes) -> None:
-        self.early.append(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
+    def eof_received(self) -> bool | None:
+        if self.step is None:  # the client closed before (or instead of) a handshake: close too
+            return None
+        self.eof = True  # from the TLS layer: handed to the ClientConnection with the early data
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.connection is not None:  # lost while the takeover was under way: tell the new owner
+            self.connection.connection_lost(exc)
+            return
+        if self.step is None and not self.ended:  # closed before its first byte, or aborted by stop()
+            self.ended = True
+            self._cancel_timer()
+            self.server.handshake_ended(self)
+            if not self.server.closing:
+                self.server.handshake_failed(self.peer, "client-closed", "closed before any byte")
 
 
 
@@ -235,6 +310,8 @@ class _Steps:
         self.coro = coro
         self.done = done
         self.waiting: asyncio.Future[Any] | None = None
+
+    def start(self) -> None:
         self._send(None)
 
     def _send(self, exc: BaseException | None) -> None:

@@ -282,12 +282,12 @@ async def test_min_version_tls13_refuses_tls12(ups, tmp_path):
 
 
 @pytest.mark.parametrize(("sent", "reason"), [
-    (b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", "plain-http"),
     (b"\x16\x03\x01\x00\x05garbage-garbage", "malformed"),
     (b"\x16\x03\x01\x40\x00" + b"\x01" * 64, "timeout"),  # a record that never completes: stalls
+    (b"\x16", "timeout"),  # the first byte of a handshake, and nothing more
     (b"\x00" * 100, "malformed"),
 ])
-async def test_garbage_and_plain_http_are_closed_and_counted(ups, tmp_path, sent, reason):
+async def test_garbage_is_closed_and_counted(ups, tmp_path, sent, reason):
     async with front_door(tmp_path, app_router(ups[0]), handshake_timeout=0.3) as front:
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
         writer.write(sent)
@@ -298,6 +298,25 @@ async def test_garbage_and_plain_http_are_closed_and_counted(ups, tmp_path, sent
         client = await front.connect()
         assert (await client.request("GET", "/")).status == 200
         await client.close()
+
+
+async def test_plain_http_to_the_https_port_gets_a_plain_400(ups, tmp_path):
+    async with front_door(tmp_path, app_router(ups[0])) as front:
+        client = await RawClient.connect(front.port)
+        r = await client.request("GET", "/")
+        assert r.status == 400 and r.header("x-turnout-error") == "plain-http-to-https-port"
+        assert r.header("connection") == "close" and await closed_by_server(client.reader) == b""
+        await client.close()
+        assert front.failures == {"plain-http": 1} and not front.https.server.per_client
+        assert ups[0].requests == []  # nothing went upstream
+
+
+async def test_a_client_closing_before_any_byte_is_counted(ups, tmp_path):
+    async with front_door(tmp_path, app_router(ups[0])) as front:
+        _, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        writer.close()
+        await wait_for(lambda: front.failures == {"client-closed": 1})
+        assert not front.https.server.per_client
 
 
 async def test_a_silent_client_is_closed_at_the_handshake_timeout(ups, tmp_path):
