@@ -93,19 +93,19 @@ async def test_certs_list_reload_sighup_and_status_warning(https_daemon):
     after = served_serial(port, ca)
     assert after != before and after == serial_of_pem(crt.read_bytes())
 
-    assert serve.log().count("tls.reloaded") == 1
+    assert serve.log_path.read_text().count("tls.reloaded") == 1
     (certs / "bad.crt").write_bytes(ca.leaf(["bad.test"])[0])  # its key is another's: refused
     (certs / "bad.key").write_bytes(other_key_pem())
     serve.process.send_signal(signal.SIGHUP)  # re-read now (logged as tls.reloaded, unlike the 2 s pass)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and serve.log().count("tls.reloaded") < 2:
+    while time.monotonic() < deadline and serve.log_path.read_text().count("tls.reloaded") < 2:
         await asyncio.sleep(0.05)
     code, listed = certs_json(serve)
     assert code == 1, listed  # `turnout certs` exits 1 while a file is refused
     (error,) = listed["errors"]
     assert error["file"] == str(certs / "bad.key") and "does not match" in error["error"]
     assert served_serial(port, ca) == after  # nothing else changed
-    assert "tls.cert_refused" in serve.log()
+    assert "tls.cert_refused" in serve.log_path.read_text()
 
 
 def serial_of_pem(pem: bytes) -> int:
