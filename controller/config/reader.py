@@ -116,6 +116,7 @@ def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsConfig:
     options["redirect_http"] = t.boolean("redirect_http", d.redirect_http)
     options["hsts"] = t.duration("hsts", d.hsts)
     options["min_version"] = t.string("min_version", d.min_version)
+    options["session_tickets"] = t.boolean("session_tickets", d.session_tickets)
     options["handshake_timeout"] = t.duration("handshake_timeout", d.handshake_timeout, positive=True)
     options["max_handshakes_per_client"] = t.integer("max_handshakes_per_client", d.max_handshakes_per_client,
                                                      minimum=1, maximum=100_000)

@@ -56,17 +56,21 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def server_context(min_version: ssl.TLSVersion) -> ssl.SSLContext:
-    """A server context with Turnout's protocol settings and no certificate yet."""
+def server_context(min_version: ssl.TLSVersion, tickets: bool = True) -> ssl.SSLContext:
+    """A server context with Turnout's protocol settings and no certificate yet. `tickets`: session
+    tickets for resumption (OpenSSL's two per TLS 1.3 handshake); off, every handshake is a full one."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = min_version
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not tickets:
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     context.set_alpn_protocols(ALPN)
     return context
 
 
 def load_pair(cert_path: Path, key_path: Path, *, source: str, min_version: ssl.TLSVersion,
-              now: dt.datetime | None = None) -> Certificate:
+              now: dt.datetime | None = None, tickets: bool = True) -> Certificate:
     """Read, validate and load one pair into a fresh context (raises CertError naming the file)."""
     cert_bytes = _read(cert_path)
     key_bytes = _read(key_path)
@@ -94,7 +98,7 @@ def load_pair(cert_path: Path, key_path: Path, *, source: str, min_version: ssl.
     if not hosts:
         raise CertError(cert_path, "names no DNS host in its subjectAltName (clients match names there, "
                         "not in the subject's CN)")
-    context = server_context(min_version)
+    context = server_context(min_version, tickets)
     try:
         context.load_cert_chain(cert_path, key_path)
     except (ssl.SSLError, OSError) as exc:

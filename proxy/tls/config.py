@@ -60,6 +60,7 @@ class TlsConfig:
     # still gets through.
     max_handshakes_per_client: int = 256
     reload_interval: float = 2.0  # seconds between re-reads of the certificate directories
+    session_tickets: bool = True  # TLS session resumption by tickets (as nginx's ssl_session_tickets)
     acme: AcmeConfig | None = None
     state_dir: str = field(default=".turnout")  # where ACME keeps its account and certificates
 

@@ -66,7 +66,8 @@ class TlsServer(ProxyServer):
         super().__init__(router, config, listen=tls.listen, answer_extra=tls.hsts_line)
         self.tls = tls
         self.store = store
-        self.context = server_context(tls.tls_version)  # holds no certificate: SNI picks one per handshake
+        # Holds no certificate: SNI picks one per handshake (the one `_choose` switches to).
+        self.context = server_context(tls.tls_version, tls.session_tickets)
         self.context.sni_callback = self._choose
         self.handshakes: set[Handshake] = set()
         self.per_client: Counter[str] = Counter()  # handshakes under way, by client address

@@ -100,7 +100,8 @@ class CertStore:
             pair = self.pairs[cert_path] = _Pair(None, None, None)
         pair.stamp = stamp
         try:
-            cert = load_pair(cert_path, key_path, source=source, min_version=self.config.tls_version, now=now)
+            cert = load_pair(cert_path, key_path, source=source, min_version=self.config.tls_version, now=now,
+                             tickets=self.config.session_tickets)
         except CertError as exc:
             pair.error = exc
             log.error("tls.cert_refused", file=str(exc.path), error=exc.problem,

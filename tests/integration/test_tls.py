@@ -481,3 +481,27 @@ async def test_load_generator_speaks_https_with_cacert_and_connect_to(ups, tmp_p
                            connect_to=f"127.0.0.1:{front.port}")  # the system's CAs: not the test CA
         result = await run_load(wrong)
         assert result.sent and result.succeeded == 0
+
+
+@pytest.mark.parametrize("tickets", [True, False])
+async def test_session_tickets_resume_unless_turned_off(ups, tmp_path, tickets):
+    async with front_door(tmp_path, app_router(ups[0]), session_tickets=tickets) as front:
+        context = front.ca.client_context()
+
+        def visit(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+            import socket
+
+            with socket.create_connection(("127.0.0.1", front.port)) as raw, \
+                    context.wrap_socket(raw, server_hostname="app.test", session=session) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                while tls.recv(65536):  # to the end: the tickets come before the answer
+                    pass
+                return tls.session, tls.session_reused
+
+        loop = asyncio.get_running_loop()
+        session, reused = await loop.run_in_executor(None, visit, None)
+        assert not reused
+        _, reused = await loop.run_in_executor(None, visit, session)
+        assert reused is tickets
+        server = front.https.server
+        assert (server.completed, server.resumed) == (2, 1 if tickets else 0)

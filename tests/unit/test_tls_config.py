@@ -33,6 +33,7 @@ hsts = "24h"
 min_version = "TLSv1.3"
 handshake_timeout = "2s"
 max_handshakes_per_client = 8
+session_tickets = false
 [proxy.tls.acme]
 directory = "https://127.0.0.1:14000/dir"
 email = "ops@example.com"
@@ -46,6 +47,7 @@ retry_min = "1s"
         "127.0.0.1:8443", str(tmp_path / "certs"), "app.test", False)
     assert (tls.hsts, tls.min_version, tls.handshake_timeout, tls.max_handshakes_per_client) == (
         86400.0, "TLSv1.3", 2.0, 8)
+    assert tls.session_tickets is False
     assert tls.hsts_line == b"Strict-Transport-Security: max-age=86400\r\n"
     assert tls.state_dir == str(tmp_path / "state")
     assert tls.acme is not None and tls.acme.hosts == ("app.test",) and tls.acme.retry_min == 1.0
