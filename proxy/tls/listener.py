@@ -176,8 +176,10 @@ class Handshake(asyncio.Protocol):
         self.timer = self.server.loop.call_later(self.server.tls.handshake_timeout, self._silent)
 
     def data_received(self, data: bytes) -> None:
-        if self.step is not None:  # from the TLS layer: the request that came with the handshake's end
+        step = self.step
+        if step is not None:  # from the TLS layer: the request that came with the handshake's end
             self.early.append(data)
+            step.poll()  # the handshake is over: take over now rather than a turn of the loop later
             return
         if self.ended:
             return
@@ -331,6 +333,13 @@ class _Steps:
     def _wake(self, future: asyncio.Future[Any]) -> None:
         if self.waiting is future:
             self._send(None)  # the awaited future is done: `await` returns or raises its outcome
+
+    def poll(self) -> None:
+        """Go on now if what the coroutine awaits is already done (its callback would come a turn later)."""
+        future = self.waiting
+        if future is not None and future.done():
+            future.remove_done_callback(self._wake)
+            self._send(None)
 
     def cancel(self) -> None:
         if self.waiting is not None:
