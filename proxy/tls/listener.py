@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from ..config import ProxyConfig
+from ..forward import now
 from ..http import error_response
 from ..router import Router
 from ..server import ProxyServer
@@ -64,6 +65,7 @@ class TlsServer(ProxyServer):
 
     def __init__(self, router: Router, config: ProxyConfig, tls: TlsConfig, store: CertStore) -> None:
         super().__init__(router, config, listen=tls.listen, answer_extra=tls.hsts_line)
+        self.tick = min(self.tick, max(0.005, tls.handshake_timeout / 8))
         self.tls = tls
         self.store = store
         # Holds no certificate: SNI picks one per handshake (the one `_choose` switches to).
@@ -81,6 +83,14 @@ class TlsServer(ProxyServer):
 
     def _protocol(self) -> asyncio.Protocol:
         return Handshake(self)
+
+    def _tick(self) -> None:
+        """The sweeper also closes connections that sent nothing within handshake_timeout."""
+        if self.handshakes:
+            t = now()
+            for handshake in [h for h in self.handshakes if h.step is None and h.deadline <= t]:
+                handshake.silent()
+        super()._tick()
 
     def _choose(self, sslobj: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> int | None:
         """OpenSSL's servername callback: switch the connection to the certificate's own context."""
@@ -156,7 +166,7 @@ class Handshake(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.step: _Steps | None = None  # the TLS handshake under way
-        self.timer: asyncio.TimerHandle | None = None  # until the first byte
+        self.deadline = 0.0  # for the first byte (the server's sweeper checks it; TLS has its own)
         self.early: list[bytes] = []  # application data that arrived with the end of the handshake
         self.connection: Any = None  # the ClientConnection that took over
         self.eof = False
@@ -173,7 +183,7 @@ class Handshake(asyncio.Protocol):
             self.server.handshake_failed(self.peer, refused, "refused before the handshake")
             transport.abort()  # type: ignore[attr-defined]
             return
-        self.timer = self.server.loop.call_later(self.server.tls.handshake_timeout, self._silent)
+        self.deadline = now() + self.server.tls.handshake_timeout
 
     def data_received(self, data: bytes) -> None:
         step = self.step
@@ -183,7 +193,6 @@ class Handshake(asyncio.Protocol):
             return
         if self.ended:
             return
-        self._cancel_timer()
         transport = self.transport
         assert transport is not None
         if data[0] == 0x16:  # a TLS handshake record
@@ -226,19 +235,13 @@ class Handshake(asyncio.Protocol):
             layer.buffer_updated(n)  # type: ignore[attr-defined]
             view = view[n:]
 
-    def _silent(self) -> None:
-        """No byte within handshake_timeout."""
-        self.timer = None
+    def silent(self) -> None:
+        """No byte within handshake_timeout (called by the server's sweeper)."""
         if not self.ended and self.step is None and self.transport is not None:
             self.ended = True
             self.server.handshake_ended(self)
             self.transport.abort()
             self.server.handshake_failed(self.peer, "timeout", "no byte within handshake_timeout")
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def _done(self, tls_transport: asyncio.Transport | None, exc: BaseException | None) -> None:
         server = self.server
@@ -278,7 +281,6 @@ class Handshake(asyncio.Protocol):
         if self.step is not None:
             self.step.cancel()
         elif self.transport is not None:
-            self._cancel_timer()
             self.transport.abort()
 
     def eof_received(self) -> bool | None:
@@ -294,7 +296,6 @@ class Handshake(asyncio.Protocol):
             return
         if self.step is None and not self.ended:  # closed before its first byte, or aborted by stop()
             self.ended = True
-            self._cancel_timer()
             self.server.handshake_ended(self)
             if not self.server.closing:
                 self.server.handshake_failed(self.peer, "client-closed", "closed before any byte")
