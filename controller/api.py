@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin import RULES_SETTER, ApiError, describe_table, read_json
+from proxy.tls.admin import HTTPS_KEY
 
 from .apply.run import ApplyOptions, applier_for
 from .config.model import ConfigError, ServiceConfig
@@ -182,9 +183,14 @@ async def get_status(request: web.Request) -> web.Response:
     if service and service not in deployer.configs:
         raise ApiError(404, f"unknown service {service!r}")
     router = deployer.proxy.router
+    https = request.app.get(HTTPS_KEY)
+    proxy: dict[str, Any] = {"listen": request.app[LISTEN_KEY]}
+    if https is not None:
+        proxy["tls_listen"] = https.describe()["listen"]
+        proxy["tls_warnings"] = https.warnings()
     return web.json_response({
         "owner": deployer.journal.owner,
-        "proxy": {"listen": request.app[LISTEN_KEY]},
+        "proxy": proxy,
         "services": {name: deployer.status(name) for name in names},
         "table": describe_table(router),
     })

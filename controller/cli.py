@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--with-token", action="store_true",
                            help="print the address with ?token=... (opening it once logs the browser in)")
 
+    certs = sub.add_parser("certs", help="the HTTPS certificates: hosts, issuer, expiry, source, errors",
+                           description="List the certificates the HTTPS listener serves ([proxy.tls]), "
+                           "and every file or ACME host that could not be loaded or issued; `turnout certs "
+                           "reload` re-reads the certificate directories now (as SIGHUP does).")
+    certs.add_argument("action", nargs="?", choices=("list", "reload"), default="list")
+    certs.add_argument("--json", action="store_true")
+
     history = sub.add_parser("history", help="past deployments of a service, newest first")
     history.add_argument("service")
     history.add_argument("--limit", type=int, default=20)
@@ -166,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "pause) count, so a hold of H s at R req/s needs about R*H more. Each is a "
                           "connection: the open-files limit is raised to fit "
                           f"[{_rehearse_default_in_flight()}]")
-    rehearse.add_argument("--url", help="where to send the load [default: the daemon's proxy listener]")
+    rehearse.add_argument("--url", help="where to send the load, http:// or https:// [default: the daemon's "
+                          "proxy listener]")
+    rehearse.add_argument("--cacert", type=Path, metavar="FILE",
+                          help="with an https:// --url: PEM file of CAs to trust [the system's]")
+    rehearse.add_argument("--connect-to", metavar="ADDR",
+                          help="send to ADDR (host:port) instead of the --url's host, which still goes in "
+                          "SNI and the Host header (as curl --connect-to)")
     rehearse.add_argument("--html", type=Path, default=Path("turnout-rehearsal.html"),
                           help="HTML report with the timeline chart [turnout-rehearsal.html]")
     rehearse.add_argument("--steps", help="canary weights, e.g. 10,50,100")
@@ -476,6 +489,11 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
                 print(f"  FROZEN: {d['message']}")
         if info["previous"]:
             print(f"  previous: {info['previous']['version']} (rollback target)")
+    proxy = data.get("proxy", {})
+    if proxy.get("tls_listen"):
+        print(f"https: {proxy['tls_listen']}")
+    for warning in proxy.get("tls_warnings", []):
+        print(f"warning: {warning}")
     return 0
 
 
@@ -494,6 +512,34 @@ async def _dashboard(client: Any, args: argparse.Namespace) -> int:
             print("it asks for its token once: open it with ?token=<dashboard.token> "
                   "(`turnout dashboard --with-token` prints that address)", file=sys.stderr)
     return 0
+
+
+async def _certs(client: Any, args: argparse.Namespace) -> int:
+    if args.action == "reload":
+        data = await client.request("POST", "/v1/certs/reload")
+    else:
+        data = await client.request("GET", "/v1/certs")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 1 if data["errors"] else 0
+    reloaded = "" if "changed" not in data else f"; reloaded, {'changed' if data['changed'] else 'no change'}"
+    print(f"https: {data['listen']} (no SNI or an unknown name: {data['default']}){reloaded}")
+    for cert in data["certificates"]:
+        print(f"  {cert['name']:<20} {cert['source']:<6} {', '.join(cert['hosts'])}")
+        print(f"  {'':<20} issuer {cert['issuer']}, until {cert['not_after']} ({cert['days_left']} days)")
+    if not data["certificates"]:
+        print("  no certificate loaded")
+    for error in data["errors"]:
+        print(f"error: {error['file'] + ': ' if error['file'] else ''}{error['error']}")
+    for host in data.get("acme") or []:
+        state = "valid" if host["valid"] else "not issued"
+        line = f"acme: {host['host']}: {state}"
+        if host.get("next_attempt"):
+            line += f", next attempt {host['next_attempt']}"
+        if host.get("last_error"):
+            line += f"; last error: {host['last_error']}"
+        print(line)
+    return 1 if data["errors"] else 0
 
 
 async def _history(client: Any, args: argparse.Namespace) -> int:
@@ -641,13 +687,27 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
                                  f"process may open only {limit} (ulimit -n)")
             # The default: as much of it as the limit allows (the report says which bound was used).
             max_in_flight = max(1, limit - OPEN_FILES_MARGIN)
+    if args.cacert is not None and not args.cacert.is_file():
+        raise UsageError(f"--cacert: {args.cacert} is not a readable file")
+    if (args.cacert is not None or args.connect_to is not None) and not (args.url or "").startswith(
+            ("http://", "https://")):
+        raise UsageError("--cacert and --connect-to need --url (e.g. https://app.example.com:8443/)")
+    if args.connect_to is not None:
+        from proxy.errors import ValidationError
+        from proxy.specs import parse_address
+
+        try:
+            parse_address("--connect-to", args.connect_to)
+        except ValidationError as exc:
+            raise UsageError(str(exc)) from None
     strategies = SHIFTING if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),
         duration=parse_duration(args.duration, "--duration"), rate=args.rate,
         concurrency=args.concurrency or (None if args.rate else 8),
-        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight)
+        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight,
+        cacert=str(args.cacert) if args.cacert else None, connect_to=args.connect_to)
 
 
 async def _rehearse(client: Any, args: argparse.Namespace) -> int:
@@ -670,6 +730,7 @@ COMMANDS = {
     "status": _status,
     "dashboard": _dashboard,
     "history": _history,
+    "certs": _certs,
     "rollback": _rollback,
     "promote": _signal("promote"),
     "abort": _signal("abort"),

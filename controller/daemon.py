@@ -25,6 +25,8 @@ from proxy.limits import files_for_proxy, raise_open_files_limit
 from proxy.metrics import Metrics
 from proxy.router import Router
 from proxy.server import ProxyServer
+from proxy.tls.admin import add_tls_routes
+from proxy.tls.manager import Https
 
 from .api import add_controller_routes
 from .apply.run import applier_for
@@ -64,6 +66,8 @@ class Daemon:
         self.router = Router(Metrics(), hold_timeout=config.proxy.hold_timeout,
                              drain_timeout=config.proxy.drain_timeout)
         self.proxy_server = ProxyServer(self.router, config.proxy)
+        # The HTTPS listener ([proxy.tls]); it also makes the plain listener its front door.
+        self.https = Https(self.router, config.proxy, self.proxy_server) if config.proxy.tls else None
         self.health = HealthChecker(self.router)
         self.journal: Journal | None = None
         self.backend: DockerBackend | None = None
@@ -90,6 +94,10 @@ class Daemon:
         prepare_state_dir(self.state_dir)
         await self.proxy_server.start()
         stack.push_async_callback(self._stop_proxy)
+        if self.https is not None:
+            await self.https.start(acme_hosts=tuple(dict.fromkeys(
+                host for s in self.config.services.values() for host in s.hosts if "*" not in host)))
+            stack.push_async_callback(self._stop_https)
         await self.health.start()
         stack.push_async_callback(self.health.stop)
         self.journal = Journal(self.config.journal_path)
@@ -126,6 +134,17 @@ class Daemon:
     async def _stop_proxy(self) -> None:
         await self.proxy_server.stop(self._stop_timeout)
 
+    async def _stop_https(self) -> None:
+        assert self.https is not None
+        await self.https.stop(self._stop_timeout)
+
+    @property
+    def tls_listen(self) -> str | None:
+        """The HTTPS listener's address as bound, or None without [proxy.tls]."""
+        if self.https is None:
+            return None
+        return f"{self.https.tls.listen.rpartition(':')[0]}:{self.https.server.port}"
+
     @property
     def listen(self) -> str:
         """The proxy's address as bound (port 0 in the config becomes the real port)."""
@@ -148,6 +167,7 @@ class Daemon:
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
+        add_tls_routes(app, self.https)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -166,6 +186,7 @@ class Daemon:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
             add_controller_routes(tcp_app, self.deployer, self.listen)
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
+            add_tls_routes(tcp_app, self.https)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             stack.push_async_callback(tcp_runner.cleanup)
@@ -208,6 +229,8 @@ class Daemon:
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        if self.https is not None:  # SIGHUP: re-read the certificates now
+            loop.add_signal_handler(signal.SIGHUP, self.https.reload)
         await self.start()
         try:
             await stop

@@ -218,9 +218,12 @@ class Config:
 
 
 # The keys each section accepts.
-PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name != "extra"}
-PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file", "allow_host_hooks"}
+PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name not in ("extra", "tls")}
+PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file", "allow_host_hooks", "tls"}
 DASHBOARD_KEYS = frozenset({f.name for f in fields(DashboardConfig)})
+TLS_KEYS = frozenset({"listen", "certs_dir", "default", "redirect_http", "hsts", "min_version",
+                      "handshake_timeout", "max_handshakes_per_client", "session_tickets", "acme"})
+ACME_KEYS = frozenset({"directory", "email", "ca_bundle", "hosts", "retry_min", "retry_max"})
 HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})

@@ -26,6 +26,7 @@ from proxy.specs import (
     rule_from_dict,
     rules_from_list,
 )
+from proxy.tls.config import AcmeConfig, TlsConfig
 
 from ..hardening import (
     DEFAULT_CAP_ADD,
@@ -43,6 +44,7 @@ from .duration import DurationError, parse_duration
 from .model import (
     AB_KEYS,
     AB_THEN,
+    ACME_KEYS,
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CONTAINER_KEYS,
@@ -62,6 +64,7 @@ from .model import (
     ROLLING_KEYS,
     SERVICE_KEYS,
     STRATEGIES,
+    TLS_KEYS,
     AbOptions,
     BlueGreenOptions,
     CanaryOptions,
@@ -118,6 +121,8 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
     if len(os.fsencode(admin_socket)) > 107:  # sun_path holds 108 bytes with the terminating NUL
         raise t.error("admin_socket", f"{admin_socket} is too long for a unix socket path (max 107 bytes)")
     options["admin_socket"] = str(admin_socket)
+    if t.has("tls"):
+        options["tls"] = _tls(t.table("tls"), base_dir, state_dir)  # type: ignore[arg-type]
     try:
         return ProxyConfig(**options), state_dir
     except ValidationError as exc:  # ProxyConfig's own cross-field checks name their key
@@ -156,6 +161,60 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsConfig:
+    """[proxy.tls]: the HTTPS listener; `certs_dir` must be a directory Turnout can read now."""
+    t.reject_unknown(TLS_KEYS)
+    d = TlsConfig(certs_dir="-")
+    options: dict[str, Any] = {"state_dir": str(state_dir)}
+    if t.has("listen"):
+        options["listen"] = t.string("listen")
+        _address(t, "listen", options["listen"])
+    if t.has("certs_dir"):
+        options["certs_dir"] = str(_readable_dir(t, "certs_dir", base_dir))
+    options["default"] = t.string("default", d.default)
+    options["redirect_http"] = t.boolean("redirect_http", d.redirect_http)
+    options["hsts"] = t.duration("hsts", d.hsts)
+    options["min_version"] = t.string("min_version", d.min_version)
+    options["session_tickets"] = t.boolean("session_tickets", d.session_tickets)
+    options["handshake_timeout"] = t.duration("handshake_timeout", d.handshake_timeout, positive=True)
+    options["max_handshakes_per_client"] = t.integer("max_handshakes_per_client", d.max_handshakes_per_client,
+                                                     minimum=1, maximum=100_000)
+    acme = t.table("acme")
+    if acme is not None:
+        options["acme"] = _acme(acme, base_dir)
+    try:
+        return TlsConfig(**options)
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
+def _acme(t: Table, base_dir: Path | None) -> AcmeConfig:
+    t.reject_unknown(ACME_KEYS)
+    d = AcmeConfig()
+    ca_bundle = None
+    if t.has("ca_bundle") and t.data["ca_bundle"] != "":
+        ca_bundle = _resolve(Path(t.string("ca_bundle")), base_dir)
+        if not os.access(ca_bundle, os.R_OK) or not ca_bundle.is_file():
+            raise t.error("ca_bundle", f"{ca_bundle} is not a readable file")
+    hosts = tuple(h.strip().lower() for h in t.strings("hosts"))
+    try:
+        return AcmeConfig(directory=t.string("directory", d.directory), email=t.string("email"),
+                          ca_bundle=str(ca_bundle) if ca_bundle else None, hosts=hosts,
+                          retry_min=t.duration("retry_min", d.retry_min, positive=True),
+                          retry_max=t.duration("retry_max", d.retry_max, positive=True))
+    except ValidationError as exc:
+        raise t.error(exc.key.removeprefix("acme."), exc.message) from None
+
+
+def _readable_dir(t: Table, key: str, base_dir: Path | None) -> Path:
+    path = _resolve(Path(t.string(key)), base_dir)
+    if not path.exists():
+        raise t.error(key, f"{path} does not exist")
+    if not path.is_dir():
+        raise t.error(key, f"{path} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise t.error(key, f"{path} cannot be read by this user")
+    return path
 
 
 def _token_file(t: Table, base_dir: Path | None) -> str:
