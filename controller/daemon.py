@@ -153,7 +153,9 @@ class Daemon:
 
     async def _start_dashboard(self, stack: AsyncExitStack) -> None:
         assert self.deployer is not None
-        self.feed = Feed(self.router, self.deployer)
+        https = self.https
+        self.feed = Feed(self.router, self.deployer,
+                         certificates=https.describe if https is not None else None)
         self.feed.start()
         stack.push_async_callback(self.feed.stop)
         if self.config.dashboard is not None:
