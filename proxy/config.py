@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from .errors import ValidationError
+from .tls.config import TlsConfig
 
 MIN_ADMIN_TOKEN = 32  # characters; a shorter bearer token is refused (`secrets.token_urlsafe(32)` gives 43)
 # Visible ASCII, no spaces: what fits a bearer token in an `Authorization` header unquoted.
@@ -34,6 +35,7 @@ class ProxyConfig:
     trusted_proxies: tuple[str, ...] = ()
     retries: int = 1  # extra attempts on another upstream when connecting failed (idempotent only)
     access_log: bool = True  # one `http.access` event per finished request (proxy/access_log.py)
+    tls: TlsConfig | None = None  # the HTTPS listener ([proxy.tls]); None: plain HTTP only
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,8 @@ class ProxyConfig:
                 raise ValidationError("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters, got "
                                       f"{len(self.admin_token)} (make one with "
                                       "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if self.tls is not None and self.tls.listen == self.listen and not self.listen.endswith(":0"):
+            raise ValidationError("tls.listen", f"{self.tls.listen} is the plain listener's address too")
         if self.max_header_bytes < 1024:
             raise ValidationError("max_header_bytes", "must be at least 1024")
 

@@ -72,6 +72,9 @@ class Listener(Protocol):
     router: Router
     config: ProxyConfig
     loop: asyncio.AbstractEventLoop
+    scheme: bytes  # b"http" or b"https": X-Forwarded-Proto, and `Secure` on the sticky cookie
+    forwarded_port: int  # the listener's port, as X-Forwarded-Port says
+    answer_extra: bytes  # header lines every answer of this listener carries (HSTS on HTTPS), or b""
 
     def connection_opened(self, connection: ClientConnection) -> bool: ...  # False: over the limit
     def connection_closed(self, connection: ClientConnection) -> None: ...
@@ -80,7 +83,8 @@ class Listener(Protocol):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
-        "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "mjob", "peer", "pending",
+        "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "mjob", "peer",
+        "pending",
         "pending_size",
         "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
         "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
@@ -116,7 +120,8 @@ class ClientConnection(asyncio.Protocol):
         self.is_head = False
         self.websocket = False
         self.tunnel = False
-        self.resp_extra = b""
+        self.extra0 = server.answer_extra  # what `resp_extra` is back to after each exchange
+        self.resp_extra = self.extra0
         self.rpause = 0
         self.wpaused = False
         self.deadline = 0.0
@@ -139,8 +144,9 @@ class ClientConnection(asyncio.Protocol):
         ip = peer[0] if peer else ""
         self.peer = ip.encode()
         self.trusted = ip in self.config.trusted_proxies
-        self.suffix = forwarded_suffix(ip, self.trusted)
-        self.head_tag = head_tag(self.peer, self.trusted)
+        server = self.server
+        self.suffix = forwarded_suffix(ip, self.trusted, server.scheme, server.forwarded_port)
+        self.head_tag = head_tag(self.peer, self.trusted, b"%s:%d" % (server.scheme, server.forwarded_port))
         if not self.server.connection_opened(self):
             self.closed = True
             transport.write(error_response(503, "too-many-connections"))
@@ -312,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
         cached = HEADS.entries.get(key)
         if cached is None:
             try:
-                cached = HEADS.miss(key, self.peer, self.trusted, self.suffix)
+                cached = HEADS.miss(key, self.peer, self.trusted, self.suffix, self.server.scheme)
             except BadRequest:
                 self.is_head = head[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
                 raise
@@ -428,7 +434,7 @@ class ClientConnection(asyncio.Protocol):
             return service
         self.service = service
         if set_cookie:
-            self.resp_extra = sticky_cookie(service.cookie_name, pool.name)
+            self.resp_extra = sticky_cookie(service.cookie_name, pool.name, self.server.scheme, self.extra0)
         self.pool = pool
         self.upstream = upstream
         upstream.begin(self)
@@ -557,8 +563,9 @@ class ClientConnection(asyncio.Protocol):
         if pool is not self.pool:
             self.pool.stats.inflight -= 1  # type: ignore[union-attr]
             pool.stats.inflight += 1
-            if self.resp_extra and self.service is not None:
-                self.resp_extra = sticky_cookie(self.service.cookie_name, pool.name)
+            if self.resp_extra != self.extra0 and self.service is not None:  # a sticky cookie is set
+                self.resp_extra = sticky_cookie(self.service.cookie_name, pool.name, self.server.scheme,
+                                                self.extra0)
         self.pool = pool
         self.upstream = upstream
         upstream.begin(self)
@@ -687,7 +694,7 @@ class ClientConnection(asyncio.Protocol):
         self.req = None
         self.service = None
         self.pending = None
-        self.resp_extra = b""
+        self.resp_extra = self.extra0
         self.head_sent = False
         self.is_head = False
         self.websocket = False

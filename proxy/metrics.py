@@ -8,6 +8,7 @@ override are counted apart (`PoolStats.overridden`), so they never enter that an
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Upper bounds in seconds; the last bucket is +Inf.
@@ -145,6 +146,7 @@ class Metrics:
         self.drain_aborted = 0
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
+        self.sources: list[Callable[[], list[str]]] = []  # more exposition lines (the HTTPS listener's)
 
     def pool(self, service: str, pool: str) -> PoolStats:
         key = (service, pool)
@@ -238,5 +240,8 @@ class Metrics:
                 "# TYPE turnout_internal_errors_total counter",
                 f"turnout_internal_errors_total {self.internal_errors}",
                 "# TYPE turnout_client_connections gauge",
-                f"turnout_client_connections {self.connections}", ""]
+                f"turnout_client_connections {self.connections}"]
+        for source in self.sources:
+            out += source()
+        out.append("")
         return "\n".join(out)

@@ -20,9 +20,20 @@ log = structlog.get_logger("turnout.proxy.server")
 
 
 class ProxyServer:
-    def __init__(self, router: Router, config: ProxyConfig) -> None:
+    """The plain-HTTP listener (`proxy/tls/listener.py` has the HTTPS one, built on this one)."""
+
+    scheme = b"http"
+
+    def __init__(self, router: Router, config: ProxyConfig, *, listen: str | None = None,
+                 connection_class: type[ClientConnection] = ClientConnection,
+                 answer_extra: bytes = b"") -> None:
         self.router = router
         self.config = config
+        self.listen = listen or config.listen
+        self.connection_class = connection_class  # a subclass on the plain listener of an HTTPS front door
+        self.answer_extra = answer_extra  # header lines on every upstream answer (HSTS on HTTPS)
+        self.forwarded_port = _port_of(self.listen)  # the bound port once started (X-Forwarded-Port)
+        self.front_door = None  # proxy/tls/frontdoor.py's FrontDoor, on the plain listener of an HTTPS proxy
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -36,11 +47,16 @@ class ProxyServer:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        host, port = self.config.listen_host_port
+        host, _, port = self.listen.rpartition(":")
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True)
+            self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
+        self.forwarded_port = self.port
         self._tick_handle = self.loop.call_later(self.tick, self._tick)
-        log.info("proxy.listening", listen=self.config.listen, port=self.port)
+        log.info("proxy.listening", listen=self.listen, port=self.port, scheme=self.scheme.decode())
+
+    def _protocol(self) -> asyncio.Protocol:
+        """The protocol of one accepted connection."""
+        return self.connection_class(self)
 
     async def stop(self, timeout: float = 10.0) -> int:
         """Graceful stop; returns how many connections had to be aborted at the deadline."""
@@ -103,3 +119,7 @@ class ProxyServer:
                     self.router.metrics.internal_errors += 1
                     connection.transport.abort()
         self._tick_handle = self.loop.call_later(self.tick, self._tick)
+
+
+def _port_of(listen: str) -> int:
+    return int(listen.rpartition(":")[2])

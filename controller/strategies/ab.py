@@ -33,9 +33,11 @@ class AB:
         self.check(ops.config)
         assert options.match is not None
         await ops.start(new, ops.config.replicas)
+        await ops.pre_traffic()
         if old is None:  # a first deploy has nothing to compare with
             ops.route([(new, 100)])
             ops.step("switched", weights={new.pool: 100})
+            await ops.hook("post_switch")
             return
         routing = replace(ops.config, rules=(options.match, *ops.config.rules))
         ops.route([(old, 100), (new, 0)], routing)

@@ -22,9 +22,11 @@ class Canary:
     async def run(self, ops: Operations) -> None:
         old, new = ops.old, ops.new
         await ops.start(new, ops.config.replicas)
+        await ops.pre_traffic()
         if old is None:
             ops.route([(new, 100)])
             ops.step("switched", weights={new.pool: 100})
+            await ops.hook("post_switch")
             return
         await shift(ops, old, new)
 
@@ -34,6 +36,8 @@ async def shift(ops: Operations, old: Release, new: Release, routing: ServiceCon
     switch, drain and remove the old set. `routing`: the routing settings of the steps (the `ab`
     strategy keeps its rule while it hands on); the final switch uses the service's own."""
     options = ops.config.canary
+    # For followers (the dashboard's step list): the weights to come; not a step of the journal.
+    ops.events.emit("plan", steps=list(options.steps), step_pause=options.step_pause)
     for weight in options.steps:
         if weight >= 100:
             break
@@ -52,6 +56,7 @@ async def switch(ops: Operations, old: Release, new: Release) -> None:
     """All traffic to `new` in one swap; then drain and remove the old set."""
     removed = ops.route([(new, 100)])
     ops.step("switched", weights={new.pool: 100})
+    await ops.hook("post_switch")
     await ops.drain(removed)
     await ops.remove(old.containers)
     old.containers = []  # gone: a rollback redeploys this version's image
@@ -69,6 +74,7 @@ class Judge:
         self.options = ops.config.canary
         self.baseline = ops.proxy.counters(ops.config.name)
         self.diffs_baseline = ops.proxy.mirror_totals(ops.config.name)
+        self.verdict = ""
 
     def windows(self) -> tuple[PoolCounters | None, PoolCounters | None]:
         """(stable, canary): what each pool answered since this judge began."""
@@ -76,13 +82,24 @@ class Judge:
         return _window(now, self.baseline, self.stable), _window(now, self.baseline, self.canary)
 
     async def check(self) -> None:
-        self.ops.check_health(self.canary_release)  # ejected by the proxy's health checks: not healthy
+        try:
+            self.ops.check_health(self.canary_release)  # ejected by the health checks: not healthy
+            self._check_counters()
+        except AnalysisFailed as exc:
+            self._tell("failing", reason=str(exc))
+            raise
+
+    def _check_counters(self) -> None:
         stable, canary = self.windows()
         breach = (error_breach(canary, stable, self.options) or latency_breach(canary, stable, self.options)
                   or self._diff_breach())
         if breach is not None:
             raise AnalysisFailed(f"canary {self.canary} {breach}")
-
+        if canary is None or canary.requests < self.options.min_requests:
+            self._tell("waiting", requests=canary.requests if canary else 0, needed=self.options.min_requests)
+        else:
+            self._tell("passing", requests=canary.requests, error_rate=round(canary.error_rate, 4),
+                       max_error_rate=self.options.max_error_rate)
 
     def _diff_breach(self) -> str | None:
         """Shadow traffic (proxy/mirror.py) to the canary: the share of compared copies whose answers
@@ -98,6 +115,13 @@ class Judge:
             return None
         return (f"diff rate {differing / compared:.1%} of {compared} mirrored requests exceeds "
                 f"max_diff_rate {limit:.1%} (see `turnout mirror report {self.ops.config.name}`)")
+
+    def _tell(self, verdict: str, **figures: object) -> None:
+        """An `analysis` event for followers (the dashboard, `turnout deploy`) when the verdict changes:
+        a few per step, not one per check."""
+        if verdict != self.verdict:
+            self.verdict = verdict
+            self.ops.events.emit("analysis", verdict=verdict, canary=self.canary, **figures)
 
 
 def _window(now: dict[str, PoolCounters], before: dict[str, PoolCounters], pool: str) -> PoolCounters | None:
