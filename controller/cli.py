@@ -2,8 +2,10 @@
 happens in the daemon (`turnout serve`), so a deploy survives the CLI exiting.
 
 Exit codes: 0 success; 1 the operation failed (a deploy failed or was rolled back: the old version
-still serves); 2 bad usage or the daemon could not be reached; 141 (128 + SIGPIPE) when stdout was
+still serves); 2 bad usage or the daemon could not be reached; 3 the deploy froze (past a schema floor,
+or cut inside a hook: it waits for `promote` or `abort --force`); 141 (128 + SIGPIPE) when stdout was
 closed (`turnout deploy ... | head -1`): the CLI stops quietly, a deploy goes on in the daemon.
+`turnout apply --dry-run`: 0 no change, 1 changes, 2 any error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from .config.model import STRATEGIES
 from .errors import TurnoutError, UsageError
-from .events import describe_event
+from .events import describe_event, describe_hook
 
 EXAMPLES = """\
 examples:
@@ -27,6 +29,8 @@ examples:
   turnout deploy web --image myapp:v1 --port 8080 --replicas 2
   turnout deploy web --image myapp:v2 --strategy canary --steps 5,25,50,100 --step-pause 30s
   turnout status web
+  turnout status --watch                          # live: weights, split, health, deploy progress
+  turnout dashboard                               # the address of the same picture in a browser
   turnout rollback web
 """
 
@@ -46,10 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="proxy listen address, e.g. 127.0.0.1:8000")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    serve.add_argument("--dashboard", metavar="HOST:PORT",
+                       help="serve the dashboard here (the [dashboard] section's listen), "
+                       "e.g. 127.0.0.1:8081")
     serve.add_argument("--prune-strays", action="store_true",
                        help="remove containers that carry this daemon's owner label but that its journal "
                        "never recorded (made by hand, or left by a lost journal); without it they are "
                        "left alone and reported")
+    serve.add_argument("--watch", action="store_true",
+                       help="apply the --config file again whenever it changes (and once at start), as "
+                       "`turnout apply --wait` would, never pruning")
 
     deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
                             description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
@@ -80,9 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
     deploy.add_argument("--json", action="store_true", help="print events as JSON lines")
 
+    apply = sub.add_parser(
+        "apply", help="make the services run as a file describes (each changed one deployed)",
+        description="Plan the services of FILE against what runs (one action per service: = unchanged, "
+        "~ routing, scale or release, + new, - pruned) and carry the plan out through the daemon. "
+        "Exits 0 when every change succeeded, 1 when one failed, 2 for bad input or a refusal, 3 when a "
+        "deploy froze; with --dry-run 0 for no change, 1 for changes, 2 for an error.")
+    apply.add_argument("-f", "--file", type=Path, default=Path("turnout.toml"),
+                       help="the file to apply [turnout.toml]")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    apply.add_argument("--prune", action="store_true",
+                       help="remove services apply created that the file no longer has (drained first)")
+    apply.add_argument("--allow-empty", action="store_true", help="accept a file with no services")
+    when = apply.add_mutually_exclusive_group()
+    when.add_argument("--wait", action="store_true",
+                      help="wait for deploys in progress instead of refusing")
+    when.add_argument("--detach", action="store_true", help="return once the changes started")
+    apply.add_argument("--json", action="store_true", help="the plan and events as JSON")
+
     status = sub.add_parser("status", help="what serves each service, and any deploy in progress")
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true",
+                        help="the live picture (the dashboard's, in the terminal), refreshed in place "
+                        "until Ctrl-C")
+
+    dashboard = sub.add_parser("dashboard", help="print the address of the live dashboard (a browser page)")
+    dashboard.add_argument("--with-token", action="store_true",
+                           help="print the address with ?token=... (opening it once logs the browser in)")
 
     certs = sub.add_parser("certs", help="the HTTPS certificates: hosts, issuer, expiry, source, errors",
                            description="List the certificates the HTTPS listener serves ([proxy.tls]), "
@@ -100,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="put the previous version back (or --to VERSION)")
     rollback.add_argument("service")
     rollback.add_argument("--to", dest="to_version")
+    rollback.add_argument("--force-past-migration", action="store_true",
+                          help="roll back even to a version older than the schema floor a contract hook "
+                          "set (it may not read the schema any more)")
     rollback.add_argument("--detach", action="store_true")
     rollback.add_argument("--json", action="store_true")
 
@@ -140,10 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
+    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version); "
+                        "a frozen deploy keeps what serves"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("service")
+        if name == "abort":
+            cmd.add_argument("--force", action="store_true",
+                             help="also a frozen deploy: roll back past its schema floor")
     for name, text in (("pause", "pause the deploy in progress (or, with --traffic, hold requests)"),
                        ("resume", "resume the paused deploy (or, with --traffic, release requests)")):
         cmd = sub.add_parser(name, help=text)
@@ -208,6 +250,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.listen:
         config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+    if args.dashboard:
+        config = replace(config, dashboard=_dashboard_flag(args.dashboard, config))
     if args.state_dir is not None:
         # The admin socket follows the state dir unless the config placed it elsewhere on purpose.
         socket = config.proxy.admin_socket
@@ -218,7 +262,10 @@ def _serve(args: argparse.Namespace) -> int:
                              "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
-    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays)
+    if args.watch and args.config is None:
+        raise UsageError("--watch: needs --config (the file to watch)")
+    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
+                    watch=args.watch)
     if args.loop == "uvloop":
         import uvloop
 
@@ -226,6 +273,20 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(daemon.serve_forever())
     return 0
+
+
+def _dashboard_flag(listen: str, config: Any) -> Any:
+    """`serve --dashboard HOST:PORT`: the [dashboard] section with this listen address (its token and
+    allow_actions kept), checked by the section's own reader."""
+    from .config.model import CLI_SOURCE
+    from .config.reader import read_dashboard
+    from .config.table import Table
+
+    data: dict[str, Any] = {"listen": listen}
+    if config.dashboard is not None:
+        data.update(token=config.dashboard.token or "", allow_actions=config.dashboard.allow_actions)
+    origins = {"listen": ("--dashboard", CLI_SOURCE)}
+    return read_dashboard(Table(data, "dashboard", CLI_SOURCE, origins=origins))
 
 
 def _labels_from_env() -> dict[str, str]:
@@ -263,8 +324,71 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
     return await _follow(client.stream("POST", "/v1/deploy", body, follow="1"), args.json)
 
 
+async def _apply(client: Any, args: argparse.Namespace) -> int:
+    """`turnout apply`; with --dry-run every error exits 2 (the `kubectl diff` convention)."""
+    try:
+        return await _apply_file(client, args)
+    except TurnoutError as exc:
+        if not args.dry_run:
+            raise
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _apply_file(client: Any, args: argparse.Namespace) -> int:
+    from .config.reader import load_config
+    from .config.service_state import service_to_dict
+
+    config = load_config(args.file)  # read here: relative paths and Compose files resolve beside it
+    body = {"services": {name: service_to_dict(s) for name, s in config.services.items()},
+            "source": str(args.file), "dry_run": args.dry_run, "prune": args.prune,
+            "allow_empty": args.allow_empty, "wait": args.wait}
+    if args.dry_run or args.detach:
+        answer = await client.request("POST", "/v1/apply", body)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            for line in _plan_lines(answer):
+                print(line)
+            if args.detach and answer["changed"]:
+                print("started; follow with `turnout status`")
+        return (1 if answer["changed"] else 0) if args.dry_run else 0
+    succeeded = frozen = False
+    started = time.monotonic()
+    async for event in client.stream("POST", "/v1/apply", body, follow="1"):
+        if args.json:
+            print(json.dumps(event), flush=True)
+        elif event.get("event") == "plan":
+            for line in _plan_lines(event):
+                print(line, flush=True)
+        elif event.get("event") == "service":
+            print(f"[{time.monotonic() - started:6.1f}s] {event['service']}: "
+                  f"{describe_event(_inner_event(event))}", flush=True)
+        elif event.get("event") == "applied":
+            succeeded = event["succeeded"]
+            frozen = any(r["status"] == "frozen" for r in event["results"])
+            for result in event["results"]:
+                if result["action"] != "=":
+                    print(f"{result['line']}: {result['status']}"
+                          + (f" — {result['message']}" if result["message"] else ""), flush=True)
+    return 0 if succeeded else FROZEN if frozen else 1
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    lines = [a["line"] for a in plan["actions"]]
+    return lines + ([] if plan["changed"] else ["no changes"])
+
+
+def _inner_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A change's own event, out of apply's relay (which tags it with the service)."""
+    inner = event.get("of")
+    return inner if isinstance(inner, dict) else {}
+
+
 async def _rollback(client: Any, args: argparse.Namespace) -> int:
-    body = {"to_version": args.to_version} if args.to_version else {}
+    body: dict[str, Any] = {"to_version": args.to_version} if args.to_version else {}
+    if args.force_past_migration:
+        body["force_past_migration"] = True
     path = f"/v1/deployments/{args.service}/rollback"
     if args.detach:
         print(json.dumps(await client.request("POST", path, body)))
@@ -273,6 +397,8 @@ async def _rollback(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _follow(events: Any, as_json: bool) -> int:
+    """Print a deploy's events until it ends: 0 succeeded, 1 failed or rolled back, 3 frozen (it waits in
+    the daemon for `promote` or `abort --force`)."""
     status = "unknown"
     started = time.monotonic()
     async for event in events:
@@ -282,10 +408,21 @@ async def _follow(events: Any, as_json: bool) -> int:
             print(f"[{time.monotonic() - started:6.1f}s] {describe_event(event)}", flush=True)
         if event.get("event") == "finished":
             status = event.get("status", "unknown")
+        elif event.get("step") == "frozen":
+            return FROZEN
     return 0 if status == "succeeded" else 1
 
 
+FROZEN = 3  # exit code: the deploy froze (past a schema floor, or cut inside a hook)
+
+
 async def _status(client: Any, args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.json or args.service:
+            raise UsageError("--watch: shows every service live; it takes no SERVICE and no --json")
+        from .dashboard.terminal import watch
+
+        return await watch(client)
     path = f"/v1/status/{args.service}" if args.service else "/v1/status"
     data = await client.request("GET", path)
     if args.json:
@@ -303,6 +440,8 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
             d = info["deployment"]
             paused = " PAUSED" if d["paused"] else ""
             print(f"  deploying {d['version']} with {d['strategy']} ({d['id']}){paused}")
+            if d["status"] == "frozen":
+                print(f"  FROZEN: {d['message']}")
         if info["previous"]:
             print(f"  previous: {info['previous']['version']} (rollback target)")
     proxy = data.get("proxy", {})
@@ -341,6 +480,23 @@ async def _certs(client: Any, args: argparse.Namespace) -> int:
     return 1 if data["errors"] else 0
 
 
+async def _dashboard(client: Any, args: argparse.Namespace) -> int:
+    info = await client.request("GET", "/v1/dashboard")
+    if not info["enabled"]:
+        print("turnout: the dashboard is off: add a [dashboard] section to turnout.toml "
+              '(listen = "127.0.0.1:8081"), or start `turnout serve --dashboard 127.0.0.1:8081`',
+              file=sys.stderr)
+        return 1
+    if info["token"] and args.with_token:
+        print(f"{info['url']}?token={info['token']}")
+    else:
+        print(info["url"])
+        if info["token"]:
+            print("it asks for its token once: open it with ?token=<dashboard.token> "
+                  "(`turnout dashboard --with-token` prints that address)", file=sys.stderr)
+    return 0
+
+
 async def _history(client: Any, args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit)}
     if args.steps:
@@ -357,7 +513,8 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
         for note in result.get("notes") or ():
             print(f"    note: {note}")
         for step in d.get("steps", []):
-            print(f"    {step.get('name')}: {json.dumps(step.get('detail'))}")
+            hook = describe_hook(step.get("name"), step.get("detail") or {})
+            print(f"    {step.get('name')}: {hook or json.dumps(step.get('detail'))}")
     if not data["deployments"]:
         print(f"no deployments of {args.service} yet")
     return 0
@@ -370,7 +527,8 @@ def _signal(command: str) -> Any:
             await client.request("POST", f"/v1/services/{args.service}/{proxy_command}")
             print(f"traffic of {args.service}: {'held' if command == 'pause' else 'flowing'}")
             return 0
-        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}")
+        params = {"force": "1"} if getattr(args, "force", False) else {}
+        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}", **params)
         print(f"{command}: deploy {data['id']} of {args.service} ({data['version']})")
         return 0
     return send
@@ -455,7 +613,9 @@ async def _rehearse(client: Any, args: argparse.Namespace) -> int:
 COMMANDS = {
     "rehearse": _rehearse,
     "deploy": _deploy,
+    "apply": _apply,
     "status": _status,
+    "dashboard": _dashboard,
     "history": _history,
     "certs": _certs,
     "rollback": _rollback,

@@ -29,7 +29,12 @@ from proxy.tls.admin import add_tls_routes
 from proxy.tls.manager import Https
 
 from .api import add_controller_routes
+from .apply.run import applier_for
+from .apply.watch import watch
 from .config.model import Config
+from .dashboard.app import DashboardServer
+from .dashboard.feed import Feed
+from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
 from .journal import Journal, read_owner
@@ -52,8 +57,9 @@ def owner_of(state_dir: Path) -> str | None:
 
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
-                 prune_strays: bool = False) -> None:
+                 prune_strays: bool = False, watch: bool = False) -> None:
         self.config = config
+        self.watch = watch  # apply config.source again whenever it changes (controller/apply/watch.py)
         self.state_dir = config.state_dir
         self.extra_labels = extra_labels or {}
         self.prune_strays = prune_strays
@@ -69,6 +75,8 @@ class Daemon:
         self.admin_socket = Path(config.proxy.admin_socket)
         self._stack = AsyncExitStack()  # the stops of the start steps done so far
         self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
+        self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
+        self.dashboard: DashboardServer | None = None
 
     async def start(self) -> None:
         stack = AsyncExitStack()
@@ -98,12 +106,17 @@ class Daemon:
         stack.push_async_callback(self.backend.close)
         self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
         self.deployer.prune_strays = self.prune_strays
+        self.deployer.allow_host_hooks = self.config.allow_host_hooks
+        self.deployer.proxy.listen = self.listen  # http hooks go through the proxy's preview route
         for service in self.config.services.values():
             self.deployer.configs[service.name] = service
             if not service.managed:
                 self.deployer.proxy.install_static(service)
         outcome = await recover(self.deployer, self.config)
+        await self._start_dashboard(stack)
         await self._start_admin(stack)
+        assert self.feed is not None
+        stack.push_async_callback(self.feed.stop)  # its streams end before the listeners stop
         # From here on deploys run (the API's and the first ones): stopping cancels them first.
         stack.push_async_callback(self.deployer.close)
         for service in self.config.services.values():
@@ -111,6 +124,10 @@ class Daemon:
                 self.deployer.deploy(service, service.image)
         reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         stack.push_async_callback(_cancel, reconciler)
+        if self.watch and self.config.source is not None:
+            watcher = asyncio.get_running_loop().create_task(
+                watch(self.config.source, applier_for(self.deployer)))
+            stack.push_async_callback(_cancel, watcher)
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
                  state_dir=str(self.state_dir), owner=self.journal.owner, recovered=outcome)
 
@@ -134,11 +151,23 @@ class Daemon:
         host, _ = self.config.proxy.listen_host_port
         return f"{host}:{self.proxy_server.port}"
 
+    async def _start_dashboard(self, stack: AsyncExitStack) -> None:
+        assert self.deployer is not None
+        self.feed = Feed(self.router, self.deployer)
+        self.feed.start()
+        stack.push_async_callback(self.feed.stop)
+        if self.config.dashboard is not None:
+            self.dashboard = DashboardServer(self.config.dashboard, self.feed, self.deployer,
+                                             self.config.source)
+            await self.dashboard.start()
+            stack.push_async_callback(self.dashboard.stop)
+
     async def _start_admin(self, stack: AsyncExitStack) -> None:
         app = create_admin_app(self.router)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
         add_tls_routes(app, self.https)
+        add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -157,6 +186,7 @@ class Daemon:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
             add_controller_routes(tcp_app, self.deployer, self.listen)
             add_tls_routes(tcp_app, self.https)
+            add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             stack.push_async_callback(tcp_runner.cleanup)

@@ -333,6 +333,16 @@ class Journal:
             ).fetchall()
         return [_deployment(row) for row in rows]
 
+    def created(self, service: str) -> Deployment | None:
+        """The deployment that created the service: its first, or its first after the last prune that
+        succeeded (a pruned service added again is a new one). Its `options["origin"]` says who."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deployments WHERE service = ? AND seq > COALESCE((SELECT MAX(seq) "
+                "FROM deployments WHERE service = ? AND strategy = 'prune' AND status = 'succeeded'), 0) "
+                "ORDER BY seq LIMIT 1", (service, service)).fetchone()
+        return _deployment(row) if row else None
+
     def unfinished(self) -> list[Deployment]:
         """Deployments still `running`: after a restart, the ones the crash interrupted (oldest first)."""
         with self._lock:
@@ -371,6 +381,23 @@ class Journal:
         with self._lock:
             row = self._db.execute("SELECT state FROM service_state WHERE service = ?", (service,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def forget_service(self, service: str) -> None:
+        """Drop the service's saved state and schema (it was pruned); its deployments stay as history."""
+        with self.transaction():
+            self._db.execute("DELETE FROM service_state WHERE service = ?", (service,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (f"schema:{service}",))
+
+    def schema(self, service: str) -> dict[str, Any] | None:
+        """The service's schema state (controller/schema.py), None when it has none."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"schema:{service}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_schema(self, service: str, state: dict[str, Any]) -> None:
+        with self.transaction():
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                             "value = excluded.value", (f"schema:{service}", _json(state)))
 
     def services(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -20,10 +20,12 @@ from proxy.metrics import PoolCounters
 from proxy.upstream import Upstream
 
 from .analysis import error_breach
+from .apply.spec import spec_hash
 from .config.model import HealthCheck, ServiceConfig
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
+from .hooks import HookFailed, HookResult, preview_config, preview_secret, run_hook
 from .journal import Journal
 from .proxy_control import ProxyControl
 from .readiness import wait_healthy
@@ -41,7 +43,8 @@ log = structlog.get_logger("turnout.controller")
 class Operations:
     def __init__(self, *, backend: DockerBackend, proxy: ProxyControl, journal: Journal,
                  deployment_id: str, config: ServiceConfig, new: Release, old: Release | None,
-                 events: EventLog, signals: Signals, extra_labels: dict[str, str] | None = None) -> None:
+                 events: EventLog, signals: Signals, extra_labels: dict[str, str] | None = None,
+                 allow_host_hooks: bool = False, hooks: bool = True) -> None:
         self.backend = backend
         self.proxy = proxy
         self.journal = journal
@@ -63,6 +66,15 @@ class Operations:
         self.journal_errors: list[str] = []
         self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
         self.counters_at_start = proxy.counters(config.name)  # the old version's baseline starts here
+        self._spec_hashes: dict[str, str] = {}  # image -> spec hash of this config with it
+        self.allow_host_hooks = allow_host_hooks  # `run` hooks may run ([proxy] allow_host_hooks)
+        self.hooks_enabled = hooks  # False for rollbacks: the service's hooks are its new version's
+        self.preview_value: str | None = None  # X-Turnout-Pool value of a hook's preview route
+        self.hook_results: list[HookResult] = []
+        self.new_schema: tuple[int, int] | None = None  # schema versions the new image reads
+        self.contract_started = False  # the contract hook began: a failure from here on freezes
+        self.contracted = False  # ... and finished: the schema floor is this deploy's
+        self.force_past_migration = False  # a rollback told to ignore the schema gate
 
     # ------------------------------------------------------------ recording
     def step(self, name: str, **detail: Any) -> None:
@@ -96,6 +108,44 @@ class Operations:
         return {"proxy_failed": self.proxy.failed_requests(self.config.name) - self._failed_before,
                 "notes": list(self.notes)}
 
+    # ------------------------------------------------------------ hooks
+    async def hook(self, point: str) -> HookResult | None:
+        """Run the service's hook at `point`, if it has one (controller/hooks.py), as two journalled
+        steps. A failure with `on_failure = "abort"` raises HookFailed; with "warn" the deploy goes on."""
+        hook = self.config.hooks.get(point) if self.hooks_enabled else None
+        if hook is None:
+            return None
+        if point != "on_failure":
+            self.signals.check()
+        self.step("hook_started", point=point, kind=hook.kind, timeout=hook.timeout,
+                  on_failure=hook.on_failure)
+        result = await run_hook(self, point, hook)
+        self.hook_results.append(result)
+        self.add_time(f"hook_{point}", result.seconds)
+        self.step("hook_finished", **result.describe(), on_failure=hook.on_failure)
+        if not result.ok and hook.on_failure == "abort" and point != "on_failure":
+            raise HookFailed(result)
+        return result
+
+    async def pre_traffic(self) -> None:
+        """The `pre_traffic` hook, once the new set is healthy and before it gets traffic. An http hook
+        reaches it through a preview route: the new pool at weight 0 beside what is routed now, with an
+        override secret made for the hook."""
+        hook = self.config.hooks.get("pre_traffic") if self.hooks_enabled else None
+        if hook is None:
+            return
+        if hook.http is not None:
+            secret = preview_secret()
+            current = [p for p in self.proxy.pools(self.config.name).values() if p.name != self.new.pool]
+            spec = self.proxy.router.specs.get(self.config.name)
+            self.proxy.install(preview_config(self, secret), [*current, self.new.as_pool(0)],
+                               labels=spec.labels if spec else None)
+            self.preview_value = f"{self.new.pool}:{secret}"
+        try:
+            await self.hook("pre_traffic")
+        finally:
+            self.preview_value = None
+
     # ------------------------------------------------------------ containers
     async def start(self, release: Release, count: int) -> list[Container]:
         """Start `count` containers of `release` and wait until each is healthy.
@@ -121,6 +171,12 @@ class Operations:
                   addresses=[c.address for c in containers])
         return containers
 
+    async def spec_hash(self, image: str) -> str:
+        """The spec hash of this deploy's container definition with `image` as it is now (its ID)."""
+        if image not in self._spec_hashes:
+            self._spec_hashes[image] = spec_hash(self.config, await self.backend.image_id(image))
+        return self._spec_hashes[image]
+
     async def _start_one(self, release: Release) -> Container:
         config = self.config
         container = await self.backend.start(ContainerSpec(
@@ -130,6 +186,7 @@ class Operations:
             extra_labels={**config.labels, **self.extra_labels},
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
+            spec_hash=await self.spec_hash(release.image),
             init=config.init,
         ))
         try:

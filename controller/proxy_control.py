@@ -19,6 +19,7 @@ from .config.model import ServiceConfig
 class ProxyControl:
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.listen: str | None = None  # the proxy's plain HTTP address once bound (http hooks use it)
 
     def service_spec(self, config: ServiceConfig, pools: Sequence[PoolSpec],
                      labels: Mapping[str, str] | None = None, state: str = "active") -> ServiceSpec:

@@ -79,6 +79,32 @@ class BlueGreenOptions:
     preview: bool = False  # route a preview to green before the switch
 
 
+HOOK_POINTS = ("pre_deploy", "migrate", "pre_traffic", "post_switch", "contract", "post_deploy", "on_failure")
+HOOK_KINDS = ("oneoff", "exec", "http", "run")
+DEFAULT_HOOK_TIMEOUT = 300.0  # seconds a hook may take unless it says (`timeout`)
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """One deploy hook (controller/hooks.py): exactly one of the kinds, with its timeout and what its
+    failure does (`abort`: the deploy fails, or freezes past a schema floor; `warn`: it goes on)."""
+
+    oneoff: tuple[str, ...] | None = None  # a container of the new image runs this command
+    exec: tuple[str, ...] | None = None  # run inside one new container
+    http: str | None = None  # GET this path through the preview route: 2xx passes
+    run: tuple[str, ...] | None = None  # a host command (needs allow_host_hooks in [proxy])
+    timeout: float = DEFAULT_HOOK_TIMEOUT
+    on_failure: str = "abort"
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in HOOK_KINDS if getattr(self, k) is not None)
+
+    @property
+    def what(self) -> tuple[str, ...] | str:
+        return getattr(self, self.kind)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True, slots=True)
 class Volume:
     source: str  # absolute host path, or a named volume
@@ -127,6 +153,7 @@ class ServiceConfig:
     # Seconds the new version is watched after bigbang/bluegreen/rolling switch to it (5xx rate with the
     # canary's thresholds, active health); a breach rolls back. 0: no verification.
     verify: float = DEFAULT_VERIFY
+    hooks: dict[str, Hook] = field(default_factory=dict)  # point -> hook (HOOK_POINTS)
     compose_file: Path | None = None  # where the container definition came from, if a Compose file
     compose_service: str | None = None
 
@@ -137,11 +164,27 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """`[dashboard]`: the live dashboard in a browser (controller/dashboard/); off when absent."""
+
+    listen: str  # host:port; port 0 takes any free port (`turnout dashboard` prints the URL)
+    token: str | None = None  # required unless `listen` is loopback; then optional
+    allow_actions: bool = False  # promote / abort / pause / resume / rollback buttons (CSRF-protected)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     state_dir: Path = DEFAULT_STATE_DIR
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    dashboard: DashboardConfig | None = None  # None: no dashboard
     source: Path | None = None  # the file read; None: embedded defaults
+    allow_host_hooks: bool = False  # [proxy] allow_host_hooks: `run` hooks (host commands) may run
 
     @property
     def journal_path(self) -> Path:
@@ -153,7 +196,8 @@ class Config:
 
 # The keys each section accepts.
 PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name not in ("extra", "tls")}
-PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file", "tls"}
+PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file", "allow_host_hooks", "tls"}
+DASHBOARD_KEYS = frozenset({f.name for f in fields(DashboardConfig)})
 TLS_KEYS = frozenset({"listen", "certs_dir", "default", "redirect_http", "hsts", "min_version",
                       "handshake_timeout", "max_handshakes_per_client", "session_tickets", "acme"})
 ACME_KEYS = frozenset({"directory", "email", "ca_bundle", "hosts", "retry_min", "retry_max"})
@@ -163,7 +207,8 @@ ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
                             "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
-                            "stop_timeout", "init", "canary", "rolling", "bluegreen", "verify"})
+                            "stop_timeout", "init", "canary", "rolling", "bluegreen", "verify", "hooks"})
+HOOK_KEYS = frozenset({f.name for f in fields(Hook)})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",
                                  "override_networks"}

@@ -4,6 +4,7 @@ None). Each section has its reader here; a service may take its container defini
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -36,10 +37,15 @@ from .model import (
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CONTAINER_KEYS,
+    DASHBOARD_KEYS,
+    DEFAULT_HOOK_TIMEOUT,
     DEFAULT_STATE_DIR,
     DEFAULT_STOP_TIMEOUT,
     DEFAULT_VERIFY,
     HEALTH_KEYS,
+    HOOK_KEYS,
+    HOOK_KINDS,
+    HOOK_POINTS,
     MAX_REPLICAS,
     MIN_MEMORY_BYTES,
     PROXY_FIELDS,
@@ -52,7 +58,9 @@ from .model import (
     CanaryOptions,
     Config,
     ConfigError,
+    DashboardConfig,
     HealthCheck,
+    Hook,
     RollingOptions,
     ServiceConfig,
     Volume,
@@ -63,6 +71,8 @@ _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
 _HOST = re.compile(r"[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?")
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_URL_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # fits in `?token=` unescaped (secrets.token_urlsafe)
+MIN_DASHBOARD_TOKEN = 32
 
 
 def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
@@ -156,6 +166,39 @@ def _readable_dir(t: Table, key: str, base_dir: Path | None) -> Path:
     if not os.access(path, os.R_OK | os.X_OK):
         raise t.error(key, f"{path} cannot be read by this user")
     return path
+
+
+def read_dashboard(t: Table) -> DashboardConfig:
+    """`[dashboard]` (or `serve --dashboard`): a token is required unless the listener is loopback."""
+    t.reject_unknown(DASHBOARD_KEYS)
+    listen = t.string("listen")
+    if listen is None:
+        raise t.error("listen", "required: the dashboard's host:port, e.g. \"127.0.0.1:8081\"")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise t.error("listen", f"{listen!r} is not host:port with a port in 0-65535 (0: any free port)")
+    token = None if t.data.get("token") in (None, "") else t.string("token")  # `token = ""`: none
+    if token is not None:
+        if not _URL_TOKEN.fullmatch(token) or len(token) < MIN_DASHBOARD_TOKEN:
+            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ -"
+                                   " (make one with `python3 -c 'import secrets; "
+                                   "print(secrets.token_urlsafe(32))'`)")
+    elif not is_loopback(host.strip("[]")):
+        raise t.error("token", f"required when the dashboard listens beyond loopback ({listen})")
+    allow_actions = t.boolean("allow_actions", False)
+    if allow_actions and token is None:  # the admin socket is the owner's alone; so are its actions
+        raise t.error("allow_actions", "needs dashboard.token: without one, anyone on this host could "
+                                       "steer deploys from the dashboard")
+    return DashboardConfig(listen=listen, token=token, allow_actions=allow_actions)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _token_file(t: Table, base_dir: Path | None) -> str:
@@ -292,6 +335,42 @@ def read_bluegreen(t: Table | None) -> BlueGreenOptions:
     d = BlueGreenOptions()
     return BlueGreenOptions(keep_old=t.duration("keep_old", d.keep_old),
                             preview=t.boolean("preview", d.preview))
+
+
+def read_hooks(t: Table | None) -> dict[str, Hook]:
+    """`[services.X.hooks]`: point = { <kind> = ..., timeout = "5m", on_failure = "abort" | "warn" }."""
+    if t is None:
+        return {}
+    hooks = {}
+    for point in t.data:
+        if point not in HOOK_POINTS:
+            raise t.error(str(point), f"unknown hook point (known: {', '.join(HOOK_POINTS)})")
+        hook = t.table(point)
+        assert hook is not None
+        hook.reject_unknown(HOOK_KEYS)
+        kinds = [k for k in HOOK_KINDS if hook.has(k)]
+        if len(kinds) != 1:
+            raise t.error(point, f"needs exactly one of {', '.join(HOOK_KINDS)}, got "
+                          f"{', '.join(kinds) if kinds else 'none'}")
+        kind = kinds[0]
+        if kind in ("exec", "http") and point in ("pre_deploy", "migrate", "on_failure"):
+            raise hook.error(kind, f"no new container serves at {point} (a new set runs from pre_traffic "
+                             "to post_deploy); use oneoff or run")
+        value: Any
+        if kind == "http":
+            value = hook.string("http")
+            if not value.startswith("/"):
+                raise hook.error("http", f"must be a path starting with '/', got {value!r}")
+        else:
+            value = hook.data[kind]
+            if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+                raise hook.error(kind, f"must be a non-empty list of strings (the command and its "
+                                 f"arguments, e.g. [\"/app/migrate\", \"up\"]), got {value!r}")
+            value = tuple(value)
+        hooks[point] = Hook(**{kind: value},  # type: ignore[arg-type]
+                            timeout=hook.duration("timeout", DEFAULT_HOOK_TIMEOUT, positive=True),
+                            on_failure=hook.string("on_failure", "abort", choices=("abort", "warn")))
+    return hooks
 
 
 def read_image(t: Table) -> str | None:
@@ -478,6 +557,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),
         verify=t.duration("verify", DEFAULT_VERIFY),
+        hooks=read_hooks(t.table("hooks")),
         **common,
     )
 
@@ -516,14 +596,30 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate already-parsed TOML; relative paths resolve against the source file's directory."""
     base_dir = source.resolve().parent if source is not None else None
     top = Table(data, "", source)
-    top.reject_unknown(frozenset({"proxy", "services"}))
+    top.reject_unknown(frozenset({"proxy", "services", "dashboard"}))
     proxy_table = top.table("proxy") or Table({}, "proxy", source)
     proxy, state_dir = _proxy(proxy_table, base_dir)
+    allow_host_hooks = proxy_table.boolean("allow_host_hooks", False)
     services_table = top.table("services") or Table({}, "services", source)
     services = {name: read_service(name, services_table.table(name), base_dir)  # type: ignore[arg-type]
                 for name in services_table.data}
     _check_routes(services, source)
-    return Config(proxy=proxy, state_dir=state_dir, services=services, source=source)
+    dashboard_table = top.table("dashboard")
+    dashboard = read_dashboard(dashboard_table) if dashboard_table is not None else None
+    if not allow_host_hooks:
+        check_host_hooks(services.values(), source)
+    return Config(proxy=proxy, state_dir=state_dir, services=services, dashboard=dashboard, source=source,
+                  allow_host_hooks=allow_host_hooks)
+
+
+def check_host_hooks(services: Any, source: Path | str | None) -> None:
+    """`run` hooks (host commands) are refused unless `allow_host_hooks = true` in [proxy]."""
+    for service in services:
+        for point, hook in service.hooks.items():
+            if hook.run is not None:
+                raise ConfigError(f"services.{service.name}.hooks.{point}.run", "host command hooks are "
+                                  "refused unless `allow_host_hooks = true` in [proxy] (they run as the "
+                                  "Turnout daemon's user, on the host)", source)
 
 
 def _check_routes(services: dict[str, ServiceConfig], source: Path | None) -> None:

@@ -57,6 +57,9 @@ def _as_config(data: dict[str, Any]) -> dict[str, Any]:
         config["volumes"] = [_volume(v) for v in config["volumes"]]
     if isinstance(config.get("canary"), dict):
         config["canary"] = _canary(config["canary"])
+    if isinstance(config.get("hooks"), dict):  # a hook's unused kinds are None: absent keys
+        config["hooks"] = {point: {k: v for k, v in hook.items() if v is not None}
+                           if isinstance(hook, dict) else hook for point, hook in config["hooks"].items()}
     return config
 
 

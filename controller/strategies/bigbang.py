@@ -52,11 +52,13 @@ class BigBang:
         started = time.monotonic()
         await ops.start(new, ops.config.replicas)
         parts["start_and_health"] = time.monotonic() - started
+        await ops.pre_traffic()  # (requests are still held)
         ops.route([(new, 100)])
         gap = time.monotonic() - gap_started
         ops.add_time("gap", gap)
         ops.step("switched", weights={new.pool: 100}, gap_seconds=round(gap, 3),
                  gap_parts={k: round(v, 3) for k, v in parts.items()})
+        await ops.hook("post_switch")
         if killed and old is not None:  # why the gap was long, in the deploy's result
             ops.notes.append(f"big-bang's gap lasted {gap:.1f}s (requests were held): {parts['stop']:.1f}s "
                              f"waiting for {old.version} to exit, {parts['start_and_health']:.1f}s starting "

@@ -22,10 +22,14 @@ class Canary:
         options = ops.config.canary
         old, new = ops.old, ops.new
         await ops.start(new, ops.config.replicas)
+        await ops.pre_traffic()
         if old is None:
             ops.route([(new, 100)])
             ops.step("switched", weights={new.pool: 100})
+            await ops.hook("post_switch")
             return
+        # For followers (the dashboard's step list): the weights to come; not a step of the journal.
+        ops.events.emit("plan", steps=list(options.steps), step_pause=options.step_pause)
         for weight in options.steps:
             if weight >= 100:
                 break
@@ -39,6 +43,7 @@ class Canary:
                 break
         removed = ops.route([(new, 100)])
         ops.step("switched", weights={new.pool: 100})
+        await ops.hook("post_switch")
         await ops.drain(removed)
         await ops.remove(old.containers)
         old.containers = []  # gone: a rollback redeploys this version's image
@@ -55,15 +60,35 @@ class Judge:
         self.canary_release = canary
         self.options = ops.config.canary
         self.baseline = ops.proxy.counters(ops.config.name)
+        self.verdict = ""
 
     async def check(self) -> None:
-        self.ops.check_health(self.canary_release)  # ejected by the proxy's health checks: not healthy
+        try:
+            self.ops.check_health(self.canary_release)  # ejected by the health checks: not healthy
+            self._check_counters()
+        except AnalysisFailed as exc:
+            self._tell("failing", reason=str(exc))
+            raise
+
+    def _check_counters(self) -> None:
         now = self.ops.proxy.counters(self.ops.config.name)
         stable = _window(now, self.baseline, self.stable)
         canary = _window(now, self.baseline, self.canary)
         breach = error_breach(canary, stable, self.options) or latency_breach(canary, stable, self.options)
         if breach is not None:
             raise AnalysisFailed(f"canary {self.canary} {breach}")
+        if canary is None or canary.requests < self.options.min_requests:
+            self._tell("waiting", requests=canary.requests if canary else 0, needed=self.options.min_requests)
+        else:
+            self._tell("passing", requests=canary.requests, error_rate=round(canary.error_rate, 4),
+                       max_error_rate=self.options.max_error_rate)
+
+    def _tell(self, verdict: str, **figures: object) -> None:
+        """An `analysis` event for followers (the dashboard, `turnout deploy`) when the verdict changes:
+        a few per step, not one per check."""
+        if verdict != self.verdict:
+            self.verdict = verdict
+            self.ops.events.emit("analysis", verdict=verdict, canary=self.canary, **figures)
 
 
 def _window(now: dict[str, PoolCounters], before: dict[str, PoolCounters], pool: str) -> PoolCounters | None:

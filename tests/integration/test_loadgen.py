@@ -215,8 +215,10 @@ async def test_rate_mode_through_a_hold_offers_the_full_rate_when_the_bound_fits
         assert server.max_in_flight == 16 and result.not_sent > 0  # starts skipped while 16 were held
     else:
         assert server.max_in_flight == 59 and result.not_sent == 0  # every start offered through it
-    # the client's own count agrees: the held ones plus at most the one answered as the hold ended
-    assert server.max_in_flight <= result.peak_in_flight() <= server.max_in_flight + 1
+    # the client's own count agrees: at least the held ones, never beyond its bound. (Not "held + 1": on a
+    # busy machine the loop wakes late and starts several overdue slots at once, so more than one request
+    # can be on its way when the 60th reaches the server and ends the hold.)
+    assert server.max_in_flight <= result.peak_in_flight() <= bound
     assert result.to_dict()["peak_in_flight"] == result.peak_in_flight()
 
 

@@ -432,3 +432,35 @@ async def test_reconcile_restarts_a_stopped_release_and_removes_strays(world):
     assert stray.id not in backend.containers
     assert [p.name for p in router.table.services["web"].pools] == ["v1"]
     assert deployer.journal.history("web", 1)[0].strategy == "repair"
+
+
+async def test_canary_tells_its_plan_and_each_change_of_analysis_verdict(world):
+    """Followers (the dashboard, `turnout deploy`) see the weights to come and the verdicts: waiting for
+    requests, passing once judged, failing with the reason as it rolls back."""
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=5.0, analysis_interval=0.02,
+                                      min_requests=10))
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+
+    def verdicts() -> list[str]:
+        return [e["verdict"] for e in active.events.events if e["event"] == "analysis"]
+
+    while verdicts() != ["waiting"]:
+        await asyncio.sleep(0.01)
+    for _ in range(12):
+        router.metrics.pool("web", "v2").observe(200, 0.001)
+        router.metrics.pool("web", "v1").observe(200, 0.001)
+    while verdicts() != ["waiting", "passing"]:
+        await asyncio.sleep(0.01)
+    for _ in range(30):
+        router.metrics.pool("web", "v2").observe(500, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back"
+    [plan] = [e for e in active.events.events if e["event"] == "plan"]
+    assert plan["steps"] == [50, 100] and plan["step_pause"] == 5.0
+    analysis = [e for e in active.events.events if e["event"] == "analysis"]
+    assert [e["verdict"] for e in analysis] == ["waiting", "passing", "failing"]
+    assert analysis[1]["requests"] >= 10 and analysis[1]["error_rate"] == 0.0
+    assert "error rate" in analysis[2]["reason"]
+    assert [s.name for s in deployer.journal.steps(active.id)].count("weight") == 1  # not journal steps

@@ -7,6 +7,8 @@ echo "$APP_VERSION" > /www/version
 cp /app/cgi-bin/* /www/cgi-bin/
 if [ "$APP_MODE" = fail500 ]; then
   cp /app/cgi-bin/fail /www/cgi-bin/index.cgi
+elif [ "$APP_MODE" = schema ]; then
+  cp /app/schema.cgi /www/cgi-bin/index.cgi
 else
   echo "$APP_VERSION" > /www/index.html
 fi
