@@ -6,10 +6,12 @@ handling) through fake transports that only keep what is written, so one loop it
 Python the hot path runs for one keep-alive request: the request read, routing, the upstream write, the
 upstream's answer, the client write, the end of the exchange. No syscalls, no event loop wake-ups.
 
-    .venv/bin/python bench/hotpath_micro.py [--requests 200000] [--answer 16k] [--distinct]
+    .venv/bin/python bench/hotpath_micro.py [--requests 200000] [--answer 16k] [--distinct] [--rules 3]
     valgrind --tool=callgrind .venv/bin/python bench/hotpath_micro.py --requests 20000 --callgrind
 
 `--distinct`: every request head differs (a unique header), so no per-head cache can help.
+`--rules N`: the service has a weight-0 canary pool and N routing rules to it that the request does not
+match (bench/rules_proxy.py's); `--match`: the last one matches every request.
 `--callgrind`: zero callgrind's counters after the warm-up and dump them after the timed loop (run under
 valgrind; then Ir / requests is the Python cost per request, to ~0.1%).
 Run it under the machine lock (it is a timing benchmark).
@@ -72,6 +74,8 @@ def main() -> None:
     ap.add_argument("--answer", choices=sorted(ANSWERS), default="3")
     ap.add_argument("--distinct", action="store_true", help="a different request head every time")
     ap.add_argument("--callgrind", action="store_true", help="zero/dump callgrind around the timed loop")
+    ap.add_argument("--rules", type=int, default=0, help="routing rules (none matching the request)")
+    ap.add_argument("--match", action="store_true", help="with --rules: the last rule matches every request")
     args = ap.parse_args()
 
     import uvloop
@@ -79,6 +83,18 @@ def main() -> None:
     loop = uvloop.new_event_loop()
     config = ProxyConfig(listen="127.0.0.1:18099", access_log=False)
     router = static_router(config, ["127.0.0.1:18080"])
+    if args.rules:
+        from rules_proxy import MATCH_ALL, RULES
+
+        from proxy.specs import ServiceSpec
+
+        rules = RULES[:args.rules]
+        if args.match:
+            rules = [*rules[:-1], MATCH_ALL]
+        router.set_service(ServiceSpec.from_dict({
+            "name": "default", "labels": {"stable": "main", "canary": "canary"}, "rules": rules,
+            "pools": [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:18080"]},
+                      {"name": "canary", "weight": 0, "upstreams": ["127.0.0.1:18080"]}]}))
     server = ProxyServer(router, config)
     server.loop = loop
     upstream = next(iter(router.upstreams.values()))
@@ -118,7 +134,9 @@ def main() -> None:
     if args.callgrind:
         subprocess.run(["callgrind_control", "-d", str(os.getpid())], check=True, capture_output=True)
     assert client_transport.writes - writes0 == args.requests, "one client write per request"
-    print(f"{args.requests} requests, answer {args.answer}{' distinct heads' if args.distinct else ''}: "
+    rules = f", {args.rules} rules{' (one matching)' if args.match else ''}" if args.rules else ""
+    distinct = " distinct heads" if args.distinct else ""
+    print(f"{args.requests} requests, answer {args.answer}{distinct}{rules}: "
           f"{elapsed / args.requests * 1e6:.2f} us/request of Python hot path "
           f"(client writes/request {(client_transport.writes - writes0) / args.requests:.0f}, "
           f"upstream writes/request {up_transport.writes / (args.requests + min(2000, len(heads))):.0f})")

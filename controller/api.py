@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import ApiError, describe_table, read_json
+from proxy.admin import RULES_SETTER, ApiError, describe_table, read_json
 from proxy.tls.admin import HTTPS_KEY
 
 from .apply.run import ApplyOptions, applier_for
@@ -29,6 +29,7 @@ LISTEN_KEY = web.AppKey("listen", str)
 def add_controller_routes(app: web.Application, deployer: Deployer, listen: str) -> None:
     app[DEPLOYER_KEY] = deployer
     app[LISTEN_KEY] = listen
+    app[RULES_SETTER] = deployer.set_rules  # rules set live are kept in the service's config and journal
     app.middlewares.append(_turnout_errors)
     app.router.add_post("/v1/deploy", post_deploy)
     app.router.add_post("/v1/apply", post_apply)

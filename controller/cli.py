@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config.model import STRATEGIES
+from .config.model import SHIFTING, STRATEGIES
 from .errors import TurnoutError, UsageError
 from .events import describe_event, describe_hook
 
@@ -28,6 +28,7 @@ examples:
   turnout serve                                   # proxy on 127.0.0.1:8000, state in .turnout/
   turnout deploy web --image myapp:v1 --port 8080 --replicas 2
   turnout deploy web --image myapp:v2 --strategy canary --steps 5,25,50,100 --step-pause 30s
+  turnout deploy web --image myapp:v2 --strategy ab --match 'header:X-Canary=always' --duration 10m
   turnout status web
   turnout status --watch                          # live: weights, split, health, deploy progress
   turnout dashboard                               # the address of the same picture in a browser
@@ -37,7 +38,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary) "
+        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary, A/B) "
         "on a single Docker host.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="daemon state (journal, admin socket) [default: .turnout or $TURNOUT_STATE_DIR]")
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
     opts.add_argument("--verify", help="bigbang/bluegreen/rolling: watch the new version this long after "
                       "the switch, rolling back on an error-rate or health breach, e.g. 2s; 0 disables [2s]")
+    opts.add_argument("--match", help="ab: the requests that reach the new version, e.g. "
+                      "header:X-Canary=always, cookie:beta=prefix:y, query:ab=1 or hash:cookie:account_id=10")
+    opts.add_argument("--duration", help="ab: how long matching requests are judged before the end, e.g. "
+                      "10m [10m]")
+    opts.add_argument("--then", choices=("promote", "canary"),
+                      help="ab: what follows a passed A/B phase: promote the new version, or hand it on to "
+                      "the canary's weight steps [promote]")
     opts.add_argument("--preview", action="store_true",
                       help="blue-green: route the new set only for the pool override until `turnout "
                       "promote` (prints the X-Turnout-Pool header that reaches it)")
@@ -150,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("service")
     rehearse.add_argument("--image", required=True, help="the new version (a local image)")
     which = rehearse.add_mutually_exclusive_group()
-    which.add_argument("--strategy", choices=STRATEGIES)
+    which.add_argument("--strategy", choices=SHIFTING)
     which.add_argument("--all-strategies", action="store_true",
                        help="run the four strategies one after another (alternating images) and compare")
     load = rehearse.add_mutually_exclusive_group()
@@ -177,6 +185,42 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--steps", help="canary weights, e.g. 10,50,100")
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    rules = sub.add_parser(
+        "rules", help="a service's routing rules: list, set (replace all) or clear",
+        description="Routing rules send matching requests to a pool (canary, stable or a version), tried "
+        "in order after the X-Turnout-Pool override and before the sticky cookie and the weights; a rule "
+        "whose pool is not routable falls through. Changes apply at once and are kept in the journal.")
+    actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the rules in order, where each sends now, and its matches")
+    listing.add_argument("service")
+    listing.add_argument("--json", action="store_true")
+    setting = actions.add_parser(
+        "set", help="replace the service's rules with these, in this order",
+        description="Replace SERVICE's rules. MATCH is header:NAME=VALUE, cookie:NAME=VALUE, "
+        "query:NAME=VALUE (VALUE exact, prefix:..., regex:... matching whole) or hash:cookie:NAME=PERCENT "
+        "(stable buckets of that cookie's value; hash:header:NAME=PERCENT for a header). TO is canary, "
+        "stable or a version. Example: turnout rules set web --rule insiders header:X-Canary=always canary "
+        "--rule beta hash:cookie:account_id=10 canary")
+    setting.add_argument("service")
+    given = setting.add_mutually_exclusive_group(required=True)
+    given.add_argument("--rule", nargs=3, action="append", metavar=("NAME", "MATCH", "TO"),
+                       help="one rule (repeat for more; the order is the order of matching)")
+    given.add_argument("--file", type=Path,
+                       help="a TOML file of [[rules]] tables (name, match, to), as in turnout.toml")
+    clearing = actions.add_parser("clear", help="remove every rule of the service")
+    clearing.add_argument("service")
+
+    mirror = sub.add_parser(
+        "mirror", help="shadow traffic: the report of differences between mirrored answers",
+        description="A service with [services.NAME.mirror] copies sampled requests to another pool (the "
+        "canary by default) and compares the answers with the clients'. The report groups differences per "
+        "endpoint template (GET /items/{id}) with the differing fields; fields that also differ between two "
+        "upstreams of the stable pool are learned as noise and left out.")
+    reports = mirror.add_subparsers(dest="mirror_command", required=True, metavar="ACTION")
+    report = reports.add_parser("report", help="what was copied, and the differences per endpoint")
+    report.add_argument("service")
+    report.add_argument("--json", action="store_true")
 
     for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version); "
                         "a frozen deploy keeps what serves"),
@@ -310,7 +354,8 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("port", "replicas", "health_path", "host")
              if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("steps", "step_pause", "preset", "max_error_rate",
-                                             "max_surge", "max_unavailable", "keep_old", "verify")
+                                             "max_surge", "max_unavailable", "keep_old", "verify", "match",
+                                             "duration", "then")
                if getattr(args, k) is not None}
     if args.preview:
         options["preview"] = True
@@ -452,6 +497,23 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dashboard(client: Any, args: argparse.Namespace) -> int:
+    info = await client.request("GET", "/v1/dashboard")
+    if not info["enabled"]:
+        print("turnout: the dashboard is off: add a [dashboard] section to turnout.toml "
+              '(listen = "127.0.0.1:8081"), or start `turnout serve --dashboard 127.0.0.1:8081`',
+              file=sys.stderr)
+        return 1
+    if info["token"] and args.with_token:
+        print(f"{info['url']}?token={info['token']}")
+    else:
+        print(info["url"])
+        if info["token"]:
+            print("it asks for its token once: open it with ?token=<dashboard.token> "
+                  "(`turnout dashboard --with-token` prints that address)", file=sys.stderr)
+    return 0
+
+
 async def _certs(client: Any, args: argparse.Namespace) -> int:
     if args.action == "reload":
         data = await client.request("POST", "/v1/certs/reload")
@@ -480,23 +542,6 @@ async def _certs(client: Any, args: argparse.Namespace) -> int:
     return 1 if data["errors"] else 0
 
 
-async def _dashboard(client: Any, args: argparse.Namespace) -> int:
-    info = await client.request("GET", "/v1/dashboard")
-    if not info["enabled"]:
-        print("turnout: the dashboard is off: add a [dashboard] section to turnout.toml "
-              '(listen = "127.0.0.1:8081"), or start `turnout serve --dashboard 127.0.0.1:8081`',
-              file=sys.stderr)
-        return 1
-    if info["token"] and args.with_token:
-        print(f"{info['url']}?token={info['token']}")
-    else:
-        print(info["url"])
-        if info["token"]:
-            print("it asks for its token once: open it with ?token=<dashboard.token> "
-                  "(`turnout dashboard --with-token` prints that address)", file=sys.stderr)
-    return 0
-
-
 async def _history(client: Any, args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit)}
     if args.steps:
@@ -517,6 +562,74 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
             print(f"    {step.get('name')}: {hook or json.dumps(step.get('detail'))}")
     if not data["deployments"]:
         print(f"no deployments of {args.service} yet")
+    return 0
+
+
+async def _rules(client: Any, args: argparse.Namespace) -> int:
+    from .config.reader import match_text
+
+    path = f"/v1/services/{args.service}/rules"
+    if args.rules_command == "list":
+        data = await client.request("GET", path)
+    elif args.rules_command == "clear":
+        data = await client.request("DELETE", path)
+    else:
+        rules = _rules_from_args(args)
+        data = await client.request("PUT", path, {"rules": [rule.to_dict() for rule in rules]})
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{args.service}: {len(data['rules'])} rule(s)" + (", tried in order" if data["rules"] else ""))
+    for i, rule in enumerate(data["rules"], 1):
+        where = rule["pool"] or "nowhere now: falls through"
+        print(f"  {i}. {rule['name']:<16} {match_text(rule['match']):<40} -> {rule['to']} ({where}), "
+              f"{rule['matches']} routed")
+    return 0
+
+
+def _rules_from_args(args: argparse.Namespace) -> Any:
+    from .config.model import ConfigError
+    from .config.overrides import rules_from_flags
+    from .config.reader import read_rules
+    from .config.table import Table
+
+    if args.rule:
+        return rules_from_flags(args.rule)
+    import tomllib
+
+    try:
+        data = tomllib.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"cannot read rules: {exc}", args.file) from None
+    table = Table(data, "", args.file)
+    table.reject_unknown({"rules"})
+    return read_rules(table)
+
+
+async def _mirror(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("GET", f"/v1/services/{args.service}/mirror")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    spec, counts = data["mirror"], data["counts"]
+    target = data["target_pool"] or "no routable pool now: nothing is copied"
+    print(f"{args.service}: mirror to {spec['to']} ({target}), {spec['percent']:g}% of "
+          f"{', '.join(spec['methods'])}, at most {spec['max_per_second']}/s, compare "
+          f"{'on' if spec['compare'] else 'off'}")
+    dropped = counts["dropped_queue_full"] + counts["dropped_rate"] + counts["dropped_body"]
+    print(f"  copies: {counts['sampled']} sampled, {counts['sent']} sent, {counts['compared']} compared, "
+          f"{counts['failed']} failed, {dropped} dropped (queue full {counts['dropped_queue_full']}, "
+          f"rate {counts['dropped_rate']}, body {counts['dropped_body']}), {counts['unanswered']} without "
+          "the client's whole answer")
+    if data["diff_rate"] is not None:
+        print(f"  diff rate: {data['diff_rate']:.1%}")
+    for entry in data["endpoints"]:
+        print(f"  {entry['endpoint']}: {entry['differing']} of {entry['compared']} differ")
+        for item in entry["fields"]:
+            print(f"      {item['field']:<28} {item['count']:>6}x  primary {item['primary']}  "
+                  f"mirror {item['mirror']}")
+        if entry["noise"]:
+            print(f"      noise (differs between stable upstreams too): {', '.join(entry['noise'])}")
     return 0
 
 
@@ -587,7 +700,7 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
             parse_address("--connect-to", args.connect_to)
         except ValidationError as exc:
             raise UsageError(str(exc)) from None
-    strategies = STRATEGIES if args.all_strategies else (args.strategy,)
+    strategies = SHIFTING if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),
@@ -623,6 +736,8 @@ COMMANDS = {
     "abort": _signal("abort"),
     "pause": _signal("pause"),
     "resume": _signal("resume"),
+    "rules": _rules,
+    "mirror": _mirror,
 }
 
 

@@ -153,7 +153,9 @@ class Daemon:
 
     async def _start_dashboard(self, stack: AsyncExitStack) -> None:
         assert self.deployer is not None
-        self.feed = Feed(self.router, self.deployer)
+        https = self.https
+        self.feed = Feed(self.router, self.deployer,
+                         certificates=https.describe if https is not None else None)
         self.feed.start()
         stack.push_async_callback(self.feed.stop)
         if self.config.dashboard is not None:
@@ -166,8 +168,8 @@ class Daemon:
         app = create_admin_app(self.router)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
-        add_tls_routes(app, self.https)
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
+        add_tls_routes(app, self.https)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -185,8 +187,8 @@ class Daemon:
         if proxy.admin_tcp:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
             add_controller_routes(tcp_app, self.deployer, self.listen)
-            add_tls_routes(tcp_app, self.https)
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
+            add_tls_routes(tcp_app, self.https)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             stack.push_async_callback(tcp_runner.cleanup)

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from proxy.specs import NAME_RE
+from proxy.specs import NAME_RE, RuleSpec
 
 from .config.model import ConfigError, ServiceConfig
 from .config.reader import check_host_hooks
@@ -51,7 +51,7 @@ ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engi
 # What a deploy's options change for that deploy only (`--preview`, `--keep-old`, `--steps`,
 # `--max-surge`, `--verify`, ...): afterwards the service keeps the values its config gives. (The image
 # and replicas a deploy asks for describe what then runs: those stay.)
-PER_DEPLOY = ("canary", "rolling", "bluegreen", "verify", "hold_timeout", "drain_timeout")
+PER_DEPLOY = ("canary", "rolling", "bluegreen", "ab", "verify", "hold_timeout", "drain_timeout")
 STATIC_VERSION = "static"  # what a change of a static service (no release) is journalled as
 # A version names its pool (`<version>` or `<version>-<n>`, n < 100000): a pool name is at most 63.
 MAX_VERSION = 57
@@ -125,6 +125,9 @@ class Deployer:
         strategy = strategy or config.strategy
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+        check = getattr(STRATEGIES[strategy], "check", None)  # what it needs of the config (ab: a match)
+        if check is not None:
+            check(config)  # refused before anything starts
         old = self.releases.get(config.name)
         version = check_version(version or version_of(image))
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
@@ -200,6 +203,24 @@ class Deployer:
     async def readable(self, image: str) -> tuple[int, int] | None:
         """The schema versions `image` reads (its turnout.schema label); None without one."""
         return read_range((await self.backend.image_labels(image)).get(SCHEMA_LABEL), image)
+    def set_rules(self, service: str, rules: tuple[RuleSpec, ...]) -> None:
+        """Routing rules changed live (`turnout rules set|clear`, the admin API): kept in the service's
+        config and its journal state (so a daemon restarted without a config file naming the service keeps
+        them), then installed in one swap. Refused while a deploy of the service runs: its routing (an
+        `ab` deploy's own rule first) comes from the config it started with."""
+        if service in self.active:
+            raise DeployInProgress(service, self.active[service].id)
+        self.proxy.router.service_spec(service)  # an unknown service changes nothing
+        config = self.configs.get(service)
+        if config is not None:
+            self.configs[service] = replace(config, rules=tuple(rules))
+            if service in self.releases:
+                try:
+                    self._save_state(service)
+                except Exception:
+                    self.configs[service] = config  # refused by the journal: nothing changed
+                    raise
+        self.proxy.router.set_rules(service, tuple(rules))
 
     async def _all_exist(self, containers: list[Container]) -> bool:
         if not containers:
@@ -740,7 +761,8 @@ class Deployer:
     async def _stop_warm(self, config: ServiceConfig, current: Release, old: Release) -> None:
         if self.releases.get(config.name) is not current or self.previous.get(config.name) is not old:
             return  # work held before this one changed what serves
-        removed = self.proxy.install(config, [current.as_pool(100)],
+        # The service's routing settings as they are now (rules may have changed since the deploy).
+        removed = self.proxy.install(self.configs.get(config.name, config), [current.as_pool(100)],
                                      labels={"stable": current.pool})
         await self.proxy.wait_drained(removed)
         for container in old.containers:

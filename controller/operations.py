@@ -254,11 +254,16 @@ class Operations:
         config = config or self.config
         if hold_timeout is not None:
             config = replace(config, hold_timeout=hold_timeout)
-        return self.proxy.install(config, pools, labels={"stable": self._stable_pool(weights)})
+        return self.proxy.install(config, pools, labels=self._labels(weights))
 
-    @staticmethod
-    def _stable_pool(weights: Sequence[tuple[Release, int]]) -> str:
-        return max(weights, key=lambda rw: rw[1])[0].pool if weights else ""
+    def _labels(self, weights: Sequence[tuple[Release, int]]) -> dict[str, str]:
+        """Which pool is stable (the heaviest) and, while the new release is routed beside it, which is
+        the canary: what routing rules' `to = "stable"` / `"canary"` name (proxy/service.py)."""
+        stable = max(weights, key=lambda rw: rw[1])[0].pool if weights else ""
+        labels = {"stable": stable}
+        if any(release.pool == self.new.pool for release, _ in weights) and self.new.pool != stable:
+            labels["canary"] = self.new.pool
+        return labels
 
     async def drain(self, removed: Sequence[Upstream]) -> None:
         if not removed:

@@ -38,6 +38,7 @@ from .http import (
     next_request_id,
     sticky_cookie,
 )
+from .mirror import Job as MirrorJob
 from .pool import Pool
 from .service import Service
 from .table import RoutingTable
@@ -82,7 +83,8 @@ class Listener(Protocol):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
-        "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "peer", "pending",
+        "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "mjob", "peer",
+        "pending",
         "pending_size",
         "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
         "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
@@ -131,6 +133,7 @@ class ClientConnection(asyncio.Protocol):
         self.suffix = b""
         self.head_tag = b""
         self.alog: Tap | None = None  # the access log's tap, when the access log is on
+        self.mjob: MirrorJob | None = None  # a sampled request's copy, waiting for the rest of its body
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -255,11 +258,12 @@ class ClientConnection(asyncio.Protocol):
         if (service is None or service.state != "active" or self.closed
                 or len(head) > self.config.max_header_bytes):
             return False
-        pool = service.only  # one weighted pool: no draw (the usual case)
+        pool = service.only  # one weighted pool, no rule: no draw (the usual case)
         if pool is None:
-            if service.sticky:
+            if service.full_path_only:  # sticky, or mirrored (proxy/mirror.py)
                 return False
-            pool = service.choose()  # the draw select(None, None) makes
+            # What select(None, None, req) does: the rules (remembered per head), else the draw.
+            pool = service.choose() if service.rules is None else service.choose_plain(req)
             if pool is None:
                 return False
         upstream = pool.only or pool.pick()  # a drawn pool is routable: pick() finds an upstream
@@ -332,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.attempts = 0
+        self.mjob = None
         if req.chunked:
             self.chunker = ChunkedFramer()
             self.reading_body = True
@@ -381,9 +386,16 @@ class ClientConnection(asyncio.Protocol):
                 self.pending_size += n
                 if self.pending_size > PENDING_LIMIT:
                     self._pause(_P_PENDING)
+            job = self.mjob
+            if job is not None and not job.mirror.add_body(job, piece):
+                self.mjob = None
         if done:
             self.reading_body = False
             self.chunker = None
+            job = self.mjob
+            if job is not None:  # the whole request is read: its copy may go
+                self.mjob = None
+                job.mirror.submit(job)
             if self.upconn is not None and not self.head_sent:
                 self._set_deadline(D_UPSTREAM, self.config.upstream_timeout)
             elif self.dkind == D_BODY:
@@ -407,14 +419,14 @@ class ClientConnection(asyncio.Protocol):
             return None
         if state != "active":
             return service
-        pool = service.only  # one pool takes all traffic, no sticky cookie: no draw (the usual case)
+        pool = service.only  # one pool takes all traffic, no rule, no sticky cookie: no draw (the usual case)
         if pool is not None and req.forced is None and req.cookies is None:
             set_cookie = False
         elif req.forced is not None or req.cookies is not None:
             forced, sticky = forced_and_sticky(req, service.cookie_name)
-            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky)
+            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky, req)
         else:
-            pool, set_cookie = service.select(None, None)
+            pool, set_cookie = service.select(None, None, req)
         if pool is None:
             return service
         upstream = pool.only or pool.pick()
@@ -428,6 +440,9 @@ class ClientConnection(asyncio.Protocol):
         upstream.begin(self)
         pool.stats.inflight += 1
         self._dispatch_needed = True
+        mirror = service.mirror
+        if mirror is not None:  # shadow traffic: a copy of this request, maybe (never delays this one)
+            self.mjob = mirror.sample(self, pool, upstream, service.mirror_pool, req)  # type: ignore[arg-type]
         return None
 
     async def _hold(self, service: Service) -> None:

@@ -107,6 +107,7 @@ class RequestHead:
     host_raw = b""
     origin: bytes | None = None  # absolute-form target: its origin-form (sent upstream, with Host rewritten)
     plain = False  # what the fast lane can carry (see `is_plain`)
+    raw = b""  # the head's bytes as the client sent them (what routing rules match: proxy/rules.py)
 
     def __init__(self, method: bytes, target: bytes, http11: bool) -> None:
         self.method = method
@@ -145,6 +146,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     method, target, minor = m.group(1, 2, 3)
     http11 = minor == b"1"
     req = RequestHead(method, target, http11)
+    req.raw = head
     if method == b"CONNECT":
         raise BadRequest(400, "CONNECT is not proxied")
     hosts = 0

@@ -105,11 +105,42 @@ class PoolCounters:
         )
 
 
+class RuleStats:
+    """Requests one routing rule sent to its pool (rules that matched but fell through are not counted)."""
+
+    __slots__ = ("matches",)
+
+    def __init__(self) -> None:
+        self.matches = 0
+
+
+MIRROR_OUTCOMES = ("sampled", "sent", "compared", "failed", "dropped_queue_full", "dropped_rate",
+                   "dropped_body", "dropped_target_down", "unanswered", "internal_errors")
+
+
+class MirrorStats:
+    """What happened to one service's shadow traffic (proxy/mirror.py): copies sampled, sent (answered),
+    compared with the client's answer, failed at the mirror target, dropped (queue full, over
+    `max_per_second`, body over `max_body`, the target failing every copy of late), not compared for lack
+    of the client's whole answer."""
+
+    __slots__ = MIRROR_OUTCOMES
+
+    def __init__(self) -> None:
+        for name in MIRROR_OUTCOMES:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in MIRROR_OUTCOMES}
+
+
 class Metrics:
     """Registry of PoolStats by (service, pool), plus proxy-wide counters."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], PoolStats] = {}
+        self.rules: dict[tuple[str, str], RuleStats] = {}  # by (service, rule name), across swaps
+        self.mirrors: dict[str, MirrorStats] = {}  # by service, across swaps
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
         self.hold_timeouts: dict[str, int] = {}  # by service: held requests answered 503 at their deadline
         self.drain_aborted = 0
@@ -122,6 +153,19 @@ class Metrics:
         stats = self.pools.get(key)
         if stats is None:
             stats = self.pools[key] = PoolStats()
+        return stats
+
+    def rule(self, service: str, rule: str) -> RuleStats:
+        key = (service, rule)
+        stats = self.rules.get(key)
+        if stats is None:
+            stats = self.rules[key] = RuleStats()
+        return stats
+
+    def mirror(self, service: str) -> MirrorStats:
+        stats = self.mirrors.get(service)
+        if stats is None:
+            stats = self.mirrors[service] = MirrorStats()
         return stats
 
     def counters(self, service: str) -> dict[str, PoolCounters]:
@@ -150,6 +194,15 @@ class Metrics:
                 for cls, count in enumerate(s._overridden.snapshot().classes, 1):
                     out.append(f'turnout_override_requests_total{{service="{svc}",pool="{pool}",'
                                f'code="{cls}xx"}} {count}')
+        out += ["# HELP turnout_rule_matches_total Requests a routing rule sent to its pool, by rule.",
+                "# TYPE turnout_rule_matches_total counter"]
+        for (svc, rule), r in sorted(self.rules.items()):
+            out.append(f'turnout_rule_matches_total{{service="{svc}",rule="{rule}"}} {r.matches}')
+        out += ["# HELP turnout_mirror_requests_total Shadow traffic copies, by service and outcome.",
+                "# TYPE turnout_mirror_requests_total counter"]
+        for svc, m in sorted(self.mirrors.items()):
+            for outcome, count in m.as_dict().items():
+                out.append(f'turnout_mirror_requests_total{{service="{svc}",outcome="{outcome}"}} {count}')
         out += ["# HELP turnout_proxy_errors_total 502/503/504 answers made by the proxy itself.",
                 "# TYPE turnout_proxy_errors_total counter"]
         for (svc, pool), s in sorted(self.pools.items()):

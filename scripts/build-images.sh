@@ -6,6 +6,7 @@
 #   turnout-testapp:fail500        healthy, but / answers 500
 #   turnout-testapp:flaky          /healthz alternates pass/fail per probe (never 2 passes in a row)
 #   turnout-testapp:sick           /healthz passes 3 probes, then fails for good
+#   turnout-testapp:pricier        v2 whose /cgi-bin/items/ID answers price 12 instead of 10 (shadow traffic)
 #   turnout-testapp:keepalive-v1, :keepalive-v2   v1/v2 on a keep-alive server that closes connections
 #                                  idle for 40 ms (busybox httpd closes after every answer)
 #   turnout-testapp:noterm         healthy, but ignores SIGTERM as PID 1 (docker stop kills it: exit 137)
@@ -40,6 +41,7 @@ build crash v-crash crash
 build fail500 v-fail500 fail500
 build flaky v-flaky flaky
 build sick v-sick sick
+build pricier v2 pricier
 build keepalive-v1 v1 ok keepalive
 build keepalive-v2 v2 ok keepalive
 build noterm v-noterm noterm

@@ -10,12 +10,17 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from proxy.config import ProxyConfig
-from proxy.specs import HealthSpec
+from proxy.specs import HealthSpec, MirrorSpec, RuleSpec
 
 from ..errors import TurnoutError
 from ..hardening import DEFAULT_CAP_ADD, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT, DEFAULT_SECURITY_OPT
 
-STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
+# Strategies that move all traffic on their own (what `rehearse --all-strategies` and the benchmarks run)
+SHIFTING = ("bigbang", "bluegreen", "rolling", "canary")
+# ... and `ab`, which needs a match (`--match`): only matching requests reach the new version until it is
+# judged, then it is promoted or handed on to a canary.
+STRATEGIES = (*SHIFTING, "ab")
+AB_THEN = ("promote", "canary")  # what follows a passed A/B phase
 DEFAULT_STATE_DIR = Path(".turnout")
 CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
@@ -61,10 +66,23 @@ class CanaryOptions:
     min_requests: int = 20  # requests the canary must see at a step before it is judged
     analysis_interval: float = 1.0
     preset: str | None = None  # the preset the steps came from, for display
+    # Share of mirrored requests whose answers differ (proxy/mirror_diff.py) above which the new version
+    # is rolled back (judged once `min_requests` copies were compared); None: differences never roll back.
+    max_diff_rate: float | None = None
 
     @property
     def manual(self) -> bool:
         return self.step_pause is None
+
+
+@dataclass(frozen=True, slots=True)
+class AbOptions:
+    """The `ab` strategy: requests matching `match` (a rule named "ab" to the canary) reach the new
+    version for `duration`, judged by the canary's analysis against the stable pool; then `then`."""
+
+    match: RuleSpec | None = None
+    duration: float = 600.0
+    then: str = "promote"  # or "canary": hand on to the canary's weight steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +162,17 @@ class ServiceConfig:
     override: str = "off"
     override_secret: str | None = None
     override_networks: tuple[str, ...] = ()
+    # Routing rules (`[[services.x.rules]]`, proxy/rules.py), tried in order after the pool override.
+    rules: tuple[RuleSpec, ...] = ()
+    # Shadow traffic with a response diff (`[services.x.mirror]`, proxy/mirror.py); None: no mirror.
+    mirror: MirrorSpec | None = None
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
     upstreams: tuple[str, ...] = ()  # static "host:port" upstreams: routed, not managed
     canary: CanaryOptions = field(default_factory=CanaryOptions)
     rolling: RollingOptions = field(default_factory=RollingOptions)
     bluegreen: BlueGreenOptions = field(default_factory=BlueGreenOptions)
+    ab: AbOptions = field(default_factory=AbOptions)
     # Seconds the new version is watched after bigbang/bluegreen/rolling switch to it (5xx rate with the
     # canary's thresholds, active health); a breach rolls back. 0: no verification.
     verify: float = DEFAULT_VERIFY
@@ -205,13 +228,15 @@ HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
+AB_KEYS = frozenset({f.name for f in fields(AbOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
                             "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
-                            "stop_timeout", "init", "canary", "rolling", "bluegreen", "verify", "hooks"})
+                            "stop_timeout", "init", "canary", "rolling", "bluegreen", "ab", "verify",
+                            "hooks"})
 HOOK_KEYS = frozenset({f.name for f in fields(Hook)})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
                                  "upstreams", "compose", "service", "override", "override_secret",
-                                 "override_networks"}
+                                 "override_networks", "rules", "mirror"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
-OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES
+OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | AB_KEYS | SERVICE_OVERRIDES

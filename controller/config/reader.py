@@ -16,7 +16,16 @@ from typing import Any
 
 from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, override_settings, parse_address
+from proxy.specs import (
+    NAME_RE,
+    MirrorSpec,
+    RuleSpec,
+    mirror_from_dict,
+    override_settings,
+    parse_address,
+    rule_from_dict,
+    rules_from_list,
+)
 from proxy.tls.config import AcmeConfig, TlsConfig
 
 from ..hardening import (
@@ -33,6 +42,8 @@ from ..labels import CORE_KEYS
 from .compose import read_compose_service
 from .duration import DurationError, parse_duration
 from .model import (
+    AB_KEYS,
+    AB_THEN,
     ACME_KEYS,
     BLUEGREEN_KEYS,
     CANARY_KEYS,
@@ -54,6 +65,7 @@ from .model import (
     SERVICE_KEYS,
     STRATEGIES,
     TLS_KEYS,
+    AbOptions,
     BlueGreenOptions,
     CanaryOptions,
     Config,
@@ -73,6 +85,12 @@ _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _URL_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # fits in `?token=` unescaped (secrets.token_urlsafe)
 MIN_DASHBOARD_TOKEN = 32
+# A rule's match written on one line (`--match`, `--rule`): `header:X-Canary=always`, `cookie:beta=prefix:y`,
+# `query:b=1`, `hash:cookie:account_id=10%` (the value takes turnout.toml's forms: exact, prefix:, regex:).
+_MATCH_TEXT = re.compile(r"(header|cookie|query):([^=]+)=(.*)", re.DOTALL)
+_HASH_TEXT = re.compile(r"hash:(cookie|header):([^=]+)=([0-9]+(?:\.[0-9]+)?)%?")
+MATCH_SYNTAX = ("header:NAME=VALUE, cookie:NAME=VALUE, query:NAME=VALUE (VALUE: exact, prefix:..., "
+                "regex:...) or hash:cookie:NAME=PERCENT (or hash:header:...)")
 
 
 def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
@@ -112,6 +130,37 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
         raise t.error("admin_token_file" if from_file else exc.key, exc.message) from None
 
 
+def read_dashboard(t: Table) -> DashboardConfig:
+    """`[dashboard]` (or `serve --dashboard`): a token is required unless the listener is loopback."""
+    t.reject_unknown(DASHBOARD_KEYS)
+    listen = t.string("listen")
+    if listen is None:
+        raise t.error("listen", "required: the dashboard's host:port, e.g. \"127.0.0.1:8081\"")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise t.error("listen", f"{listen!r} is not host:port with a port in 0-65535 (0: any free port)")
+    token = None if t.data.get("token") in (None, "") else t.string("token")  # `token = ""`: none
+    if token is not None:
+        if not _URL_TOKEN.fullmatch(token) or len(token) < MIN_DASHBOARD_TOKEN:
+            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ -"
+                                   " (make one with `python3 -c 'import secrets; "
+                                   "print(secrets.token_urlsafe(32))'`)")
+    elif not is_loopback(host.strip("[]")):
+        raise t.error("token", f"required when the dashboard listens beyond loopback ({listen})")
+    allow_actions = t.boolean("allow_actions", False)
+    if allow_actions and token is None:  # the admin socket is the owner's alone; so are its actions
+        raise t.error("allow_actions", "needs dashboard.token: without one, anyone on this host could "
+                                       "steer deploys from the dashboard")
+    return DashboardConfig(listen=listen, token=token, allow_actions=allow_actions)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsConfig:
     """[proxy.tls]: the HTTPS listener; `certs_dir` must be a directory Turnout can read now."""
     t.reject_unknown(TLS_KEYS)
@@ -166,39 +215,6 @@ def _readable_dir(t: Table, key: str, base_dir: Path | None) -> Path:
     if not os.access(path, os.R_OK | os.X_OK):
         raise t.error(key, f"{path} cannot be read by this user")
     return path
-
-
-def read_dashboard(t: Table) -> DashboardConfig:
-    """`[dashboard]` (or `serve --dashboard`): a token is required unless the listener is loopback."""
-    t.reject_unknown(DASHBOARD_KEYS)
-    listen = t.string("listen")
-    if listen is None:
-        raise t.error("listen", "required: the dashboard's host:port, e.g. \"127.0.0.1:8081\"")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise t.error("listen", f"{listen!r} is not host:port with a port in 0-65535 (0: any free port)")
-    token = None if t.data.get("token") in (None, "") else t.string("token")  # `token = ""`: none
-    if token is not None:
-        if not _URL_TOKEN.fullmatch(token) or len(token) < MIN_DASHBOARD_TOKEN:
-            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ -"
-                                   " (make one with `python3 -c 'import secrets; "
-                                   "print(secrets.token_urlsafe(32))'`)")
-    elif not is_loopback(host.strip("[]")):
-        raise t.error("token", f"required when the dashboard listens beyond loopback ({listen})")
-    allow_actions = t.boolean("allow_actions", False)
-    if allow_actions and token is None:  # the admin socket is the owner's alone; so are its actions
-        raise t.error("allow_actions", "needs dashboard.token: without one, anyone on this host could "
-                                       "steer deploys from the dashboard")
-    return DashboardConfig(listen=listen, token=token, allow_actions=allow_actions)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _token_file(t: Table, base_dir: Path | None) -> str:
@@ -310,9 +326,55 @@ def read_canary(t: Table | None) -> CanaryOptions:
         max_error_rate=t.number("max_error_rate", d.max_error_rate, minimum=0, maximum=1),
         max_p99_ratio=t.number("max_p99_ratio", d.max_p99_ratio, minimum=1),
         min_requests=t.integer("min_requests", d.min_requests, minimum=0),
+        max_diff_rate=t.number("max_diff_rate", d.max_diff_rate, minimum=0, maximum=1),
         analysis_interval=t.duration("analysis_interval", d.analysis_interval, positive=True),
         preset=preset,
     )
+
+
+def match_from_text(text: str) -> dict[str, Any] | None:
+    """A match written on one line (MATCH_SYNTAX) as turnout.toml's `match` table; None when it is not."""
+    if (found := _HASH_TEXT.fullmatch(text)) is not None:
+        percent = float(found[3])
+        return {"hash": {found[1]: found[2], "percent": int(percent) if percent.is_integer() else percent}}
+    if (found := _MATCH_TEXT.fullmatch(text)) is not None:
+        return {found[1]: {found[2]: found[3]}}
+    return None
+
+
+def match_text(match: dict[str, Any]) -> str:
+    """A rule's match on one line, as `--match` takes it (`header:X-Canary=always`; several conditions
+    are shown joined by " & ", which only a TOML table can give)."""
+    parts = []
+    for source in ("header", "cookie", "query"):
+        parts += [f"{source}:{name}={value}" for name, value in match.get(source, {}).items()]
+    if "hash" in match:
+        spec = match["hash"]
+        source = "cookie" if "cookie" in spec else "header"
+        parts.append(f"hash:{source}:{spec[source]}={spec['percent']:g}%")
+    return " & ".join(parts)
+
+
+def read_ab(t: Table | None) -> AbOptions:
+    """`[services.x.ab]` (and `--match`, `--duration`, `--then`): `match` is a table as a rule's, or one
+    line (`header:X-Canary=always`); it becomes the rule "ab" sending matches to the canary."""
+    if t is None:
+        return AbOptions()
+    t.reject_unknown(AB_KEYS)
+    d = AbOptions()
+    match = d.match
+    if t.has("match"):
+        raw = t.data["match"]
+        if isinstance(raw, str):
+            raw = match_from_text(raw)
+            if raw is None:
+                raise t.error("match", f"{t.data['match']!r} is not one of {MATCH_SYNTAX}")
+        try:
+            match = rule_from_dict({"name": "ab", "match": raw, "to": "canary"}, "")
+        except ValidationError as exc:
+            raise t.error(exc.key.lstrip("."), exc.message) from None
+    return AbOptions(match=match, duration=t.duration("duration", d.duration, positive=True),
+                     then=t.string("then", d.then, choices=AB_THEN))
 
 
 def read_rolling(t: Table | None) -> RollingOptions:
@@ -490,6 +552,39 @@ def _override(t: Table) -> dict[str, Any]:
         raise t.error(exc.field, exc.message) from None
 
 
+def read_rules(t: Table, key: str = "rules") -> tuple[RuleSpec, ...]:
+    """`[[services.x.rules]]`: validated by the proxy's own reader (proxy/specs.py), whose error names the
+    key inside the rules (`rules[0].match.header.X-Canary`); here it gets the service's path and file."""
+    try:
+        return rules_from_list(t.data.get(key, []), key)
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
+_SIZE = re.compile(r"([0-9]+)\s*(b|k|kb|kib|m|mb|mib)?", re.IGNORECASE)
+
+
+def read_mirror(t: Table) -> MirrorSpec | None:
+    """`[services.x.mirror]`: the proxy's own reader (proxy/specs.py), with `max_body` also as a size
+    ("64KiB", "1MiB": powers of 1024)."""
+    if not t.has("mirror"):
+        return None
+    mirror = t.table("mirror")
+    assert mirror is not None
+    data = dict(mirror.data)
+    size = data.get("max_body")
+    if isinstance(size, str):
+        found = _SIZE.fullmatch(size.strip())
+        if found is None:
+            raise mirror.error("max_body", f"must be bytes or a size such as 64KiB or 1MiB, got {size!r}")
+        unit = (found[2] or "b").lower()[:1]
+        data["max_body"] = int(found[1]) * 1024 ** "bkm".index(unit)
+    try:
+        return mirror_from_dict(data, "mirror")
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
 def read_strategy(t: Table) -> str:
     return t.string("strategy", "rolling", choices=STRATEGIES)
 
@@ -527,6 +622,8 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         path_prefix=path_prefix,
         sticky=t.boolean("sticky", False),
         **_override(t),
+        rules=read_rules(t),
+        mirror=read_mirror(t),
         hold_timeout=t.duration("hold_timeout", positive=True),
         drain_timeout=t.duration("drain_timeout", positive=True),
         compose_file=compose_file,
@@ -556,6 +653,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         canary=read_canary(t.table("canary")),
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),
+        ab=read_ab(t.table("ab")),
         verify=t.duration("verify", DEFAULT_VERIFY),
         hooks=read_hooks(t.table("hooks")),
         **common,

@@ -28,6 +28,11 @@ def service_to_dict(config: ServiceConfig) -> dict[str, Any]:
     for key in ("compose_file",):
         if data[key] is not None:
             data[key] = str(data[key])
+    data["rules"] = [rule.to_dict() for rule in config.rules]  # as turnout.toml writes them
+    data["mirror"] = config.mirror.to_dict() if config.mirror is not None else None
+    ab = config.ab
+    data["ab"] = {"duration": ab.duration, "then": ab.then,
+                  **({"match": ab.match.to_dict()["match"]} if ab.match is not None else {})}
     return data
 
 

@@ -17,7 +17,7 @@ import json
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +49,13 @@ class FeedEvent:
 
 
 class Feed:
-    def __init__(self, router: Router, deployer: Deployer, interval: float = TICK_SECONDS) -> None:
+    def __init__(self, router: Router, deployer: Deployer, interval: float = TICK_SECONDS,
+                 certificates: Callable[[], dict[str, Any]] | None = None) -> None:
         self.router = router
         self.deployer = deployer
+        # The HTTPS listener's certificates (hosts, issuer, expiry, source, files refused), when there is
+        # one: in every snapshot and tick, so an expiry or a reload shows within a second.
+        self.certificates = certificates
         self.interval = interval
         self.run = secrets.token_hex(4)
         self.seq = 0
@@ -117,7 +121,15 @@ class Feed:
         return {"run": self.run, "seq": self.seq, "t": now(), "interval": self.interval,
                 "services": describe_services(self.router, deployer, self._homes),
                 "series": list(self.series), "markers": list(self.markers), "deployments": deployments,
-                "history": {name: describe_history(deployer, name) for name in deployer.configs}}
+                "history": {name: describe_history(deployer, name) for name in deployer.configs},
+                "certificates": self._certificates()}
+
+    def _certificates(self) -> dict[str, Any] | None:
+        if self.certificates is None:
+            return None
+        described = self.certificates()
+        return {"listen": described.get("listen"), "certificates": described.get("certificates", []),
+                "errors": described.get("errors", [])}
 
     def _snapshot_event(self) -> FeedEvent:
         data = json.dumps({"kind": "snapshot", **self.snapshot()}, default=str, separators=(",", ":"))
@@ -206,7 +218,8 @@ class Feed:
         self.series.append(sample)
         deployments = {name: describe_deployment(a) for name, a in self.deployer.active.items()}
         self.publish("tick", **sample, deployments=deployments,
-                     services=describe_services(self.router, self.deployer, self._homes))
+                     services=describe_services(self.router, self.deployer, self._homes),
+                     certificates=self._certificates())
         self._forget_homes()
 
     def _forget_homes(self) -> None:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from controller.config.model import STRATEGIES
+from controller.config.model import SHIFTING
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: controller/rehearsal/demo.py
 DEMO_CONFIG = ROOT / "compose" / "demo" / "turnout.toml"
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave Turnout and the containers running")
     parser.add_argument("--strategy", default="canary",
-                        choices=[*STRATEGIES, "all"])
+                        choices=[*SHIFTING, "all"])
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the live load [200]")
     parser.add_argument("--duration", default="20s", help="how long the load runs at least [20s]")
     args = parser.parse_args(argv)

@@ -49,7 +49,12 @@ async def test_the_page_keeps_up_with_50_services_and_stays_on_loopback(tmp_path
                                                hosts=(f"{name}.test",))
         pools = {"v1": (75, [upstreams[0].address]), "v2": (25, [upstreams[1].address])}
         router.set_service(service(name, pools, hosts=[f"{name}.test"]))
-    feed = Feed(router, deployer, interval=0.25)  # four samples a second: a harder pace than the daemon's
+    https = {"listen": "127.0.0.1:8443", "errors": [{"file": "old.crt", "error": "expired"}],
+             "certificates": [{"name": "svc", "hosts": ["svc07.test", "*.svc.test"], "source": "acme",
+                               "issuer": "CN=Pebble", "not_after": "2027-01-01T00:00:00+00:00",
+                               "days_left": 9.5}]}
+    # four samples a second: a harder pace than the daemon's
+    feed = Feed(router, deployer, interval=0.25, certificates=lambda: https)
     feed.start()
     server = DashboardServer(DashboardConfig("127.0.0.1:0", TOKEN), feed, deployer)
     await server.start()
@@ -72,6 +77,12 @@ async def test_the_page_keeps_up_with_50_services_and_stays_on_loopback(tmp_path
                 weight = await page.evaluate(
                     "document.querySelector('tr[data-service=svc07] .pool[data-pool=v1]').dataset.weight")
                 assert weight == "75"
+                # The HTTPS listener's certificates, their expiry and the files refused.
+                days = await page.wait_for(
+                    "document.querySelector('#certificates tr[data-certificate=svc]')?.dataset.daysLeft")
+                assert days == "9.5"
+                assert "old.crt: expired" in await page.evaluate(
+                    "document.getElementById('certificate-errors').textContent")
                 # It keeps up: what the feed published, the page has applied soon after, again and again.
                 for _ in range(8):
                     target = feed.seq

@@ -182,3 +182,34 @@ async def test_a_preview_secret_never_reaches_the_dashboard(world):
     published = "".join(e.data for e in events) + json.dumps(feed.snapshot())
     assert "s3cret" not in published and "preview_access" in published
     await follower.aclose()
+
+
+async def test_certificates_of_the_https_listener_are_in_snapshots_and_ticks(world):
+    router, deployer, _ = world
+    served = {"listen": "127.0.0.1:8443", "default": "reject", "acme": None,
+              "certificates": [{"name": "web", "hosts": ["web.example"], "source": "static",
+                                "issuer": "CN=ca", "not_after": "2027-01-01T00:00:00+00:00",
+                                "days_left": 31.0}],
+              "errors": [{"file": "bad.crt", "error": "the key does not match the certificate"}]}
+    feed = Feed(router, deployer, interval=3600, certificates=lambda: served)
+    feed.start()
+    try:
+        follower = feed.follow()
+        [snapshot] = await take(follower, 1)
+        expected = {k: served[k] for k in ("listen", "certificates", "errors")}
+        assert json.loads(snapshot.data)["certificates"] == expected
+        served["certificates"][0]["days_left"] = 30.9  # a reload or the clock: the next tick says so
+        feed.sample()
+        [tick] = await take(follower, 1)
+        assert json.loads(tick.data)["certificates"]["certificates"][0]["days_left"] == 30.9
+        await follower.aclose()
+    finally:
+        await feed.stop()
+
+
+async def test_without_an_https_listener_the_feed_says_none(world):
+    _, _, feed = world
+    follower = feed.follow()
+    [snapshot] = await take(follower, 1)
+    assert json.loads(snapshot.data)["certificates"] is None
+    await follower.aclose()

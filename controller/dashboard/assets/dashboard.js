@@ -5,7 +5,7 @@
 
 const WINDOW_SECONDS = 300;
 const COLOURS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22"];
-const state = { services: {}, series: [], markers: [], deployments: {}, history: {}, offset: 0, interval: 1 };
+const state = { services: {}, series: [], markers: [], deployments: {}, history: {}, certificates: null, offset: 0, interval: 1 };
 const colours = {};
 const body = document.body;
 const actions = body.dataset.actions === "true";
@@ -39,11 +39,13 @@ function apply(kind, data) {
   if (kind !== "table" && kind !== "history") chartsDirty = true;
   if (kind === "snapshot") {
     Object.assign(state, { services: data.services, series: data.series, markers: data.markers,
-                           deployments: data.deployments, history: data.history, interval: data.interval });
+                           deployments: data.deployments, history: data.history, interval: data.interval,
+                           certificates: data.certificates });
   } else if (kind === "table") {
     state.services = data.services;
   } else if (kind === "tick") {
     state.services = data.services;
+    state.certificates = data.certificates;
     state.series.push({ t: data.t, rates: data.rates });
     while (state.series.length && state.series[0].t < data.t - WINDOW_SECONDS) state.series.shift();
     for (const [name, info] of Object.entries(data.deployments)) {
@@ -119,6 +121,7 @@ function render() {
   }
   renderOverview(names);
   renderDetail();
+  renderCertificates(state.certificates);
   document.getElementById("summary").textContent =
     `${names.length} service${names.length === 1 ? "" : "s"} · ${Object.values(state.deployments).filter((d) => d.status === "running").length} deploying`;
   body.dataset.renderMs = (performance.now() - started).toFixed(1);
@@ -268,6 +271,21 @@ function renderPools(service) {
       h("td", null, h("span", { class: "upstream" }, h("span", { class: "dot draining" }), `${u.address} draining · ${u.in_flight} in flight`))));
   }
   document.querySelector("#pools tbody").replaceChildren(...rows);
+}
+
+function renderCertificates(https) {
+  const section = document.getElementById("certificates");
+  const table = section.querySelector("table");
+  section.dataset.https = https ? https.listen : "none";
+  document.getElementById("certificates-none").hidden = Boolean(https);
+  table.hidden = !https;
+  const certificates = https ? https.certificates : [];
+  table.querySelector("tbody").replaceChildren(...certificates.map((c) =>
+    h("tr", { "data-certificate": c.name, "data-days-left": c.days_left },
+      h("td", null, c.name), h("td", null, c.hosts.join(", ")), h("td", null, c.source), h("td", null, c.issuer),
+      h("td", null, c.not_after), h("td", { class: `num ${c.days_left < 14 ? "bad" : ""}` }, String(c.days_left)))));
+  document.getElementById("certificate-errors").replaceChildren(...(https ? https.errors : []).map((e) =>
+    h("li", { class: "bad" }, `${e.file ? e.file + ": " : ""}${e.error}`)));
 }
 
 function renderHistory(deployments) {
