@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -135,11 +134,11 @@ class TlsServer(ProxyServer):
 
     def handshake_failed(self, peer: str, reason: str, detail: str) -> None:
         self.failures[reason] += 1
-        now = time.monotonic()
-        if now - self._last_logged.get(reason, -1e9) < 1.0:  # a flood is counted, not logged line by line
+        t = now()
+        if t - self._last_logged.get(reason, -1e9) < 1.0:  # a flood is counted, not logged line by line
             self._suppressed[reason] += 1
             return
-        self._last_logged[reason] = now
+        self._last_logged[reason] = t
         log.info("tls.handshake_failed", reason=reason, client=peer, detail=detail,
                  suppressed=self._suppressed.pop(reason, 0))
 
