@@ -12,7 +12,7 @@ from aiohttp import web
 from proxy.admin import ApiError, describe_table, read_json
 
 from .config.model import ConfigError, ServiceConfig
-from .config.overrides import service_from_flags, with_overrides
+from .config.overrides import FLAGS, service_from_flags, with_overrides
 from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .events import EventLog
@@ -48,15 +48,36 @@ async def _turnout_errors(request: web.Request, handler: Any) -> web.StreamRespo
         raise ApiError(500, str(exc)) from None
 
 
+DEPLOY_KEYS = ("service", "image", "strategy", "version", "flags", "options")
+
+
+def _known_keys(data: dict[str, Any], known: tuple[str, ...], where: str = "") -> None:
+    """An unknown key is refused, never ignored: `privileged` or `volumes` in a deploy must not be
+    answered 202 with nothing applied."""
+    for key in data:
+        if key not in known:
+            raise ApiError(400, f"{where}{key}: unknown key (known: {', '.join(known)})", field=where + key)
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{key}: must be a JSON object", field=key)
+    return value
+
+
 def _service_config(deployer: Deployer, body: dict[str, Any]) -> ServiceConfig:
     name = body.get("service")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "service: required", field="service")
-    flags = body.get("flags") or {}
+    flags = _object(body, "flags")
+    _known_keys(flags, FLAGS, "flags.")
     config = deployer.configs.get(name)
     if config is None:
         config = service_from_flags(name, image=body.get("image"), **flags)
-    options = body.get("options") or {}
+    options = _object(body, "options")
     return with_overrides(config, **options) if options else config
 
 
@@ -66,6 +87,7 @@ async def post_deploy(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "body: must be a JSON object", field="body")
+    _known_keys(body, DEPLOY_KEYS)
     image = body.get("image")
     if not isinstance(image, str) or not image:
         raise ApiError(400, "image: required", field="image")

@@ -2,7 +2,8 @@
 happens in the daemon (`turnout serve`), so a deploy survives the CLI exiting.
 
 Exit codes: 0 success; 1 the operation failed (a deploy failed or was rolled back: the old version
-still serves); 2 bad usage or the daemon could not be reached.
+still serves); 2 bad usage or the daemon could not be reached; 141 (128 + SIGPIPE) when stdout was
+closed (`turnout deploy ... | head -1`): the CLI stops quietly, a deploy goes on in the daemon.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
                             description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
-                            "100%%, 1 when the deploy failed or was rolled back (the old version serves).")
+                            "100%, 1 when the deploy failed or was rolled back (the old version serves).")
     deploy.add_argument("service")
     deploy.add_argument("--image", required=True, help="a local image (Turnout never pulls)")
     deploy.add_argument("--strategy", choices=["bigbang", "bluegreen", "rolling", "canary"],
@@ -67,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--max-unavailable", type=int, help="rolling: containers that may be missing [0]")
     opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
     opts.add_argument("--verify", help="bigbang/bluegreen/rolling: watch the new version this long after "
-                      "the switch, rolling back on a 5xx or health breach, e.g. 2s; 0 disables [2s]")
+                      "the switch, rolling back on an error-rate or health breach, e.g. 2s; 0 disables [2s]")
     opts.add_argument("--preview", action="store_true",
-                      help="blue-green: route the new set only for X-Turnout-Pool until `turnout promote`")
+                      help="blue-green: route the new set only for the pool override until `turnout "
+                      "promote` (prints the X-Turnout-Pool header that reaches it)")
     deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
     deploy.add_argument("--json", action="store_true", help="print events as JSON lines")
 
@@ -134,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141
+
+
+def _discard_stdout() -> None:
+    """The reader of stdout is gone: send what is still buffered nowhere, so that exiting is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.state_dir is None and os.environ.get("TURNOUT_STATE_DIR"):
         args.state_dir = Path(os.environ["TURNOUT_STATE_DIR"])
@@ -146,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TurnoutError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
-        from .admin_client import DaemonUnreachable
+        from .admin_client import ApiFailed, DaemonUnreachable
+        from .config.model import ConfigError
 
-        return 2 if isinstance(exc, DaemonUnreachable) or getattr(exc, "status", 500) < 500 else 1
+        if isinstance(exc, ApiFailed):  # the daemon said no: a 4xx is the request's fault
+            return 2 if exc.status < 500 else 1
+        return 2 if isinstance(exc, UsageError | ConfigError | DaemonUnreachable) else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

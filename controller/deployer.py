@@ -8,13 +8,17 @@ fast rollback (`previous`); the journal holds the same picture so a restarted da
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
-from .config.model import ServiceConfig
+from proxy.specs import NAME_RE
+
+from .config.model import ConfigError, ServiceConfig
 from .config.service_state import service_to_dict
 from .docker_backend import Container, DockerBackend
 from .errors import (
@@ -30,7 +34,7 @@ from .errors import (
     UsageError,
 )
 from .events import EventLog
-from .journal import Journal
+from .journal import Deployment, DeploymentFinished, Journal, JournalError
 from .operations import STOP_TIMEOUT, Operations
 from .proxy_control import ProxyControl
 from .release import Release, version_of
@@ -40,6 +44,12 @@ from .strategies import STRATEGIES
 log = structlog.get_logger("turnout.controller")
 
 ENGINE_SHUTDOWN_GRACE = 3.0  # seconds a failed restore waits for a failing engine to stop answering
+# What a deploy's options change for that deploy only (`--preview`, `--keep-old`, `--steps`,
+# `--max-surge`, `--verify`, ...): afterwards the service keeps the values its config gives. (The image
+# and replicas a deploy asks for describe what then runs: those stay.)
+PER_DEPLOY = ("canary", "rolling", "bluegreen", "verify", "hold_timeout", "drain_timeout")
+# A version names its pool (`<version>` or `<version>-<n>`, n < 100000): a pool name is at most 63.
+MAX_VERSION = 57
 
 
 @dataclass
@@ -55,11 +65,13 @@ class ActiveDeployment:
     task: asyncio.Task[None] | None = None
     status: str = "running"
     message: str = ""
+    journal_errors: list[str] = field(default_factory=list)  # writes the journal refused as it ended
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "service": self.service, "strategy": self.strategy,
                 "version": self.version, "image": self.image, "status": self.status,
-                "message": self.message, "paused": self.signals.paused}
+                "message": self.message, "paused": self.signals.paused,
+                **({"journal_errors": self.journal_errors} if self.journal_errors else {})}
 
 
 class Deployer:
@@ -77,6 +89,8 @@ class Deployer:
         self._background: set[asyncio.Task[None]] = set()
         self._settling: dict[str, asyncio.Task[None]] = {}  # post-deploy work a next deploy waits for
         self._removing: set[str] = set()  # ids of dropped containers being removed in the background
+        # Journal writes refused as a deploy ended, per service: made before its next deploy begins.
+        self._unjournalled: dict[str, dict[str, Callable[[], None]]] = {}
 
     # ------------------------------------------------------------ commands
     def deploy(self, config: ServiceConfig, image: str, strategy: str | None = None,
@@ -90,13 +104,13 @@ class Deployer:
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
         old = self.releases.get(config.name)
-        version = version or version_of(image)
+        version = check_version(version or version_of(image))
         pool = version if old is None or old.pool != version else f"{version}-{int(time.time()) % 100000}"
         # `verify`: seconds of post-switch verification this deploy owes (recovery reads it).
         verify = config.verify if old is not None and STRATEGIES[strategy].verifies else 0.0
-        record = self.journal.begin(config.name, strategy, version, image,
-                                    old.version if old else None, {"pool": pool, "verify": verify})
-        self.configs[config.name] = config
+        record = self._begin(config.name, strategy, version, image,
+                             old.version if old else None, {"pool": pool, "verify": verify})
+        self.configs[config.name] = _lasting(config, self.configs.get(config.name))
         active = ActiveDeployment(record.id, config.name, strategy, version, image, EventLog(), Signals())
         self.active[config.name] = active
         new = Release(version, image, pool)
@@ -135,8 +149,8 @@ class Deployer:
             # Its containers were replaced (rolling, canary): bring the version back side by side.
             return self.deploy(config, previous.image, "bluegreen", previous.version)
         current = self.releases[service]
-        record = self.journal.begin(service, "rollback", previous.version, previous.image,
-                                    current.version, {"pool": previous.pool})
+        record = self._begin(service, "rollback", previous.version, previous.image,
+                             current.version, {"pool": previous.pool})
         active = ActiveDeployment(record.id, service, "rollback", previous.version, previous.image,
                                   EventLog(), Signals())
         self.active[service] = active
@@ -212,9 +226,9 @@ class Deployer:
                          events=active.events, signals=active.signals, extra_labels=self.extra_labels)
         started = time.monotonic()
         stopped = [c for c in keep if not c.running]
-        ops.step("started", strategy="repair", stopped=[c.short_id for c in stopped],
-                 missing=config.replicas - len(keep), unknown=[c.short_id for c in extra])
         try:
+            ops.step("started", strategy="repair", stopped=[c.short_id for c in stopped],
+                     missing=config.replicas - len(keep), unknown=[c.short_id for c in extra])
             kept = Release(release.version, release.image, release.pool, stopped)
             if stopped:
                 await ops.restart(kept)  # new host ports: routed below
@@ -229,7 +243,7 @@ class Deployer:
             message = str(exc) if isinstance(exc, TurnoutError) else f"internal error: {exc!r}"
             await self._finish(active, "failed", f"repair of {release.version}: {message}", ops, started)
             return
-        self._save_state(config.name)
+        self._save_state_quietly(ops)
         parts = [f"{n} {what}" for n, what in ((len(stopped), "stopped container(s) restarted"),
                                                (max(0, missing), "missing container(s) started"),
                                                (len(extra), "unknown container(s) removed")) if n]
@@ -243,12 +257,31 @@ class Deployer:
                          deployment_id=active.id, config=config, new=new, old=old,
                          events=active.events, signals=active.signals, extra_labels=self.extra_labels)
         started = time.monotonic()
-        settling = self._settling.pop(config.name, None)
-        if settling is not None:  # the previous deploy is still stopping its old set
-            await asyncio.wait([settling])
-        ops.step("started", strategy=active.strategy, image=new.image,
-                 from_version=old.version if old else None)
         try:
+            settling = self._settling.pop(config.name, None)
+            if settling is not None:  # work the service's last deploy left (e.g. stopping its old set)
+                await asyncio.wait([settling])
+            status, message = await self._attempt(active, ops, reuse)
+        except Exception as exc:  # the deployer's own bookkeeping failed: the deploy still ends below
+            ops.log.exception("deploy.internal_error")
+            status, message = "failed", f"internal error: {exc!r}"
+        # Only a BaseException skips the end: the daemon cancelling its tasks at shutdown (or a SIGKILL,
+        # as the fault tests simulate one) leaves the journal saying `running`, for recovery to finish.
+        if status == "succeeded" and ops.after_success:
+            self._hold(config.name, lambda: _run_all(ops.after_success))  # a next deploy waits for it
+        await self._finish(active, status, message, ops, started)
+        if (status == "succeeded" and old is not None and config.bluegreen.keep_old > 0
+                and active.strategy == "bluegreen"):
+            self._later(self._retire_warm(config, old, config.bluegreen.keep_old))
+
+    async def _attempt(self, active: ActiveDeployment, ops: Operations, reuse: bool) -> tuple[str, str]:
+        """Run the strategy (or the switch back to kept containers) and promote the new release; on a
+        failure put the old release back. Returns (status, message). From the failure or the promotion
+        on, the deploy is ending: a journal write that fails is reported, not raised (`ops.record`)."""
+        new, old = ops.new, ops.old
+        try:
+            ops.step("started", strategy=active.strategy, image=new.image,
+                     from_version=old.version if old else None)
             if reuse:
                 await self._switch_back(ops)
             else:
@@ -257,10 +290,11 @@ class Deployer:
                                        "(Turnout never pulls; build or load it first)")
                 await STRATEGIES[active.strategy]().run(ops)
         except (DeployAborted, AnalysisFailed, TurnoutError, Exception) as exc:
+            ops.ending = True  # the old release must come back whatever the journal does
             status = ("aborted" if isinstance(exc, DeployAborted)
                       else "rolled_back" if isinstance(exc, AnalysisFailed) else "failed")
-            message = str(exc) if isinstance(exc, TurnoutError) else f"internal error: {exc!r}"
-            if not isinstance(exc, TurnoutError):
+            message = _describe(exc)
+            if not isinstance(exc, TurnoutError | sqlite3.Error):
                 ops.log.exception("deploy.internal_error")
             restore_error = await self._restore(ops, reuse)
             # An engine going away shows first as a Docker call failing, or as the new version's
@@ -273,15 +307,12 @@ class Deployer:
                 message = (f"the Docker engine stopped answering during the deploy ({message}); "
                            + (f"{old.version} is started again once the engine is back" if old else
                               "nothing was serving before it"))
-            await self._finish(active, status, message, ops, started)
-            return
-        self._promote(config.name, new, old, reuse)
+            return status, message
+        ops.ending = True  # the new release serves: what follows is bookkeeping
+        self._promote(ops.config.name, new, old, reuse)
+        self._save_state_quietly(ops)
         ops.step("completed", timings=ops.timings)
-        await self._finish(active, "succeeded", "", ops, started)
-        if ops.after_success:
-            self._settling[config.name] = self._later(_run_all(ops.after_success))
-        if old is not None and config.bluegreen.keep_old > 0 and active.strategy == "bluegreen":
-            self._later(self._retire_warm(config, old, config.bluegreen.keep_old))
+        return "succeeded", ""
 
     async def _engine_gone(self, grace: float) -> bool:
         """Whether the engine stopped answering, within `grace` seconds: one shutting down already
@@ -294,7 +325,8 @@ class Deployer:
         return True
 
     async def _switch_back(self, ops: Operations) -> None:
-        """Rollback onto kept containers: start them if stopped, one swap, drain, stop current."""
+        """Rollback onto kept containers: start them if stopped, one swap, drain; the current set is
+        stopped after the rollback reported success (held by the service, as blue-green does)."""
         previous, current = ops.new, ops.old
         assert current is not None
         running = [c for c in previous.containers if (await self.backend.inspect(c.id)).running]
@@ -304,8 +336,12 @@ class Deployer:
         removed = ops.route([(previous, 100)])
         ops.step("switched", weights={previous.pool: 100})
         await ops.drain(removed)
-        await ops.stop(current.containers)
-        ops.step("old_stopped", version=current.version, kept_for_rollback=True)
+
+        async def stop_current() -> None:  # out of routing and drained: the rollback need not wait for it
+            await ops.stop(current.containers)
+            ops.step("old_stopped", version=current.version, kept_for_rollback=True)
+
+        ops.after_success.append(stop_current)  # held by the service: a next deploy waits for it
 
     async def _restore(self, ops: Operations, reuse: bool) -> Exception | None:
         """After a failure: the old release serves again, the new one's containers are gone.
@@ -359,7 +395,6 @@ class Deployer:
             self.previous[service] = old
         if dropped is not None and dropped is not new and (old is None or dropped.pool != old.pool):
             self._later(self._remove_quietly(dropped.containers))
-        self._save_state(service)
 
     def _save_state(self, service: str) -> None:
         state: dict[str, Any] = {"stable": self.releases[service].describe()}
@@ -370,15 +405,50 @@ class Deployer:
             state["config"] = service_to_dict(config)
         self.journal.set_service_state(service, state)
 
+    def _save_state_quietly(self, ops: Operations) -> None:
+        """`_save_state` as a deploy ends: if the journal refuses, the next deploy saves it first."""
+        service = ops.config.name
+        ops.ending = True
+        if not ops.record("service state", self._save_state, service):
+            self._unjournalled.setdefault(service, {})["state"] = lambda: self._save_state(service)
+
+    def _begin(self, service: str, strategy: str, version: str, image: str, from_version: str | None,
+               options: dict[str, Any]) -> Deployment:
+        """Journal a new deploy of `service`, after the writes the journal refused as its last deploy
+        ended (it holds one running deploy per service). A journal that still refuses refuses the new
+        deploy, saying why, before anything started."""
+        pending = self._unjournalled.get(service, {})
+        try:
+            for key, write in list(pending.items()):
+                write()
+                del pending[key]
+            return self.journal.begin(service, strategy, version, image, from_version, options)
+        except sqlite3.Error as exc:
+            raise JournalError(f"the journal refused a write ({exc}); nothing was started") from exc
+
+    def _record_end(self, active: ActiveDeployment) -> None:
+        try:
+            self.journal.finish(active.id, active.status, active.message)
+        except DeploymentFinished:
+            pass  # the write that seemed to fail had been kept
+
     async def _finish(self, active: ActiveDeployment, status: str, message: str, ops: Operations,
                       started: float) -> None:
-        active.status, active.message = status, message
+        """The end of every run: record the outcome (best-effort: what the journal refused is logged,
+        shown in the result and written before the service's next deploy), tell the followers and
+        close their stream, and leave `active` so the service takes the next deploy."""
+        ops.ending = True
+        active.status, active.message = status, _noting(message, ops.journal_errors)
+        if not ops.record("finish", self._record_end, active):
+            self._unjournalled.setdefault(active.service, {})[active.id] = lambda: self._record_end(active)
+        message = active.message = _noting(message, ops.journal_errors)
+        active.journal_errors = list(ops.journal_errors)
         seconds = round(time.monotonic() - started, 3)
-        self.journal.finish(active.id, status, message)
         event = "deploy.finished" if status == "succeeded" else "deploy.failed"
         ops.log.info(event, status=status, message=message, seconds=seconds, timings=ops.timings)
         active.events.emit("finished", status=status, message=message, seconds=seconds,
-                           timings=ops.timings)
+                           timings=ops.timings,
+                           **({"journal_errors": active.journal_errors} if active.journal_errors else {}))
         self.finished[active.service] = active
         self.active.pop(active.service, None)
         await active.events.close()
@@ -388,6 +458,13 @@ class Deployer:
         current = self.releases.get(config.name)
         if current is None or config.name in self.active or self.previous.get(config.name) is not old:
             return
+        # Checked and held in one step (nothing awaited in between): a deploy or rollback beginning from
+        # here on waits until the old set is stopped, so none routes to containers about to be stopped.
+        self._hold(config.name, lambda: self._stop_warm(config, current, old))
+
+    async def _stop_warm(self, config: ServiceConfig, current: Release, old: Release) -> None:
+        if self.releases.get(config.name) is not current or self.previous.get(config.name) is not old:
+            return  # work held before this one changed what serves
         removed = self.proxy.install(config, [current.as_pool(100)],
                                      labels={"stable": current.pool})
         await self.proxy.wait_drained(removed)
@@ -413,6 +490,19 @@ class Deployer:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    def _hold(self, service: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` in the background, holding the service: a deploy or rollback of it that begins
+        meanwhile waits for it (`_run` awaits `_settling`), and so does the reconcile loop. Work held
+        before it still running goes first."""
+        before = self._settling.get(service)
+
+        async def held() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            await work()
+
+        self._settling[service] = self._later(held())
 
     # ------------------------------------------------------------ helpers
     def _config(self, service: str) -> ServiceConfig:
@@ -450,6 +540,38 @@ class Deployer:
         await asyncio.gather(*[a.task for a in self.active.values() if a.task], *self._background,
                              return_exceptions=True)
 
+
+
+def _lasting(config: ServiceConfig, known: ServiceConfig | None) -> ServiceConfig:
+    """What to keep of the service after a deploy with `config`: its per-deploy values from the
+    service's own config (`known`), or the defaults for a service this deploy's flags created."""
+    base = known or ServiceConfig(config.name)
+    return replace(config, **{key: getattr(base, key) for key in PER_DEPLOY})
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TurnoutError):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return f"the journal refused a write ({exc}), so the deploy stopped"
+    return f"internal error: {exc!r}"
+
+
+def _noting(message: str, journal_errors: list[str]) -> str:
+    if not journal_errors:
+        return message
+    note = f"the journal could not record: {'; '.join(journal_errors)}"
+    return f"{message}; {note}" if message else note
+
+
+def check_version(version: Any) -> str:
+    """A deploy's version (`--version`, the API's `version`, or the image tag) names its pool, which
+    ends up in cookies, headers, labels and /metrics: letters, digits and `_ . -` only, matched whole."""
+    if (not isinstance(version, str) or not NAME_RE.fullmatch(version)
+            or len(version) > MAX_VERSION):
+        raise ConfigError("version", f"{version!r} is not a valid version: 1-{MAX_VERSION} letters, digits, "
+                          "'_', '.' or '-', starting with a letter or digit (give another with --version)")
+    return version
 
 
 async def _run_all(steps: list[Any]) -> None:

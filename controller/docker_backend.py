@@ -28,6 +28,7 @@ from docker.types import LogConfig
 
 from controller import labels as lbl
 from controller.errors import ContainerNotFound, DockerError, ImageNotFound
+from controller.hardening import cap_add_problem, cap_drop_problem, security_opt_problem
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,10 @@ CREATE_OPTIONS = frozenset(
         "volumes",  # ContainerSpec.volumes as "source:target[:mode]" binds
         "mem_limit",  # ContainerSpec.mem_limit
         "nano_cpus",  # ContainerSpec.cpus * 1e9
+        "pids_limit",  # ContainerSpec.pids_limit
+        "cap_drop",  # ContainerSpec.cap_drop (any capability, or ALL)
+        "cap_add",  # ContainerSpec.cap_add: only capabilities of Docker's default set
+        "security_opt",  # ContainerSpec.security_opt: no-new-privileges, an AppArmor profile
         "restart_policy",  # always {"Name": "no"}
         "detach",
     }
@@ -80,10 +85,15 @@ class ContainerSpec:
     pool: str
     env: Mapping[str, str] = field(default_factory=dict)
     command: Sequence[str] | None = None
-    volumes: Mapping[str, str] = field(default_factory=dict)  # source (host path or volume) -> target
+    volumes: Sequence[str] = ()  # binds "source:target[:mode]": one source may be mounted at two targets
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     mem_limit: str | int | None = None  # docker notation, e.g. "256m", or bytes
     cpus: float | None = None
+    # Hardening (the service's config gives controller/hardening.py's defaults): None/() sets nothing.
+    pids_limit: int | None = None
+    cap_drop: Sequence[str] = ()
+    cap_add: Sequence[str] = ()
+    security_opt: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for name in ("service", "version", "image", "pool"):
@@ -96,9 +106,25 @@ class ContainerSpec:
             raise ValueError(f"ContainerSpec.cpus must be > 0, got {self.cpus!r}")
         if isinstance(self.command, str):
             raise ValueError("ContainerSpec.command must be a list of arguments, not a string")
+        if self.pids_limit is not None and (isinstance(self.pids_limit, bool) or not isinstance(
+                self.pids_limit, int) or self.pids_limit < 1):
+            raise ValueError(f"ContainerSpec.pids_limit must be an int >= 1 or None, got {self.pids_limit!r}")
+        # Checked again here (the config reader did first): nothing reaches the engine that grants more
+        # than a plain `docker run` would.
+        for name, problem_of in (("cap_drop", cap_drop_problem), ("cap_add", cap_add_problem),
+                                 ("security_opt", security_opt_problem)):
+            values = getattr(self, name)
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"ContainerSpec.{name} must be a list of strings, got {values!r}")
+            for value in values:
+                if (problem := problem_of(value)) is not None:
+                    raise ValueError(f"ContainerSpec.{name}: {problem}")
+            object.__setattr__(self, name, tuple(values))
+        if isinstance(self.volumes, str | Mapping):
+            raise ValueError("ContainerSpec.volumes must be a list of 'source:target[:mode]' binds")
         # Copy what we were given, so the caller's later changes never reach a frozen spec.
         object.__setattr__(self, "env", _copy(self.env))
-        object.__setattr__(self, "volumes", _copy(self.volumes))
+        object.__setattr__(self, "volumes", tuple(self.volumes))
         object.__setattr__(self, "extra_labels", _copy(self.extra_labels))
         if self.command is not None:
             object.__setattr__(self, "command", tuple(self.command))
@@ -294,11 +320,16 @@ class DockerBackend:
             "detach": True,
         }
         if spec.volumes:
-            kwargs["volumes"] = [f"{source}:{target}" for source, target in spec.volumes.items()]
+            kwargs["volumes"] = list(spec.volumes)
         if spec.mem_limit is not None:
             kwargs["mem_limit"] = spec.mem_limit
         if spec.cpus is not None:
             kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
+        if spec.pids_limit is not None:
+            kwargs["pids_limit"] = spec.pids_limit
+        for name in ("cap_drop", "cap_add", "security_opt"):
+            if getattr(spec, name):
+                kwargs[name] = list(getattr(spec, name))
         unexpected = kwargs.keys() - CREATE_OPTIONS
         if unexpected:  # a programming error here, never user input
             raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")

@@ -16,17 +16,19 @@ class EventLog:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.closed = False
-        self._changed = asyncio.Condition()
+        # Set (and replaced) at every change: readers wake without a task per event, so no wake-up
+        # rides on a task nobody holds (the loop keeps only weak references to tasks).
+        self._changed = asyncio.Event()
 
     def emit(self, event: str, **data: Any) -> dict[str, Any]:
         entry = {"event": event, "time": round(time.time(), 3), **data}
         self.events.append(entry)
-        asyncio.get_running_loop().create_task(self._notify())
+        self._wake()
         return entry
 
     async def close(self) -> None:
         self.closed = True
-        await self._notify()
+        self._wake()
 
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
         """Every event from the first, then new ones as they come, until the log closes."""
@@ -37,13 +39,11 @@ class EventLog:
                 index += 1
             if self.closed:
                 return
-            async with self._changed:
-                if index == len(self.events) and not self.closed:
-                    await self._changed.wait()
+            await self._changed.wait()  # no await since the checks above: no change can slip by
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -56,6 +56,9 @@ def describe_event(event: dict[str, Any]) -> str:
         if event.get("timings"):
             text += " (" + ", ".join(f"{k} {v:.2f}s" for k, v in event["timings"].items()) + ")"
         return text
+    if kind == "preview_access":
+        return (f"{'preview':<10} reach it with the header `{event['header']}` "
+                f"or the cookie `{event['cookie']}`")
     detail = {k: v for k, v in event.items() if k not in ("event", "time", "step")}
     weights = detail.pop("weights", None)
     text = f"{event.get('step', kind):<10}"

@@ -15,8 +15,10 @@ from typing import Any
 
 import structlog
 
+from proxy.metrics import PoolCounters
 from proxy.upstream import Upstream
 
+from .analysis import error_breach
 from .config.model import HealthCheck, ServiceConfig
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
@@ -52,18 +54,35 @@ class Operations:
         self.timings: dict[str, float] = {}  # phase -> seconds, reported at the end
         # Work that needs no client to wait for it (stopping a drained old set): run after success.
         self.after_success: list[Callable[[], Awaitable[None]]] = []
+        # Once the deploy is ending (restoring the old release, promoting, its final status) a journal
+        # write that fails must not stop the end: it is logged and kept here, and the result says so.
+        self.ending = False
+        self.journal_errors: list[str] = []
         self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
+        self.counters_at_start = proxy.counters(config.name)  # the old version's baseline starts here
 
     # ------------------------------------------------------------ recording
     def step(self, name: str, **detail: Any) -> None:
         fault = faults.ARMED  # test-only (controller/testing/faults.py); None unless a fault test armed it
         if fault is not None:
             fault.reached(name, self.new.version, before=True)
-        self.journal.step(self.deployment_id, name, **detail)
+        self.record(f"step {name}", self.journal.step, self.deployment_id, name, **detail)
         if fault is not None:
             fault.reached(name, self.new.version, before=False)
         self.events.emit("step", step=name, **detail)
         self.log.info(f"deploy.{name}", **detail)
+
+    def record(self, what: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Make one journal write; once `ending`, a failure is reported (False) rather than raised."""
+        try:
+            write(*args, **kwargs)
+        except Exception as exc:
+            if not self.ending:
+                raise
+            self.journal_errors.append(f"{what}: {exc}")
+            self.log.error("deploy.journal_write_failed", write=what, error=str(exc))
+            return False
+        return True
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
@@ -98,9 +117,10 @@ class Operations:
         container = await self.backend.start(ContainerSpec(
             service=config.name, version=release.version, image=release.image, port=config.port,
             deployment_id=self.deployment_id, pool=release.pool, env=config.env, command=config.command,
-            volumes={v.source: f"{v.target}:{'ro' if v.read_only else 'rw'}" for v in config.volumes},
+            volumes=tuple(str(v) for v in config.volumes),  # one bind each: a source may be mounted twice
             extra_labels={**config.labels, **self.extra_labels},
-            mem_limit=config.mem_limit, cpus=config.cpus,
+            mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
+            cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
         ))
         try:
             await self._wait_healthy(container)
@@ -139,10 +159,12 @@ class Operations:
         await asyncio.gather(*(one(c) for c in containers))
 
     # ------------------------------------------------------------ routing
-    def route(self, weights: Sequence[tuple[Release, int]]) -> list[Upstream]:
-        """Install exactly these pools (release, weight) in one swap; returns upstreams now draining."""
+    def route(self, weights: Sequence[tuple[Release, int]],
+              config: ServiceConfig | None = None) -> list[Upstream]:
+        """Install exactly these pools (release, weight) in one swap; returns upstreams now draining.
+        `config`: routing settings other than the service's own (blue-green's preview override)."""
         pools = [r.as_pool(w) for r, w in weights]
-        return self.proxy.install(self.config, pools, labels={"stable": self._stable_pool(weights)})
+        return self.proxy.install(config or self.config, pools, labels={"stable": self._stable_pool(weights)})
 
     @staticmethod
     def _stable_pool(weights: Sequence[tuple[Release, int]]) -> str:
@@ -188,10 +210,24 @@ class Operations:
                 f"{len(release.addresses)} upstream(s) ({', '.join(ejected)}): {health.path} failed "
                 f"{health.unhealthy} time(s) in a row after it had passed readiness")
 
+    def old_baseline(self) -> PoolCounters | None:
+        """What the new version is judged against after a switch, when the old pool gets no traffic any
+        more: the old pool's requests from this deploy's start until now (the switch), or, when that
+        window holds fewer than `min_requests`, all it counted since the proxy started."""
+        if self.old is None:
+            return None
+        now = self.proxy.counters(self.config.name).get(self.old.pool)
+        before = self.counters_at_start.get(self.old.pool)
+        if now is None or before is None:
+            return now
+        window = now - before
+        return window if window.requests >= self.config.canary.min_requests else now
+
     async def verify(self, release: Release) -> None:
         """After a switch to `release` (big-bang, blue-green, rolling): watch it for `config.verify`
-        seconds from the proxy's own view, with the canary analysis' thresholds — its 5xx rate over the
-        window (once it saw `min_requests`) and its upstreams' active health. A breach raises
+        seconds from the proxy's own view, with the canary analysis' thresholds — its error rate over the
+        window (once it saw `min_requests`) against the old version's rate just before the switch
+        (`old_baseline`, controller/analysis.py), and its upstreams' active health. A breach raises
         AnalysisFailed, and the deployer puts the old release back. 0 seconds: no verification."""
         seconds = self.config.verify
         if seconds <= 0 or not release.containers:
@@ -201,18 +237,17 @@ class Operations:
         self.step("verifying", version=release.version, seconds=seconds,
                   max_error_rate=options.max_error_rate, min_requests=options.min_requests)
         baseline = self.proxy.counters(self.config.name).get(release.pool)
+        old = self.old_baseline()
         window = None
         while True:
             self.signals.check()
             self.check_health(release)
             now = self.proxy.counters(self.config.name).get(release.pool)
             window = now - baseline if now is not None and baseline is not None else now
-            if (window is not None and window.requests >= options.min_requests
-                    and window.error_rate > options.max_error_rate):
+            breach = error_breach(window, old, options)
+            if breach is not None:
                 raise AnalysisFailed(
-                    f"{release.version} error rate {window.error_rate:.1%} over {window.requests} requests "
-                    f"in the {time.monotonic() - started:.1f}s after the switch exceeds "
-                    f"{options.max_error_rate:.1%}")
+                    f"{release.version} {breach}, in the {time.monotonic() - started:.1f}s after the switch")
             remaining = started + seconds - time.monotonic()
             if remaining <= 0:
                 break

@@ -33,6 +33,9 @@ class ProxyControl:
             health=config.health.to_proxy() if config.health else None,
             hold_timeout=config.hold_timeout,
             labels=dict(labels or {}),
+            override=config.override,
+            override_secret=config.override_secret,
+            override_networks=config.override_networks,
         )
 
     def pools(self, service: str) -> dict[str, PoolSpec]:

@@ -37,7 +37,7 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
     outcome: dict[str, str] = {}
     for service in sorted(set(states) | set(by_service) | set(interrupted)):
         state = states.get(service) or {}
-        service_config = config.services.get(service) or _config_from_state(state)
+        service_config = config.services.get(service) or _config_from_state(state, deployer, service)
         if service_config is None:
             outcome[service] = "unknown service: removed its containers"
             await _remove(deployer, by_service.get(service, []))
@@ -132,7 +132,10 @@ def _release(data: dict[str, Any] | None) -> Release | None:
     return Release(data["version"], data["image"], data["pool"])
 
 
-def _config_from_state(state: dict[str, Any]) -> ServiceConfig | None:
+def _config_from_state(state: dict[str, Any], deployer: Deployer, service: str) -> ServiceConfig | None:
+    """The config saved with the service's state, read by the config reader (a bad row is a ConfigError
+    naming the journal, the service and the key)."""
     data = state.get("config")
-    return service_from_dict(data) if data else None
+    source = f"{deployer.journal.path} (saved config of service {service!r})"
+    return service_from_dict(data, source) if data else None
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from .forward import ClientConnection
+    from .http import RequestHead
     from .pool import Pool
     from .upstream import Upstream
 
@@ -82,28 +82,26 @@ class Tap:
         self.pool = pool.name
         self.upstream = upstream.address
 
-    def emit(self, conn: ClientConnection, error: str = "") -> None:
-        """The exchange on `conn` is over: log it, then reset for the next one."""
-        req = conn.req
-        duration = time.monotonic() - conn.t0 if req is not None else 0.0  # t0 is on forward.now's clock
+    def emit(self, req: RequestHead | None, t0: float, client: bytes, status: int, service: str,
+             error: str = "") -> None:
+        """An exchange is over: log it, then reset for the next one. `t0`: when its head arrived (on
+        forward.now's clock); `client`: the peer's address; `service`: the name, or "" when none."""
+        duration = time.monotonic() - t0 if req is not None else 0.0
         request_id = ""
         if self.head:
             m = _REQUEST_ID_RE.search(self.head)
             if m is not None:
                 request_id = m.group(1).rstrip(b" \t").decode("latin-1")
-        service = conn.service
-        if service is None and req is not None:  # answered before routing (hold timeout, maintenance)
-            service = conn.router.table.match(req.host, req.path)
         fields = dict(
             time=format_time(time.time() - duration),
-            client=conn.peer.decode(),
+            client=client.decode(),
             method=req.method.decode("latin-1") if req is not None else "",
             path=req.path if req is not None else "",
             host=(req.host_raw.decode("latin-1") or req.host) if req is not None else "",
-            status=conn.status,
+            status=status,
             bytes_sent=self.sent - self.mark,
             duration_ms=round(duration * 1000, 3),
-            service=service.name if service is not None else "",
+            service=service,
             pool=self.pool,
             upstream=self.upstream,
             request_id=request_id,

@@ -59,19 +59,26 @@ def create_admin_app(router: Router, token: str | None = None) -> web.Applicatio
 
 # ---------------------------------------------------------------- middlewares
 def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = None if token is None else b"Bearer " + token.encode()
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Origin" in request.headers:
             raise ApiError(403, "browser requests (with an Origin header) are refused")
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if expected is not None and not _bearer_matches(request, expected):
+            raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         if request.method not in ("GET", "HEAD") and CLIENT_HEADER not in request.headers:
             raise ApiError(403, f"changes need the {CLIENT_HEADER} header")
         return await handler(request)
 
     return guard
+
+
+def _bearer_matches(request: web.Request, expected: bytes) -> bool:
+    """The one `Authorization` header's raw bytes against `Bearer <token>`, in constant time. Raw bytes:
+    a value that is not UTF-8 is simply wrong (decoding it would fail before the comparison)."""
+    given = [value for name, value in request.raw_headers if name.lower() == b"authorization"]
+    return len(given) == 1 and hmac.compare_digest(given[0], expected)
 
 
 @web.middleware
@@ -120,7 +127,7 @@ def describe_table(router: Router) -> dict[str, Any]:
     services = {}
     for service in table.services.values():
         services[service.name] = {
-            "spec": service.spec.to_dict(),
+            "spec": _redacted(service.spec.to_dict()),
             "routable": service.routable,
             "pools": [
                 {
@@ -136,6 +143,13 @@ def describe_table(router: Router) -> dict[str, Any]:
             ],
         }
     return {"generation": router.generation, "services": services}
+
+
+def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec for display: the override secret is not printed by `turnout status --json`."""
+    if spec.get("override_secret"):
+        spec["override_secret"] = "(set)"
+    return spec
 
 
 def _drain_timeout(request: web.Request) -> float | None:
@@ -211,7 +225,7 @@ async def get_counters(request: web.Request) -> web.Response:
     counters = router.metrics.counters(name)
     return _json({
         pool: {"requests": c.requests, "by_class": dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"),
-                                                            c.by_class[1:], strict=True)),
+                                                            c.classes, strict=True)),
                "proxy_errors": c.proxy_errors, "p50": _seconds(c.quantile(0.5)),
                "p99": _seconds(c.quantile(0.99))}
         for pool, c in counters.items()

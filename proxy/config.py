@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
+
+from .errors import ValidationError
+
+MIN_ADMIN_TOKEN = 32  # characters; a shorter bearer token is refused (`secrets.token_urlsafe(32)` gives 43)
+# Visible ASCII, no spaces: what fits a bearer token in an `Authorization` header unquoted.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,7 +17,7 @@ class ProxyConfig:
     listen: str = "127.0.0.1:8000"
     admin_socket: str = ".turnout/admin.sock"  # HTTP over a unix socket, mode 0600
     admin_tcp: str | None = None  # e.g. "127.0.0.1:8001"; requires admin_token
-    admin_token: str | None = None
+    admin_token: str | None = None  # at least MIN_ADMIN_TOKEN visible ASCII characters
     # Timeouts in seconds.
     connect_timeout: float = 5.0  # opening a connection to an upstream
     header_timeout: float = 10.0  # a client must send its whole request head within this (slowloris)
@@ -30,16 +37,24 @@ class ProxyConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Cross-field checks; a ValidationError names the key (`admin_tcp`), its reader adds where."""
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("_timeout") and (not isinstance(value, int | float) or value <= 0):
-                raise ValueError(f"proxy.{f.name}: must be a positive number of seconds, got {value!r}")
+                raise ValidationError(f.name, f"must be a positive number of seconds, got {value!r}")
         if self.admin_tcp and not self.admin_token:
-            raise ValueError("proxy.admin_tcp: a TCP admin listener requires proxy.admin_token")
+            raise ValidationError("admin_tcp", "a TCP admin listener requires proxy.admin_token")
         if self.admin_tcp and self.admin_tcp.rpartition(":")[0] not in ("127.0.0.1", "[::1]", "localhost"):
-            raise ValueError("proxy.admin_tcp: the admin API listens on loopback only")
+            raise ValidationError("admin_tcp", "the admin API listens on loopback only")
+        if self.admin_token is not None:
+            if not _TOKEN.fullmatch(self.admin_token):
+                raise ValidationError("admin_token", "must be visible ASCII characters without spaces")
+            if len(self.admin_token) < MIN_ADMIN_TOKEN:
+                raise ValidationError("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters, got "
+                                      f"{len(self.admin_token)} (make one with "
+                                      "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
         if self.max_header_bytes < 1024:
-            raise ValueError("proxy.max_header_bytes: must be at least 1024")
+            raise ValidationError("max_header_bytes", "must be at least 1024")
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

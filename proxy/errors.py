@@ -8,12 +8,19 @@ class ProxyError(Exception):
 
 
 class ValidationError(ProxyError, ValueError):
-    """A bad routing change: names the offending field; nothing was changed."""
+    """A bad value (a routing change, a proxy setting): `key` names it, relative to what was being read
+    (`health.interval`, `admin_tcp`), so a caller can place it in its own vocabulary (a file's key path)
+    without parsing the text. Nothing was changed."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
         self.message = message
+
+    @property
+    def field(self) -> str:
+        """The admin API's JSON names the key `field`."""
+        return self.key
 
 
 class UnknownService(ProxyError, LookupError):

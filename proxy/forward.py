@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -45,7 +45,8 @@ from .upstream import Health, Upstream
 from .upstream_conn import UpstreamConnection
 
 if TYPE_CHECKING:
-    from .server import ProxyServer
+    from .config import ProxyConfig
+    from .router import Router
 
 log = structlog.get_logger("turnout.proxy.forward")
 
@@ -64,6 +65,17 @@ now = time.monotonic
 HEADS = RequestHeads()  # validated request heads and their upstream rewrite, shared by all connections
 
 
+class Listener(Protocol):
+    """What a client connection needs of the server that accepted it (`server.ProxyServer`)."""
+
+    router: Router
+    config: ProxyConfig
+    loop: asyncio.AbstractEventLoop
+
+    def connection_opened(self, connection: ClientConnection) -> bool: ...  # False: over the limit
+    def connection_closed(self, connection: ClientConnection) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
@@ -73,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         "upstream", "websocket", "wpaused", "_dispatch_needed",
     )
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: Listener) -> None:
         self.server = server
         self.router = server.router
         self.config = server.config
@@ -136,19 +148,13 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connection_closed(self)
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
-        conn = self.upconn
-        if conn is not None:
-            self.upconn = None
-            conn.abort()
+        self._abandon_upstream()
         if self.busy:
             self.busy = False
             self.status = self.status or 499  # the client went away first
             self._end_exchange(False)
             if self.alog is not None:
-                self.alog.emit(self, "client-closed")
+                self._log_exchange("client-closed")
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
@@ -222,13 +228,11 @@ class ClientConnection(asyncio.Protocol):
             self._reject(exc)
             return
         except Exception:  # the one error boundary per request: 500 before the head, close after
-            log.exception("proxy.request_failed")
+            log.exception("proxy.request_failed", where="client")
+            self.router.metrics.internal_errors += 1
             self.keep_alive = False
             self.buf = b""
-            if self.head_sent:
-                self._cut()
-            else:
-                self._fail(500, "internal")
+            self._error(500, "internal")
             return
         if self._dispatch_needed:
             self._dispatch_needed = False
@@ -402,7 +406,7 @@ class ClientConnection(asyncio.Protocol):
             set_cookie = False
         elif req.forced is not None or req.cookies is not None:
             forced, sticky = forced_and_sticky(req, service.cookie_name)
-            pool, set_cookie = service.select(forced, sticky)
+            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky)
         else:
             pool, set_cookie = service.select(None, None)
         if pool is None:
@@ -471,7 +475,11 @@ class ClientConnection(asyncio.Protocol):
         self.upconn = conn
         pending = self.pending
         self.pending = None
-        conn.bind(self, pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[arg-type]
+        if len(pending) == 1:  # type: ignore[arg-type]
+            conn.bind(self, pending[0])  # type: ignore[index]
+        else:
+            conn.bind(self, b"".join(pending))  # type: ignore[arg-type]
+            conn.request = None  # body bytes went with the head: never replayed, so not kept either
         if self.rpause & _P_PENDING:
             self._resume(_P_PENDING)
         if not self.reading_body:
@@ -492,7 +500,9 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.upstream is not upstream or self.upconn is not None:
             conn.release(True)  # type: ignore[attr-defined]
             return None
-        return self._bind(conn)  # type: ignore[arg-type]
+        self._bind(conn)  # type: ignore[arg-type]
+        conn.request = None  # type: ignore[attr-defined]  # a first exchange is never replayed
+        return None
 
     def _connect_failed(self, upstream: Upstream) -> None:
         upstream.passive_failures += 1
@@ -565,18 +575,43 @@ class ClientConnection(asyncio.Protocol):
             self.reading_body = False
         self._next()
 
-    def upstream_lost(self) -> None:
-        """The upstream connection closed before its answer was complete."""
+    def upstream_lost(self, replay: bytes | None) -> None:
+        """The upstream connection closed before its answer was complete. `replay`: what was sent on it,
+        when it was a pooled connection that closed without a byte of an answer (closed while idle): an
+        idempotent request without a body goes again, once, on a fresh connection (so does Go's Transport)."""
         self.upconn = None
         if not self.head_sent:
-            return self._fail(502, "upstream-closed")
-        return self._cut()
+            req = self.req
+            if (replay is not None and req is not None and req.method in IDEMPOTENT
+                    and req.content_length <= 0 and not req.chunked
+                    and self.upstream is not None and not self.closed and self.task is None):
+                self.pending = [replay]
+                self.pending_size = 0
+                self.task = self.loop.create_task(self._connect(self.upstream))
+                return None
+        return self._error(502, "upstream-closed")
 
-    def upstream_error(self, reason: str) -> None:
+    def upstream_error(self, reason: str, unsent: bool) -> None:
+        """A bad answer (`unsent`: its head had not been written to the client yet)."""
         self.upconn = None
-        if not self.head_sent:
-            return self._fail(502, reason)
-        return self._cut()
+        if unsent:
+            self.head_sent = False
+        return self._error(502, reason)
+
+    def internal_error(self, where: str, error: BaseException, unsent: bool) -> None:
+        """A bug of the proxy's own surfaced on the upstream side (`where`), not the upstream's fault:
+        logged once with the original exception, counted, answered 500 (cut once the head went out)."""
+        self.upconn = None
+        if unsent:
+            self.head_sent = False
+        log.error("proxy.request_failed", where=where, exc_info=error,
+                  upstream=self.upstream.address if self.upstream is not None else "")
+        self.router.metrics.internal_errors += 1
+        self.keep_alive = False
+        return self._error(500, "internal")
+
+    def close_after_answer(self) -> None:
+        self.keep_alive = False
 
     def tunnel_started(self) -> None:
         self.tunnel = True
@@ -599,23 +634,39 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ drain (Upstream.drain)
     def abort_for_drain(self) -> None:
         """The drain deadline passed with this exchange still in flight."""
-        if self.task is not None:
-            self.task.cancel()
+        self._abandon_upstream()
+        if self.tunnel:
+            return self._cut()
+        self.keep_alive = False
+        return self._error(504, "drain-deadline")
+
+    # ================================================================== ending exchanges
+    def _abandon_upstream(self) -> None:
+        """Stop what the exchange has going upstream: the connect or hold task, and the connection (aborted,
+        never pooled: its request or answer is half-way)."""
+        task = self.task
+        if task is not None:
             self.task = None
+            if task is not asyncio.current_task():
+                task.cancel()
         conn = self.upconn
         if conn is not None:
             self.upconn = None
             conn.abort()
-        if self.head_sent or self.tunnel:
-            return self._cut()
-        self.keep_alive = False
-        return self._fail(504, "drain-deadline")
 
-    # ================================================================== ending exchanges
+    def _log_exchange(self, error: str = "") -> None:
+        """The access log's event for the exchange just over (the log is on: `alog` is its tap)."""
+        req = self.req
+        service = self.service
+        if service is None and req is not None:  # answered before routing (hold timeout, maintenance)
+            service = self.router.table.match(req.host, req.path)
+        self.alog.emit(req, self.t0, self.peer, self.status,  # type: ignore[union-attr]
+                       service.name if service is not None else "", error)
+
     def _next(self) -> None:
         """The exchange is over: go on with the next request, or close."""
         if self.alog is not None:
-            self.alog.emit(self)
+            self._log_exchange()
         self.req = None
         self.service = None
         self.pending = None
@@ -639,14 +690,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, status: int, reason: str, retry_after: int = 0) -> None:
         """A proxy-made answer for the current exchange (before any of the upstream's answer)."""
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-        self.task = None
+        self._abandon_upstream()
         self._dispatch_needed = False
-        conn = self.upconn
-        if conn is not None:
-            self.upconn = None
-            conn.abort()
         if self.reading_body or (status >= 500 and status != 503):
             self.keep_alive = False
         if self.reading_body:
@@ -666,6 +711,13 @@ class ClientConnection(asyncio.Protocol):
                                                 retry_after=retry_after, head_only=self.is_head))
         self._next()
 
+    def _error(self, status: int, reason: str) -> None:
+        """End the exchange on an error: the proxy's own answer while nothing of the upstream's has gone
+        out, else a cut (the client must not take a half answer for a whole one)."""
+        if self.head_sent:
+            return self._cut()
+        return self._fail(status, reason)
+
     def _local_error(self, status: int, reason: str, retry_after: int = 0) -> None:
         """An answer made before any pool was chosen (404, 503 maintenance/hold)."""
         self._fail(status, reason, retry_after)
@@ -676,10 +728,8 @@ class ClientConnection(asyncio.Protocol):
             self.busy = False
             self._end_exchange(False)
             if self.alog is not None:
-                self.alog.emit(self, "" if self.tunnel else "cut")
-        if self.upconn is not None:
-            self.upconn.abort()
-            self.upconn = None
+                self._log_exchange("" if self.tunnel else "cut")
+        self._abandon_upstream()
         self.closed = True
         self.dkind = 0
         if self.transport is not None:
@@ -689,10 +739,8 @@ class ClientConnection(asyncio.Protocol):
         """Hostile or oversized request: answer 4xx and close, forward nothing (more)."""
         self.keep_alive = False
         self.buf = b""
-        if self.head_sent:
-            return self._cut()
         self.pending = None
-        return self._fail(exc.status, exc.reason)
+        return self._error(exc.status, exc.reason)
 
     # ================================================================== timers and flow control
     def _set_deadline(self, kind: int, seconds: float) -> None:
@@ -712,11 +760,8 @@ class ClientConnection(asyncio.Protocol):
             self.keep_alive = False
             self._fail(408, "header-timeout")
         elif kind == D_BODY:
-            if self.head_sent:
-                self._cut()
-            else:
-                self.keep_alive = False
-                self._fail(408, "body-timeout")
+            self.keep_alive = False
+            self._error(408, "body-timeout")
         elif kind == D_UPSTREAM and not self.head_sent:
             self.keep_alive = False
             self._fail(504, "upstream-timeout")

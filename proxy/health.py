@@ -1,4 +1,5 @@
-"""Active health checking: one probe loop per (service, upstream) with rise/fall thresholds.
+"""Active health checking: one probe loop per (service, upstream) with `healthy`/`unhealthy`
+thresholds.
 
 Probes run in tasks beside the hot path and only ever call `router.set_health`, which rebuilds the
 snapshot; the hot path never filters. The checker follows the table: upstreams that appear get a probe,
@@ -104,11 +105,11 @@ class HealthChecker:
                 passes, fails = 0, fails + 1
             upstream.active_health = Health.HEALTHY if passes else Health.UNHEALTHY
             try:
-                if upstream.health is Health.UNHEALTHY and passes >= spec.rise:
+                if upstream.health is Health.UNHEALTHY and passes >= spec.healthy:
                     log.info("health.probe_passed", service=service, upstream=upstream.address, seen=seen,
                              passes=passes)
                     self.router.set_health(upstream, Health.HEALTHY)
-                elif upstream.health is Health.HEALTHY and fails >= spec.fall:
+                elif upstream.health is Health.HEALTHY and fails >= spec.unhealthy:
                     log.warning("health.probe_failed", service=service, upstream=upstream.address,
                                 seen=seen, failures=fails)
                     self.router.set_health(upstream, Health.UNHEALTHY)

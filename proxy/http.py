@@ -43,13 +43,22 @@ _TOKEN_RE = re.compile(_TOKEN + rb"+")
 # "Connection: Content-Length" would make the proxy forward a body the upstream reads as a request).
 _UNNOMINABLE = frozenset((b"host", b"content-length"))
 _COOKIE_RE = re.compile(rb"(?:^|;)[ \t]*(turnout-[^=; \t]*)=[ \t]*([^; \t]*)")
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+# chunk-size [chunk-ext] (RFC 9112 7.1.1): every ";" is followed by a name, an "=" by a token or a
+# quoted-string ("5;" is refused: a lenient reader elsewhere may take the line differently).
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[ \t]*" + _TOKEN + rb"+(?:[ \t]*=[ \t]*(?:"
+                            + _TOKEN + rb"+|" + _QUOTED + rb"))?)*")
 _TRAILER_RE = re.compile(_TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*")
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-# Request header lines never forwarded: hop-by-hop, and the X-Forwarded-* the proxy sets itself.
+# Request header lines never forwarded: hop-by-hop, the X-Forwarded-* the proxy sets itself, and the
+# pool override (meant for the proxy; with header-secret it carries the secret).
+# Also every name with an underscore, as nginx does (`underscores_in_headers off`): CGI/WSGI-style servers
+# read "_" as "-", so `Transfer_Encoding` beside a Content-Length would frame the body differently there.
 _DROP_NAMES = (rb"connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate"
-               rb"|proxy-authorization|x-forwarded-for|x-forwarded-proto|x-forwarded-host")
+               rb"|proxy-authorization|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-turnout-pool"
+               rb"|[^:\r]*_[^:\r]*")
+_UNDERSCORE_NAME_RE = re.compile(rb"\r\n[^:\r]*_")  # in a validated head: a header name with "_"
 _DROP_TRUSTED_RE = re.compile(rb"\r\n(?:" + _DROP_NAMES + rb"):[^\r]*", re.IGNORECASE)
 # From untrusted peers also every other X-Forwarded-* and Forwarded.
 # (X-Real-IP and underscore spellings too: CGI/WSGI servers read X_Forwarded_For as X-Forwarded-For.)
@@ -60,6 +69,8 @@ _DROPPED = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", 
 # Case-sensitive values, read from the original bytes on the (rarer) paths that need them.
 _COOKIE_LINE_RE = re.compile(rb"\r\ncookie:[ \t]*([^\r]*)", re.IGNORECASE)
 _POOL_LINE_RE = re.compile(rb"\r\nx-turnout-pool:[ \t]*([^\r]*)", re.IGNORECASE)
+_COOKIE_VALUE_RE = re.compile(rb"(\r\ncookie:[ \t]*)([^\r]*)", re.IGNORECASE)
+POOL_COOKIE = "turnout-pool"  # the override's cookie
 _XF_LINE_RE = re.compile(rb"\r\nx-forwarded-(for|proto|host):[ \t]*([^\r]*)", re.IGNORECASE)
 
 VIA = b"Via: 1.1 turnout\r\n"
@@ -166,6 +177,7 @@ def parse_request_head(head: bytes) -> RequestHead:
                         cookies[k.decode("latin-1")] = v.decode("latin-1")
                 req.cookies = cookies
         elif name == b"x-turnout-pool":
+            req.drop = True  # never forwarded
             if req.forced is None:
                 raw = _POOL_LINE_RE.findall(head)
                 req.forced = raw[0].rstrip(b" \t").decode("latin-1") or None if raw else None
@@ -180,6 +192,8 @@ def parse_request_head(head: bytes) -> RequestHead:
                 upgrade = value.rstrip(b" \t")
             elif name not in _DROPPED:
                 req.forwarded = True
+    if b"_" in head and _UNDERSCORE_NAME_RE.search(head) is not None:
+        req.drop = True
     if hosts != 1:
         if hosts > 1:
             raise BadRequest(400, "several Host headers")
@@ -274,7 +288,7 @@ def forced_and_sticky(req: RequestHead, cookie_name: str) -> tuple[str | None, s
     if cookies is None:
         return forced, None
     if forced is None:
-        forced = cookies.get("turnout-pool") or None
+        forced = cookies.get(POOL_COOKIE) or None
     return forced, cookies.get(cookie_name) or None
 
 
@@ -312,6 +326,8 @@ def _upstream_base(head: bytes, req: RequestHead, peer: bytes, trusted: bool, su
         if req.named:  # headers named in Connection are hop-by-hop too (rare)
             names = b"|".join(re.escape(t) for t in req.named)
             head = re.compile(rb"\r\n(?:" + names + rb"):[^\r]*", re.IGNORECASE).sub(b"", head)
+    if req.cookies is not None and POOL_COOKIE in req.cookies:
+        head = _COOKIE_VALUE_RE.sub(_without_pool_cookie, head)
     if req.origin is not None:  # absolute-form: origin-form target, Host from the authority
         rest = _HOST_LINE_RE.sub(b"", head[head.find(b"\r\n"):])
         head = b"%s %s HTTP/1.1\r\nHost: %s%s" % (req.method, req.origin, req.host_raw, rest)
@@ -332,6 +348,13 @@ def _upstream_base(head: bytes, req: RequestHead, peer: bytes, trusted: bool, su
     if req.websocket:
         parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     return b"".join(parts)
+
+
+def _without_pool_cookie(line: re.Match[bytes]) -> bytes:
+    """A Cookie line without the override's cookie (the whole line goes when nothing else is left)."""
+    kept = b";".join(pair for pair in line.group(2).split(b";")
+                     if pair.partition(b"=")[0].strip(b" \t") != POOL_COOKIE.encode()).strip(b" \t")
+    return line.group(1) + kept if kept else b""
 
 
 CachedHead = tuple[RequestHead, bytes, bool]  # (parsed head, upstream head or template, numbered)

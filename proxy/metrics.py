@@ -1,7 +1,8 @@
 """Per-service and per-pool (version) counters, cheap enough for the hot path, in Prometheus text.
 
 A `PoolStats` lives as long as its (service, pool) name pair, across snapshot swaps, so a weight change
-never resets the counters the canary analysis compares.
+never resets the counters the canary analysis compares. Requests a tester sent to a pool with the pool
+override are counted apart (`PoolStats.overridden`), so they never enter that analysis.
 """
 
 from __future__ import annotations
@@ -11,22 +12,38 @@ from dataclasses import dataclass
 
 # Upper bounds in seconds; the last bucket is +Inf.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Where a status is counted in `by_class`: 1..4 its class; 5 the 5xx that count against a version (500,
+# 502, 503, 504: the app failed, or the proxy could not reach it); 6 every other 5xx and anything above
+# 599 (501 and 505 answer the request, not the version: any client can provoke them with an unknown
+# method or version). One tuple lookup per answer, cheaper than the min() it replaces. llhttp refuses
+# statuses above 999, and the proxy's own answers are 4xx/5xx.
+ERROR_STATUSES = (500, 502, 503, 504)
+_SLOT = tuple(0 if s < 100 else s // 100 if s < 500 else 5 if s in ERROR_STATUSES else 6 for s in range(1000))
 
 
 class PoolStats:
     """Counters of one pool: answers by status class, proxy-made errors, latency histogram."""
 
-    __slots__ = ("by_class", "buckets", "inflight", "latency_sum", "proxy_errors")
+    __slots__ = ("_overridden", "by_class", "buckets", "inflight", "latency_sum", "proxy_errors")
 
     def __init__(self) -> None:
-        self.by_class = [0] * 6  # index = status // 100 (1xx..5xx); 0 unused
+        self.by_class = [0] * 7  # index: `_SLOT[status]` (1xx..4xx, counted 5xx, other 5xx); 0 unused
         self.proxy_errors = 0  # 502/503/504 the proxy itself made (counted in by_class too)
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.inflight = 0
+        self._overridden: PoolStats | None = None
+
+    @property
+    def overridden(self) -> PoolStats:
+        """The counters of requests routed to this pool by the pool override (testers, a blue-green
+        preview): apart from these, so no client can steer the analysis by choosing its pool."""
+        if self._overridden is None:
+            self._overridden = PoolStats()
+        return self._overridden
 
     def observe(self, status: int, seconds: float, proxy_made: bool = False) -> None:
-        self.by_class[min(status // 100, 5)] += 1
+        self.by_class[_SLOT[status]] += 1
         if proxy_made:
             self.proxy_errors += 1
         self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -50,8 +67,15 @@ class PoolCounters:
         return sum(self.by_class)
 
     @property
+    def classes(self) -> tuple[int, ...]:
+        """Answers by status class, 1xx..5xx (every 5xx in the last)."""
+        by_class = self.by_class
+        return (*by_class[1:5], by_class[5] + by_class[6])
+
+    @property
     def errors(self) -> int:
-        """Answers that count against a version: 5xx from the app or made by the proxy for it."""
+        """Answers that count against a version: 500 and 502-504, from the app or made by the proxy for
+        it (not 501/505, which any client provokes with an unknown method or HTTP version)."""
         return self.by_class[5]
 
     @property
@@ -87,6 +111,7 @@ class Metrics:
         self.pools: dict[tuple[str, str], PoolStats] = {}
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
         self.drain_aborted = 0
+        self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
 
     def pool(self, service: str, pool: str) -> PoolStats:
@@ -106,9 +131,16 @@ class Metrics:
             "# TYPE turnout_requests_total counter",
         ]
         for (svc, pool), s in sorted(self.pools.items()):
-            for cls in range(1, 6):
-                out.append(f'turnout_requests_total{{service="{svc}",pool="{pool}",code="{cls}xx"}} '
-                           f"{s.by_class[cls]}")
+            for cls, count in enumerate(s.snapshot().classes, 1):
+                out.append(f'turnout_requests_total{{service="{svc}",pool="{pool}",code="{cls}xx"}} {count}')
+        out += ["# HELP turnout_override_requests_total Requests routed by the pool override (testers), "
+                "by class; not in turnout_requests_total nor in the deploy analysis.",
+                "# TYPE turnout_override_requests_total counter"]
+        for (svc, pool), s in sorted(self.pools.items()):
+            if s._overridden is not None:
+                for cls, count in enumerate(s._overridden.snapshot().classes, 1):
+                    out.append(f'turnout_override_requests_total{{service="{svc}",pool="{pool}",'
+                               f'code="{cls}xx"}} {count}')
         out += ["# HELP turnout_proxy_errors_total 502/503/504 answers made by the proxy itself.",
                 "# TYPE turnout_proxy_errors_total counter"]
         for (svc, pool), s in sorted(self.pools.items()):
@@ -138,6 +170,9 @@ class Metrics:
             out.append(f'turnout_unrouted_total{{code="{cls}xx"}} {self.unrouted[cls]}')
         out += ["# TYPE turnout_drain_aborted_total counter",
                 f"turnout_drain_aborted_total {self.drain_aborted}",
+                "# HELP turnout_internal_errors_total Requests failed by a bug of the proxy's own (logged).",
+                "# TYPE turnout_internal_errors_total counter",
+                f"turnout_internal_errors_total {self.internal_errors}",
                 "# TYPE turnout_client_connections gauge",
                 f"turnout_client_connections {self.connections}", ""]
         return "\n".join(out)

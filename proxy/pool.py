@@ -25,6 +25,10 @@ class Pool:
         self.stats = stats
         self._cursor = itertools.count()
 
+    def view(self, stats: PoolStats) -> Pool:
+        """The same pool (name, weight, upstreams) counted in other stats: what the override routes to."""
+        return Pool(self.name, self.weight, self.upstreams, self.balance, stats)
+
     @property
     def routable(self) -> bool:
         return bool(self.eligible)

@@ -100,5 +100,6 @@ class ProxyServer:
                     connection.on_deadline()
                 except Exception:  # one bad connection must not stop the sweeper
                     log.exception("proxy.deadline_failed")
+                    self.router.metrics.internal_errors += 1
                     connection.transport.abort()
         self._tick_handle = self.loop.call_later(self.tick, self._tick)

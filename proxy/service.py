@@ -6,6 +6,7 @@ import random
 from bisect import bisect_right
 from collections.abc import Callable
 
+from .override import Override
 from .pool import Pool
 from .specs import ServiceSpec
 
@@ -15,8 +16,9 @@ STICKY_COOKIE_PREFIX = "turnout-"  # the sticky cookie is named turnout-<service
 class Service:
     """Immutable: built from a ServiceSpec plus upstream health each time either changes."""
 
-    __slots__ = ("_cumulative", "_weighted", "cookie_name", "hold_timeout", "hosts", "name", "only",
-                 "path_prefix", "pools", "pools_by_name", "routable", "spec", "state", "sticky")
+    __slots__ = ("_cumulative", "_weighted", "cookie_name", "forced_pools", "hold_timeout", "hosts", "name",
+                 "only", "override", "path_prefix", "pools", "pools_by_name", "routable", "spec", "state",
+                 "sticky")
 
     def __init__(self, spec: ServiceSpec, pools: tuple[Pool, ...], hold_timeout: float) -> None:
         self.spec = spec
@@ -29,8 +31,13 @@ class Service:
         self.hold_timeout = spec.hold_timeout if spec.hold_timeout is not None else hold_timeout
         self.pools = pools
         self.pools_by_name = {p.name: p for p in pools}
+        # The pool override, when the service allows one: a request it routes gets a view of the pool
+        # (the same upstreams) whose counters are `stats.overridden`, so what testers send never enters
+        # the deploy analysis, at no cost to any other request.
+        self.override = Override(spec) if spec.override != "off" else None
+        self.forced_pools = {p.name: p.view(p.stats.overridden) for p in pools} if self.override else {}
         # Only pools that can take traffic enter the weighted draw: weight 0 or no healthy
-        # upstream means "receives nothing" (a forced pool may still be reached by override).
+        # upstream means "receives nothing" (a forced pool may still be reached by the override).
         self._weighted = tuple(p for p in pools if p.weight > 0 and p.routable)
         total, cumulative = 0, []
         for pool in self._weighted:
@@ -51,14 +58,22 @@ class Service:
             return None
         return weighted[bisect_right(self._cumulative, rand() * self._cumulative[-1])]
 
+    def allowed_pool(self, value: str | None, peer: bytes) -> str | None:
+        """The pool an override value (header or cookie) names, when this client may use it."""
+        override = self.override
+        if value is None or override is None:
+            return None
+        return override.pool(value, peer)
+
     def select(self, forced: str | None, sticky: str | None,
                rand: Callable[[], float] = random.random) -> tuple[Pool | None, bool]:
         """The pool for a request, and whether to (re)set the sticky cookie.
 
-        `forced` (override header/cookie, for testers) wins when that pool has a healthy upstream,
-        even at weight 0; `sticky` keeps a client on its pool while that pool still gets traffic."""
+        `forced` (a pool the override allowed: `allowed_pool`) wins when that pool has a healthy
+        upstream, even at weight 0, and only when the service has an override; `sticky` keeps a client
+        on its pool while that pool still gets traffic."""
         if forced is not None:
-            pool = self.pools_by_name.get(forced)
+            pool = self.forced_pools.get(forced)
             if pool is not None and pool.routable:
                 return pool, False
         if self.sticky and sticky is not None:

@@ -6,27 +6,51 @@ a bad request changes nothing. The effective table (`table.py`) is derived from 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ValidationError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Names of services, pools and versions: they end up in cookies, headers, labels and /metrics, so they
+# must be matched whole (`fullmatch`: `$` would let a trailing newline through).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BALANCES = ("round_robin", "least_outstanding")
 STATES = ("active", "paused", "stopped")
+# Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py).
+OVERRIDE_MODES = ("off", "header-secret", "trusted")
+# An override secret travels in a header and a cookie value: token characters only, long enough to guess.
+SECRET_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 MAX_WEIGHT = 1_000_000
+# A health check's bounds: the one place both layers take them from (turnout.toml, the journal and the
+# admin API all build a HealthSpec, which checks them).
+HEALTH_THRESHOLDS = (1, 100)  # `healthy` / `unhealthy`: consecutive probes
+HEALTH_SECONDS = (0.01, 3600.0)  # `interval` / `timeout`
+HEALTH_KEYS = ("path", "interval", "timeout", "healthy", "unhealthy")
 
 
 @dataclass(frozen=True, slots=True)
 class HealthSpec:
-    """Active HTTP probe per upstream: `rise` passes make it healthy, `fall` failures unhealthy."""
+    """Active HTTP probe per upstream: `healthy` passes in a row make it healthy, `unhealthy` failures
+    unhealthy. Checks its own values: a bad one raises ValidationError naming the key."""
 
     path: str = "/healthz"
     interval: float = 1.0
     timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
+    healthy: int = 2
+    unhealthy: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ValidationError("path", f"must start with '/', got {self.path!r}")
+        for key in ("interval", "timeout"):
+            _number(key, getattr(self, key), *HEALTH_SECONDS, unit=" seconds")
+        low, high = HEALTH_THRESHOLDS
+        for key in ("healthy", "unhealthy"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValidationError(key, f"must be a whole number {low}-{high}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +72,11 @@ class ServiceSpec:
     health: HealthSpec | None = None
     hold_timeout: float | None = None  # None: the proxy-wide default
     labels: dict[str, str] = field(default_factory=dict)  # free-form, e.g. which pool is stable
+    # The pool override (X-Turnout-Pool / turnout-pool cookie): "off", "header-secret" (the value is
+    # `<pool>:<override_secret>`) or "trusted" (clients whose address is in `override_networks`).
+    override: str = "off"
+    override_secret: str | None = None
+    override_networks: tuple[str, ...] = ()
 
     @property
     def upstream_addresses(self) -> set[str]:
@@ -60,6 +89,7 @@ class ServiceSpec:
         data = asdict(self)
         data["pools"] = [asdict(p) | {"upstreams": list(p.upstreams)} for p in self.pools]
         data["hosts"] = list(self.hosts)
+        data["override_networks"] = list(self.override_networks)
         return data
 
     @classmethod
@@ -68,7 +98,7 @@ class ServiceSpec:
         if not isinstance(data, dict):
             raise ValidationError("service", "must be a JSON object")
         known = {"name", "pools", "hosts", "path_prefix", "balance", "state", "sticky", "health",
-                 "hold_timeout", "labels"}
+                 "hold_timeout", "labels", "override", "override_secret", "override_networks"}
         for key in data:
             if key not in known:
                 raise ValidationError(str(key), f"unknown field (known: {', '.join(sorted(known))})")
@@ -109,19 +139,54 @@ class ServiceSpec:
             health=_health(data.get("health")),
             hold_timeout=hold,
             labels=dict(labels),
+            **override_settings(data),
         )
 
 
+def override_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The override keys: a mode, and exactly what that mode needs (a secret, or client networks)."""
+    mode = data.get("override", "off")
+    if mode not in OVERRIDE_MODES:
+        raise ValidationError("override", f"must be one of {', '.join(OVERRIDE_MODES)}")
+    secret = data.get("override_secret")
+    networks = data.get("override_networks", [])
+    if mode == "header-secret":
+        if not isinstance(secret, str) or not SECRET_RE.fullmatch(secret):
+            raise ValidationError("override_secret", "must be 16-256 characters of letters, digits and "
+                                  "._~+/=- (required with override = header-secret)")
+    elif secret is not None:
+        raise ValidationError("override_secret", "only with override = header-secret")
+    if not isinstance(networks, list | tuple) or not all(isinstance(n, str) for n in networks):
+        raise ValidationError("override_networks", "must be a list of addresses or CIDR networks")
+    if mode == "trusted":
+        if not networks:
+            raise ValidationError("override_networks", "required with override = trusted (CIDR networks "
+                                  "such as 10.0.0.0/8, or addresses)")
+        for network in networks:
+            parse_network("override_networks", network)
+    elif networks:
+        raise ValidationError("override_networks", "only with override = trusted")
+    return {"override": mode, "override_secret": secret, "override_networks": tuple(networks)}
+
+
+def parse_network(where: str, value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """'10.0.0.0/8', '::1' or '192.168.1.7' (one address) -> a network, or ValidationError."""
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(where, f"{value!r} is not an address or CIDR network") from None
+
+
 def _check_name(where: str, value: Any) -> None:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ValidationError(where, "must be 1-63 characters of letters, digits, '_', '.', '-'")
 
 
-def _number(where: str, value: Any, minimum: float, maximum: float) -> float:
+def _number(where: str, value: Any, minimum: float, maximum: float, unit: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(where, "must be a number")
+        raise ValidationError(where, f"must be a number, got {value!r}")
     if not minimum <= value <= maximum:
-        raise ValidationError(where, f"must be between {minimum:g} and {maximum:g}")
+        raise ValidationError(where, f"must be between {minimum:g} and {maximum:g}{unit}, got {value!r}")
     return float(value)
 
 
@@ -171,21 +236,11 @@ def _health(raw: Any) -> HealthSpec | None:
         return None
     if not isinstance(raw, dict):
         raise ValidationError("health", "must be an object or null")
-    extra = set(raw) - {"path", "interval", "timeout", "rise", "fall"}
+    extra = set(raw) - set(HEALTH_KEYS)
     if extra:
-        raise ValidationError(f"health.{sorted(extra)[0]}", "unknown field")
-    path = raw.get("path", "/healthz")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValidationError("health.path", "must start with '/'")
-    ints = {}
-    for key in ("rise", "fall"):
-        value = raw.get(key, 2 if key == "rise" else 3)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-            raise ValidationError(f"health.{key}", "must be an integer 1-100")
-        ints[key] = value
-    return HealthSpec(
-        path=path,
-        interval=_number("health.interval", raw.get("interval", 1.0), 0.01, 3600.0),
-        timeout=_number("health.timeout", raw.get("timeout", 1.0), 0.01, 3600.0),
-        **ints,
-    )
+        raise ValidationError(f"health.{sorted(extra)[0]}",
+                              f"unknown field (known: {', '.join(HEALTH_KEYS)})")
+    try:
+        return HealthSpec(**raw)
+    except ValidationError as exc:
+        raise ValidationError(f"health.{exc.key}", exc.message) from None

@@ -4,13 +4,16 @@ A connection carries one exchange at a time for a client connection (`forward.Cl
 parses the response with httptools, rewrites its head for the client and streams the body with one
 client write per upstream read. An answer that arrives whole under a head the parser accepted before
 (`_KNOWN_ANSWERS`) is passed on without it. Idle keep-alive connections live in `Upstream.idle` (LIFO); a
-connection whose framing is uncertain, or released while its upstream drains, is closed instead.
+connection whose framing is uncertain, or released while its upstream drains, is closed instead. A pooled
+connection the upstream closed while idle, under a request that got no byte of an answer, hands the
+request back for one replay on a fresh connection (`ClientConnection.upstream_lost`). The client side is
+reached through `Client`, a protocol of calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from httptools import (
     HttpParserCallbackError,
@@ -21,9 +24,6 @@ from httptools import (
 
 from .http import response_head, split_response_head
 from .upstream import Upstream
-
-if TYPE_CHECKING:
-    from .forward import ClientConnection
 
 MAX_IDLE_PER_UPSTREAM = 512
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -40,19 +40,50 @@ MAX_KNOWN_ANSWERS = 512
 MAX_KNOWN_HEAD = 2048
 
 
+class Client(Protocol):
+    """The client side of an exchange (`forward.ClientConnection`), as an upstream connection sees it: what
+    it reads about the request, the transport the answer goes to, and one call for each turn the answer
+    takes. The upstream side reads these fields and never writes them."""
+
+    transport: asyncio.Transport  # the client's: the answer is written here
+    wpaused: bool  # that transport is paused for writing (back-pressure): start the exchange paused
+    is_head: bool
+    reading_body: bool  # the request body is still arriving
+    keep_alive: bool
+    http11: bool
+    websocket: bool  # the request asked for a websocket upgrade (a 101 is expected)
+    resp_extra: bytes  # header lines the proxy adds to the answer (a sticky cookie)
+
+    def response_started(self, status: int) -> None: ...
+    def answered_whole(self, conn: UpstreamConnection, status: int, answer: bytes) -> None: ...
+    def upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
+    def upstream_lost(self, replay: bytes | None) -> None: ...
+    def upstream_error(self, reason: str, unsent: bool) -> None: ...
+    def internal_error(self, where: str, error: BaseException, unsent: bool) -> None: ...
+    def close_after_answer(self) -> None: ...
+    def tunnel_started(self) -> None: ...
+    def tunnel_closed(self) -> None: ...
+    def pause_reading_for_upstream(self) -> None: ...
+    def resume_reading_for_upstream(self) -> None: ...
+
+
 class _StopParsing(Exception):
-    """Raised from a parser callback to stop llhttp (HEAD answer head read, or bad framing)."""
+    """Raised from a parser callback to stop llhttp on a bad answer (`bad` says why)."""
+
+
+class _HeadAnswered(Exception):
+    """Raised from a parser callback to stop llhttp once the head of an answer to HEAD is read."""
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("bad", "chunked", "client", "closed", "complete", "conn_close", "head_only", "headbuf",
-                 "head_pending", "interim", "out", "parser", "read_paused", "reusable", "status", "transport",
-                 "tunnel", "until_close", "upstream")
+                 "head_pending", "interim", "out", "parser", "read_paused", "request", "reusable", "status",
+                 "transport", "tunnel", "until_close", "upstream")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.client: ClientConnection | None = None
+        self.client: Client | None = None
         self.parser = HttpResponseParser(self)
         self.out: list[bytes] = []
         self.closed = False
@@ -69,15 +100,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.complete = False
         self.reusable = False
+        # What the current exchange wrote at its start, kept for a replay (`connection_lost`); None on a
+        # connection's first exchange (`ClientConnection._connect` clears it): a new connection the
+        # upstream closes without answering has refused the request, not timed out while idle.
+        self.request: bytes | None = None
 
     # ------------------------------------------------------------------ driven by the client side
-    def bind(self, client: ClientConnection, data: bytes) -> None:
+    def bind(self, client: Client, data: bytes) -> None:
         """Start an exchange: remember the client and write its request head (and body so far)."""
         self.client = client
         self.status = 0
         self.head_pending = True
         self.interim = 0
         self.chunked = self.until_close = self.head_only = self.complete = False
+        self.request = data
         if client.wpaused:
             self.transport.pause_reading()
             self.read_paused = True
@@ -126,8 +162,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self.chunked:
                 client.transport.write(b"0\r\n\r\n")
             client.upstream_complete(self, False)
+        elif self.head_pending and not self.headbuf and not self.interim and self.request is not None:
+            # Not a byte of an answer on a connection that had served one before: the upstream closed it
+            # while idle, crossing this request (the race with its keep-alive timeout). Safe to replay?
+            client.upstream_lost(self.request)
         else:
-            client.upstream_lost()
+            client.upstream_lost(None)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -160,9 +200,13 @@ class UpstreamConnection(asyncio.Protocol):
             rest = data[exc.args[0]:]
             if rest:
                 self.out.append(rest)
-        except HttpParserCallbackError:
-            if self.bad or not self.head_only:
-                return self._fail(client, self.bad or "upstream-protocol", pending)
+        except HttpParserCallbackError as exc:
+            # llhttp wraps whatever a callback raised; the callback's own exception is the context.
+            stop = exc.__context__
+            if not isinstance(stop, _HeadAnswered):
+                if isinstance(stop, _StopParsing):
+                    return self._fail(client, self.bad or "upstream-protocol", pending)
+                return self._internal_error(client, stop or exc, pending)  # Turnout's bug, not the upstream's
             # A HEAD answer: its head is all there is. Reuse the connection only when the head ended
             # exactly at the end of this read (otherwise the framing is uncertain).
             self.complete = True
@@ -186,15 +230,21 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.tunnel:
             client.tunnel_started()
 
-    def _fail(self, client: ClientConnection, reason: str, unsent: bool = False) -> None:
+    def _fail(self, client: Client, reason: str, unsent: bool = False) -> None:
         """Bad answer: drop this read's output and the connection. `unsent`: the answer's head was
         still in `out` (not written), so the client can get a clean 502 instead of a cut."""
         self.out.clear()
         self.client = None
         self.transport.abort()
-        if unsent and not self.tunnel:
-            client.head_sent = False
-        client.upstream_error(reason)
+        client.upstream_error(reason, unsent and not self.tunnel)
+
+    def _internal_error(self, client: Client, error: BaseException, unsent: bool) -> None:
+        """A parser callback raised something of its own: drop the connection like `_fail`, but as the
+        proxy's failure (logged with the original exception, counted, 500), not the upstream's."""
+        self.out.clear()
+        self.client = None
+        self.transport.abort()
+        client.internal_error("upstream-parser", error, unsent and not self.tunnel)
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -242,7 +292,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         chunked = False
         if client.reading_body:  # answered before the request body was read: the client connection closes
-            client.keep_alive = False
+            client.close_after_answer()
         if client.is_head or status in _NO_BODY_STATUS:
             self.head_only = client.is_head
         elif content_length is None:
@@ -250,7 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
             if client.http11:
                 chunked = self.chunked = True
             else:  # HTTP/1.0 client: a close-delimited body
-                client.keep_alive = False
+                client.close_after_answer()
         if common is not None and client.keep_alive and client.http11 and not client.resp_extra:
             self.out.append(common)  # the usual answer: its client head was made once, with the split
             if (status not in _NO_BODY_STATUS and not te and not self.conn_close and end <= MAX_KNOWN_HEAD
@@ -264,7 +314,7 @@ class UpstreamConnection(asyncio.Protocol):
                                           extra=client.resp_extra))
         client.response_started(status)
         if self.head_only:
-            raise _StopParsing
+            raise _HeadAnswered
 
     def on_body(self, body: bytes) -> None:
         if self.chunked:

@@ -6,6 +6,8 @@
 #   turnout-testapp:fail500        healthy, but / answers 500
 #   turnout-testapp:flaky          /healthz alternates pass/fail per probe (never 2 passes in a row)
 #   turnout-testapp:sick           /healthz passes 3 probes, then fails for good
+#   turnout-testapp:keepalive-v1, :keepalive-v2   v1/v2 on a keep-alive server that closes connections
+#                                  idle for 40 ms (busybox httpd closes after every answer)
 # Rebuilds are cheap: Docker's cache makes an unchanged image a no-op.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,10 +17,10 @@ trap 'rm -rf "$ctx"' EXIT
 cp -r "$src/Dockerfile" "$src/app" "$ctx/"
 cp /bin/busybox "$ctx/busybox"
 
-build() {  # tag version mode
+build() {  # tag version mode [server]
   # The engine's legacy builder warns on every build; show its output only when a build fails.
   if ! out=$(DOCKER_BUILDKIT=0 docker build -q -t "turnout-testapp:$1" --build-arg "VERSION=$2" \
-      --build-arg "MODE=$3" "$ctx" 2>&1); then
+      --build-arg "MODE=$3" --build-arg "SERVER=${4:-httpd}" "$ctx" 2>&1); then
     echo "$out" >&2
     echo "build-images: building turnout-testapp:$1 failed" >&2
     exit 1
@@ -33,3 +35,5 @@ build crash v-crash crash
 build fail500 v-fail500 fail500
 build flaky v-flaky flaky
 build sick v-sick sick
+build keepalive-v1 v1 ok keepalive
+build keepalive-v2 v2 ok keepalive

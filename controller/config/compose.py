@@ -45,7 +45,7 @@ def read_compose_service(path: Path, service: str, compose_key: Origin = ("compo
         raw[key] = value
         origins[key] = (f"{prefix}.{compose_name}", path)
 
-    for key in ("image", "command", "mem_limit", "cpus"):
+    for key in ("image", "command", "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt"):
         if key in svc:
             put(key, svc[key], key)
     if isinstance(raw.get("cpus"), str):  # Compose allows cpus: "0.5"

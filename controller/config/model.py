@@ -13,12 +13,14 @@ from proxy.config import ProxyConfig
 from proxy.specs import HealthSpec
 
 from ..errors import TurnoutError
+from ..hardening import DEFAULT_CAP_ADD, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT, DEFAULT_SECURITY_OPT
 
 STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
 DEFAULT_STATE_DIR = Path(".turnout")
 CLI_SOURCE = "command-line options"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses smaller memory limits
 DEFAULT_VERIFY = 2.0  # seconds of post-switch verification (ServiceConfig.verify)
+MAX_REPLICAS = 100  # containers per service on one host: turnout.toml, the CLI and the admin API alike
 
 
 class ConfigError(TurnoutError, ValueError):
@@ -46,14 +48,14 @@ class HealthCheck:
 
     def to_proxy(self) -> HealthSpec:
         return HealthSpec(path=self.path, interval=self.interval, timeout=self.timeout,
-                          rise=self.healthy, fall=self.unhealthy)
+                          healthy=self.healthy, unhealthy=self.unhealthy)
 
 
 @dataclass(frozen=True, slots=True)
 class CanaryOptions:
     steps: tuple[int, ...] = (5, 25, 50, 100)  # canary weight in percent, strictly increasing, ends at 100
     step_pause: float | None = 30.0  # seconds at each step; None: wait for `turnout promote`
-    max_error_rate: float = 0.05  # canary 5xx ratio above this rolls back
+    max_error_rate: float = 0.05  # error rate (500, 502-504) above the old version's by more rolls back
     max_p99_ratio: float = 2.0  # canary p99 above stable p99 times this rolls back
     min_requests: int = 20  # requests the canary must see at a step before it is judged
     analysis_interval: float = 1.0
@@ -100,9 +102,19 @@ class ServiceConfig:
     command: tuple[str, ...] | None = None
     volumes: tuple[Volume, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
-    mem_limit: int | None = None  # bytes
-    cpus: float | None = None
+    mem_limit: int | None = None  # bytes; None: no limit (no default, see SECURITY.md)
+    cpus: float | None = None  # None: no limit
+    # Hardening every container gets unless the service says otherwise (controller/hardening.py).
+    pids_limit: int = DEFAULT_PIDS_LIMIT  # 0: no limit set by Turnout
+    cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
+    cap_add: tuple[str, ...] = DEFAULT_CAP_ADD
+    security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
     sticky: bool = False
+    # Who may pick a pool with X-Turnout-Pool / the turnout-pool cookie (proxy/override.py): "off",
+    # "header-secret" (value `<pool>:<override_secret>`) or "trusted" (clients in `override_networks`).
+    override: str = "off"
+    override_secret: str | None = None
+    override_networks: tuple[str, ...] = ()
     hold_timeout: float | None = None  # None: the proxy-wide default
     drain_timeout: float | None = None  # None: the proxy-wide default
     upstreams: tuple[str, ...] = ()  # static "host:port" upstreams: routed, not managed
@@ -138,15 +150,17 @@ class Config:
 
 # The keys each section accepts.
 PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name != "extra"}
-PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir"}
+PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file"}
 HEALTH_KEYS = frozenset({f.name for f in fields(HealthCheck)})
 CANARY_KEYS = frozenset({f.name for f in fields(CanaryOptions)})
 ROLLING_KEYS = frozenset({f.name for f in fields(RollingOptions)})
 BLUEGREEN_KEYS = frozenset({f.name for f in fields(BlueGreenOptions)})
 CONTAINER_KEYS = frozenset({"image", "port", "replicas", "strategy", "env", "command", "volumes", "labels",
-                            "mem_limit", "cpus", "canary", "rolling", "bluegreen", "verify"})
+                            "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
+                            "canary", "rolling", "bluegreen", "verify"})
 SERVICE_KEYS = CONTAINER_KEYS | {"host", "path_prefix", "health", "sticky", "hold_timeout", "drain_timeout",
-                                 "upstreams", "compose", "service"}
+                                 "upstreams", "compose", "service", "override", "override_secret",
+                                 "override_networks"}
 X_TURNOUT_KEYS = SERVICE_KEYS - {"compose", "service", "upstreams"}
 SERVICE_OVERRIDES = frozenset({"image", "strategy", "replicas", "hold_timeout", "drain_timeout", "verify"})
 OVERRIDES = CANARY_KEYS | ROLLING_KEYS | BLUEGREEN_KEYS | SERVICE_OVERRIDES

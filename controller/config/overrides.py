@@ -17,16 +17,28 @@ from .model import (
     ConfigError,
     ServiceConfig,
 )
-from .reader import read_bluegreen, read_canary, read_image, read_rolling, read_service, read_strategy
+from .reader import (
+    read_bluegreen,
+    read_canary,
+    read_image,
+    read_replicas,
+    read_rolling,
+    read_service,
+    read_strategy,
+)
 from .table import Table
 
+# What `turnout deploy` may say about a service that is in no config (the admin API's `flags`).
+FLAGS = ("port", "replicas", "health_path", "host")
 
-def service_from_flags(name: str, image: str | None, port: int, replicas: int = 1,
+
+def service_from_flags(name: str, image: str | None, port: int | None = None, replicas: int = 1,
                        health_path: str = "/healthz", host: str | list[str] | None = None,
                        strategy: str = "rolling") -> ServiceConfig:
     """A service that is not in the config, from `turnout deploy` flags (errors name the flags)."""
-    data: dict[str, Any] = {"port": port, "replicas": replicas, "health": {"path": health_path},
-                            "strategy": strategy}
+    data: dict[str, Any] = {"replicas": replicas, "health": {"path": health_path}, "strategy": strategy}
+    if port is not None:  # without it the reader says the port is required, naming --port
+        data["port"] = port
     if image is not None:
         data["image"] = image
     if host:
@@ -57,7 +69,7 @@ def with_overrides(service: ServiceConfig, **options: Any) -> ServiceConfig:
             k: getattr(service.bluegreen, k) for k in BLUEGREEN_KEYS - set(bluegreen)}))
     own = _cli_table({k: v for k, v in given.items() if k in SERVICE_OVERRIDES})
     readers = {"image": read_image, "strategy": read_strategy,
-               "replicas": lambda t: t.integer("replicas", minimum=1),
+               "replicas": lambda t: read_replicas(t, None),
                "hold_timeout": lambda t: t.duration("hold_timeout", positive=True),
                "drain_timeout": lambda t: t.duration("drain_timeout", positive=True),
                "verify": lambda t: t.duration("verify")}

@@ -8,14 +8,25 @@ import itertools
 import os
 import re
 import shlex
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, parse_address
+from proxy.specs import NAME_RE, override_settings, parse_address
 
+from ..hardening import (
+    DEFAULT_CAP_ADD,
+    DEFAULT_CAP_DROP,
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_SECURITY_OPT,
+    cap_add_problem,
+    cap_drop_problem,
+    capability,
+    security_opt_problem,
+)
 from ..labels import CORE_KEYS
 from .compose import read_compose_service
 from .duration import DurationError, parse_duration
@@ -26,6 +37,7 @@ from .model import (
     DEFAULT_STATE_DIR,
     DEFAULT_VERIFY,
     HEALTH_KEYS,
+    MAX_REPLICAS,
     MIN_MEMORY_BYTES,
     PROXY_FIELDS,
     PROXY_KEYS,
@@ -44,7 +56,7 @@ from .model import (
 from .table import Table
 
 _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
-_HOST = re.compile(r"^[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?$")
+_HOST = re.compile(r"[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?")
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -69,16 +81,36 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
     for name in ("listen", "admin_tcp"):
         if name in options:
             _address(t, name, options[name])
+    if t.has("admin_token_file"):
+        if t.has("admin_token"):
+            raise t.error("admin_token_file", "cannot be combined with admin_token (choose one)")
+        options["admin_token"] = _token_file(t, base_dir)
     admin_socket = _resolve(Path(options.get("admin_socket", state_dir / "admin.sock")), base_dir)
     if len(os.fsencode(admin_socket)) > 107:  # sun_path holds 108 bytes with the terminating NUL
         raise t.error("admin_socket", f"{admin_socket} is too long for a unix socket path (max 107 bytes)")
     options["admin_socket"] = str(admin_socket)
     try:
         return ProxyConfig(**options), state_dir
-    except ValueError as exc:  # ProxyConfig's own cross-field checks say "proxy.<key>: problem"
-        key, _, problem = str(exc).partition(": ")
-        key = key if key.startswith("proxy.") else "proxy"
-        raise ConfigError(key, problem or str(exc), t.source) from None
+    except ValidationError as exc:  # ProxyConfig's own cross-field checks name their key
+        from_file = exc.key == "admin_token" and t.has("admin_token_file")
+        raise t.error("admin_token_file" if from_file else exc.key, exc.message) from None
+
+
+def _token_file(t: Table, base_dir: Path | None) -> str:
+    """`admin_token_file`: the token is the file's content without surrounding whitespace. Like an ssh
+    key, the file must not be open to other users (0600, or 0640 for a group)."""
+    path = _resolve(Path(t.string("admin_token_file")), base_dir)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise t.error("admin_token_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    if mode & 0o027:
+        raise t.error("admin_token_file", f"{path} is open to other users (mode {mode:04o}): chmod 600 it")
+    if not token:
+        raise t.error("admin_token_file", f"{path} is empty")
+    return token
 
 
 def _address(t: Table, key: str, value: str) -> None:
@@ -98,17 +130,19 @@ def _health(t: Table | None) -> HealthCheck:
         return HealthCheck()
     t.reject_unknown(HEALTH_KEYS)
     d = HealthCheck()
-    path = t.string("path", d.path)
-    if not path.startswith("/"):
-        raise t.error("path", f"must start with '/', got {path!r}")
-    return HealthCheck(
-        path=path,
-        interval=t.duration("interval", d.interval, positive=True),
-        timeout=t.duration("timeout", d.timeout, positive=True),
-        healthy=t.integer("healthy", d.healthy, minimum=1),
-        unhealthy=t.integer("unhealthy", d.unhealthy, minimum=1),
+    health = HealthCheck(
+        path=t.string("path", d.path),
+        interval=t.duration("interval", d.interval),
+        timeout=t.duration("timeout", d.timeout),
+        healthy=t.integer("healthy", d.healthy),
+        unhealthy=t.integer("unhealthy", d.unhealthy),
         start_timeout=t.duration("start_timeout", d.start_timeout, positive=True),
     )
+    try:  # the proxy's own check (proxy/specs.py HealthSpec): one set of bounds for every layer
+        health.to_proxy()
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+    return health
 
 
 def preset_steps(name: str, where: str = "preset",
@@ -208,7 +242,7 @@ def read_image(t: Table) -> str | None:
 def _hosts(t: Table) -> tuple[str, ...]:
     hosts = tuple(h.strip().lower() for h in t.strings("host"))
     for host in hosts:
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise t.error("host", f"{host!r} is not a host name")
     return hosts
 
@@ -271,12 +305,48 @@ def _memory(t: Table) -> int | None:
     return size
 
 
+def _hardening(t: Table) -> dict[str, Any]:
+    """pids_limit, cap_drop, cap_add, security_opt: controller/hardening.py's defaults unless given."""
+    def checked(key: str, default: tuple[str, ...], problem_of: Any) -> tuple[str, ...]:
+        values = t.strings(key, default)
+        for value in values:
+            if (problem := problem_of(value)) is not None:
+                raise t.error(key, problem)
+        return values
+
+    def capabilities(key: str, default: tuple[str, ...], problem_of: Any) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(capability(name) for name in checked(key, default, problem_of)))
+
+    return {
+        "pids_limit": t.integer("pids_limit", DEFAULT_PIDS_LIMIT, minimum=0),
+        "cap_drop": capabilities("cap_drop", DEFAULT_CAP_DROP, cap_drop_problem),
+        "cap_add": capabilities("cap_add", DEFAULT_CAP_ADD, cap_add_problem),
+        "security_opt": checked("security_opt", DEFAULT_SECURITY_OPT, security_opt_problem),
+    }
+
+
 def _labels(t: Table) -> dict[str, str]:
     labels = t.string_map("labels")
     for key in labels:
         if key in CORE_KEYS:
             raise t.error("labels", f"{key!r} is reserved for Turnout")
     return labels
+
+
+def read_replicas(t: Table, default: int | None) -> int | None:
+    return t.integer("replicas", default, minimum=1, maximum=MAX_REPLICAS)
+
+
+def _override(t: Table) -> dict[str, Any]:
+    """override / override_secret / override_networks, with the proxy's own rules (proxy/specs.py)."""
+    keys = ("override", "override_secret", "override_networks")
+    data = {key: t.data[key] for key in keys if key in t.data}
+    if isinstance(data.get("override_networks"), str):
+        data["override_networks"] = [data["override_networks"]]
+    try:
+        return override_settings(data)
+    except ValidationError as exc:
+        raise t.error(exc.field, exc.message) from None
 
 
 def read_strategy(t: Table) -> str:
@@ -298,7 +368,7 @@ def _upstreams(t: Table) -> tuple[str, ...]:
 
 
 def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(t.path or "service", f"{name!r} is not a valid service name "
                           "(letters, digits, _ . -)", t.source)
     t.reject_unknown(SERVICE_KEYS)
@@ -315,6 +385,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         hosts=_hosts(t),
         path_prefix=path_prefix,
         sticky=t.boolean("sticky", False),
+        **_override(t),
         hold_timeout=t.duration("hold_timeout", positive=True),
         drain_timeout=t.duration("drain_timeout", positive=True),
         compose_file=compose_file,
@@ -329,7 +400,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
     return ServiceConfig(
         image=read_image(t),
         port=port,
-        replicas=t.integer("replicas", 1, minimum=1),
+        replicas=read_replicas(t, 1),
         health=_health(t.table("health")),
         strategy=read_strategy(t),
         env=t.string_map("env"),
@@ -338,6 +409,7 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         labels=_labels(t),
         mem_limit=_memory(t),
         cpus=t.number("cpus", positive=True),
+        **_hardening(t),
         canary=read_canary(t.table("canary")),
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),

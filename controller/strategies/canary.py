@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from proxy.metrics import PoolCounters
+
+from ..analysis import error_breach, latency_breach
 from ..errors import AnalysisFailed
 from ..operations import Operations
 from ..release import Release
-
-P99_SLACK = 0.1  # seconds: p99 differences smaller than this are never a reason to roll back
 
 
 class Canary:
@@ -45,7 +46,8 @@ class Canary:
 
 
 class Judge:
-    """Compares the canary with the stable pool over the current step's window."""
+    """Compares the canary with the stable pool over the current step's window (controller/analysis.py:
+    the canary is judged against the stable's error rate and p99 over the same window)."""
 
     def __init__(self, ops: Operations, stable: Release, canary: Release) -> None:
         self.ops = ops
@@ -59,25 +61,12 @@ class Judge:
         now = self.ops.proxy.counters(self.ops.config.name)
         stable = _window(now, self.baseline, self.stable)
         canary = _window(now, self.baseline, self.canary)
-        if canary is None or canary.requests < self.options.min_requests:
-            return
-        rate = canary.error_rate
-        stable_rate = stable.error_rate if stable is not None else 0.0
-        if rate > self.options.max_error_rate and rate > stable_rate:
-            raise AnalysisFailed(
-                f"canary {self.canary} error rate {rate:.1%} over {canary.requests} requests exceeds "
-                f"{self.options.max_error_rate:.1%} (stable {stable_rate:.1%})")
-        canary_p99, stable_p99 = canary.quantile(0.99), stable.quantile(0.99) if stable else None
-        if canary_p99 is not None and stable_p99 and stable.requests >= self.options.min_requests:
-            # Latencies are histogram bucket bounds, and a fresh container's first requests are slow:
-            # a breach must be both relative and larger than P99_SLACK in absolute terms.
-            if canary_p99 > self.options.max_p99_ratio * stable_p99 and canary_p99 - stable_p99 > P99_SLACK:
-                raise AnalysisFailed(
-                    f"canary {self.canary} p99 latency <= {canary_p99:g}s is over "
-                    f"{self.options.max_p99_ratio:g}x the stable p99 ({stable_p99:g}s)")
+        breach = error_breach(canary, stable, self.options) or latency_breach(canary, stable, self.options)
+        if breach is not None:
+            raise AnalysisFailed(f"canary {self.canary} {breach}")
 
 
-def _window(now, before, pool):
+def _window(now: dict[str, PoolCounters], before: dict[str, PoolCounters], pool: str) -> PoolCounters | None:
     if pool not in now:
         return None
     return now[pool] - before[pool] if pool in before else now[pool]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -53,6 +54,31 @@ def test_admin_socket_is_private_and_refuses_browsers(tmp_path, docker_client, t
         status, _ = admin(path, PAUSE + b"X-Turnout-Client: t\r\nContent-Length: 0\r\n"
                                 b"Connection: close\r\n\r\n")
         assert status == 404
+    finally:
+        code = serve.stop()
+    assert code == 0, serve.log()
+
+
+@pytest.mark.docker
+def test_a_bad_version_is_refused_with_400_from_the_api_and_the_cli(tmp_path, docker_client, test_run_labels):
+    """Issue 18: a CR/LF in the deploy's version put headers on sticky responses and broke /metrics."""
+    serve = Daemon(tmp_path, test_run_labels)
+    serve.start()
+    try:
+        path = str(serve.state_dir / "admin.sock")
+        body = json.dumps({"service": "web", "image": "turnout-test/app:v1", "flags": {"port": 8080},
+                           "version": "v2\r\nX-Injected: 1"}).encode()
+        status, answer = admin(path, b"POST /v1/deploy HTTP/1.1\r\nHost: turnout\r\nX-Turnout-Client: t\r\n"
+                                     b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                                     b"Connection: close\r\n\r\n%s" % (len(body), body))
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert status == 400 and error["field"] == "version", answer
+        assert "is not a valid version" in error["error"] and "X-Injected" in error["error"]
+        cli = serve.cli("deploy", "web", "--image", "turnout-test/app:v1", "--port", "8080",
+                        "--version", "v2\n", timeout=60)
+        assert cli.returncode != 0 and "version" in cli.stderr + cli.stdout and "not a valid" in cli.stderr
+        history = serve.cli("history", "web", "--json", timeout=60)
+        assert json.loads(history.stdout)["deployments"] == []  # nothing started, nothing journalled
     finally:
         code = serve.stop()
     assert code == 0, serve.log()

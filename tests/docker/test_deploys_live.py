@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,17 +17,20 @@ from contextlib import asynccontextmanager
 import pytest
 
 from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, run_load
+from controller.testing.plugin import CLI
 from helpers.daemon import Daemon
-from helpers.live import owner_containers, status, wait_for_version
+from helpers.live import CONFIG, owner_containers, status, wait_for_version
 
 pytestmark = pytest.mark.docker
 
 @asynccontextmanager
-async def traffic(serve: Daemon, marks: Marks | None = None) -> AsyncIterator[list[LoadResult]]:
-    """Keep-alive and new-connection clients for as long as the block runs (bounded at 120 s)."""
+async def traffic(serve: Daemon, marks: Marks | None = None,
+                  **load: object) -> AsyncIterator[list[LoadResult]]:
+    """Keep-alive and new-connection clients for as long as the block runs (bounded at 120 s); `load`
+    overrides LoadConfig's fields."""
     stop = asyncio.Event()
-    config = LoadConfig(url=serve.url, duration=120.0, concurrency=6, new_connections=0.3,
-                        timeout=20.0, max_requests=200_000)
+    config = LoadConfig(**{"url": serve.url, "duration": 120.0, "concurrency": 6, "new_connections": 0.3,
+                           "timeout": 20.0, "max_requests": 200_000, **load})  # type: ignore[arg-type]
     task = asyncio.create_task(run_load(config, marks, stop=stop))
     results: list[LoadResult] = []
     await asyncio.sleep(0.5)  # traffic flows before the deploy starts
@@ -51,11 +56,41 @@ async def test_strategy_switches_under_traffic_with_no_failed_request(daemon, st
         code, out = await daemon.acli("deploy", "web", "--image", "turnout-testapp:v2",
                                       "--strategy", strategy)
     assert code == 0, out
+    assert_switched_without_loss(daemon, results, release="v2")
+
+
+@pytest.fixture
+def keepalive_daemon(tmp_path, docker_client, test_run_labels):
+    """`turnout serve` on turnout-testapp:keepalive-v1: an app server that keeps connections alive and
+    closes them once idle 40 ms, as gunicorn's, Node's and most app servers' keep-alive timeouts do."""
+    config = CONFIG.replace('image = "turnout-testapp:v1"', 'image = "turnout-testapp:keepalive-v1"')
+    assert config != CONFIG
+    serve = Daemon(tmp_path, test_run_labels, config)
+    serve.start()
+    wait_for_version(serve, "keepalive-v1")  # a release's version is its image tag
+    yield serve
+    serve.stop()
+    owner_containers(docker_client, serve, remove=True)
+
+
+@pytest.mark.parametrize("strategy", ["bigbang", "bluegreen", "rolling", "canary"])
+async def test_strategy_switches_a_keep_alive_app_under_traffic_with_no_failed_request(keepalive_daemon,
+                                                                                        strategy):
+    """The proxy's pooled connections to the app close under it (40 ms idle): about 60 requests/s keep
+    the gaps around that time, where a request meets a connection the app is closing."""
+    async with traffic(keepalive_daemon, concurrency=None, rate=60.0) as results:
+        code, out = await keepalive_daemon.acli("deploy", "web", "--image", "turnout-testapp:keepalive-v2",
+                                                "--strategy", strategy)
+    assert code == 0, out
+    assert_switched_without_loss(keepalive_daemon, results, release="keepalive-v2")
+
+
+def assert_switched_without_loss(daemon: Daemon, results: list[LoadResult], release: str) -> None:
     assert_no_loss(results[0])
     versions = {r.version for r in results[0].records if r.version}
-    assert "v2" in versions
+    assert "v2" in versions  # what the app answers
     info = status(daemon)
-    assert info["stable"]["version"] == "v2"
+    assert info["stable"]["version"] == release
     pool = info["stable"]["pool"]
     assert list(info["pools"]) == [pool] and info["pools"][pool]["weight"] == 100
 
@@ -80,6 +115,24 @@ async def test_failed_deploy_leaves_old_version_serving(daemon, docker_client, s
     assert all(c.labels["turnout.version"] == "v1" for c in left)
     history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
     assert history[0]["status"] == "failed" and seen in history[0]["message"]
+
+
+def test_deploy_into_a_closed_pipe_ends_quietly_and_the_deploy_goes_on(daemon):
+    """`turnout deploy ... | head -1`: once the reader left, the CLI ends without a traceback, and the
+    deploy carries on in the daemon."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails
+    try:
+        done = subprocess.run([*CLI, "--state-dir", str(daemon.state_dir), "deploy", "web", "--image",
+                               "turnout-testapp:v2", "--strategy", "bluegreen"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env=daemon.env, cwd=daemon.workdir,
+                              timeout=120)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 141, done.stderr
+    wait_for_version(daemon, "v2")
+    history = json.loads(daemon.cli("history", "web", "--json").stdout)["deployments"]
+    assert history[0]["to_version"] == "v2" and history[0]["status"] == "succeeded", history[0]
 
 
 async def test_bluegreen_rollback_reuses_the_kept_set(daemon, docker_client):

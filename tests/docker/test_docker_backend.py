@@ -94,7 +94,7 @@ class TestContainerSpec:
             spec.image = "other"  # type: ignore[misc]
 
     def test_converts_to_plain_data(self):
-        spec = make_spec(env={"A": "1"}, volumes={"data": "/data"})
+        spec = make_spec(env={"A": "1"}, volumes=["data:/data"])
         assert json.loads(json.dumps(dataclasses.asdict(spec)))["env"] == {"A": "1"}
 
 

@@ -354,6 +354,10 @@ async def test_sigkill_after_bluegreen_switch_finishes_forward(faulty, docker_cl
     await assert_serves_without_loss(faulty, "v2")
     code, out = await faulty.acli("rollback", "web")  # the kept set really is a rollback target
     assert code == 0, out
+    # The rollback reports once switched and drained; the set it left is stopped after that.
+    await wait_until(lambda: not [c for c in owner_containers(docker_client, faulty)
+                                  if c.status == "running" and c.labels["turnout.version"] == "v2"],
+                     30, "v2 stopped after the rollback")
     assert_consistent(faulty, docker_client, "v1")
 
 

@@ -150,7 +150,7 @@ async def test_put_takes_the_name_from_the_url_when_the_body_has_none(admin, rou
     (spec_body([], name="other"), "name"),
     (spec_body("not a list"), "pools"),
     (spec_body([], state="sleeping"), "state"),
-    (spec_body([], health={"rise": 0}), "health.rise"),
+    (spec_body([], health={"healthy": 0}), "health.healthy"),
     ([1, 2], "service"),
 ])
 async def test_invalid_put_is_400_naming_the_field_and_changes_nothing(admin, router, body, field):
@@ -322,12 +322,13 @@ def _sample(text: str, name: str, **labels: str) -> float:
 async def test_metrics_is_prometheus_text_per_pool_after_traffic(ups, tmp_path):
     a, b = ups
     router = Router()
-    router.set_service(service(pools={"blue": (1, [a.address]), "green": (1, [b.address])}))
+    router.set_service(service(pools={"blue": (1, [a.address]), "green": (0, [b.address])}))
     async with serve_unix(router, tmp_path / "admin.sock") as admin, running_proxy(router) as proxy:
         for _ in range(3):
-            assert (await fetch(proxy.port, headers={"X-Turnout-Pool": "blue"})).status == 200
-        failing = await fetch(proxy.port, path="/status/503", headers={"X-Turnout-Pool": "green"})
-        assert failing.status == 503
+            assert (await fetch(proxy.port)).status == 200
+        router.set_weights("app", {"blue": 0, "green": 1})
+        failing = await fetch(proxy.port, path="/status/503")
+        assert failing.status == 503 and failing.header("x-upstream") == "b"
         async with admin.session.get(admin.base + "/metrics") as response:
             assert response.status == 200
             assert response.content_type == "text/plain"
@@ -415,3 +416,32 @@ async def test_tcp_admin_401_names_the_scheme(router):
         async with admin.session.get(admin.base + "/v1/table") as response:
             assert response.status == 401
             assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
+
+
+async def _raw_status(base: str, head: bytes) -> int:
+    """One raw HTTP/1.1 request (bytes as given, not necessarily UTF-8): the answer's status."""
+    host, _, port = base.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+async def test_tcp_admin_compares_raw_header_bytes(router):
+    """A non-UTF-8 Authorization header is a wrong token (401), not an internal error; so are two headers
+    even when one of them is right."""
+    token = "t0ken-" + "x" * 32
+    request = b"GET /v1/table HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n"
+    async with serve_tcp(router, token=token) as admin:
+        right = f"Authorization: Bearer {token}\r\n\r\n".encode()
+        assert await _raw_status(admin.base, request + right) == 200
+        for auth in (b"Authorization: Bearer \xff\xfe" + token.encode() + b"\r\n",
+                     b"Authorization: Bearer " + token.encode() + b"\xe9\r\n",
+                     b"Authorization: \xc3\x28\r\n",
+                     f"Authorization: Bearer {token}\r\nAuthorization: Bearer wrong\r\n".encode()):
+            assert await _raw_status(admin.base, request + auth + b"\r\n") == 401, auth

@@ -356,8 +356,9 @@ async def test_sticky_cookie_keeps_a_client_on_its_pool(ups, clients):
 
 async def test_override_header_and_cookie_force_a_weight_zero_pool(ups, clients):
     a, b, _ = ups
-    router = Router()
-    router.set_service(service(pools={"blue": (100, [a.address]), "green": (0, [b.address])}))
+    router = Router()  # the override is off by default: this service lets clients on loopback use it
+    router.set_service(service(pools={"blue": (100, [a.address]), "green": (0, [b.address])},
+                               override="trusted", override_networks=["127.0.0.1"]))
     async with running_proxy(router) as proxy:
         client = await clients(proxy.port)
         assert (await client.request("GET", "/", headers={"X-Turnout-Pool": "green"})).body == b"b"

@@ -14,7 +14,7 @@ from proxy.health import HealthChecker
 from proxy.router import Router
 from proxy.upstream import Health
 
-FAST = {"path": "/healthz", "interval": 0.05, "timeout": 0.5, "rise": 2, "fall": 3}
+FAST = {"path": "/healthz", "interval": 0.05, "timeout": 0.5, "healthy": 2, "unhealthy": 3}
 
 
 async def listeners_ran() -> None:
@@ -102,7 +102,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
     b.healthy = False
     await wait_for(lambda: upstream_b.health is Health.UNHEALTHY)
-    assert failures_at_transition == [FAST["fall"]]  # exactly `fall` failures, not fewer
+    assert failures_at_transition == [FAST["unhealthy"]]  # exactly `unhealthy` failures, not fewer
     assert eligible(router) == {a.address}
     assert router.table.services["app"].pools[0].eligible == (router.upstreams[a.address],)
 
@@ -112,7 +112,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
         b.healthy = True
         await wait_for(lambda: upstream_b.health is Health.HEALTHY)
-        assert passes_at_transition == [FAST["rise"]]  # exactly `rise` passes
+        assert passes_at_transition == [FAST["healthy"]]  # exactly `healthy` passes
         assert eligible(router) == {a.address, b.address}
         bodies = [(await fetch(proxy.port)).body for _ in range(10)]
         assert set(bodies) == {b"a", b"b"}
@@ -120,7 +120,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
 async def test_fewer_than_fall_failures_keep_the_upstream(ups, checked):
     a, b = ups
-    router = two_upstreams(a, b, fall=3)
+    router = two_upstreams(a, b, unhealthy=3)
     await checked(router)
     for round_ in range(3):  # two failures, then passing again: never ejected
         await wait_for(lambda: len(b.probes) >= 1)
@@ -134,7 +134,7 @@ async def test_fewer_than_fall_failures_keep_the_upstream(ups, checked):
 
 async def test_a_probe_timeout_counts_as_a_failure(ups, checked):
     a, b = ups
-    router = two_upstreams(a, b, timeout=0.05, fall=2)
+    router = two_upstreams(a, b, timeout=0.05, unhealthy=2)
     with capture_logs() as logs:
         await checked(router)
         b.probe_delay = 0.5  # answers 200, but after the probe's timeout
@@ -185,7 +185,7 @@ async def test_probes_follow_the_table(ups, checked):
 
     # A new health spec restarts the probe with it.
     _, _, old_task = checker._probes[("app", b.address)]
-    router.set_service(service(pools={"green": (1, [b.address])}, health=FAST | {"fall": 5}))
+    router.set_service(service(pools={"green": (1, [b.address])}, health=FAST | {"unhealthy": 5}))
     await listeners_ran()
     _, _, new_task = checker._probes[("app", b.address)]
     assert new_task is not old_task

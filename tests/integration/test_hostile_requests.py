@@ -34,6 +34,12 @@ def chunked(body: bytes) -> bytes:
     return post(b"Transfer-Encoding: chunked", body=body)
 
 
+def head_of(size: int, path: bytes = b"/") -> bytes:
+    """A GET head of exactly `size` bytes: request line, header lines and the final CRLF CRLF."""
+    start = b"GET %s HTTP/1.1\r\nHost: app.test\r\nX-Pad: " % path
+    return start + b"p" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
 BAD, E501, E505 = (400, "bad-request"), (501, "not-implemented"), (505, "version-not-supported")
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\n" + H + b"\r\n\r\n"
 SMUGGLED_CL = b"Content-Length: %d" % len(SMUGGLED)
@@ -79,6 +85,9 @@ HOSTILE: dict[str, tuple[bytes, tuple[int, str]]] = {
     "chunk-ext-bare-lf": (chunked(b"5;a=b\nhello\r\n0\r\n\r\n"), BAD),
     "chunk-ext-4k": (chunked(b"5;" + b"a" * 5000 + b"\r\nhello\r\n0\r\n\r\n"), BAD),
     "chunk-ext-nul": (chunked(b"5;a=\x00\r\nhello\r\n0\r\n\r\n"), BAD),
+    "chunk-ext-empty": (chunked(b"5;\r\nhello\r\n0\r\n\r\n"), BAD),  # RFC 9112 7.1.1: a name after ";"
+    "chunk-ext-empty-after-one": (chunked(b"5;a=b;\r\nhello\r\n0\r\n\r\n"), BAD),
+    "chunk-ext-empty-value": (chunked(b"5;a=\r\nhello\r\n0\r\n\r\n"), BAD),
     "chunk-missing-crlf-after-data": (chunked(b"5\r\nhelloX\r\n0\r\n\r\n"), BAD),
     "chunk-bare-lf-after-data": (chunked(b"5\r\nhello\n0\r\n\r\n"), BAD),
     "chunk-trailer-no-colon": (chunked(b"0\r\nX Bad\r\n\r\n"), BAD),
@@ -116,17 +125,24 @@ HOSTILE: dict[str, tuple[bytes, tuple[int, str]]] = {
     "host-list": (get(b"Host: app.test, evil.test"), BAD),
     "host-ipv6-unclosed": (get(b"Host: [::1"), BAD),
     "host-missing-absolute-form": (get(line=b"GET http://app.test/ HTTP/1.1"), BAD),
+    "host-twice-http10": (get(b"Host: app.test", b"Host: evil.test", line=b"GET / HTTP/1.0"), BAD),
     # ---- absolute-form targets
     "absolute-userinfo": (get(H, line=b"GET http://user@app.test/ HTTP/1.1"), BAD),
     "absolute-empty-authority": (get(H, line=b"GET http:///x HTTP/1.1"), BAD),
     "absolute-other-scheme": (get(H, line=b"GET ftp://app.test/ HTTP/1.1"), BAD),
     "absolute-bad-port": (get(H, line=b"GET http://app.test:8o/ HTTP/1.1"), BAD),
+    # ---- asterisk-form is for OPTIONS only (RFC 9112 3.2.4)
+    "asterisk-form-delete": (get(H, line=b"DELETE * HTTP/1.1"), BAD),
+    "asterisk-form-get": (get(H, line=b"GET * HTTP/1.1"), BAD),
     # ---- headers nominated in Connection that would unframe or unroute the request upstream
     "connection-content-length": (post(SMUGGLED_CL, b"Connection: keep-alive, Content-Length",
                                        body=SMUGGLED), BAD),
     "connection-host": (get(H, b"Connection: Host"), BAD),
     # ---- upgrades
     "upgrade-h2c-alone": (get(H, b"Upgrade: h2c"), BAD),
+    # Upgrade without the "upgrade" Connection option (RFC 9110 7.8 requires both): never an upgrade
+    "upgrade-websocket-alone": (get(H, b"Upgrade: websocket"), BAD),
+    "upgrade-websocket-keep-alive": (get(H, b"Connection: keep-alive", b"Upgrade: websocket"), BAD),
     "upgrade-h2c-or-websocket": (get(H, b"Connection: Upgrade", b"Upgrade: h2c, websocket"), BAD),
     "upgrade-websocket-post": (post(b"Connection: Upgrade", b"Upgrade: websocket", b"Content-Length: 0"),
                                BAD),
@@ -134,6 +150,7 @@ HOSTILE: dict[str, tuple[bytes, tuple[int, str]]] = {
                                      line=b"GET / HTTP/1.0"), BAD),
     # ---- oversized (max_header_bytes=4096, max_body_bytes=1000 here)
     "request-line-too-long": (get(H, line=b"GET /" + b"a" * 5000 + b" HTTP/1.1"), (414, "uri-too-long")),
+    "head-one-byte-over-the-limit": (head_of(MAX_HEADER + 1), (431, "header-too-large")),
     "too-many-header-lines": (get(H, *[b"X-%d: v" % i for i in range(600)]), (431, "header-too-large")),
     "cl-too-large-with-expect": (post(b"Content-Length: 1001", b"Expect: 100-continue"),
                                  (413, "body-too-large")),
@@ -201,6 +218,8 @@ SEGMENTED = {
     "bare-lf-in-trailer-later": ([b"5\r\nhello\r\n0\r\n", b"X-T: a\n\r\n"], BAD),
     "overflow-in-later-segment": ([b"5\r\nhello\r\n", b"10000000000000000\r\n"], BAD),
     "too-large-in-later-segment": ([b"5\r\nhello\r\n", b"3e8\r\n" + b"x" * 10], (413, "body-too-large")),
+    # a chunk line trickled over reads: refused once it passes 4 KiB, not buffered without end
+    "chunk-line-trickled-past-4k": ([b"5;a=" + b"b" * 2000, b"b" * 2000, b"b" * 200], BAD),
 }
 
 
@@ -273,6 +292,38 @@ async def test_spoofed_forwarding_headers_from_an_untrusted_peer_are_replaced(re
     assert lines_named(head, b"x-forwarded-host") == [b"app.test"]
     for name in (b"forwarded", b"x-real-ip", b"x_forwarded_for", b"x-real_ip", b"x-forwarded-port"):
         assert lines_named(head, name) == [], name
+
+
+async def test_header_names_with_an_underscore_never_reach_the_upstream(recorder):
+    """CGI/WSGI-style servers read `Transfer_Encoding` as Transfer-Encoding: beside a Content-Length it
+    would frame the body differently there than here. Dropped, as nginx does (`underscores_in_headers`)."""
+    proxy, up = recorder
+    chunked_body = b"5\r\nhello\r\n0\r\n\r\n"
+    head = await upstream_head(proxy, up, get(
+        H, b"Transfer_Encoding: chunked", b"Content-Length: %d" % len(chunked_body), b"X_Custom: 1",
+        b"x-also_this: 2", b"X-Kept: a_b", line=b"POST /echo?a_b=1 HTTP/1.1") + chunked_body)
+    assert up.requests[-1].body == chunked_body  # framed by the Content-Length, as the proxy framed it
+    assert b"_" not in head.split(b"\r\n", 1)[1].replace(b"a_b", b"")  # no underscore name at all
+    assert lines_named(head, b"x-kept") == [b"a_b"]  # underscores in values and targets are fine
+    assert head.startswith(b"POST /echo?a_b=1 HTTP/1.1\r\n")
+
+
+async def test_proxy_connection_is_hop_by_hop(recorder):
+    proxy, up = recorder
+    head = await upstream_head(proxy, up, get(H, b"Proxy-Connection: keep-alive", b"X-Kept: k",
+                                              line=b"GET /headers HTTP/1.1"))
+    assert lines_named(head, b"proxy-connection") == []
+    assert lines_named(head, b"x-kept") == [b"k"]
+
+
+async def test_a_head_exactly_at_max_header_bytes_is_forwarded(recorder):
+    """`max_header_bytes` bounds the whole head, final CRLF CRLF included: at the limit it passes, one
+    byte over is 431 (`head-one-byte-over-the-limit` above)."""
+    proxy, up = recorder
+    raw = head_of(MAX_HEADER, path=b"/headers")
+    assert len(raw) == MAX_HEADER
+    head = await upstream_head(proxy, up, raw)
+    assert lines_named(head, b"x-pad") == lines_named(raw, b"x-pad")
 
 
 async def test_absolute_form_wins_and_the_upstream_sees_a_consistent_host(recorder):

@@ -27,3 +27,4 @@ def test_help_prints_and_exits_0(argv, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage:") and len(out.splitlines()) > 3, out
+    assert "%%" not in out, out  # texts argparse does not %-format (descriptions) print as written

@@ -123,6 +123,17 @@ def test_forced_and_sticky_come_from_header_or_cookies():
     assert req.cookies is None  # no "turnout" in the Cookie header: not parsed at all
 
 
+def test_the_pool_override_never_goes_upstream():
+    head = upstream_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Turnout-Pool: v2:secret\r\n"
+                         b"Cookie: a=1; turnout-pool=v2:secret;turnout-web=v1; b=2\r\n"
+                         b"Cookie: turnout-pool=v2\r\nx-turnout-pool: v3\r\n\r\n")
+    assert b"secret" not in head and b"turnout-pool" not in head.lower() and b"v3" not in head
+    assert b"\r\nCookie: a=1;turnout-web=v1; b=2\r\n" in head  # the rest, as sent
+    assert head.count(b"Cookie:") == 1  # a line holding only the override's cookie goes
+    kept = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: xturnout-pool=1; turnout-poolx=2\r\n\r\n"
+    assert b"Cookie: xturnout-pool=1; turnout-poolx=2\r\n" in upstream_head(kept)  # other names stay
+
+
 def test_error_responses_are_marked_and_cached():
     data = error_response(503, "hold-timeout", close=False, retry_after=10)
     assert data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")

@@ -140,10 +140,13 @@ def test_conflicting_route_is_refused():
     assert info.value.field == "hosts"
 
 
+SECRET = "0123456789abcdef-secret"
+
+
 def test_sticky_and_forced_pool_selection():
     router = Router()
     router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",))),
-                               sticky=True))
+                               sticky=True, override="header-secret", override_secret=SECRET))
     svc = router.table.match("x", "/")
     assert svc.select(forced="green", sticky=None)[0].name == "green"  # testers reach weight 0
     pool, set_cookie = svc.select(forced=None, sticky=None)
@@ -214,3 +217,49 @@ async def test_with_a_loop_listeners_and_the_log_line_come_right_after_the_swap(
                        (g, "weights", {"blue": 50, "green": 50})]
     failures = [e for e in logs if e["event"] == "table.listener_failed"]
     assert len(failures) == 2 and failures[0]["log_level"] == "error"
+
+
+def test_the_override_is_off_unless_the_service_opts_in():
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",)))))
+    svc = router.table.match("x", "/")
+    assert svc.override is None and svc.allowed_pool("green", b"127.0.0.1") is None
+    assert svc.select(forced="green", sticky=None)[0].name == "blue"  # even a name that got through
+
+
+def test_header_secret_override_needs_the_secret():
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",))),
+                               override="header-secret", override_secret=SECRET))
+    svc = router.table.match("x", "/")
+    assert svc.allowed_pool(f"green:{SECRET}", b"203.0.113.9") == "green"
+    for value in ("green", "green:", f"green:{SECRET[:-1]}", f"green:{SECRET}\n", f"{SECRET}:green"):
+        assert svc.allowed_pool(value, b"127.0.0.1") is None, value
+    assert svc.allowed_pool(None, b"127.0.0.1") is None
+
+
+@pytest.mark.parametrize(("peer", "allowed"), [
+    (b"10.1.2.3", True), (b"192.168.1.7", True), (b"192.168.1.8", False), (b"11.0.0.1", False),
+    (b"::ffff:10.9.9.9", True), (b"2001:db8::1", True), (b"2001:db9::1", False), (b"", False),
+])
+def test_trusted_override_needs_a_client_in_the_networks(peer, allowed):
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",))),
+                               override="trusted",
+                               override_networks=["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"]))
+    svc = router.table.match("x", "/")
+    assert svc.allowed_pool("green", peer) == ("green" if allowed else None)
+    assert svc.allowed_pool("green", peer) == ("green" if allowed else None)  # the cached verdict
+
+
+def test_override_routed_requests_are_counted_apart():
+    router = Router()
+    router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",))),
+                               override="header-secret", override_secret=SECRET))
+    svc = router.table.match("x", "/")
+    forced, _ = svc.select(forced="green", sticky=None)
+    green = svc.pools_by_name["green"]
+    assert forced is not green and forced.upstreams == green.upstreams and forced.name == "green"
+    forced.stats.observe(500, 0.001)
+    assert forced.stats is router.metrics.pool("web", "green").overridden
+    assert router.metrics.counters("web")["green"].requests == 0  # the analysis never sees it

@@ -5,10 +5,13 @@ from pathlib import Path
 import pytest
 
 from controller.config.duration import DurationError, format_duration, parse_duration
-from controller.config.model import CanaryOptions, Config, ConfigError, HealthCheck, Volume
+from controller.config.model import MAX_REPLICAS, CanaryOptions, Config, ConfigError, HealthCheck, Volume
 from controller.config.overrides import service_from_flags, with_overrides
 from controller.config.reader import load_config, preset_steps
 from controller.errors import TurnoutError
+from controller.hardening import DEFAULT_CAP_ADD, DEFAULT_PIDS_LIMIT
+from proxy.config import ProxyConfig
+from proxy.errors import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,6 +40,8 @@ labels = { team = "x" }
 mem_limit = "256m"
 cpus = 0.5
 sticky = true
+override = "header-secret"
+override_secret = "0123456789abcdef-web"
 hold_timeout = "5s"
 drain_timeout = "30s"
 
@@ -67,6 +72,8 @@ preview = true
 [services.api]
 upstreams = ["127.0.0.1:9000", "[::1]:9001"]
 host = ["api.localhost", "api.example.com"]
+override = "trusted"
+override_networks = ["10.0.0.0/8", "::1"]
 """
 
 
@@ -117,7 +124,7 @@ def test_full_example_parses(tmp_path):
     assert web.managed and web.name == "web" and web.image == "myapp:v1" and web.port == 8080
     assert web.replicas == 2 and web.hosts == ("web.localhost",) and web.path_prefix == "/"
     assert web.health == HealthCheck("/healthz", 1.0, 0.5, 2, 3, 90.0)
-    assert web.health.to_proxy().rise == 2 and web.health.to_proxy().fall == 3
+    assert web.health.to_proxy().healthy == 2 and web.health.to_proxy().unhealthy == 3
     assert web.strategy == "rolling"
     assert web.env == {"KEY": "value", "PORT": "8080", "DEBUG": "true"}
     assert web.command == ("httpd", "-f", "-p", "8080")
@@ -125,6 +132,7 @@ def test_full_example_parses(tmp_path):
     assert str(web.volumes[1]) == "/etc/ssl:/ssl:rw"
     assert web.labels == {"team": "x"} and web.mem_limit == 256 * 1024 * 1024 and web.cpus == 0.5
     assert web.sticky and web.hold_timeout == 5 and web.drain_timeout == 30
+    assert (web.override, web.override_secret) == ("header-secret", "0123456789abcdef-web")
     assert web.canary == CanaryOptions((5, 25, 50, 100), None, 0.1, 1.5, 50, 2.0)
     assert web.canary.manual
     assert (web.rolling.max_surge, web.rolling.max_unavailable) == (0, 1)
@@ -134,6 +142,7 @@ def test_full_example_parses(tmp_path):
     assert not api.managed and api.upstreams == ("127.0.0.1:9000", "[::1]:9001")
     assert api.image is None and api.port is None and api.health is None
     assert api.hosts == ("api.localhost", "api.example.com")
+    assert (api.override, api.override_networks) == ("trusted", ("10.0.0.0/8", "::1"))
 
 
 def test_defaults_without_a_file():
@@ -197,13 +206,42 @@ BAD = [
     ('[services.web]\nport = 80\nreplicas = true', "services.web.replicas", "whole number"),
     ('[services.web]\nport = 80\nstrategy = "yolo"', "services.web.strategy", "one of bigbang"),
     ('[services.web]\nport = 80\nhost = "a b"', "services.web.host", "not a host name"),
+    ('[services."web\\n"]\nport = 80', "services.web\n", "not a valid service name"),
+    (WEB + 'override = "on"', "services.web.override", "must be one of off, header-secret, trusted"),
+    (WEB + 'override = "header-secret"', "services.web.override_secret", "required with override"),
+    (WEB + 'override = "header-secret"\noverride_secret = "short"', "services.web.override_secret",
+     "16-256 characters"),
+    (WEB + 'override_secret = "0123456789abcdef"', "services.web.override_secret", "only with override"),
+    (WEB + 'override = "trusted"', "services.web.override_networks", "required with override"),
+    (WEB + 'override = "trusted"\noverride_networks = ["10.0.0.0/40"]', "services.web.override_networks",
+     "not an address or CIDR"),
     ('[services.web]\nport = 80\nhost = []', None, None),  # an empty list is simply no host rule
     ('[services.web]\nport = 80\npath_prefix = "api"', "services.web.path_prefix", "start with '/'"),
     ('[services.web]\nport = 80\nhealth = { path = "healthz" }', "services.web.health.path", "start with"),
     ('[services.web]\nport = 80\nhealth = { interval = "fast" }', "services.web.health.interval",
      "not a duration"),
-    ('[services.web]\nport = 80\nhealth = { timeout = 0 }', "services.web.health.timeout", "longer than 0"),
-    ('[services.web]\nport = 80\nhealth = { healthy = 0 }', "services.web.health.healthy", "at least 1"),
+    # Health takes the proxy's own bounds (proxy/specs.py HEALTH_SECONDS, HEALTH_THRESHOLDS).
+    ('[services.web]\nport = 80\nhealth = { timeout = 0 }', "services.web.health.timeout", "between 0.01"),
+    ('[services.web]\nport = 80\nhealth = { interval = "1ms" }', "services.web.health.interval",
+     "between 0.01 and 3600 seconds, got 0.001"),
+    ('[services.web]\nport = 80\nhealth = { timeout = "2h" }', "services.web.health.timeout", "between 0.01"),
+    ('[services.web]\nport = 80\nhealth = { healthy = 0 }', "services.web.health.healthy", "1-100"),
+    ('[services.web]\nport = 80\nhealth = { unhealthy = 101 }', "services.web.health.unhealthy", "1-100"),
+    ('[services.web]\nport = 80\nhealth = { healthy = 2.5 }', "services.web.health.healthy", "whole number"),
+    ('[services.web]\nport = 80\nreplicas = 101', "services.web.replicas", "at most 100"),
+    ('[services.web]\nport = 80\npids_limit = -1', "services.web.pids_limit", "at least 0"),
+    ('[services.web]\nport = 80\ncap_add = ["SYS_ADMIN"]', "services.web.cap_add", "cannot be added"),
+    ('[services.web]\nport = 80\ncap_add = "ALL"', "services.web.cap_add", "cannot be added"),
+    ('[services.web]\nport = 80\ncap_drop = ["NET_RAWW"]', "services.web.cap_drop", "not a Linux capability"),
+    ('[services.web]\nport = 80\nsecurity_opt = ["seccomp=unconfined"]', "services.web.security_opt",
+     "not allowed"),
+    ('[services.web]\nport = 80\nsecurity_opt = ["apparmor=unconfined"]', "services.web.security_opt",
+     "not allowed"),
+    ('[proxy]\nadmin_token = "short"', "proxy.admin_token", "at least 32 characters, got 5"),
+    ('[proxy]\nadmin_token = "' + "x" * 31 + ' y"', "proxy.admin_token", "without spaces"),
+    ('[proxy]\nadmin_token = "' + "x" * 32 + '"\nadmin_token_file = "t"', "proxy.admin_token_file",
+     "cannot be combined"),
+    ('[proxy]\nadmin_token_file = "missing-token"', "proxy.admin_token_file", "cannot read"),
     ('[services.web]\nport = 80\nhealth = { rise = 2 }', "services.web.health.rise", "unknown key"),
     ('[services.web]\nport = 80\nhealth = "/healthz"', "services.web.health", "must be a table"),
     ('[services.web]\nport = 80\nenv = ["A=1"]', "services.web.env", "table"),
@@ -296,6 +334,71 @@ def test_bad_values_name_the_key_and_the_file(tmp_path, text, key, problem):
     assert isinstance(error, ValueError) and isinstance(error, TurnoutError)
 
 
+def test_proxy_config_errors_carry_their_key():
+    """ProxyConfig's own checks raise a ValidationError with the key; the reader places it (`proxy.`)
+    without parsing the message."""
+    with pytest.raises(ValidationError) as info:
+        ProxyConfig(admin_tcp="127.0.0.1:8001")
+    assert (info.value.key, info.value.field) == ("admin_tcp", "admin_tcp")
+    with pytest.raises(ValidationError) as info:
+        ProxyConfig(admin_token="x" * 31)
+    assert info.value.key == "admin_token" and "at least 32" in info.value.message
+    assert ProxyConfig(admin_token="x" * 32).admin_token == "x" * 32
+
+
+TOKEN = "k3y-" + "0123456789abcdef" * 2  # 36 characters
+
+
+def test_admin_token_file_is_read_and_stripped(tmp_path):
+    (tmp_path / "token").write_text(f"  {TOKEN}\n")
+    (tmp_path / "token").chmod(0o600)
+    text = '[proxy]\nadmin_tcp = "127.0.0.1:8001"\nadmin_token_file = "token"\n'
+    assert load_config(write(tmp_path, text)).proxy.admin_token == TOKEN
+    (tmp_path / "token").chmod(0o640)  # a group may read it
+    assert load_config(write(tmp_path, text)).proxy.admin_token == TOKEN
+
+
+@pytest.mark.parametrize(("content", "mode", "problem"), [
+    (TOKEN, 0o644, "open to other users (mode 0644): chmod 600"),
+    (TOKEN, 0o620, "open to other users"),
+    (" \n", 0o600, "is empty"),
+    ("short\n", 0o600, "at least 32 characters, got 5"),
+])
+def test_a_bad_admin_token_file_is_refused_naming_the_key(tmp_path, content, mode, problem):
+    (tmp_path / "token").write_text(content)
+    (tmp_path / "token").chmod(mode)
+    path = write(tmp_path, '[proxy]\nadmin_token_file = "token"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.source) == ("proxy.admin_token_file", path)
+    assert problem in info.value.problem, str(info.value)
+
+
+def test_container_hardening_defaults_and_per_service_settings(tmp_path):
+    text = ('[services.web]\nport = 80\n'
+            '[services.strict]\nport = 81\nhost = "s"\ncap_add = []\npids_limit = 64\n'
+            '[services.loose]\nport = 82\nhost = "l"\ncap_drop = []\ncap_add = ["cap_net_raw", "NET_RAW"]\n'
+            'security_opt = []\npids_limit = 0\n'
+            '[services.legacy]\nport = 83\nhost = "x"\ncap_drop = "NET_RAW"\nmem_limit = "64m"\ncpus = 1\n'
+            'security_opt = ["no-new-privileges:true", "apparmor=my-profile"]\n')
+    services = load_config(write(tmp_path, text)).services
+    web = services["web"]
+    assert (web.pids_limit, web.cap_drop, web.cap_add, web.security_opt) == (
+        DEFAULT_PIDS_LIMIT, ("ALL",), DEFAULT_CAP_ADD, ("no-new-privileges",))
+    assert web.mem_limit is None and web.cpus is None  # no memory or CPU limit unless configured
+    assert (services["strict"].cap_add, services["strict"].pids_limit) == ((), 64)
+    loose = services["loose"]
+    assert (loose.cap_drop, loose.cap_add, loose.security_opt, loose.pids_limit) == ((), ("NET_RAW",), (), 0)
+    legacy = services["legacy"]
+    assert legacy.cap_drop == ("NET_RAW",) and legacy.cap_add == DEFAULT_CAP_ADD
+    assert legacy.security_opt == ("no-new-privileges:true", "apparmor=my-profile")
+
+
+def test_replicas_cap_is_one_number():
+    assert MAX_REPLICAS == 100
+    assert service_from_flags("web", "app:v1", 8080, replicas=MAX_REPLICAS).replicas == MAX_REPLICAS
+
+
 def test_different_path_prefixes_may_share_a_host(tmp_path):
     text = '[services.a]\nport = 80\n[services.b]\nport = 81\npath_prefix = "/b"'
     config = load_config(write(tmp_path, text))
@@ -349,6 +452,10 @@ services:
         target: /cache
     mem_limit: 128m
     cpus: "0.5"
+    pids_limit: 100
+    cap_drop: [ALL]
+    cap_add: [NET_BIND_SERVICE]
+    security_opt: [no-new-privileges:true]
     restart: unless-stopped
     x-turnout:
       replicas: 3
@@ -370,6 +477,8 @@ def test_a_service_reads_its_container_from_a_compose_file(tmp_path, monkeypatch
     assert web.image == "testapp:v1" and web.port == 8080 and web.command == ("httpd", "-f")
     assert web.env == {"MODE": "ok", "FROM_HOST": "yes"}
     assert web.labels == {"team": "web"} and web.mem_limit == 128 * 1024 * 1024 and web.cpus == 0.5
+    assert (web.pids_limit, web.cap_drop, web.cap_add, web.security_opt) == (
+        100, ("ALL",), ("NET_BIND_SERVICE",), ("no-new-privileges:true",))
     assert web.volumes == (Volume(str(tmp_path / "stack" / "html"), "/www", read_only=True),
                            Volume("cache", "/cache"))
     assert web.replicas == 2  # turnout.toml replaces x-turnout
@@ -455,6 +564,8 @@ def test_service_from_flags():
 @pytest.mark.parametrize(("kwargs", "flag", "problem"), [
     ({"port": 0}, "--port", "at least 1"),
     ({"replicas": 0}, "--replicas", "at least 1"),
+    ({"replicas": 1_000_000_000}, "--replicas", "at most 100"),
+    ({"port": None}, "--port", "required"),
     ({"health_path": "up"}, "--health-path", "start with '/'"),
     ({"strategy": "fast"}, "--strategy", "one of"),
     ({"host": "a b"}, "--host", "host name"),
@@ -498,6 +609,7 @@ def test_with_overrides_applies_and_validates_options():
     ({"keep_old": -1}, "--keep-old", "not a duration"),
     ({"strategy": "yolo"}, "--strategy", "one of"),
     ({"replicas": 0}, "--replicas", "at least 1"),
+    ({"replicas": 101}, "--replicas", "at most 100"),
     ({"hold_timeout": "0s"}, "--hold-timeout", "longer than 0"),
     ({"colour": "red"}, "--colour", "unknown option"),
 ])

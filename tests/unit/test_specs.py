@@ -1,7 +1,7 @@
 import pytest
 
 from proxy.errors import ValidationError
-from proxy.specs import ServiceSpec, parse_address
+from proxy.specs import NAME_RE, ServiceSpec, parse_address
 
 
 def spec(**overrides):
@@ -12,9 +12,9 @@ def spec(**overrides):
 
 def test_valid_spec_round_trips():
     parsed = ServiceSpec.from_dict(spec(hosts=["Web.Localhost"], sticky=True,
-                                        health={"path": "/up", "rise": 1}))
+                                        health={"path": "/up", "healthy": 1}))
     assert parsed.hosts == ("web.localhost",)
-    assert parsed.health.path == "/up" and parsed.health.rise == 1 and parsed.health.fall == 3
+    assert parsed.health.path == "/up" and parsed.health.healthy == 1 and parsed.health.unhealthy == 3
     assert ServiceSpec.from_dict(parsed.to_dict()) == parsed
 
 
@@ -33,9 +33,23 @@ def test_valid_spec_round_trips():
         ({"state": "sleeping"}, "state"),
         ({"path_prefix": "api"}, "path_prefix"),
         ({"health": {"interval": 0}}, "health.interval"),
-        ({"health": {"rise": 0}}, "health.rise"),
+        ({"health": {"healthy": 0}}, "health.healthy"),
+        ({"health": {"rise": 2}}, "health.rise"),
         ({"bogus": 1}, "bogus"),
         ({"name": "has space"}, "name"),
+        ({"name": "web\n"}, "name"),  # `$` matched before a trailing newline
+        ({"pools": [{"name": "v2\n", "weight": 1}]}, "pools[0].name"),
+        ({"override": "on"}, "override"),
+        ({"override": "header-secret"}, "override_secret"),
+        ({"override": "header-secret", "override_secret": "short"}, "override_secret"),
+        ({"override": "header-secret", "override_secret": "0123456789abcdef;x"}, "override_secret"),
+        ({"override": "header-secret", "override_secret": "0123456789abcdef\n"}, "override_secret"),
+        ({"override_secret": "0123456789abcdef"}, "override_secret"),  # the mode is off
+        ({"override": "trusted"}, "override_networks"),
+        ({"override": "trusted", "override_networks": ["10.0.0.0/33"]}, "override_networks"),
+        ({"override": "trusted", "override_networks": "10.0.0.0/8"}, "override_networks"),
+        ({"override": "header-secret", "override_secret": "0123456789abcdef",
+          "override_networks": ["10.0.0.0/8"]}, "override_networks"),
     ],
 )
 def test_bad_input_names_the_field(overrides, field):
@@ -47,3 +61,18 @@ def test_bad_input_names_the_field(overrides, field):
 def test_parse_address_handles_ipv6():
     assert parse_address("x", "[::1]:8080") == ("::1", 8080)
     assert parse_address("x", "127.0.0.1:1") == ("127.0.0.1", 1)
+
+
+def test_names_are_matched_whole():
+    assert NAME_RE.fullmatch("v2.1_rc-3") and NAME_RE.fullmatch("a" * 63)
+    for bad in ("v2\n", "v2\r\nX-Injected: 1", "a" * 64, "-v2", "", "v2 ", "v 2"):
+        assert NAME_RE.fullmatch(bad) is None, bad
+
+
+def test_override_settings_round_trip_and_default_off():
+    assert ServiceSpec.from_dict(spec()).override == "off"
+    secret = ServiceSpec.from_dict(spec(override="header-secret", override_secret="0123456789abcdef"))
+    trusted = ServiceSpec.from_dict(spec(override="trusted", override_networks=["10.0.0.0/8", "::1"]))
+    assert trusted.override_networks == ("10.0.0.0/8", "::1")
+    for parsed in (secret, trusted):
+        assert ServiceSpec.from_dict(parsed.to_dict()) == parsed

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 import controller.operations as operations
-from controller.config.model import BlueGreenOptions, CanaryOptions, RollingOptions
+from controller.config.model import BlueGreenOptions, CanaryOptions, ConfigError, RollingOptions
 from controller.config.overrides import service_from_flags
 from controller.deployer import Deployer
 from controller.errors import DeployInProgress
@@ -38,8 +38,8 @@ def web(replicas=2, **changes):
     return replace(config, **changes)
 
 
-async def run(deployer, config, image, strategy):
-    active = deployer.deploy(config, image, strategy)
+async def run(deployer, config, image, strategy, version=None):
+    active = deployer.deploy(config, image, strategy, version)
     await asyncio.wait_for(active.task, 10)
     return active
 
@@ -151,6 +151,45 @@ async def test_canary_auto_rollback_on_errors(world):
     assert not [c for c in backend.containers.values() if c.version == "v2"]
 
 
+async def wait_weights(router, weights):
+    while {p.name: p.weight for p in router.table.services["web"].pools} != weights:
+        await asyncio.sleep(0.01)
+
+
+async def test_canary_is_not_rolled_back_when_the_stable_pool_errs_as_much(world):
+    """Issue 10, item 13: the canary's 55% is chance beside the stable's 50% (a client making both
+    fail, a broken dependency): not the new version's doing."""
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=0.3, analysis_interval=0.02,
+                                      min_requests=20))
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+    await wait_weights(router, {"v1": 50, "v2": 50})
+    canary, stable = router.metrics.pool("web", "v2"), router.metrics.pool("web", "v1")
+    for status in [500] * 11 + [200] * 9:
+        canary.observe(status, 0.001)
+    for status in [500] * 190 + [200] * 190:
+        stable.observe(status, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded", active.message
+
+
+async def test_canary_is_rolled_back_when_its_p99_is_100x_the_stable(world):
+    """Issue 10, item 13: ~100 ms against ~1 ms (the old check wanted 100 ms more, so it promoted)."""
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=5.0, analysis_interval=0.02,
+                                      min_requests=20, max_p99_ratio=2.0))
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+    await wait_weights(router, {"v1": 50, "v2": 50})
+    for _ in range(100):
+        router.metrics.pool("web", "v2").observe(200, 0.09)
+        router.metrics.pool("web", "v1").observe(200, 0.0009)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back" and "p99 latency" in active.message, active.message
+    assert [p.name for p in router.table.services["web"].pools] == ["v1"]
+
+
 async def test_manual_canary_waits_for_promote(world):
     router, backend, deployer, tables = world
     config = web(canary=CanaryOptions(steps=(5, 100), step_pause=None, analysis_interval=0.02))
@@ -223,14 +262,40 @@ async def test_bluegreen_preview_routes_green_only_for_testers_until_promote(wor
         await asyncio.sleep(0.01)
     svc = router.table.services["web"]
     assert {p.name: p.weight for p in svc.pools} == {"v1": 100, "v2": 0}
-    assert svc.select(forced="v2", sticky=None)[0].name == "v2"  # X-Turnout-Pool: v2 reaches green
+    # The service's override is off: the preview gets one of its own, a secret made for it, which the
+    # deploy's followers see (`turnout deploy` prints it) and the journal does not.
+    access = next(e for e in active.events.events if e["event"] == "preview_access")
+    header = access["header"]
+    assert header.startswith("X-Turnout-Pool: v2:") and access["cookie"] == "turnout-pool=" + header[16:]
+    assert svc.allowed_pool(header[16:], b"203.0.113.9") == "v2"  # with the secret, anyone reaches green
+    assert svc.select(svc.allowed_pool(header[16:], b"::1"), sticky=None)[0].name == "v2"
+    assert svc.allowed_pool("v2", b"127.0.0.1") is None  # without it, nobody
     assert svc.choose().name == "v1"  # everyone else stays on blue
+    assert header[16:] not in str([(s.name, s.detail) for s in deployer.journal.steps(active.id)])
     await asyncio.sleep(0.1)
     assert not active.task.done()
     deployer.signals_of("web").signals.promote()
     await asyncio.wait_for(active.task, 10)
     assert active.status == "succeeded"
     assert [p.name for p in router.table.services["web"].pools] == ["v2"]
+    assert router.table.services["web"].override is None  # the preview's secret ended with it
+
+
+async def test_a_service_with_its_own_override_keeps_it_in_the_preview_and_after(world):
+    router, backend, deployer, tables = world
+    config = web(bluegreen=BlueGreenOptions(preview=True), override="trusted",
+                 override_networks=("10.0.0.0/8",))
+    await run(deployer, config, "app:v1", "bluegreen")
+    assert router.table.services["web"].allowed_pool("v1", b"10.0.0.1") == "v1"
+    active = deployer.deploy(config, "app:v2", "bluegreen")
+    await wait_weights(router, {"v1": 100, "v2": 0})
+    svc = router.table.services["web"]
+    assert svc.allowed_pool("v2", b"10.1.1.1") == "v2" and svc.allowed_pool("v2", b"127.0.0.1") is None
+    access = next(e for e in active.events.events if e["event"] == "preview_access")
+    assert access["header"] == "X-Turnout-Pool: v2"
+    deployer.signals_of("web").signals.promote()
+    await asyncio.wait_for(active.task, 10)
+    assert router.table.services["web"].allowed_pool("v2", b"10.0.0.1") == "v2"
 
 
 async def test_rolling_with_max_unavailable_takes_old_down_first(world):
@@ -279,6 +344,63 @@ async def test_post_switch_verification_rolls_back_on_5xx(world, strategy):
     assert active.status == "rolled_back" and "after the switch" in active.message
     assert {p.name: p.weight for p in router.table.services["web"].pools} == {"v1": 100}
     assert len(backend.running("v1")) == 2 and not backend.running("v2")
+
+
+async def test_post_switch_verification_judges_against_the_old_version_before_the_switch(world):
+    """Issue 18: 30 requests failing on any version rolled a blue-green back during its verification.
+    After the switch the old set gets no traffic: the new one is judged against the old one's rate in
+    the deploy before the switch (here: while the preview waits for promote)."""
+    router, backend, deployer, tables = world
+    config = web(verify=1.0, bluegreen=BlueGreenOptions(preview=True),
+                 canary=CanaryOptions(min_requests=20, max_error_rate=0.05))
+    await run(deployer, web(verify=0.0), "app:v1", "bluegreen")
+    old = router.metrics.pool("web", "v1")
+    for _ in range(1000):  # a clean past (over its whole life v1 would err in 2% with what follows)
+        old.observe(200, 0.001)
+    active = deployer.deploy(config, "app:v2", "bluegreen")
+    await wait_weights(router, {"v1": 100, "v2": 0})
+    for status in [500, 200] * 20:  # then a client makes half of all requests fail
+        old.observe(status, 0.001)
+    deployer.signals_of("web").signals.promote()
+    while "verifying" not in [s.name for s in deployer.journal.steps(active.id)]:
+        await asyncio.sleep(0.01)
+    for status in [500, 200] * 15:  # ... and goes on after the switch
+        router.metrics.pool("web", "v2").observe(status, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded", active.message
+
+
+@pytest.mark.parametrize(("old_failing", "new_failing", "status"), [
+    (0, 0, "succeeded"), (10, 10, "succeeded"), (10, 100, "rolled_back"), (0, 20, "rolled_back")])
+async def test_post_switch_verification_with_the_old_lifetime_rate(world, old_failing, new_failing, status):
+    """No baseline in the deploy's own window (nothing came before the switch): the old pool's rate over
+    its life is the baseline."""
+    router, backend, deployer, tables = world
+    config = web(verify=1.0, canary=CanaryOptions(min_requests=20, max_error_rate=0.05))
+    await run(deployer, web(verify=0.0), "app:v1", "bluegreen")
+    for n in range(100):
+        router.metrics.pool("web", "v1").observe(500 if n < old_failing else 200, 0.001)
+    active = deployer.deploy(config, "app:v2", "bluegreen")
+    while "verifying" not in [s.name for s in deployer.journal.steps(active.id)]:
+        await asyncio.sleep(0.01)
+    for n in range(100):
+        router.metrics.pool("web", "v2").observe(500 if n < new_failing else 200, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == status, active.message
+
+
+@pytest.mark.parametrize("version", ["v2\r\nX-Injected: 1", "v2\n", "v 2", "-v2", "a" * 58])
+async def test_a_bad_version_is_refused_before_anything_happens(world, version):
+    """Issue 18: a CR/LF in `--version` put headers on sticky responses and broke /metrics."""
+    router, backend, deployer, tables = world
+    with pytest.raises(ConfigError) as info:
+        deployer.deploy(web(), "app:v2", "rolling", version)
+    assert info.value.key == "version" and "--version" in str(info.value)
+    with pytest.raises(ConfigError):  # from the image tag too (a tag may have 128 characters)
+        deployer.deploy(web(), "app:" + "t" * 100, "rolling")
+    assert not deployer.journal.history("web", 5) and not backend.calls and "web" not in deployer.active
+    active = await run(deployer, web(), "app:v2", "rolling", version="v2.1_rc-1")  # the control
+    assert active.status == "succeeded" and active.version == "v2.1_rc-1"
 
 
 async def test_verification_passes_a_good_version_and_zero_skips_it(world):

@@ -31,8 +31,10 @@ follow_probes() {
 }
 # httpd as PID 1 would ignore SIGTERM (docker stop would wait its full timeout): run it as a child
 # and let this shell turn SIGTERM into a prompt exit.
-case "$APP_MODE" in
-  flaky|sick) httpd -f -vv -p "$PORT" -h /www 2>&1 | follow_probes & ;;
+case "$APP_SERVER:$APP_MODE" in
+  keepalive:ok) nc -ll -p "$PORT" -e /app/keepalive.sh & ;;
+  keepalive:*) echo "testapp: SERVER=keepalive serves MODE=ok only" >&2; exit 2 ;;
+  *:flaky|*:sick) httpd -f -vv -p "$PORT" -h /www 2>&1 | follow_probes & ;;
   *) httpd -f -v -p "$PORT" -h /www & ;;
 esac
 child=$!
