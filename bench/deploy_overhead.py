@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _benchlib import fmt, machine_line, md_table, med, remove_bench_containers
 
-STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
+from controller.config.model import STRATEGIES
+
 BENCH_LABELS = {"turnout.bench": "1"}
 IMAGES = ("turnout-testapp:v1", "turnout-testapp:v2")
 

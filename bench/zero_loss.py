@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _benchlib import cpu_by_comm, cpu_seconds, fmt, machine_line, md_table, remove_bench_containers
 
-STRATEGIES = ("bigbang", "bluegreen", "rolling", "canary")
+from controller.config.model import STRATEGIES
+
 BENCH_LABELS = {"turnout.bench": "1"}
 IMAGES = ("turnout-testapp:v1", "turnout-testapp:v2")
 

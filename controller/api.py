@@ -16,6 +16,7 @@ from .config.overrides import FLAGS, service_from_flags, with_overrides
 from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .events import EventLog
+from .journal import redacted
 
 DEPLOYER_KEY = web.AppKey("deployer", Deployer)
 LISTEN_KEY = web.AppKey("listen", str)
@@ -132,6 +133,7 @@ async def get_status(request: web.Request) -> web.Response:
         raise ApiError(404, f"unknown service {service!r}")
     router = deployer.proxy.router
     return web.json_response({
+        "owner": deployer.journal.owner,
         "proxy": {"listen": request.app[LISTEN_KEY]},
         "services": {name: deployer.status(name) for name in names},
         "table": describe_table(router),
@@ -150,7 +152,7 @@ async def get_history(request: web.Request) -> web.Response:
         item = asdict(record)
         if request.query.get("steps"):
             item["steps"] = [asdict(s) for s in deployer.journal.steps(record.id)]
-        out.append(item)
+        out.append(redacted(item))
     return web.json_response({"service": request.match_info["service"], "deployments": out},
                              dumps=lambda d: json.dumps(d, default=str))
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config.model import STRATEGIES
 from .errors import TurnoutError, UsageError
 from .events import describe_event
 
@@ -45,13 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="proxy listen address, e.g. 127.0.0.1:8000")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    serve.add_argument("--prune-strays", action="store_true",
+                       help="remove containers that carry this daemon's owner label but that its journal "
+                       "never recorded (made by hand, or left by a lost journal); without it they are "
+                       "left alone and reported")
 
     deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
                             description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
                             "100%, 1 when the deploy failed or was rolled back (the old version serves).")
     deploy.add_argument("service")
     deploy.add_argument("--image", required=True, help="a local image (Turnout never pulls)")
-    deploy.add_argument("--strategy", choices=["bigbang", "bluegreen", "rolling", "canary"],
+    deploy.add_argument("--strategy", choices=STRATEGIES,
                         help="default: the service's configured strategy (rolling)")
     deploy.add_argument("--version", help="version name [default: the image tag]")
     new = deploy.add_argument_group("a service not in the config is created from these")
@@ -100,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("service")
     rehearse.add_argument("--image", required=True, help="the new version (a local image)")
     which = rehearse.add_mutually_exclusive_group()
-    which.add_argument("--strategy", choices=["bigbang", "bluegreen", "rolling", "canary"])
+    which.add_argument("--strategy", choices=STRATEGIES)
     which.add_argument("--all-strategies", action="store_true",
                        help="run the four strategies one after another (alternating images) and compare")
     load = rehearse.add_mutually_exclusive_group()
@@ -200,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
                              "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
-    daemon = Daemon(config, extra_labels=_labels_from_env())
+    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays)
     if args.loop == "uvloop":
         import uvloop
 
@@ -273,6 +278,7 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
+    print(f"owner: {data['owner']} (label turnout.owner on every container this daemon starts)")
     if not data["services"]:
         print("no services yet; deploy one with `turnout deploy SERVICE --image IMAGE --port PORT`")
     for name, info in data["services"].items():
@@ -343,7 +349,7 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
     """The RehearsalPlan the `rehearse` arguments ask for; UsageError names a bad option."""
     from .config.duration import parse_duration
     from .rehearsal.loadgen import OPEN_FILES_MARGIN, ensure_open_files
-    from .rehearsal.rehearse import DEFAULT_MAX_IN_FLIGHT, STRATEGY_ORDER, RehearsalPlan
+    from .rehearsal.rehearse import DEFAULT_MAX_IN_FLIGHT, RehearsalPlan
 
     if not 0.0 <= args.new_connections <= 1.0:
         raise UsageError("--new-connections: must be between 0 and 1")
@@ -360,7 +366,7 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
                                  f"process may open only {limit} (ulimit -n)")
             # The default: as much of it as the limit allows (the report says which bound was used).
             max_in_flight = max(1, limit - OPEN_FILES_MARGIN)
-    strategies = STRATEGY_ORDER if args.all_strategies else (args.strategy,)
+    strategies = STRATEGIES if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),

@@ -3,22 +3,25 @@ stops containers — a container always leaves routing and drains before it is s
 
 Lifecycle, top to bottom: state dir → router + proxy listener + health checks → journal + Docker →
 recovery → admin API → first deploys → serve until SIGTERM → stop accepting, finish in flight, close.
+Each start step registers its own stop on one `AsyncExitStack` (like aiohttp's cleanup contexts): a
+start that fails halfway undoes exactly what it did, and `stop` undoes it all in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
+import stat
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from proxy.__main__ import raise_open_files_limit
 from proxy.admin import create_admin_app
 from proxy.health import HealthChecker
+from proxy.limits import files_for_proxy, raise_open_files_limit
 from proxy.metrics import Metrics
 from proxy.router import Router
 from proxy.server import ProxyServer
@@ -27,9 +30,10 @@ from .api import add_controller_routes
 from .config.model import Config
 from .deployer import Deployer
 from .docker_backend import DockerBackend
-from .journal import Journal
+from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
+from .state_dir import FILE_MODE, StateDirError, prepare_state_dir
 from .testing import faults
 
 log = structlog.get_logger("turnout.daemon")
@@ -38,16 +42,19 @@ RECONCILE_INTERVAL = 2.0  # seconds between checks that each serving release is 
 RECONCILE_BACKOFF = 30.0  # seconds before a service whose repair failed is tried again
 
 
-def owner_for(state_dir: Path) -> str:
-    """A stable owner id per state dir: two daemons on one engine never touch each other's containers."""
-    return "turnout-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+def owner_of(state_dir: Path) -> str | None:
+    """The owner id the daemon with this state dir labels its containers with (it lives in the
+    journal, random and created once); None before that daemon first started."""
+    return read_owner(Config(state_dir=state_dir).journal_path)
 
 
 class Daemon:
-    def __init__(self, config: Config, extra_labels: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
+                 prune_strays: bool = False) -> None:
         self.config = config
         self.state_dir = config.state_dir
         self.extra_labels = extra_labels or {}
+        self.prune_strays = prune_strays
         self.router = Router(Metrics(), hold_timeout=config.proxy.hold_timeout,
                              drain_timeout=config.proxy.drain_timeout)
         self.proxy_server = ProxyServer(self.router, config.proxy)
@@ -55,32 +62,52 @@ class Daemon:
         self.journal: Journal | None = None
         self.backend: DockerBackend | None = None
         self.deployer: Deployer | None = None
-        self._admin_runner: web.AppRunner | None = None
         self.admin_socket = Path(config.proxy.admin_socket)
-        self._reconciler: asyncio.Task[None] | None = None
+        self._stack = AsyncExitStack()  # the stops of the start steps done so far
+        self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
 
     async def start(self) -> None:
+        stack = AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException as exc:
+            log.error("daemon.start_failed", error=str(exc) or type(exc).__name__)
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def _start(self, stack: AsyncExitStack) -> None:
         faults.install_from_env()  # test-only fault hook; unset in any real deployment
-        raise_open_files_limit(self.config.proxy.max_connections)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        raise_open_files_limit(files_for_proxy(self.config.proxy.max_connections))
+        prepare_state_dir(self.state_dir)
         await self.proxy_server.start()
+        stack.push_async_callback(self._stop_proxy)
         await self.health.start()
+        stack.push_async_callback(self.health.stop)
         self.journal = Journal(self.config.journal_path)
-        self.backend = DockerBackend(owner=owner_for(self.state_dir), extra_labels=self.extra_labels)
+        stack.callback(self.journal.close)
+        self.backend = DockerBackend(owner=self.journal.owner, extra_labels=self.extra_labels)
+        stack.push_async_callback(self.backend.close)
         self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
+        self.deployer.prune_strays = self.prune_strays
         for service in self.config.services.values():
             self.deployer.configs[service.name] = service
             if not service.managed:
                 self.deployer.proxy.install_static(service)
         outcome = await recover(self.deployer, self.config)
-        await self._start_admin()
+        await self._start_admin(stack)
+        # From here on deploys run (the API's and the first ones): stopping cancels them first.
+        stack.push_async_callback(self.deployer.close)
         for service in self.config.services.values():
             if service.managed and service.image and service.name not in self.deployer.releases:
                 self.deployer.deploy(service, service.image)
-        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
+        reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
+        stack.push_async_callback(_cancel, reconciler)
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
-                 state_dir=str(self.state_dir), recovered=outcome)
+                 state_dir=str(self.state_dir), owner=self.journal.owner, recovered=outcome)
+
+    async def _stop_proxy(self) -> None:
+        await self.proxy_server.stop(self._stop_timeout)
 
     @property
     def listen(self) -> str:
@@ -88,30 +115,32 @@ class Daemon:
         host, _ = self.config.proxy.listen_host_port
         return f"{host}:{self.proxy_server.port}"
 
-    async def _start_admin(self) -> None:
+    async def _start_admin(self, stack: AsyncExitStack) -> None:
         app = create_admin_app(self.router)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
-        self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._admin_runner.setup()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
         self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
-        if self.admin_socket.exists():
-            self.admin_socket.unlink()
+        self.admin_socket.unlink(missing_ok=True)  # a stale socket (a link is removed, never followed)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
-            await web.UnixSite(self._admin_runner, str(self.admin_socket)).start()
+            await web.UnixSite(runner, str(self.admin_socket)).start()
         finally:
             os.umask(old_umask)
-        os.chmod(self.admin_socket, 0o600)
+        info = os.lstat(self.admin_socket)
+        if not stat.S_ISSOCK(info.st_mode) or stat.S_IMODE(info.st_mode) != FILE_MODE:
+            raise StateDirError(f"admin socket {self.admin_socket}: not a socket of mode 0600 after bind")
         proxy = self.config.proxy
         if proxy.admin_tcp:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token)
             add_controller_routes(tcp_app, self.deployer, self.listen)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
+            stack.push_async_callback(tcp_runner.cleanup)
             host, _, port = proxy.admin_tcp.rpartition(":")
             await web.TCPSite(tcp_runner, host.strip("[]"), int(port)).start()
-            self._tcp_runner = tcp_runner
 
     async def _reconcile_forever(self) -> None:
         """Notice serving containers that stopped or vanished behind our back (e.g. the Docker engine
@@ -136,22 +165,12 @@ class Daemon:
                         retry_at[service] = loop.time() + RECONCILE_BACKOFF
 
     async def stop(self, timeout: float = 30.0) -> None:
+        """Undo every start step in reverse: the reconciler, deploys in progress, the admin API, Docker,
+        the journal, health checks, and last the proxy (in-flight requests get `timeout` seconds)."""
         log.info("daemon.stopping")
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            await asyncio.gather(self._reconciler, return_exceptions=True)
-        if self.deployer is not None:
-            await self.deployer.close()
-        await self.proxy_server.stop(timeout)
-        await self.health.stop()
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
-        if getattr(self, "_tcp_runner", None) is not None:
-            await self._tcp_runner.cleanup()
-        if self.backend is not None:
-            await self.backend.close()
-        if self.journal is not None:
-            self.journal.close()
+        self._stop_timeout = timeout
+        stack, self._stack = self._stack, AsyncExitStack()
+        await stack.aclose()
         log.info("daemon.stopped")
 
     async def serve_forever(self) -> None:
@@ -164,3 +183,8 @@ class Daemon:
             await stop
         finally:
             await self.stop()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

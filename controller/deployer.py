@@ -91,6 +91,10 @@ class Deployer:
         self._removing: set[str] = set()  # ids of dropped containers being removed in the background
         # Journal writes refused as a deploy ended, per service: made before its next deploy begins.
         self._unjournalled: dict[str, dict[str, Callable[[], None]]] = {}
+        # Containers with our labels that the journal never recorded are someone else's: left alone
+        # (and reported once) unless the operator asked `turnout serve --prune-strays`.
+        self.prune_strays = False
+        self._strangers_reported: set[str] = set()
 
     # ------------------------------------------------------------ commands
     def deploy(self, config: ServiceConfig, image: str, strategy: str | None = None,
@@ -170,8 +174,8 @@ class Deployer:
 
     async def repair(self, config: ServiceConfig, release: Release, missing: int) -> bool:
         """Start `missing` containers of the serving release (after recovery found it short)."""
-        record = self.journal.begin(config.name, "repair", release.version, release.image, release.version,
-                                    {"pool": release.pool})
+        record = self._begin(config.name, "repair", release.version, release.image, release.version,
+                             {"pool": release.pool})
         ops = Operations(backend=self.backend, proxy=self.proxy, journal=self.journal,
                          deployment_id=record.id, config=config, new=release, old=None,
                          events=EventLog(), signals=Signals(), extra_labels=self.extra_labels)
@@ -187,9 +191,11 @@ class Deployer:
     async def reconcile(self, service: str) -> ActiveDeployment | None:
         """Make the serving release whole again when its containers stopped or vanished behind our back
         (a Docker engine restart stops every container without a restart policy, and Turnout sets none),
-        and remove containers of the service the journal does not know (e.g. what a deploy failing while
-        the engine was down could not remove). Called periodically by the daemon; a no-op (None) while
-        a deploy runs, when all is well, or while the engine does not answer. Journalled as a `repair`."""
+        and remove containers of the service that we created but no release holds (e.g. what a deploy
+        failing while the engine was down could not remove). Only containers the journal recorded are
+        routed, kept or removed: one made by hand with our labels is never given traffic. Called
+        periodically by the daemon; a no-op (None) while a deploy runs, when all is well, or while the
+        engine does not answer. Journalled as a `repair`."""
         config, release = self.configs.get(service), self.releases.get(service)
         if (config is None or release is None or not config.managed or service in self.active
                 or (service in self._settling and not self._settling[service].done())):
@@ -202,14 +208,24 @@ class Deployer:
             return None  # a deploy began meanwhile
         previous = self.previous.get(service)
         known = {release.pool} | ({previous.pool} if previous else set())
+        recorded = self.journal.container_ids(service)
+        strangers = [c for c in found if c.id not in recorded and c.id not in self._removing]
+        found = [c for c in found if c.id in recorded]
         strays = [c for c in found if c.pool not in known and c.id not in self._removing]
-        mine = sorted((c for c in found if c.pool == release.pool), key=lambda c: not c.running)
+        if self.prune_strays:
+            strays += strangers
+        else:
+            self._report_strangers(strangers)
+        serving = {c.id for c in release.containers}
+        # The release's own containers first, running ones first: they keep their traffic.
+        mine = sorted((c for c in found if c.pool == release.pool),
+                      key=lambda c: (c.id not in serving, not c.running))
         by_id = {c.id: c for c in mine}
         if (not strays and len(mine) == len(release.containers) == config.replicas
                 and all(c.id in by_id and by_id[c.id].running for c in release.containers)):
             return None
-        record = self.journal.begin(service, "repair", release.version, release.image, release.version,
-                                    {"pool": release.pool})
+        record = self._begin(service, "repair", release.version, release.image, release.version,
+                             {"pool": release.pool})
         active = ActiveDeployment(record.id, service, "repair", release.version, release.image,
                                   EventLog(), Signals())
         self.active[service] = active
@@ -218,6 +234,15 @@ class Deployer:
                              mine[config.replicas:] + strays))
         await asyncio.wait([active.task])
         return active
+
+    def _report_strangers(self, strangers: list[Container]) -> None:
+        for container in strangers:
+            if container.id not in self._strangers_reported:
+                self._strangers_reported.add(container.id)
+                log.warning("controller.stranger_left", service=container.service,
+                            container=container.short_id, pool=container.pool,
+                            reason="carries our owner label but the journal never recorded it; "
+                            "`turnout serve --prune-strays` removes such containers")
 
     async def _repair_run(self, active: ActiveDeployment, config: ServiceConfig, release: Release,
                           keep: list[Container], extra: list[Container]) -> None:

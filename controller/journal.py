@@ -7,8 +7,10 @@ interrupted (`unfinished()`), and recovery decides whether to resume or roll it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TurnoutError
+from .state_dir import private_file
 
 RUNNING = "running"
 FINAL_STATUSES = ("succeeded", "failed", "rolled_back", "aborted", "interrupted")
@@ -57,8 +60,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at REAL NOT NULL
         )""",
     ),
+    (
+        # key/value facts about this journal; `owner` is the id its daemon labels containers with.
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        # every container this journal's daemon created: only these are ever routed or removed.
+        """CREATE TABLE containers (
+            id TEXT PRIMARY KEY,
+            service TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            deployment TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+OWNER_PREFIX = "turnout-"
 
 
 class JournalError(TurnoutError):
@@ -117,6 +133,27 @@ class Step:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+REDACTED = "***"
+
+
+def redacted(value: Any) -> Any:
+    """`value` with the values of every `env` in it replaced by "***" (keys kept): what the journal
+    shows through `history` (env values are often secrets; the journal itself keeps them, 0600)."""
+    if isinstance(value, dict):
+        return {k: _env_keys_only(v) if k == "env" else redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
+
+
+def _env_keys_only(env: Any) -> Any:
+    if isinstance(env, dict):
+        return dict.fromkeys(env, REDACTED)
+    if isinstance(env, list | tuple):  # ["KEY=value", ...], as Docker spells it
+        return [f"{str(item).split('=', 1)[0]}={REDACTED}" for item in env]
+    return REDACTED
+
+
 def deployment_id(seq: int) -> str:
     return f"d-{seq:06d}"
 
@@ -140,6 +177,11 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 from birth: SQLite gives the -wal and -shm files it creates the database file's mode;
+        # ones an older Turnout left (0644) are fixed here.
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            private_file(self.path.with_name(self.path.name + suffix), create=False)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
@@ -149,7 +191,7 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._migrate()
+            self.owner = self._migrate()
         except Exception:
             self._db.close()
             raise
@@ -187,7 +229,8 @@ class Journal:
             finally:
                 self._depth = 0
 
-    def _migrate(self) -> None:
+    def _migrate(self) -> str:
+        """Bring the schema up to date; returns the journal's owner id."""
         with self.transaction():
             self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = self._db.execute("SELECT version FROM schema_version").fetchone()
@@ -202,6 +245,28 @@ class Journal:
                 self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version != SCHEMA_VERSION:
                 self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            return self._owner(upgraded_from_1=version == 1)
+
+    def _owner(self, upgraded_from_1: bool) -> str:
+        """The owner id, created once: random, so two daemons never share one by accident (the same
+        state-dir path in two copies of compose/turnout.yml did). A journal from before owner ids keeps
+        the id derived from its directory's path, which its running containers carry, and records the
+        containers its service state names as its own."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+        if row is not None:
+            return row[0]
+        if upgraded_from_1:
+            owner = OWNER_PREFIX + hashlib.sha256(str(self.path.parent.resolve()).encode()).hexdigest()[:12]
+            for service, state in self._db.execute("SELECT service, state FROM service_state").fetchall():
+                for release in (json.loads(state).get(k) or {} for k in ("stable", "previous")):
+                    for container_id in release.get("containers", ()):
+                        self._db.execute("INSERT OR IGNORE INTO containers (id, service, pool, deployment, "
+                                         "created_at) VALUES (?, ?, ?, '', ?)",
+                                         (container_id, service, release.get("pool", ""), time.time()))
+        else:
+            owner = OWNER_PREFIX + secrets.token_hex(8)
+        self._db.execute("INSERT INTO meta (key, value) VALUES ('owner', ?)", (owner,))
+        return owner
 
     # -- deployments ------------------------------------------------------------------------------
 
@@ -302,6 +367,42 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT service, state FROM service_state ORDER BY service").fetchall()
         return {service: json.loads(state) for service, state in rows}
+
+    # -- containers this journal's daemon created ------------------------------------------------
+
+    def record_container(self, container_id: str, service: str, pool: str, deployment_id: str) -> None:
+        """Called as soon as the engine created a container: from then on it is ours to route and
+        remove. A container with our labels that was never recorded is someone else's."""
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO containers (id, service, pool, deployment, "
+                             "created_at) VALUES (?, ?, ?, ?, ?)",
+                             (container_id, service, pool, deployment_id, time.time()))
+
+    def container_ids(self, service: str | None = None) -> set[str]:
+        """Ids of the containers this journal recorded (of one service, or all)."""
+        with self._lock:
+            if service is None:
+                rows = self._db.execute("SELECT id FROM containers").fetchall()
+            else:
+                rows = self._db.execute("SELECT id FROM containers WHERE service = ?", (service,)).fetchall()
+        return {row[0] for row in rows}
+
+    def forget_containers(self, keep: set[str]) -> int:
+        """Drop the records of containers that no longer exist (every one not in `keep`, the ids the
+        engine lists for our owner); returns how many were dropped."""
+        with self.transaction():
+            gone = self.container_ids() - keep
+            self._db.executemany("DELETE FROM containers WHERE id = ?", [(i,) for i in gone])
+        return len(gone)
+
+
+def read_owner(path: Path) -> str | None:
+    """The owner id of the journal at `path` (tests and tools find a daemon's containers by it);
+    None when there is no journal there yet."""
+    if not Path(path).exists():
+        return None
+    with Journal(path) as journal:
+        return journal.owner
 
 
 _COLUMNS = ("seq, service, strategy, from_version, to_version, image, status, started_at, finished_at, "

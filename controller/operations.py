@@ -123,6 +123,8 @@ class Operations:
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
         ))
         try:
+            # Recorded before anything else: only containers the journal knows are routed or removed.
+            self.journal.record_container(container.id, config.name, release.pool, self.deployment_id)
             await self._wait_healthy(container)
         except BaseException:
             await self.remove([container])

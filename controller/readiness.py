@@ -24,6 +24,9 @@ log = structlog.get_logger(__name__)
 # The container's state is read on the first round and then every this many rounds (~1 s at 0.2 s).
 STATE_CHECK_EVERY = 5
 LOG_TAIL_LINES = 20
+# The tail goes into error messages and the journal: a few lines of context, never a log dump.
+LOG_TAIL_BYTES = 2048
+TRUNCATED = "[truncated]"
 _STOPPED_STATES = frozenset({"exited", "dead"})
 
 
@@ -86,9 +89,22 @@ async def _state(backend: ContainerReader, container_id: str) -> Container:
 
 async def _log_tail(backend: ContainerReader, container_id: str) -> str:
     try:
-        return await backend.logs_tail(container_id, LOG_TAIL_LINES)
+        return cap_log_tail(await backend.logs_tail(container_id, LOG_TAIL_LINES))
     except ContainerNotFound:
         return "(container is gone; no logs)"
+
+
+def cap_log_tail(text: str, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The end of `text`: at most `lines` lines and `max_bytes` bytes of UTF-8, opened by a
+    "[truncated]" line when anything was cut."""
+    kept = text.splitlines()
+    cut = len(kept) > lines
+    tail = "\n".join(kept[-lines:])
+    data = tail.encode()
+    if len(data) > max_bytes:
+        tail = data[-max_bytes:].decode("utf-8", errors="ignore")
+        cut = True
+    return f"{TRUNCATED}\n{tail}" if cut else tail
 
 
 async def wait_healthy(

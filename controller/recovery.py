@@ -3,7 +3,9 @@
 For each service: the journal's stable release is re-checked for health and routed again; a deploy
 that was interrupted is finished forward if its switch had completed (and passed the post-switch
 verification it owed), and rolled back otherwise; an interrupted repair is simply redone; containers
-with our labels that the journal does not know are removed.
+the journal recorded that no release holds are removed. A container with our labels that the journal
+never recorded (made by hand, or by another daemon) is neither routed nor removed: it is reported, and
+removed only with `turnout serve --prune-strays`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
     """Returns what was done per service (for the log and for tests)."""
     journal, backend = deployer.journal, deployer.backend
     containers = await backend.list()
+    recorded = journal.container_ids()
+    journal.forget_containers({c.id for c in containers})  # records of containers gone for good
+    strangers = [c for c in containers if c.id not in recorded]
+    if strangers and deployer.prune_strays:
+        await _remove(deployer, strangers)
+    else:
+        deployer._report_strangers(strangers)
     by_service: dict[str, list[Container]] = defaultdict(list)
     for container in containers:
-        by_service[container.service].append(container)
+        if container.id in recorded:
+            by_service[container.service].append(container)
     states = journal.services()
     interrupted = {d.service: d for d in journal.unfinished()}
     outcome: dict[str, str] = {}

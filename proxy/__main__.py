@@ -12,27 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import signal
 from collections.abc import Awaitable, Callable
 
 from .config import ProxyConfig
+from .limits import files_for_proxy, raise_open_files_limit
 from .log import configure
 from .router import Router
 from .server import ProxyServer
 from .specs import ServiceSpec
 
 StartHook = Callable[[Router, ProxyServer], Awaitable[None]]
-
-
-def raise_open_files_limit(connections: int) -> None:
-    """Each client connection needs a descriptor, and one upstream each: lift the soft limit toward
-    the hard one so max_connections is reachable (the usual soft default of 1024 is not enough)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * connections + 256
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def static_router(config: ProxyConfig, upstreams: list[str]) -> Router:
@@ -70,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure()
     config = ProxyConfig(listen=args.listen, access_log=args.access_log, max_connections=args.max_connections)
-    raise_open_files_limit(config.max_connections)
+    raise_open_files_limit(files_for_proxy(config.max_connections))
 
     async def run() -> None:
         await serve(config, static_router(config, args.upstream))

@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from controller.config.model import STRATEGIES
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: controller/rehearsal/demo.py
 DEMO_CONFIG = ROOT / "compose" / "demo" / "turnout.toml"
 STATE_DIR = ROOT / ".turnout-demo"
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave Turnout and the containers running")
     parser.add_argument("--strategy", default="canary",
-                        choices=["canary", "bluegreen", "rolling", "bigbang", "all"])
+                        choices=[*STRATEGIES, "all"])
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the live load [200]")
     parser.add_argument("--duration", default="20s", help="how long the load runs at least [20s]")
     args = parser.parse_args(argv)
@@ -113,14 +115,17 @@ def _shutdown(daemon: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait(5)
-    from controller.daemon import owner_for
+    from controller.daemon import owner_of
     from controller.docker_backend import DockerBackend
     from proxy.log import configure
 
     configure(level="warning")  # the numbered steps say what happens; per-container events are in serve.log
 
     async def remove_all() -> int:
-        backend = DockerBackend(owner=owner_for(STATE_DIR))
+        owner = owner_of(STATE_DIR)
+        if owner is None:  # the daemon never got as far as its journal: it started nothing
+            return 0
+        backend = DockerBackend(owner=owner)
         containers = await backend.list()
         for container in containers:
             await backend.remove(container.id)

@@ -15,7 +15,6 @@ import asyncio
 import itertools
 import math
 import re
-import resource
 import time
 import uuid
 from collections import Counter
@@ -25,6 +24,8 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+
+from proxy.limits import raise_open_files_limit
 
 # The marks the rehearsal records; the phases and the misrouting check are keyed on these names.
 DEPLOY_STARTED = "deploy_started"
@@ -397,13 +398,7 @@ def ensure_open_files(max_in_flight: int) -> int:
     """Lift this process's soft open-files limit so `max_in_flight` connections fit (one descriptor
     each, plus a margin), up to the hard limit; returns the limit now in force. The usual soft default
     of 1024 is below what a few thousand requests in flight need."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max_in_flight + OPEN_FILES_MARGIN
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = new
-    return soft
+    return raise_open_files_limit(max_in_flight + OPEN_FILES_MARGIN)
 
 
 class _Run:

@@ -27,7 +27,6 @@ from .loadgen import (
 )
 from .report import DeployInfo, comparison_table, format_table, to_json, write_html
 
-STRATEGY_ORDER = ("bigbang", "bluegreen", "rolling", "canary")
 WARMUP = 2.0  # seconds of load before the deploy starts, so "before" latencies exist
 TAIL = 2.0  # seconds of load after the deploy finished
 MAX_RUN = 600.0  # a rehearsal never runs longer than this, whatever the deploy does

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from ..config.model import STRATEGIES as NAMES
 from .base import Strategy
 from .bigbang import BigBang
 from .bluegreen import BlueGreen
 from .canary import Canary
 from .rolling import Rolling
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "bigbang": BigBang,
-    "bluegreen": BlueGreen,
-    "rolling": Rolling,
-    "canary": Canary,
-}
+_BY_NAME: dict[str, type[Strategy]] = {cls.name: cls for cls in (BigBang, BlueGreen, Rolling, Canary)}
+# In the order of the config's vocabulary, the one list of names; a name without a class fails here.
+STRATEGIES: dict[str, type[Strategy]] = {name: _BY_NAME[name] for name in NAMES}
 
 __all__ = ["STRATEGIES", "Strategy"]

@@ -67,11 +67,15 @@ class TurnoutDaemon:
         labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
         return {**os.environ, "TURNOUT_CONTAINER_LABELS": labels}
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def serve_args(self) -> list[str]:
         args = [*CLI, "--state-dir", str(self.state_dir), "serve", "--listen", f"127.0.0.1:{self.port}"]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
+        return args
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = self.serve_args()
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                             cwd=self.workdir)
@@ -119,11 +123,14 @@ class TurnoutDaemon:
 
     def remove_containers(self) -> int:
         """Remove every container this daemon's owner label marks (the test's cleanup)."""
-        from ..daemon import owner_for
+        from ..daemon import owner_of
         from ..docker_backend import DockerBackend
 
         async def remove_all() -> int:
-            backend = DockerBackend(owner=owner_for(self.state_dir))
+            owner = owner_of(self.state_dir)
+            if owner is None:  # the daemon never got as far as its journal: it started nothing
+                return 0
+            backend = DockerBackend(owner=owner)
             containers = await backend.list()
             for container in containers:
                 await backend.remove(container.id)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from controller.daemon import owner_for
+from controller.daemon import owner_of
 from controller.rehearsal.demo import STATE_DIR
 
 pytestmark = pytest.mark.docker
@@ -20,5 +20,5 @@ def test_demo_rehearses_a_canary_and_cleans_up(docker_client):
     assert "Rehearsal of web: canary v1 -> v2  [succeeded]" in out
     assert "Verdict: no request lost" in out
     assert (STATE_DIR / "rehearsal.html").exists()
-    left = docker_client.containers.list(all=True, filters={"label": f"turnout.owner={owner_for(STATE_DIR)}"})
+    left = docker_client.containers.list(all=True, filters={"label": f"turnout.owner={owner_of(STATE_DIR)}"})
     assert left == []

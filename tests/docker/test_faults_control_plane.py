@@ -24,7 +24,6 @@ import aiohttp
 import pytest
 from test_deploys_live import assert_no_loss, traffic
 
-from controller.daemon import owner_for
 from controller.docker_backend import ContainerSpec, DockerBackend
 from controller.journal import Journal
 from helpers.daemon import Daemon
@@ -307,12 +306,13 @@ async def fabricate(daemon: Daemon, labels: dict[str, str], strategy: str, steps
     record = journal.begin("web", strategy, "v2", "turnout-testapp:v2", "v1", {"pool": "v2"})
     for step in steps:
         journal.step(record.id, step)
-    journal.close()
-    backend = DockerBackend(owner=owner_for(daemon.state_dir), extra_labels=labels)
+    backend = DockerBackend(owner=journal.owner, extra_labels=labels)
     for _ in range(new_containers):
-        await backend.start(ContainerSpec(service="web", version="v2", image="turnout-testapp:v2", port=8080,
-                                          deployment_id=record.id, pool="v2"))
+        container = await backend.start(ContainerSpec(service="web", version="v2", image="turnout-testapp:v2",
+                                                      port=8080, deployment_id=record.id, pool="v2"))
+        journal.record_container(container.id, "web", "v2", record.id)  # as the daemon records its own
     await backend.close()
+    journal.close()
     return record.id
 
 

@@ -8,7 +8,6 @@ import signal
 
 import pytest
 
-from controller.daemon import owner_for
 from controller.docker_backend import ContainerSpec, DockerBackend
 from controller.journal import Journal
 from controller.rehearsal.loadgen import LoadConfig, run_load
@@ -24,14 +23,15 @@ async def test_killed_mid_rolling_update_recovers_to_full_old_version(daemon, do
     journal = Journal(daemon.state_dir / "journal.sqlite3")
     record = journal.begin("web", "rolling", "v2", "turnout-testapp:v2", "v1", {"pool": "v2"})
     journal.step(record.id, "starting", version="v2", count=1)
-    journal.close()
     v1 = [c for c in owner_containers(docker_client, daemon) if c.labels["turnout.version"] == "v1"]
     assert len(v1) == 2
     await asyncio.to_thread(v1[0].remove, force=True)
-    backend = DockerBackend(owner=owner_for(daemon.state_dir), extra_labels=test_run_labels)
-    await backend.start(ContainerSpec(service="web", version="v2", image="turnout-testapp:v2", port=8080,
-                                      deployment_id=record.id, pool="v2"))
+    backend = DockerBackend(owner=journal.owner, extra_labels=test_run_labels)
+    v2 = await backend.start(ContainerSpec(service="web", version="v2", image="turnout-testapp:v2", port=8080,
+                                           deployment_id=record.id, pool="v2"))
+    journal.record_container(v2.id, "web", "v2", record.id)  # as the daemon records its own
     await backend.close()
+    journal.close()
 
     daemon.start()
     wait_for_version(daemon, "v1")

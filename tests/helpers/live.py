@@ -31,10 +31,12 @@ max_error_rate = 0.05
 
 
 def owner_containers(docker_client, serve: Daemon, remove: bool = False) -> list:
-    from controller.daemon import owner_for
+    from controller.daemon import owner_of
 
-    owner = f"turnout.owner={owner_for(serve.state_dir)}"
-    found = docker_client.containers.list(all=True, filters={"label": owner})
+    owner = owner_of(serve.state_dir)  # random, in the daemon's journal
+    if owner is None:
+        return []
+    found = docker_client.containers.list(all=True, filters={"label": f"turnout.owner={owner}"})
     if remove:
         for container in found:
             container.remove(force=True)

@@ -11,7 +11,6 @@ import sys
 import time
 from datetime import UTC, datetime
 
-import pytest
 from structlog.testing import capture_logs
 
 from helpers.upstreams import (
@@ -20,19 +19,10 @@ from helpers.upstreams import (
     fetch,
     running_proxy,
     service,
-    start_upstreams,
     wait_for,
 )
 from proxy.access_log import FIELDS
 from proxy.router import Router
-
-
-@pytest.fixture
-async def ups():
-    upstreams = await start_upstreams("a", "b")
-    yield upstreams
-    for u in upstreams:
-        await u.close()
 
 
 def access(logs: list[dict]) -> list[dict]:

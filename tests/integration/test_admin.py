@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers.upstreams import fetch, running_proxy, service, start_upstreams, wait_for
+from helpers.upstreams import fetch, running_proxy, service, wait_for
 from proxy.admin import CLIENT_HEADER, create_admin_app
 from proxy.router import Router
 from proxy.upstream import Health
@@ -85,14 +85,6 @@ def router() -> Router:
 async def admin(router: Router, tmp_path: Path) -> AsyncIterator[Admin]:
     async with serve_unix(router, tmp_path / "admin.sock") as client:
         yield client
-
-
-@pytest.fixture
-async def ups():
-    upstreams = await start_upstreams("a", "b")
-    yield upstreams
-    for u in upstreams:
-        await u.close()
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -49,11 +48,9 @@ class FlipUpstream(TestUpstream):
 
 
 @pytest.fixture
-async def ups() -> AsyncIterator[list[FlipUpstream]]:
-    upstreams = [await FlipUpstream(n).start() for n in ("a", "b")]
-    yield upstreams
-    for u in upstreams:
-        await u.close()
+def upstream_class() -> type[FlipUpstream]:
+    """`ups` (tests/integration/conftest.py) starts FlipUpstreams here."""
+    return FlipUpstream
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -179,3 +181,53 @@ def test_a_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(JournalError, match="newer"):
         Journal(path)
+
+
+# -- the file is private (it holds env values, often secrets) ----------------------------------------
+def mode(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture
+def usual_umask():
+    old = os.umask(0o022)  # what a shell usually has: files are born 0644 unless we say otherwise
+    yield
+    os.umask(old)
+
+
+def test_the_journal_and_its_wal_and_shm_files_are_0600(tmp_path, usual_umask):
+    path = tmp_path / "state" / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.begin("web", "rolling", "v1", "app:v1")  # a write: the -wal and -shm files exist now
+        files = sorted(p.name for p in path.parent.iterdir())
+        assert files == ["journal.sqlite3", "journal.sqlite3-shm", "journal.sqlite3-wal"]
+        assert {name: mode(path.parent / name) for name in files} == dict.fromkeys(files, 0o600)
+
+
+def test_journal_files_an_older_turnout_left_world_readable_are_made_0600(tmp_path, usual_umask):
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm"):
+        (tmp_path / name).touch()
+        os.chmod(tmp_path / name, 0o644)
+    with Journal(path):
+        assert mode(path) == 0o600
+        assert mode(tmp_path / "journal.sqlite3-wal") == mode(tmp_path / "journal.sqlite3-shm") == 0o600
+
+
+def test_a_journal_that_is_a_symlink_is_refused_and_not_followed(tmp_path, usual_umask):
+    target = tmp_path / "secret.db"
+    target.write_bytes(b"")
+    os.chmod(target, 0o644)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.sqlite3").symlink_to(target)
+    with pytest.raises(TurnoutError, match=r"journal.sqlite3: is a symlink"):
+        Journal(tmp_path / "state" / "journal.sqlite3")
+    assert mode(target) == 0o644 and target.read_bytes() == b""
+
+
+def test_a_planted_wal_symlink_is_refused(tmp_path, usual_umask):
+    (tmp_path / "journal.sqlite3-wal").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(TurnoutError, match=r"journal.sqlite3-wal: is a symlink"):
+        Journal(tmp_path / "journal.sqlite3")
+    assert not (tmp_path / "elsewhere").exists()

@@ -424,6 +424,8 @@ async def test_reconcile_restarts_a_stopped_release_and_removes_strays(world):
 
     stray = await backend.start(ContainerSpec(service="web", version="v9", image="app:v9", port=8080,
                                               deployment_id="d-999999", pool="v9"))
+    # Ours (the journal recorded it) though no release holds it: what a failed deploy left behind.
+    deployer.journal.record_container(stray.id, "web", "v9", "d-999999")
     repair = await deployer.reconcile("web")
     assert repair is not None and repair.status == "succeeded"
     assert len(backend.running("v1")) == 2
