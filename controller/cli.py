@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    logs = sub.add_parser("logs", help="the daemon's logs: `turnout logs reopen` after logrotate moved the "
+                          "access log's file", description="reopen: the daemon reopens the access log's file "
+                          "([proxy] access_log = \"PATH\"), as SIGHUP does; lines written before go to the "
+                          "old file. Nothing to do when the log goes to stderr.")
+    logs.add_argument("action", choices=["reopen"])
+
     for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
@@ -313,6 +319,13 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _logs(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("POST", "/v1/logs/reopen")
+    print(f"access log reopened: {data['reopened']}" if data["reopened"]
+          else "the access log goes to stderr (or is off): no file to reopen")
+    return 0
+
+
 def _signal(command: str) -> Any:
     async def send(client: Any, args: argparse.Namespace) -> int:
         if getattr(args, "traffic", False):
@@ -398,6 +411,7 @@ COMMANDS = {
     "abort": _signal("abort"),
     "pause": _signal("pause"),
     "resume": _signal("resume"),
+    "logs": _logs,
 }
 
 

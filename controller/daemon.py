@@ -20,14 +20,15 @@ import structlog
 from aiohttp import web
 
 from proxy.admin import create_admin_app
+from proxy.errors import ValidationError
 from proxy.health import HealthChecker
 from proxy.limits import files_for_proxy, raise_open_files_limit
 from proxy.metrics import Metrics
 from proxy.router import Router
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, reopen_on_sighup
 
 from .api import add_controller_routes
-from .config.model import Config
+from .config.model import Config, ConfigError
 from .deployer import Deployer
 from .docker_backend import DockerBackend
 from .journal import Journal, read_owner
@@ -80,7 +81,10 @@ class Daemon:
         faults.install_from_env()  # test-only fault hook; unset in any real deployment
         raise_open_files_limit(files_for_proxy(self.config.proxy.max_connections))
         prepare_state_dir(self.state_dir)
-        await self.proxy_server.start()
+        try:
+            await self.proxy_server.start()
+        except ValidationError as exc:  # the access log's file could not be opened
+            raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
         stack.push_async_callback(self._stop_proxy)
         await self.health.start()
         stack.push_async_callback(self.health.stop)
@@ -116,7 +120,7 @@ class Daemon:
         return f"{host}:{self.proxy_server.port}"
 
     async def _start_admin(self, stack: AsyncExitStack) -> None:
-        app = create_admin_app(self.router)
+        app = create_admin_app(self.router, reopen_logs=self.proxy_server.reopen_logs)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -134,7 +138,8 @@ class Daemon:
             raise StateDirError(f"admin socket {self.admin_socket}: not a socket of mode 0600 after bind")
         proxy = self.config.proxy
         if proxy.admin_tcp:
-            tcp_app = create_admin_app(self.router, token=proxy.admin_token)
+            tcp_app = create_admin_app(self.router, token=proxy.admin_token,
+                                       reopen_logs=self.proxy_server.reopen_logs)
             add_controller_routes(tcp_app, self.deployer, self.listen)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
@@ -178,6 +183,7 @@ class Daemon:
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(self.proxy_server))
         await self.start()
         try:
             await stop

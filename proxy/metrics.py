@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Any
 
 # Upper bounds in seconds; the last bucket is +Inf.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -113,6 +114,8 @@ class Metrics:
         self.drain_aborted = 0
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
+        # Where logs go ("stderr", "file": `log_writer.LogWriter`s, set by the server), for their drops.
+        self.log_writers: dict[str, Any] = {}
 
     def pool(self, service: str, pool: str) -> PoolStats:
         key = (service, pool)
@@ -174,5 +177,11 @@ class Metrics:
                 "# TYPE turnout_internal_errors_total counter",
                 f"turnout_internal_errors_total {self.internal_errors}",
                 "# TYPE turnout_client_connections gauge",
-                f"turnout_client_connections {self.connections}", ""]
+                f"turnout_client_connections {self.connections}",
+                "# HELP turnout_log_lines_dropped_total Log lines not written: their reader stalled (the "
+                "backlog was full) or writing failed.",
+                "# TYPE turnout_log_lines_dropped_total counter"]
+        for name, writer in sorted(self.log_writers.items()):
+            out.append(f'turnout_log_lines_dropped_total{{to="{name}"}} {writer.dropped}')
+        out.append("")
         return "\n".join(out)

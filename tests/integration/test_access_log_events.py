@@ -11,9 +11,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from structlog.testing import capture_logs
-
 from helpers.upstreams import (
+    LogCapture,
     RawClient,
     dead_address,
     fetch,
@@ -25,27 +24,28 @@ from proxy.access_log import FIELDS
 from proxy.router import Router
 
 
-def access(logs: list[dict]) -> list[dict]:
-    return [e for e in logs if e["event"] == "http.access"]
+def access(logs: LogCapture) -> list[dict]:
+    return logs.events("http.access")
 
 
 def fields_of(event: dict) -> list[str]:
-    return [k for k in event if k not in ("event", "log_level")]
+    assert next(iter(event)) == "event" and list(event)[-2:] == ["level", "timestamp"]
+    return [k for k in event if k not in ("event", "level", "timestamp")]
 
 
 async def test_one_event_per_request_with_every_field_and_the_right_values(ups):
     a, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
-    async with running_proxy(router) as proxy:
-        with capture_logs() as logs:
-            started = time.time()
-            client = await RawClient.connect(proxy.port)
-            try:
-                r = await client.request("GET", "/big?n=1000&secret=x", headers={"X-Request-Id": "req-42"})
-                r2 = await client.request("POST", "/echo", body=b"hello")
-            finally:
-                await client.close()
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        started = time.time()
+        client = await RawClient.connect(proxy.port)
+        try:
+            r = await client.request("GET", "/big?n=1000&secret=x", headers={"X-Request-Id": "req-42"})
+            r2 = await client.request("POST", "/echo", body=b"hello")
+        finally:
+            await client.close()
     assert (r.status, len(r.body), r2.status) == (200, 1000, 200)
     first, second = access(logs)
     assert fields_of(first) == list(FIELDS)  # fixed fields, in this order
@@ -104,9 +104,9 @@ async def test_a_proxy_made_503_carries_its_reason(ups):
     a, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}, state="paused", hold_timeout=0.05))
-    async with running_proxy(router) as proxy:
-        with capture_logs() as logs:
-            r = await fetch(proxy.port, path="/held", headers={"X-Request-Id": "held-1"})
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        r = await fetch(proxy.port, path="/held", headers={"X-Request-Id": "held-1"})
     assert r.status == 503 and r.header("x-turnout-error") == "hold-timeout"
     [event] = access(logs)
     assert (event["status"], event["error"], event["request_id"]) == (503, "hold-timeout", "held-1")
@@ -119,11 +119,11 @@ async def test_errors_after_routing_name_pool_upstream_and_reason(ups):
     a, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
-    async with running_proxy(router) as proxy:
-        with capture_logs() as logs:
-            r502 = await fetch(proxy.port, path="/die")
-            r404 = await fetch(proxy.port, path="/x", host="nowhere.test")
-            app500 = await fetch(proxy.port, path="/status/500")
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        r502 = await fetch(proxy.port, path="/die")
+        r404 = await fetch(proxy.port, path="/x", host="nowhere.test")
+        app500 = await fetch(proxy.port, path="/status/500")
     assert (r502.status, r404.status, app500.status) == (502, 200, 500)  # one service: the default route
     died, default, app_error = access(logs)
     assert (died["status"], died["error"], died["pool"], died["upstream"]) == (
@@ -136,14 +136,14 @@ async def test_a_bad_request_is_logged_once(ups):
     a, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
-    async with running_proxy(router) as proxy:
-        with capture_logs() as logs:
-            client = await RawClient.connect(proxy.port)
-            try:
-                await client.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-                r = await client.read_response()
-            finally:
-                await client.close()
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        client = await RawClient.connect(proxy.port)
+        try:
+            await client.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            r = await client.read_response()
+        finally:
+            await client.close()
     assert r.status == 400
     [event] = access(logs)
     assert (event["status"], event["error"], event["method"]) == (400, r.header("x-turnout-error"), "")
@@ -154,15 +154,15 @@ async def test_a_client_that_leaves_early_is_logged_as_client_closed(ups):
     a, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
-    async with running_proxy(router) as proxy:
-        with capture_logs() as logs:
-            client = await RawClient.connect(proxy.port)
-            await client.send(b"GET /slow?s=2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
-            await wait_for(lambda: router.upstreams[a.address].inflight)
-            sock = client.writer.get_extra_info("socket")  # a reset, not a half-close (that gets its answer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.writer.transport.abort()
-            await wait_for(lambda: access(logs))
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        client = await RawClient.connect(proxy.port)
+        await client.send(b"GET /slow?s=2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        await wait_for(lambda: router.upstreams[a.address].inflight)
+        sock = client.writer.get_extra_info("socket")  # a reset, not a half-close (that gets its answer)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.writer.transport.abort()
+        await wait_for(lambda: access(logs))
     [event] = access(logs)
     assert (event["status"], event["error"], event["bytes_sent"]) == (499, "client-closed", 0)
     assert (event["pool"], event["upstream"]) == ("blue", a.address)
@@ -172,12 +172,12 @@ async def test_no_event_when_the_access_log_is_off(ups):
     a, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
-    async with running_proxy(router, access_log=False) as proxy:
-        with capture_logs() as logs:
-            assert (await fetch(proxy.port)).status == 200
-            assert (await fetch(proxy.port, path="/die")).status == 502
-        assert all(c.alog is None for c in proxy.connections)
-    assert access(logs) == []
+    logs = LogCapture()
+    async with running_proxy(router, log=logs, access_log=False) as proxy:
+        assert (await fetch(proxy.port)).status == 200
+        assert (await fetch(proxy.port, path="/die")).status == 502
+        assert proxy.access_log is None and all(c.alog is None for c in proxy.connections)
+    assert logs.lines() == []
     # ...and the counters still count.
     assert router.metrics.pools[("app", "blue")].by_class[2] == 1
 
@@ -186,16 +186,16 @@ async def test_concurrent_keep_alive_clients_log_one_event_per_request(ups):
     a, b = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address]), "green": (1, [b.address])}))
-    async with running_proxy(router) as proxy:
-        with capture_logs() as logs:
-            async def run(i: int) -> list[int]:
-                client = await RawClient.connect(proxy.port)
-                try:
-                    return [len((await client.request("GET", "/", headers={"X-Request-Id": f"c{i}-{j}"}))
-                                .head) for j in range(5)]
-                finally:
-                    await client.close()
-            heads = await asyncio.gather(*(run(i) for i in range(8)))
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        async def run(i: int) -> list[int]:
+            client = await RawClient.connect(proxy.port)
+            try:
+                return [len((await client.request("GET", "/", headers={"X-Request-Id": f"c{i}-{j}"}))
+                            .head) for j in range(5)]
+            finally:
+                await client.close()
+        heads = await asyncio.gather(*(run(i) for i in range(8)))
     events = access(logs)
     assert sorted(e["request_id"] for e in events) == sorted(f"c{i}-{j}" for i in range(8) for j in range(5))
     by_id = {e["request_id"]: e for e in events}
