@@ -168,6 +168,11 @@ class LogWriter:
         return self.dropped
 
     @property
+    def running(self) -> bool:
+        """The thread is still there (it ends at `close`, or once a write stuck at close fails)."""
+        return self._thread.is_alive()
+
+    @property
     def waiting(self) -> int:
         """Bytes handed to the thread and not written yet."""
         return self._backlog_size

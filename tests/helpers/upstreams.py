@@ -389,17 +389,20 @@ def service(name: str = "app", pools: dict[str, tuple[int, list[str]]] | None = 
 async def running_proxy(router: Router | None = None, log: LogCapture | None = None,
                         **config: object) -> AsyncIterator[ProxyServer]:
     """A ProxyServer on 127.0.0.1:<ephemeral> around `router`; stopped (timeout 2 s) at the end. Its
-    access log (on unless `access_log=False`) goes to `log`, or to a LogCapture of its own."""
+    access log (on unless `access_log=False`) goes to `log`, or to a LogCapture of its own (to the file
+    when `access_log` names one)."""
     router = router or Router()
-    log = log or LogCapture()
+    if log is None and not isinstance(config.get("access_log"), str):
+        log = LogCapture()
     server = ProxyServer(router, ProxyConfig(listen="127.0.0.1:0", **config),  # type: ignore[arg-type]
-                         log_writer=log.writer)
+                         log_writer=log.writer if log is not None else None)
     await server.start()
     try:
         yield server
     finally:
         await server.stop(2.0)
-        log.writer.close()  # its thread ends; what it wrote stays readable
+        if log is not None:
+            log.writer.close()  # its thread ends; what it wrote stays readable
 
 
 class LogCapture:

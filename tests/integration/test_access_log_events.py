@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+
+import pytest
 
 from helpers.upstreams import (
     LogCapture,
@@ -21,7 +25,11 @@ from helpers.upstreams import (
     wait_for,
 )
 from proxy.access_log import FIELDS
+from proxy.config import ProxyConfig
+from proxy.errors import ValidationError
+from proxy.log_writer import LogWriter
 from proxy.router import Router
+from proxy.server import ProxyServer
 
 
 def access(logs: LogCapture) -> list[dict]:
@@ -203,3 +211,120 @@ async def test_concurrent_keep_alive_clients_log_one_event_per_request(ups):
         for j in range(5):
             assert by_id[f"c{i}-{j}"]["bytes_sent"] == heads[i][j] + 1  # body: "a" or "b"
     assert {e["pool"] for e in events} == {"blue", "green"}
+
+
+async def test_what_clients_control_makes_valid_json_lines_with_the_exact_values(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    logs = LogCapture()
+    async with running_proxy(router, log=logs) as proxy:
+        client = await RawClient.connect(proxy.port)
+        try:
+            await client.send(b'GET /q"uo\\te?x="1" HTTP/1.1\r\nHost: app.test\r\n'
+                              b'X-Request-Id: "}\\\xff\t{\r\n\r\n')
+            r = await client.read_response()
+        finally:
+            await client.close()
+    assert r.status == 200
+    raw = logs.data.decode("ascii")  # non-ASCII is escaped: one line per event, whatever was sent
+    [event] = [json.loads(line) for line in raw.splitlines() if '"http.access"' in line]
+    assert (event["path"], event["request_id"]) == ('/q"uo\\te', '"}\\\xff\t{')
+
+
+async def test_combined_format_on_the_wire(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    logs = LogCapture()
+    async with running_proxy(router, log=logs, access_log_format="combined") as proxy:
+        r = await fetch(proxy.port, path="/x?secret=1", headers={"User-Agent": 'ua "1"', "Referer": "http://r/"})
+    [line] = logs.lines()
+    assert line.startswith("127.0.0.1 - - [")
+    assert line.endswith(f'] "GET /x HTTP/1.1" 200 {len(r.head) + len(r.body)} "http://r/" "ua \\x221\\x22"')
+
+
+async def test_sampled_2xx_and_every_error_on_the_wire(ups):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    logs = LogCapture()
+    async with running_proxy(router, log=logs, access_log_sample=0.25) as proxy:
+        client = await RawClient.connect(proxy.port)
+        try:
+            statuses = [(await client.request("GET", "/status/404" if i % 10 == 9 else "/")).status
+                        for i in range(40)]
+        finally:
+            await client.close()
+        assert (await fetch(proxy.port, path="/die")).status == 502
+    events = access(logs)
+    assert statuses.count(200) == 36
+    assert [e["status"] for e in events].count(200) == 9  # a quarter of the 2xx, evenly
+    assert [e["status"] for e in events].count(404) == 4 and events[-1]["error"] == "upstream-closed"
+
+
+async def test_a_log_pipe_nobody_reads_never_stalls_the_proxy_and_its_drops_are_counted(ups):
+    """stderr piped to a reader that stopped reading: every request is answered, the lines that did not
+    fit are counted in /metrics, and once someone reads again every other line comes out whole."""
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    r, w = os.pipe()
+    writer = LogWriter(fd=w, max_backlog=64 * 1024)
+    server = ProxyServer(router, ProxyConfig(listen="127.0.0.1:0"), log_writer=writer)
+    await server.start()
+    try:
+        async def client(i: int) -> list[int]:
+            c = await RawClient.connect(server.port)
+            try:
+                return [(await c.request("GET", "/", headers={"X-Request-Id": f"c{i}-{j}"})).status
+                        for j in range(300)]
+            finally:
+                await c.close()
+        statuses = [s for run in await asyncio.gather(*(client(i) for i in range(10))) for s in run]
+        assert statuses == [200] * 3000
+        dropped = writer.dropped
+        assert dropped > 0
+        metrics = router.metrics.render([])
+        assert f'turnout_log_lines_dropped_total{{to="given"}} {dropped}' in metrics
+    finally:
+        await server.stop(2.0)
+    got = bytearray()
+    reader = threading.Thread(target=_read_all, args=(r, got))
+    reader.start()
+    writer.close()
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    ids = [json.loads(line)["request_id"] for line in got.splitlines()]
+    assert len(ids) + writer.dropped == 3000 and len(set(ids)) == len(ids)
+
+
+def _read_all(fd: int, into: bytearray) -> None:
+    while chunk := os.read(fd, 65536):
+        into += chunk
+
+
+async def test_a_log_file_is_reopened_after_logrotate_moved_it(ups, tmp_path):
+    a, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    path = tmp_path / "access.log"
+    async with running_proxy(router, access_log=str(path)) as proxy:
+        assert (await fetch(proxy.port, headers={"X-Request-Id": "before"})).status == 200
+        path.rename(tmp_path / "access.log.1")
+        assert await proxy.reopen_logs() == str(path)
+        assert (await fetch(proxy.port, headers={"X-Request-Id": "after"})).status == 200
+        assert 'to="file"' in router.metrics.render([])
+    rotated = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
+    fresh = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["request_id"] for e in rotated] == ["before"]
+    assert [e["request_id"] for e in fresh] == ["after"]
+
+
+async def test_an_access_log_file_that_cannot_be_opened_stops_the_start_naming_the_key(tmp_path):
+    config = ProxyConfig(listen="127.0.0.1:0", access_log=str(tmp_path / "no" / "x.log"))
+    server = ProxyServer(Router(), config)
+    with pytest.raises(ValidationError) as err:
+        await server.start()
+    assert err.value.key == "access_log" and "cannot open" in err.value.message
