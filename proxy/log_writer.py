@@ -27,6 +27,7 @@ from typing import Any
 INTERVAL = 0.5  # seconds a line may wait in the loop's list (nginx's access_log flush= is 1 s)
 BATCH_LINES = 256  # lines gathered before a chunk goes to the thread at once (~80 KiB of access lines)
 MAX_BACKLOG = 8 * 1024 * 1024  # bytes waiting for the thread before chunks are dropped
+BACKLOG_ENV = "TURNOUT_LOG_BACKLOG"  # bytes: another bound for the writers of a daemon
 STALL = 2.0  # seconds `close()` waits without any progress of the thread before it gives up
 FILE_MODE = 0o640
 
@@ -48,7 +49,7 @@ class LogWriter:
 
     def __init__(self, *, fd: int | None = None, path: str | None = None, stream: Any = None,
                  interval: float = INTERVAL, batch_lines: int = BATCH_LINES,
-                 max_backlog: int = MAX_BACKLOG) -> None:
+                 max_backlog: int | None = None) -> None:
         self.path = path
         self.stream = stream  # an object with write(bytes) instead of a descriptor (tests, a captured stderr)
         self.fd = -1 if fd is None else fd
@@ -56,7 +57,7 @@ class LogWriter:
             self.fd = _open(path)  # raises OSError: the caller names the setting
         self.interval = interval
         self.batch_lines = batch_lines
-        self.max_backlog = max_backlog
+        self.max_backlog = max_backlog if max_backlog is not None else _backlog_from_env()
         # The loop's side: lines not handed over yet (touched by the owner thread only; one list object
         # for the writer's life, so that an appender may keep it).
         self.lines: list[str] = []
@@ -231,6 +232,17 @@ class LogWriter:
             self.failed = ""
             if old >= 0:
                 os.close(old)
+
+
+def _backlog_from_env() -> int:
+    raw = os.environ.get(BACKLOG_ENV, "")
+    try:
+        value = int(raw)
+    except ValueError:
+        if raw:
+            _say(f"turnout: {BACKLOG_ENV}={raw!r} is not a number of bytes; using {MAX_BACKLOG}\n")
+        return MAX_BACKLOG
+    return max(value, 4096)
 
 
 def _open(path: str) -> int:
