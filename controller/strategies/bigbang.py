@@ -26,6 +26,6 @@ class BigBang:
         ops.route([(ops.new, 100)])
         gap = time.monotonic() - gap_started
         ops.add_time("gap", gap)
-        ops.step("switched", weights={ops.new.pool: 100}, gap_seconds=round(gap, 3))
+        await ops.switched(weights={ops.new.pool: 100}, gap_seconds=round(gap, 3))
         if ops.old is not None:
             await ops.verify(ops.new)  # a breach restarts the (stopped) old set

@@ -35,11 +35,11 @@ class BlueGreen:
             await ops.wait_step(None)  # until promote (or abort)
         if old is None:
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             return
         keep_warm = options.keep_old > 0
         removed = ops.route([(new, 100), (old, 0)] if keep_warm else [(new, 100)])
-        ops.step("switched", weights={new.pool: 100, old.pool: 0})
+        await ops.switched(weights={new.pool: 100, old.pool: 0})
         if keep_warm:
             # Blue stays routable at weight 0 (instant rollback); the deployer retires it later.
             await ops.wait_idle(old, ops.config.drain_timeout or ops.proxy.router.drain_timeout)

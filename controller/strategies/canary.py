@@ -24,7 +24,7 @@ class Canary:
         await ops.start(new, ops.config.replicas)
         if old is None:
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             return
         for weight in options.steps:
             if weight >= 100:
@@ -38,7 +38,7 @@ class Canary:
                 ops.step("promoted", at_weight=weight)
                 break
         removed = ops.route([(new, 100)])
-        ops.step("switched", weights={new.pool: 100})
+        await ops.switched(weights={new.pool: 100})
         await ops.drain(removed)
         await ops.remove(old.containers)
         old.containers = []  # gone: a rollback redeploys this version's image

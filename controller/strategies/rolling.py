@@ -23,7 +23,7 @@ class Rolling:
         if old is None:
             await ops.start(new, replicas)
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             return
 
         def weights() -> list[tuple[Release, int]]:
@@ -48,5 +48,5 @@ class Rolling:
         if old.containers:  # more old than replicas (replicas was lowered)
             await ops.retire(old, list(old.containers), weights, remove=True)
         ops.route([(new, 100)])
-        ops.step("switched", weights={new.pool: 100})
+        await ops.switched(weights={new.pool: 100})
         await ops.verify(new)  # a breach starts the old version again (its containers are gone)
