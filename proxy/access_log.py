@@ -212,9 +212,10 @@ class AccessLog:
             f'"bytes_sent": {sent_text}, "duration_ms": {_NUMBERS[ms] if ms < 1000 else ms}.'
             f'{_DIGITS3[micros % 1000]}, {route}"request_id": "{request_id}", "error": "{error}", '
             f'"level": "info", "timestamp": "{self._now_text}"}}\n')
-        if len(lines) == 1:
+        n = len(lines)
+        if n == 1:
             self.writer.started_batch()
-        elif len(lines) >= self._batch:
+        elif n >= self._batch:
             self.writer.flush()
 
     def _json_request(self, c: Exchange, req: RequestHead, head: bytes) -> tuple[str, str | None]:
@@ -269,9 +270,10 @@ class AccessLog:
             before, after, tail = f"{c.peer.decode('latin-1')} - - [", '] "-" ', ' "-" "-"'
         lines = self._lines
         lines.append(f"{before}{self._now_text}{after}{status} {bytes_sent}{tail}\n")
-        if len(lines) == 1:
+        n = len(lines)
+        if n == 1:
             self.writer.started_batch()
-        elif len(lines) >= self._batch:
+        elif n >= self._batch:
             self.writer.flush()
 
     def _combined_request(self, c: Exchange, req: RequestHead, head: bytes) -> tuple[str, str, str]:
