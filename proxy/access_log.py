@@ -16,13 +16,14 @@ the answer was complete (status 499 when nothing had come back yet), else empty.
 (the path without its query; bytes_sent with the head, as nginx's `$bytes_sent`), strings escaped as
 nginx does (`"`, `\\` and non-printable bytes as `\\xHH`).
 
-Cost: the line is one f-string. What repeats is made once and remembered: the request's part per
-validated head (`RequestHead`, shared by every request with the same head), the routing part per
-(service, pool, upstream), the time text per millisecond. Only client-controlled strings are escaped, and
-those once per head (printable ASCII passes as it is). Lines go to a `LogWriter` (batched, written by its
-own thread, bounded). With `sample` < 1, that share of 2xx answers is logged (evenly spread, not random);
-every other status and every exchange with an `error` is always logged. When the log is off
-(`ProxyConfig.access_log = False`) a connection's `alog` is None and the hot path pays one test per hook.
+Cost: the line is one f-string. What repeats is made once and remembered (for a second at most): the
+request's part per validated head (`RequestHead`, shared by every request with the same head from the
+same client address), the routing part per (service, pool, upstream), the time text per millisecond.
+Only client-controlled strings are escaped, and those once per head (printable ASCII passes as it is).
+Lines go to a `LogWriter` (batched, written by its own thread, bounded). With `sample` < 1, that share
+of 2xx answers is logged (evenly spread, not random); every other status and every exchange with an
+`error` is always logged. When the log is off (`ProxyConfig.access_log = False`) a connection's `alog`
+is None and the hot path pays one test per hook.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ _MS_SUFFIX = tuple(f".{n:03d}Z" for n in range(1000))
 _NUMBERS = tuple(str(n) for n in range(1000))  # a status, whole milliseconds: looked up, not formatted
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _wall = time.time
+_wall_ns = time.time_ns
 _monotonic = time.monotonic  # forward.now: the clock of `t0`
 
 
@@ -132,10 +134,10 @@ class AccessLog:
         self._batch = writer.batch_lines
         # Remembered parts of lines: per request head (with the client: the head cache is per client
         # address), per route, and the time texts of the last millisecond (second) seen.
-        self._requests: dict[RequestHead, tuple[str, ...] | tuple[str, str | None]] = {}
+        self._requests: dict[RequestHead, tuple[str, ...] | tuple[str, str | None, int]] = {}
         self._routes: dict[tuple[object, object, object], str] = {}
         self._numbers: dict[int, str] = {}  # bytes_sent texts (answers of one size repeat)
-        self._now_key = self._start_key = -1
+        self._now_key = self._start_key = self._second = -1
         self._now_text = self._start_text = ""
         # An exchange is over: log it (unless sampled out), then reset `c`'s log fields for the next one.
         # `error`: the exchange's end (cut, client-closed), when not a proxy-made answer's reason.
@@ -143,6 +145,13 @@ class AccessLog:
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def _new_second(self, second: int) -> None:
+        """Forget the remembered parts once a second: they hold routing snapshots and request heads
+        that may be gone since (a swap, the head cache's turnover); the live ones are remade at once."""
+        self._second = second
+        self._requests.clear()
+        self._routes.clear()
 
     def _sampled_out(self, status: int, error: str) -> bool:
         if 200 <= status < 300 and not error:
@@ -169,16 +178,19 @@ class AccessLog:
         c.lerror = ""
         if self.sampling and self._sampled_out(status, error):
             return
-        wall = _wall()
-        key = int(wall * 1000)
+        wall_ns = _wall_ns()  # an int: no float work for the time texts' keys
+        key = wall_ns // 1_000_000
         if key != self._now_key:
             self._now_key = key
             self._now_text = _iso(key)
+            if key // 1000 != self._second:
+                self._new_second(key // 1000)
         if req is not None:
             duration = c.t_end - c.t0  # the end the pool's counters saw, when this exchange set it
             if duration < 0:  # it did not (cut or left before routing): now
                 duration = _monotonic() - c.t0
-            start = int((wall - duration) * 1000)
+            micros = int(duration * 1_000_000)
+            start = (wall_ns // 1000 - micros) // 1000
             if start == key:
                 started = self._now_text
             elif start == self._start_key:
@@ -189,10 +201,9 @@ class AccessLog:
             known = self._requests.get(req)
             if known is None:
                 known = self._json_request(c, req, head)
-            part, request_id = known
+            part, request_id, id_at = known
             if request_id is None:  # the proxy's, at the end of the head it sent: "...: <id>\r\n\r\n"
-                request_id = head[head.rfind(b" ") + 1:-4].decode() if head else ""
-            micros = int(duration * 1_000_000)
+                request_id = head[id_at:-4].decode()
         else:  # refused before its head was understood
             started = self._now_text
             part = f'"client": "{c.peer.decode("latin-1")}", "method": "", "path": "", "host": "", '
@@ -218,17 +229,20 @@ class AccessLog:
         elif n >= self._batch:
             self.writer.flush()
 
-    def _json_request(self, c: Exchange, req: RequestHead, head: bytes) -> tuple[str, str | None]:
+    def _json_request(self, c: Exchange, req: RequestHead, head: bytes) -> tuple[str, str | None, int]:
         # The client's address comes from the kernel (no escaping); the rest from the client.
         part = (f'"client": "{c.peer.decode("latin-1")}", '
                 f'"method": "{json_text(req.method.decode("latin-1"))}", "path": "{json_text(req.path)}", '
                 f'"host": "{json_text(req.host_raw.decode("latin-1") or req.host)}", ')
-        request_id: str | None = None  # made by the proxy: read per request
+        request_id: str | None = None  # made by the proxy: read per request, where this head puts it
+        id_at = len(head)
         if req.request_id:  # the client's own, the same for every request with this head
             m = _REQUEST_ID_RE.search(head)
             request_id = json_text(_value(m)) if m is not None else ""
-        known = (part, request_id)
-        if head or not req.request_id:
+        elif head:  # the same place in every request with this head (only the id's digits follow it)
+            id_at = head.rfind(b" ") + 1
+        known = (part, request_id, id_at)
+        if head:
             _remember(self._requests, req, known)
         return known
 
@@ -261,6 +275,7 @@ class AccessLog:
         if second != self._now_key:
             self._now_key = second
             self._now_text = _clf_time(second)
+            self._new_second(second)
         if req is not None:
             known = self._requests.get(req)
             if known is None:

@@ -246,3 +246,23 @@ def test_remembered_parts_follow_what_changed_between_exchanges(router):
     assert [(e["pool"], e["upstream"], e["request_id"]) for e in events] == [
         ("blue", "127.0.0.1:9001", "p-1"), ("blue", "127.0.0.1:9001", "p-2"),
         ("green", "127.0.0.1:9002", "p-3")]
+
+
+def test_remembered_parts_are_forgotten_each_second_so_old_snapshots_are_not_kept(router, monkeypatch):
+    import proxy.access_log as access_log
+
+    clock = [1_764_612_128_000_000_000]
+    monkeypatch.setattr(access_log, "_wall_ns", lambda: clock[0])
+    capture = LogCapture()
+    log = AccessLog(capture.writer)
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: p-1\r\n\r\n"
+    for weight in range(1, 6):  # five swaps within one second: five snapshots' routes remembered
+        router.set_weights("web", {"blue": weight})
+        log.emit(Exchange(router, req, head), "")
+    assert len(log._routes) == 5
+    clock[0] += 1_000_000_000
+    log.emit(Exchange(router, req, head), "")
+    assert len(log._routes) == 1 and len(log._requests) == 1  # only what the new second used
+    assert len(capture.lines()) == 6
+    capture.writer.close()

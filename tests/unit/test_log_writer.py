@@ -131,3 +131,4 @@ async def test_a_reopen_that_fails_keeps_the_old_file(tmp_path):
 
 def test_stderr_has_nothing_to_reopen():
     assert LogWriter(fd=os.dup(2)).reopen() is None
+
