@@ -501,6 +501,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, upstream: Upstream) -> None:
         loop = self.loop
+        upstream.connecting()
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 _, conn = await loop.create_connection(

@@ -25,7 +25,6 @@ from httptools import (
 from .http import response_head, split_response_head
 from .upstream import Upstream
 
-MAX_IDLE_PER_UPSTREAM = 512
 MAX_RESPONSE_HEAD = 64 * 1024
 MAX_INTERIM = 8  # 1xx answers relayed per request; more is a flood: 502
 _NO_BODY_STATUS = (204, 304)
@@ -128,7 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         upstream = self.upstream
         if (reusable and not self.closed and not upstream.draining and not self.transport.is_closing()
-                and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM):
+                and len(upstream.idle) < upstream.idle_limit):
             upstream.idle.append(self)
         else:
             self.transport.close()
