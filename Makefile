@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint docker images chromium clean-containers bench help
+.PHONY: demo test unit lint docker images chromium pebble clean-containers bench help
 
 help:
 	@echo "make demo    set up, start Turnout, deploy a demo app v1, canary to v2 under load, report"
@@ -32,11 +32,14 @@ images: docker
 chromium:
 	scripts/ensure-chromium.sh
 
+pebble:
+	scripts/ensure-pebble.sh
+
 
 demo: $(STAMP) images
 	$(BIN)/python -m controller.rehearsal.demo
 
-test: $(STAMP) images chromium
+test: $(STAMP) images chromium pebble
 	$(BIN)/ruff check proxy controller tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _benchlib import fmt, machine_line, md_table, med, remove_bench_containers
 
-from controller.config.model import STRATEGIES
+from controller.config.model import SHIFTING
 
 BENCH_LABELS = {"turnout.bench": "1"}
 IMAGES = ("turnout-testapp:v1", "turnout-testapp:v2")
@@ -165,7 +165,7 @@ def main() -> None:
         "--rounds", type=int, default=3, help="rounds (each: every strategy + its reference) [3]"
     )
     parser.add_argument("--replicas", type=int, default=2, help="containers per version [2]")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(SHIFTING))
     parser.add_argument("--step-pause", default="0.2s", help="canary pause per step (steps 50,100) [0.2s]")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (daemon log, state)")
     args = parser.parse_args()

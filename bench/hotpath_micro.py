@@ -6,12 +6,14 @@ handling) through fake transports that only keep what is written, so one loop it
 Python the hot path runs for one keep-alive request: the request read, routing, the upstream write, the
 upstream's answer, the client write, the end of the exchange. No syscalls, no event loop wake-ups.
 
-    .venv/bin/python bench/hotpath_micro.py [--requests 200000] [--answer 16k] [--distinct]
+    .venv/bin/python bench/hotpath_micro.py [--requests 200000] [--answer 16k] [--distinct] [--rules 3]
     valgrind --tool=callgrind .venv/bin/python bench/hotpath_micro.py --requests 20000 --callgrind
 
 `--distinct`: every request head differs (a unique header), so no per-head cache can help.
 `--access-log json|combined`: with the access log on (its lines made and handed to a writer thread that
 throws them away), as `turnout serve` runs by default.
+`--rules N`: the service has a weight-0 canary pool and N routing rules to it that the request does not
+match (bench/rules_proxy.py's); `--match`: the last one matches every request.
 `--callgrind`: zero callgrind's counters after the warm-up and dump them after the timed loop (run under
 valgrind; then Ir / requests is the Python cost per request, to ~0.1%).
 Run it under the machine lock (it is a timing benchmark).
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--distinct", action="store_true", help="a different request head every time")
     ap.add_argument("--callgrind", action="store_true", help="zero/dump callgrind around the timed loop")
     ap.add_argument("--access-log", choices=("off", "json", "combined"), default="off")
+    ap.add_argument("--rules", type=int, default=0, help="routing rules (none matching the request)")
+    ap.add_argument("--match", action="store_true", help="with --rules: the last rule matches every request")
     args = ap.parse_args()
 
     import uvloop
@@ -98,6 +102,18 @@ def main() -> None:
     loop = uvloop.new_event_loop()
     config = ProxyConfig(listen="127.0.0.1:18099", access_log=False)
     router = static_router(config, ["127.0.0.1:18080"])
+    if args.rules:
+        from rules_proxy import MATCH_ALL, RULES
+
+        from proxy.specs import ServiceSpec
+
+        rules = RULES[:args.rules]
+        if args.match:
+            rules = [*rules[:-1], MATCH_ALL]
+        router.set_service(ServiceSpec.from_dict({
+            "name": "default", "labels": {"stable": "main", "canary": "canary"}, "rules": rules,
+            "pools": [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:18080"]},
+                      {"name": "canary", "weight": 0, "upstreams": ["127.0.0.1:18080"]}]}))
     server = ProxyServer(router, config)
     server.loop = loop
     discard = Discard()
@@ -148,7 +164,9 @@ def main() -> None:
     assert b"X-Request-Id:" in up_transport.last and b"Via: 1.1 turnout" in client_transport.last
     assert client_transport.writes - writes0 == args.requests, "one client write per request"
     log = "" if args.access_log == "off" else f", access log {args.access_log}"
-    print(f"{args.requests} requests, answer {args.answer}{' distinct heads' if args.distinct else ''}{log}: "
+    rules = f", {args.rules} rules{' (one matching)' if args.match else ''}" if args.rules else ""
+    distinct = " distinct heads" if args.distinct else ""
+    print(f"{args.requests} requests, answer {args.answer}{distinct}{rules}{log}: "
           f"{elapsed / args.requests * 1e6:.2f} us/request of Python hot path "
           f"(client writes/request {(client_transport.writes - writes0) / args.requests:.0f}, "
           f"upstream writes/request {up_transport.writes / (args.requests + min(2000, len(heads))):.0f})")

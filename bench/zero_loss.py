@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _benchlib import cpu_by_comm, cpu_seconds, fmt, machine_line, md_table, remove_bench_containers
 
-from controller.config.model import STRATEGIES
+from controller.config.model import SHIFTING
 
 BENCH_LABELS = {"turnout.bench": "1"}
 IMAGES = ("turnout-testapp:v1", "turnout-testapp:v2")
@@ -231,7 +231,7 @@ def main() -> None:
         default=4096,
         help="open loop: starts beyond this many requests in flight are skipped (held ones count) [4096]",
     )
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(SHIFTING))
     parser.add_argument("--canary-steps", default="25,50,100")
     parser.add_argument("--canary-pause", default="3s")
     parser.add_argument("--replicas", type=int, default=2)

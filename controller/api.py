@@ -9,14 +9,18 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import ApiError, describe_table, read_json
+from proxy.admin import RULES_SETTER, ApiError, describe_table, read_json
+from proxy.tls.admin import HTTPS_KEY
 
+from .apply.run import ApplyOptions, applier_for
 from .config.model import ConfigError, ServiceConfig
 from .config.overrides import FLAGS, service_from_flags, with_overrides
+from .config.service_state import service_from_dict
 from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .events import EventLog
 from .journal import redacted
+from .schema import SchemaRefused
 
 DEPLOYER_KEY = web.AppKey("deployer", Deployer)
 LISTEN_KEY = web.AppKey("listen", str)
@@ -25,8 +29,10 @@ LISTEN_KEY = web.AppKey("listen", str)
 def add_controller_routes(app: web.Application, deployer: Deployer, listen: str) -> None:
     app[DEPLOYER_KEY] = deployer
     app[LISTEN_KEY] = listen
+    app[RULES_SETTER] = deployer.set_rules  # rules set live are kept in the service's config and journal
     app.middlewares.append(_turnout_errors)
     app.router.add_post("/v1/deploy", post_deploy)
+    app.router.add_post("/v1/apply", post_apply)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/status/{service}", get_status)
     app.router.add_get("/v1/history/{service}", get_history)
@@ -41,7 +47,7 @@ async def _turnout_errors(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     except ConfigError as exc:
         raise ApiError(400, str(exc), field=getattr(exc, "key", None)) from None
-    except DeployInProgress as exc:
+    except (DeployInProgress, SchemaRefused) as exc:
         raise ApiError(409, str(exc)) from None
     except UsageError as exc:
         raise ApiError(400, str(exc)) from None
@@ -99,10 +105,45 @@ async def post_deploy(request: web.Request) -> web.StreamResponse:
     return web.json_response(active.describe(), status=202)
 
 
+APPLY_KEYS = ("services", "source", "dry_run", "prune", "allow_empty", "wait")
+
+
+async def post_apply(request: web.Request) -> web.StreamResponse:
+    """`turnout apply`: `services` as the journal spells them (the CLI read the file: relative paths and
+    Compose files resolve where it runs). Answers the plan (`dry_run`), the started changes, or with
+    `?follow=1` streams the plan, each change's events and the results (NDJSON)."""
+    deployer = request.app[DEPLOYER_KEY]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body: must be a JSON object", field="body")
+    _known_keys(body, APPLY_KEYS)
+    source = body.get("source") if isinstance(body.get("source"), str) else None
+    services = _object(body, "services")
+    configs = {}
+    for name, data in services.items():
+        config = service_from_dict(data, f"{source or 'apply'} (service {name!r})")
+        if config.name != name:
+            raise ApiError(400, f"services.{name}: names service {config.name!r}", field=f"services.{name}")
+        configs[name] = config
+    flags = {}
+    for key in APPLY_KEYS[2:]:
+        if not isinstance(body.get(key, False), bool):
+            raise ApiError(400, f"{key}: must be true or false", field=key)
+        flags[key] = body.get(key, False)
+    run = await applier_for(deployer).apply(configs, ApplyOptions(**flags), source)
+    if request.query.get("follow"):
+        return await _stream(request, run.events)
+    return web.json_response(run.describe(), status=200 if flags["dry_run"] else 202)
+
+
 async def post_rollback(request: web.Request) -> web.StreamResponse:
     deployer = request.app[DEPLOYER_KEY]
     body = await read_json(request) if request.can_read_body else {}
-    active = await deployer.rollback(request.match_info["service"], (body or {}).get("to_version"))
+    body = body or {}
+    force = body.get("force_past_migration", False)
+    if not isinstance(force, bool):
+        raise ApiError(400, "force_past_migration: must be true or false", field="force_past_migration")
+    active = await deployer.rollback(request.match_info["service"], body.get("to_version"), force)
     if request.query.get("follow"):
         return await _stream(request, active.events)
     return web.json_response(active.describe(), status=202)
@@ -112,7 +153,17 @@ async def post_command(request: web.Request) -> web.Response:
     deployer = request.app[DEPLOYER_KEY]
     active: ActiveDeployment = deployer.signals_of(request.match_info["service"])
     command = request.match_info["command"]
-    getattr(active.signals, command)()
+    force = request.query.get("force") == "1"
+    if active.frozen and command == "abort" and not force:
+        raise ApiError(409, f"deployment {active.id} is frozen ({active.message}); a plain abort would "
+                       "roll back past it: `turnout abort --force` does, `turnout promote` keeps what serves")
+    if active.frozen and command == "promote" and not active.promotable:
+        raise ApiError(409, f"deployment {active.id} is frozen with nothing to promote (its new version has "
+                       "no containers); `turnout abort --force` ends it, keeping what serves")
+    if command == "abort":
+        active.signals.abort(force=force)
+    else:
+        getattr(active.signals, command)()
     return web.json_response({**active.describe(), "command": command})
 
 
@@ -132,9 +183,14 @@ async def get_status(request: web.Request) -> web.Response:
     if service and service not in deployer.configs:
         raise ApiError(404, f"unknown service {service!r}")
     router = deployer.proxy.router
+    https = request.app.get(HTTPS_KEY)
+    proxy: dict[str, Any] = {"listen": request.app[LISTEN_KEY]}
+    if https is not None:
+        proxy["tls_listen"] = https.describe()["listen"]
+        proxy["tls_warnings"] = https.warnings()
     return web.json_response({
         "owner": deployer.journal.owner,
-        "proxy": {"listen": request.app[LISTEN_KEY]},
+        "proxy": proxy,
         "services": {name: deployer.status(name) for name in names},
         "table": describe_table(router),
     })

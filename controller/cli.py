@@ -2,8 +2,10 @@
 happens in the daemon (`turnout serve`), so a deploy survives the CLI exiting.
 
 Exit codes: 0 success; 1 the operation failed (a deploy failed or was rolled back: the old version
-still serves); 2 bad usage or the daemon could not be reached; 141 (128 + SIGPIPE) when stdout was
+still serves); 2 bad usage or the daemon could not be reached; 3 the deploy froze (past a schema floor,
+or cut inside a hook: it waits for `promote` or `abort --force`); 141 (128 + SIGPIPE) when stdout was
 closed (`turnout deploy ... | head -1`): the CLI stops quietly, a deploy goes on in the daemon.
+`turnout apply --dry-run`: 0 no change, 1 changes, 2 any error.
 """
 
 from __future__ import annotations
@@ -17,23 +19,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config.model import STRATEGIES
+from .config.model import SHIFTING, STRATEGIES
 from .errors import TurnoutError, UsageError
-from .events import describe_event
+from .events import describe_event, describe_hook
 
 EXAMPLES = """\
 examples:
   turnout serve                                   # proxy on 127.0.0.1:8000, state in .turnout/
   turnout deploy web --image myapp:v1 --port 8080 --replicas 2
   turnout deploy web --image myapp:v2 --strategy canary --steps 5,25,50,100 --step-pause 30s
+  turnout deploy web --image myapp:v2 --strategy ab --match 'header:X-Canary=always' --duration 10m
   turnout status web
+  turnout status --watch                          # live: weights, split, health, deploy progress
+  turnout dashboard                               # the address of the same picture in a browser
   turnout rollback web
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary) "
+        prog="turnout", description="Zero-downtime deploys (big-bang, blue-green, rolling, canary, A/B) "
         "on a single Docker host.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="daemon state (journal, admin socket) [default: .turnout or $TURNOUT_STATE_DIR]")
@@ -46,10 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="proxy listen address, e.g. 127.0.0.1:8000")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    serve.add_argument("--dashboard", metavar="HOST:PORT",
+                       help="serve the dashboard here (the [dashboard] section's listen), "
+                       "e.g. 127.0.0.1:8081")
     serve.add_argument("--prune-strays", action="store_true",
                        help="remove containers that carry this daemon's owner label but that its journal "
                        "never recorded (made by hand, or left by a lost journal); without it they are "
                        "left alone and reported")
+    serve.add_argument("--watch", action="store_true",
+                       help="apply the --config file again whenever it changes (and once at start), as "
+                       "`turnout apply --wait` would, never pruning")
 
     deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
                             description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
@@ -74,15 +85,54 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--keep-old", help="blue-green: keep the old set running warm this long, e.g. 5m")
     opts.add_argument("--verify", help="bigbang/bluegreen/rolling: watch the new version this long after "
                       "the switch, rolling back on an error-rate or health breach, e.g. 2s; 0 disables [2s]")
+    opts.add_argument("--match", help="ab: the requests that reach the new version, e.g. "
+                      "header:X-Canary=always, cookie:beta=prefix:y, query:ab=1 or hash:cookie:account_id=10")
+    opts.add_argument("--duration", help="ab: how long matching requests are judged before the end, e.g. "
+                      "10m [10m]")
+    opts.add_argument("--then", choices=("promote", "canary"),
+                      help="ab: what follows a passed A/B phase: promote the new version, or hand it on to "
+                      "the canary's weight steps [promote]")
     opts.add_argument("--preview", action="store_true",
                       help="blue-green: route the new set only for the pool override until `turnout "
                       "promote` (prints the X-Turnout-Pool header that reaches it)")
     deploy.add_argument("--detach", action="store_true", help="return once the deploy started")
     deploy.add_argument("--json", action="store_true", help="print events as JSON lines")
 
+    apply = sub.add_parser(
+        "apply", help="make the services run as a file describes (each changed one deployed)",
+        description="Plan the services of FILE against what runs (one action per service: = unchanged, "
+        "~ routing, scale or release, + new, - pruned) and carry the plan out through the daemon. "
+        "Exits 0 when every change succeeded, 1 when one failed, 2 for bad input or a refusal, 3 when a "
+        "deploy froze; with --dry-run 0 for no change, 1 for changes, 2 for an error.")
+    apply.add_argument("-f", "--file", type=Path, default=Path("turnout.toml"),
+                       help="the file to apply [turnout.toml]")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    apply.add_argument("--prune", action="store_true",
+                       help="remove services apply created that the file no longer has (drained first)")
+    apply.add_argument("--allow-empty", action="store_true", help="accept a file with no services")
+    when = apply.add_mutually_exclusive_group()
+    when.add_argument("--wait", action="store_true",
+                      help="wait for deploys in progress instead of refusing")
+    when.add_argument("--detach", action="store_true", help="return once the changes started")
+    apply.add_argument("--json", action="store_true", help="the plan and events as JSON")
+
     status = sub.add_parser("status", help="what serves each service, and any deploy in progress")
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true",
+                        help="the live picture (the dashboard's, in the terminal), refreshed in place "
+                        "until Ctrl-C")
+
+    dashboard = sub.add_parser("dashboard", help="print the address of the live dashboard (a browser page)")
+    dashboard.add_argument("--with-token", action="store_true",
+                           help="print the address with ?token=... (opening it once logs the browser in)")
+
+    certs = sub.add_parser("certs", help="the HTTPS certificates: hosts, issuer, expiry, source, errors",
+                           description="List the certificates the HTTPS listener serves ([proxy.tls]), "
+                           "and every file or ACME host that could not be loaded or issued; `turnout certs "
+                           "reload` re-reads the certificate directories now (as SIGHUP does).")
+    certs.add_argument("action", nargs="?", choices=("list", "reload"), default="list")
+    certs.add_argument("--json", action="store_true")
 
     history = sub.add_parser("history", help="past deployments of a service, newest first")
     history.add_argument("service")
@@ -93,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="put the previous version back (or --to VERSION)")
     rollback.add_argument("service")
     rollback.add_argument("--to", dest="to_version")
+    rollback.add_argument("--force-past-migration", action="store_true",
+                          help="roll back even to a version older than the schema floor a contract hook "
+                          "set (it may not read the schema any more)")
     rollback.add_argument("--detach", action="store_true")
     rollback.add_argument("--json", action="store_true")
 
@@ -105,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("service")
     rehearse.add_argument("--image", required=True, help="the new version (a local image)")
     which = rehearse.add_mutually_exclusive_group()
-    which.add_argument("--strategy", choices=STRATEGIES)
+    which.add_argument("--strategy", choices=SHIFTING)
     which.add_argument("--all-strategies", action="store_true",
                        help="run the four strategies one after another (alternating images) and compare")
     load = rehearse.add_mutually_exclusive_group()
@@ -120,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "pause) count, so a hold of H s at R req/s needs about R*H more. Each is a "
                           "connection: the open-files limit is raised to fit "
                           f"[{_rehearse_default_in_flight()}]")
-    rehearse.add_argument("--url", help="where to send the load [default: the daemon's proxy listener]")
+    rehearse.add_argument("--url", help="where to send the load, http:// or https:// [default: the daemon's "
+                          "proxy listener]")
+    rehearse.add_argument("--cacert", type=Path, metavar="FILE",
+                          help="with an https:// --url: PEM file of CAs to trust [the system's]")
+    rehearse.add_argument("--connect-to", metavar="ADDR",
+                          help="send to ADDR (host:port) instead of the --url's host, which still goes in "
+                          "SNI and the Host header (as curl --connect-to)")
     rehearse.add_argument("--html", type=Path, default=Path("turnout-rehearsal.html"),
                           help="HTML report with the timeline chart [turnout-rehearsal.html]")
     rehearse.add_argument("--steps", help="canary weights, e.g. 10,50,100")
@@ -133,10 +192,50 @@ def build_parser() -> argparse.ArgumentParser:
                           "old file. Nothing to do when the log goes to stderr.")
     logs.add_argument("action", choices=["reopen"])
 
-    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version)"),
+    rules = sub.add_parser(
+        "rules", help="a service's routing rules: list, set (replace all) or clear",
+        description="Routing rules send matching requests to a pool (canary, stable or a version), tried "
+        "in order after the X-Turnout-Pool override and before the sticky cookie and the weights; a rule "
+        "whose pool is not routable falls through. Changes apply at once and are kept in the journal.")
+    actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the rules in order, where each sends now, and its matches")
+    listing.add_argument("service")
+    listing.add_argument("--json", action="store_true")
+    setting = actions.add_parser(
+        "set", help="replace the service's rules with these, in this order",
+        description="Replace SERVICE's rules. MATCH is header:NAME=VALUE, cookie:NAME=VALUE, "
+        "query:NAME=VALUE (VALUE exact, prefix:..., regex:... matching whole) or hash:cookie:NAME=PERCENT "
+        "(stable buckets of that cookie's value; hash:header:NAME=PERCENT for a header). TO is canary, "
+        "stable or a version. Example: turnout rules set web --rule insiders header:X-Canary=always canary "
+        "--rule beta hash:cookie:account_id=10 canary")
+    setting.add_argument("service")
+    given = setting.add_mutually_exclusive_group(required=True)
+    given.add_argument("--rule", nargs=3, action="append", metavar=("NAME", "MATCH", "TO"),
+                       help="one rule (repeat for more; the order is the order of matching)")
+    given.add_argument("--file", type=Path,
+                       help="a TOML file of [[rules]] tables (name, match, to), as in turnout.toml")
+    clearing = actions.add_parser("clear", help="remove every rule of the service")
+    clearing.add_argument("service")
+
+    mirror = sub.add_parser(
+        "mirror", help="shadow traffic: the report of differences between mirrored answers",
+        description="A service with [services.NAME.mirror] copies sampled requests to another pool (the "
+        "canary by default) and compares the answers with the clients'. The report groups differences per "
+        "endpoint template (GET /items/{id}) with the differing fields; fields that also differ between two "
+        "upstreams of the stable pool are learned as noise and left out.")
+    reports = mirror.add_subparsers(dest="mirror_command", required=True, metavar="ACTION")
+    report = reports.add_parser("report", help="what was copied, and the differences per endpoint")
+    report.add_argument("service")
+    report.add_argument("--json", action="store_true")
+
+    for name, text in (("promote", "finish the deploy in progress at once (all traffic to the new version); "
+                        "a frozen deploy keeps what serves"),
                        ("abort", "stop the deploy in progress and roll back at once")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("service")
+        if name == "abort":
+            cmd.add_argument("--force", action="store_true",
+                             help="also a frozen deploy: roll back past its schema floor")
     for name, text in (("pause", "pause the deploy in progress (or, with --traffic, hold requests)"),
                        ("resume", "resume the paused deploy (or, with --traffic, release requests)")):
         cmd = sub.add_parser(name, help=text)
@@ -201,6 +300,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.listen:
         config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+    if args.dashboard:
+        config = replace(config, dashboard=_dashboard_flag(args.dashboard, config))
     if args.state_dir is not None:
         # The admin socket follows the state dir unless the config placed it elsewhere on purpose.
         socket = config.proxy.admin_socket
@@ -211,7 +312,10 @@ def _serve(args: argparse.Namespace) -> int:
                              "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
-    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays)
+    if args.watch and args.config is None:
+        raise UsageError("--watch: needs --config (the file to watch)")
+    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
+                    watch=args.watch)
     if args.loop == "uvloop":
         import uvloop
 
@@ -219,6 +323,20 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(daemon.serve_forever())
     return 0
+
+
+def _dashboard_flag(listen: str, config: Any) -> Any:
+    """`serve --dashboard HOST:PORT`: the [dashboard] section with this listen address (its token and
+    allow_actions kept), checked by the section's own reader."""
+    from .config.model import CLI_SOURCE
+    from .config.reader import read_dashboard
+    from .config.table import Table
+
+    data: dict[str, Any] = {"listen": listen}
+    if config.dashboard is not None:
+        data.update(token=config.dashboard.token or "", allow_actions=config.dashboard.allow_actions)
+    origins = {"listen": ("--dashboard", CLI_SOURCE)}
+    return read_dashboard(Table(data, "dashboard", CLI_SOURCE, origins=origins))
 
 
 def _labels_from_env() -> dict[str, str]:
@@ -242,7 +360,8 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("port", "replicas", "health_path", "host")
              if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("steps", "step_pause", "preset", "max_error_rate",
-                                             "max_surge", "max_unavailable", "keep_old", "verify")
+                                             "max_surge", "max_unavailable", "keep_old", "verify", "match",
+                                             "duration", "then")
                if getattr(args, k) is not None}
     if args.preview:
         options["preview"] = True
@@ -256,8 +375,71 @@ async def _deploy(client: Any, args: argparse.Namespace) -> int:
     return await _follow(client.stream("POST", "/v1/deploy", body, follow="1"), args.json)
 
 
+async def _apply(client: Any, args: argparse.Namespace) -> int:
+    """`turnout apply`; with --dry-run every error exits 2 (the `kubectl diff` convention)."""
+    try:
+        return await _apply_file(client, args)
+    except TurnoutError as exc:
+        if not args.dry_run:
+            raise
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _apply_file(client: Any, args: argparse.Namespace) -> int:
+    from .config.reader import load_config
+    from .config.service_state import service_to_dict
+
+    config = load_config(args.file)  # read here: relative paths and Compose files resolve beside it
+    body = {"services": {name: service_to_dict(s) for name, s in config.services.items()},
+            "source": str(args.file), "dry_run": args.dry_run, "prune": args.prune,
+            "allow_empty": args.allow_empty, "wait": args.wait}
+    if args.dry_run or args.detach:
+        answer = await client.request("POST", "/v1/apply", body)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            for line in _plan_lines(answer):
+                print(line)
+            if args.detach and answer["changed"]:
+                print("started; follow with `turnout status`")
+        return (1 if answer["changed"] else 0) if args.dry_run else 0
+    succeeded = frozen = False
+    started = time.monotonic()
+    async for event in client.stream("POST", "/v1/apply", body, follow="1"):
+        if args.json:
+            print(json.dumps(event), flush=True)
+        elif event.get("event") == "plan":
+            for line in _plan_lines(event):
+                print(line, flush=True)
+        elif event.get("event") == "service":
+            print(f"[{time.monotonic() - started:6.1f}s] {event['service']}: "
+                  f"{describe_event(_inner_event(event))}", flush=True)
+        elif event.get("event") == "applied":
+            succeeded = event["succeeded"]
+            frozen = any(r["status"] == "frozen" for r in event["results"])
+            for result in event["results"]:
+                if result["action"] != "=":
+                    print(f"{result['line']}: {result['status']}"
+                          + (f" — {result['message']}" if result["message"] else ""), flush=True)
+    return 0 if succeeded else FROZEN if frozen else 1
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    lines = [a["line"] for a in plan["actions"]]
+    return lines + ([] if plan["changed"] else ["no changes"])
+
+
+def _inner_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A change's own event, out of apply's relay (which tags it with the service)."""
+    inner = event.get("of")
+    return inner if isinstance(inner, dict) else {}
+
+
 async def _rollback(client: Any, args: argparse.Namespace) -> int:
-    body = {"to_version": args.to_version} if args.to_version else {}
+    body: dict[str, Any] = {"to_version": args.to_version} if args.to_version else {}
+    if args.force_past_migration:
+        body["force_past_migration"] = True
     path = f"/v1/deployments/{args.service}/rollback"
     if args.detach:
         print(json.dumps(await client.request("POST", path, body)))
@@ -266,6 +448,8 @@ async def _rollback(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _follow(events: Any, as_json: bool) -> int:
+    """Print a deploy's events until it ends: 0 succeeded, 1 failed or rolled back, 3 frozen (it waits in
+    the daemon for `promote` or `abort --force`)."""
     status = "unknown"
     started = time.monotonic()
     async for event in events:
@@ -275,10 +459,21 @@ async def _follow(events: Any, as_json: bool) -> int:
             print(f"[{time.monotonic() - started:6.1f}s] {describe_event(event)}", flush=True)
         if event.get("event") == "finished":
             status = event.get("status", "unknown")
+        elif event.get("step") == "frozen":
+            return FROZEN
     return 0 if status == "succeeded" else 1
 
 
+FROZEN = 3  # exit code: the deploy froze (past a schema floor, or cut inside a hook)
+
+
 async def _status(client: Any, args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.json or args.service:
+            raise UsageError("--watch: shows every service live; it takes no SERVICE and no --json")
+        from .dashboard.terminal import watch
+
+        return await watch(client)
     path = f"/v1/status/{args.service}" if args.service else "/v1/status"
     data = await client.request("GET", path)
     if args.json:
@@ -296,9 +491,61 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
             d = info["deployment"]
             paused = " PAUSED" if d["paused"] else ""
             print(f"  deploying {d['version']} with {d['strategy']} ({d['id']}){paused}")
+            if d["status"] == "frozen":
+                print(f"  FROZEN: {d['message']}")
         if info["previous"]:
             print(f"  previous: {info['previous']['version']} (rollback target)")
+    proxy = data.get("proxy", {})
+    if proxy.get("tls_listen"):
+        print(f"https: {proxy['tls_listen']}")
+    for warning in proxy.get("tls_warnings", []):
+        print(f"warning: {warning}")
     return 0
+
+
+async def _dashboard(client: Any, args: argparse.Namespace) -> int:
+    info = await client.request("GET", "/v1/dashboard")
+    if not info["enabled"]:
+        print("turnout: the dashboard is off: add a [dashboard] section to turnout.toml "
+              '(listen = "127.0.0.1:8081"), or start `turnout serve --dashboard 127.0.0.1:8081`',
+              file=sys.stderr)
+        return 1
+    if info["token"] and args.with_token:
+        print(f"{info['url']}?token={info['token']}")
+    else:
+        print(info["url"])
+        if info["token"]:
+            print("it asks for its token once: open it with ?token=<dashboard.token> "
+                  "(`turnout dashboard --with-token` prints that address)", file=sys.stderr)
+    return 0
+
+
+async def _certs(client: Any, args: argparse.Namespace) -> int:
+    if args.action == "reload":
+        data = await client.request("POST", "/v1/certs/reload")
+    else:
+        data = await client.request("GET", "/v1/certs")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 1 if data["errors"] else 0
+    reloaded = "" if "changed" not in data else f"; reloaded, {'changed' if data['changed'] else 'no change'}"
+    print(f"https: {data['listen']} (no SNI or an unknown name: {data['default']}){reloaded}")
+    for cert in data["certificates"]:
+        print(f"  {cert['name']:<20} {cert['source']:<6} {', '.join(cert['hosts'])}")
+        print(f"  {'':<20} issuer {cert['issuer']}, until {cert['not_after']} ({cert['days_left']} days)")
+    if not data["certificates"]:
+        print("  no certificate loaded")
+    for error in data["errors"]:
+        print(f"error: {error['file'] + ': ' if error['file'] else ''}{error['error']}")
+    for host in data.get("acme") or []:
+        state = "valid" if host["valid"] else "not issued"
+        line = f"acme: {host['host']}: {state}"
+        if host.get("next_attempt"):
+            line += f", next attempt {host['next_attempt']}"
+        if host.get("last_error"):
+            line += f"; last error: {host['last_error']}"
+        print(line)
+    return 1 if data["errors"] else 0
 
 
 async def _history(client: Any, args: argparse.Namespace) -> int:
@@ -310,10 +557,15 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     for d in data["deployments"]:
+        result = (d.get("options") or {}).get("result") or {}
+        failed = f"{result['proxy_failed']:>4} failed" if "proxy_failed" in result else " " * 11
         print(f"{d['id']}  {d['strategy']:<9} {d.get('from_version') or '-':>8} -> {d['to_version']:<8} "
-              f"{d['status']:<11} {d.get('message') or ''}")
+              f"{d['status']:<11} {failed}  {d.get('message') or ''}".rstrip())
+        for note in result.get("notes") or ():
+            print(f"    note: {note}")
         for step in d.get("steps", []):
-            print(f"    {step.get('name')}: {json.dumps(step.get('detail'))}")
+            hook = describe_hook(step.get("name"), step.get("detail") or {})
+            print(f"    {step.get('name')}: {hook or json.dumps(step.get('detail'))}")
     if not data["deployments"]:
         print(f"no deployments of {args.service} yet")
     return 0
@@ -326,6 +578,74 @@ async def _logs(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rules(client: Any, args: argparse.Namespace) -> int:
+    from .config.reader import match_text
+
+    path = f"/v1/services/{args.service}/rules"
+    if args.rules_command == "list":
+        data = await client.request("GET", path)
+    elif args.rules_command == "clear":
+        data = await client.request("DELETE", path)
+    else:
+        rules = _rules_from_args(args)
+        data = await client.request("PUT", path, {"rules": [rule.to_dict() for rule in rules]})
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{args.service}: {len(data['rules'])} rule(s)" + (", tried in order" if data["rules"] else ""))
+    for i, rule in enumerate(data["rules"], 1):
+        where = rule["pool"] or "nowhere now: falls through"
+        print(f"  {i}. {rule['name']:<16} {match_text(rule['match']):<40} -> {rule['to']} ({where}), "
+              f"{rule['matches']} routed")
+    return 0
+
+
+def _rules_from_args(args: argparse.Namespace) -> Any:
+    from .config.model import ConfigError
+    from .config.overrides import rules_from_flags
+    from .config.reader import read_rules
+    from .config.table import Table
+
+    if args.rule:
+        return rules_from_flags(args.rule)
+    import tomllib
+
+    try:
+        data = tomllib.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"cannot read rules: {exc}", args.file) from None
+    table = Table(data, "", args.file)
+    table.reject_unknown({"rules"})
+    return read_rules(table)
+
+
+async def _mirror(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("GET", f"/v1/services/{args.service}/mirror")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    spec, counts = data["mirror"], data["counts"]
+    target = data["target_pool"] or "no routable pool now: nothing is copied"
+    print(f"{args.service}: mirror to {spec['to']} ({target}), {spec['percent']:g}% of "
+          f"{', '.join(spec['methods'])}, at most {spec['max_per_second']}/s, compare "
+          f"{'on' if spec['compare'] else 'off'}")
+    dropped = counts["dropped_queue_full"] + counts["dropped_rate"] + counts["dropped_body"]
+    print(f"  copies: {counts['sampled']} sampled, {counts['sent']} sent, {counts['compared']} compared, "
+          f"{counts['failed']} failed, {dropped} dropped (queue full {counts['dropped_queue_full']}, "
+          f"rate {counts['dropped_rate']}, body {counts['dropped_body']}), {counts['unanswered']} without "
+          "the client's whole answer")
+    if data["diff_rate"] is not None:
+        print(f"  diff rate: {data['diff_rate']:.1%}")
+    for entry in data["endpoints"]:
+        print(f"  {entry['endpoint']}: {entry['differing']} of {entry['compared']} differ")
+        for item in entry["fields"]:
+            print(f"      {item['field']:<28} {item['count']:>6}x  primary {item['primary']}  "
+                  f"mirror {item['mirror']}")
+        if entry["noise"]:
+            print(f"      noise (differs between stable upstreams too): {', '.join(entry['noise'])}")
+    return 0
+
+
 def _signal(command: str) -> Any:
     async def send(client: Any, args: argparse.Namespace) -> int:
         if getattr(args, "traffic", False):
@@ -333,7 +653,8 @@ def _signal(command: str) -> Any:
             await client.request("POST", f"/v1/services/{args.service}/{proxy_command}")
             print(f"traffic of {args.service}: {'held' if command == 'pause' else 'flowing'}")
             return 0
-        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}")
+        params = {"force": "1"} if getattr(args, "force", False) else {}
+        data = await client.request("POST", f"/v1/deployments/{args.service}/{command}", **params)
         print(f"{command}: deploy {data['id']} of {args.service} ({data['version']})")
         return 0
     return send
@@ -379,13 +700,27 @@ def rehearsal_plan(args: argparse.Namespace) -> Any:
                                  f"process may open only {limit} (ulimit -n)")
             # The default: as much of it as the limit allows (the report says which bound was used).
             max_in_flight = max(1, limit - OPEN_FILES_MARGIN)
-    strategies = STRATEGIES if args.all_strategies else (args.strategy,)
+    if args.cacert is not None and not args.cacert.is_file():
+        raise UsageError(f"--cacert: {args.cacert} is not a readable file")
+    if (args.cacert is not None or args.connect_to is not None) and not (args.url or "").startswith(
+            ("http://", "https://")):
+        raise UsageError("--cacert and --connect-to need --url (e.g. https://app.example.com:8443/)")
+    if args.connect_to is not None:
+        from proxy.errors import ValidationError
+        from proxy.specs import parse_address
+
+        try:
+            parse_address("--connect-to", args.connect_to)
+        except ValidationError as exc:
+            raise UsageError(str(exc)) from None
+    strategies = SHIFTING if args.all_strategies else (args.strategy,)
     options = {k: getattr(args, k) for k in ("steps", "step_pause") if getattr(args, k) is not None}
     return RehearsalPlan(
         service=args.service, image=args.image, strategies=tuple(strategies),
         duration=parse_duration(args.duration, "--duration"), rate=args.rate,
         concurrency=args.concurrency or (None if args.rate else 8),
-        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight)
+        new_connections=args.new_connections, url=args.url, options=options, max_in_flight=max_in_flight,
+        cacert=str(args.cacert) if args.cacert else None, connect_to=args.connect_to)
 
 
 async def _rehearse(client: Any, args: argparse.Namespace) -> int:
@@ -404,13 +739,18 @@ async def _rehearse(client: Any, args: argparse.Namespace) -> int:
 COMMANDS = {
     "rehearse": _rehearse,
     "deploy": _deploy,
+    "apply": _apply,
     "status": _status,
+    "dashboard": _dashboard,
     "history": _history,
+    "certs": _certs,
     "rollback": _rollback,
     "promote": _signal("promote"),
     "abort": _signal("abort"),
     "pause": _signal("pause"),
     "resume": _signal("resume"),
+    "rules": _rules,
+    "mirror": _mirror,
     "logs": _logs,
 }
 

@@ -26,9 +26,16 @@ from proxy.limits import files_for_proxy, raise_open_files_limit
 from proxy.metrics import Metrics
 from proxy.router import Router
 from proxy.server import ProxyServer, reopen_on_sighup
+from proxy.tls.admin import add_tls_routes
+from proxy.tls.manager import Https
 
 from .api import add_controller_routes
+from .apply.run import applier_for
+from .apply.watch import watch
 from .config.model import Config, ConfigError
+from .dashboard.app import DashboardServer
+from .dashboard.feed import Feed
+from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
 from .journal import Journal, read_owner
@@ -51,14 +58,17 @@ def owner_of(state_dir: Path) -> str | None:
 
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
-                 prune_strays: bool = False) -> None:
+                 prune_strays: bool = False, watch: bool = False) -> None:
         self.config = config
+        self.watch = watch  # apply config.source again whenever it changes (controller/apply/watch.py)
         self.state_dir = config.state_dir
         self.extra_labels = extra_labels or {}
         self.prune_strays = prune_strays
         self.router = Router(Metrics(), hold_timeout=config.proxy.hold_timeout,
                              drain_timeout=config.proxy.drain_timeout)
         self.proxy_server = ProxyServer(self.router, config.proxy)
+        # The HTTPS listener ([proxy.tls]); it also makes the plain listener its front door.
+        self.https = Https(self.router, config.proxy, self.proxy_server) if config.proxy.tls else None
         self.health = HealthChecker(self.router)
         self.journal: Journal | None = None
         self.backend: DockerBackend | None = None
@@ -66,6 +76,8 @@ class Daemon:
         self.admin_socket = Path(config.proxy.admin_socket)
         self._stack = AsyncExitStack()  # the stops of the start steps done so far
         self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
+        self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
+        self.dashboard: DashboardServer | None = None
 
     async def start(self) -> None:
         stack = AsyncExitStack()
@@ -86,6 +98,10 @@ class Daemon:
         except ValidationError as exc:  # the access log's file could not be opened
             raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
         stack.push_async_callback(self._stop_proxy)
+        if self.https is not None:
+            await self.https.start(acme_hosts=tuple(dict.fromkeys(
+                host for s in self.config.services.values() for host in s.hosts if "*" not in host)))
+            stack.push_async_callback(self._stop_https)
         await self.health.start()
         stack.push_async_callback(self.health.stop)
         self.journal = Journal(self.config.journal_path)
@@ -94,12 +110,17 @@ class Daemon:
         stack.push_async_callback(self.backend.close)
         self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
         self.deployer.prune_strays = self.prune_strays
+        self.deployer.allow_host_hooks = self.config.allow_host_hooks
+        self.deployer.proxy.listen = self.listen  # http hooks go through the proxy's preview route
         for service in self.config.services.values():
             self.deployer.configs[service.name] = service
             if not service.managed:
                 self.deployer.proxy.install_static(service)
         outcome = await recover(self.deployer, self.config)
+        await self._start_dashboard(stack)
         await self._start_admin(stack)
+        assert self.feed is not None
+        stack.push_async_callback(self.feed.stop)  # its streams end before the listeners stop
         # From here on deploys run (the API's and the first ones): stopping cancels them first.
         stack.push_async_callback(self.deployer.close)
         for service in self.config.services.values():
@@ -107,11 +128,26 @@ class Daemon:
                 self.deployer.deploy(service, service.image)
         reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         stack.push_async_callback(_cancel, reconciler)
+        if self.watch and self.config.source is not None:
+            watcher = asyncio.get_running_loop().create_task(
+                watch(self.config.source, applier_for(self.deployer)))
+            stack.push_async_callback(_cancel, watcher)
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
                  state_dir=str(self.state_dir), owner=self.journal.owner, recovered=outcome)
 
     async def _stop_proxy(self) -> None:
         await self.proxy_server.stop(self._stop_timeout)
+
+    async def _stop_https(self) -> None:
+        assert self.https is not None
+        await self.https.stop(self._stop_timeout)
+
+    @property
+    def tls_listen(self) -> str | None:
+        """The HTTPS listener's address as bound, or None without [proxy.tls]."""
+        if self.https is None:
+            return None
+        return f"{self.https.tls.listen.rpartition(':')[0]}:{self.https.server.port}"
 
     @property
     def listen(self) -> str:
@@ -119,10 +155,25 @@ class Daemon:
         host, _ = self.config.proxy.listen_host_port
         return f"{host}:{self.proxy_server.port}"
 
+    async def _start_dashboard(self, stack: AsyncExitStack) -> None:
+        assert self.deployer is not None
+        https = self.https
+        self.feed = Feed(self.router, self.deployer,
+                         certificates=https.describe if https is not None else None)
+        self.feed.start()
+        stack.push_async_callback(self.feed.stop)
+        if self.config.dashboard is not None:
+            self.dashboard = DashboardServer(self.config.dashboard, self.feed, self.deployer,
+                                             self.config.source)
+            await self.dashboard.start()
+            stack.push_async_callback(self.dashboard.stop)
+
     async def _start_admin(self, stack: AsyncExitStack) -> None:
         app = create_admin_app(self.router, reopen_logs=self.proxy_server.reopen_logs)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
+        add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
+        add_tls_routes(app, self.https)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -141,6 +192,8 @@ class Daemon:
             tcp_app = create_admin_app(self.router, token=proxy.admin_token,
                                        reopen_logs=self.proxy_server.reopen_logs)
             add_controller_routes(tcp_app, self.deployer, self.listen)
+            add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
+            add_tls_routes(tcp_app, self.https)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             stack.push_async_callback(tcp_runner.cleanup)
@@ -183,7 +236,9 @@ class Daemon:
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(self.proxy_server))
+        # SIGHUP: reopen the access log's file (logrotate) and re-read the HTTPS certificates now.
+        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(
+            self.proxy_server, self.https.reload if self.https is not None else None))
         await self.start()
         try:
             await stop

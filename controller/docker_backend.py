@@ -59,6 +59,7 @@ CREATE_OPTIONS = frozenset(
         "cap_drop",  # ContainerSpec.cap_drop (any capability, or ALL)
         "cap_add",  # ContainerSpec.cap_add: only capabilities of Docker's default set
         "security_opt",  # ContainerSpec.security_opt: no-new-privileges, an AppArmor profile
+        "init",  # ContainerSpec.init: Docker's --init (a tiny init as PID 1 that forwards signals)
         "restart_policy",  # always {"Name": "no"}
         "detach",
     }
@@ -94,6 +95,9 @@ class ContainerSpec:
     cap_drop: Sequence[str] = ()
     cap_add: Sequence[str] = ()
     security_opt: Sequence[str] = ()
+    init: bool = False  # Docker's --init
+    # `docker stop`'s timeout is given at stop (DockerBackend.stop): docker-py's create takes no StopTimeout.
+    spec_hash: str = ""  # labelled turnout.spec-hash (controller/apply/spec.py)
 
     def __post_init__(self) -> None:
         for name in ("service", "version", "image", "pool"):
@@ -273,6 +277,20 @@ class DockerBackend:
         """Whether `image` is present locally (never pulls)."""
         return await self._run(self._image_exists_sync, image)
 
+    async def exec(self, container_id: str, command: Sequence[str],
+                   env: Mapping[str, str]) -> tuple[int, str]:
+        """Run `command` inside one of our running containers; (exit code, its output)."""
+        return await self._run(self._exec_sync, container_id, tuple(command), dict(env))
+
+    async def image_id(self, image: str) -> str:
+        """The ID of the local image `image` names ("sha256:..."): what a tag points at now, so a tag
+        rebuilt since shows as a new ID. ImageNotFound when absent (never pulls)."""
+        return await self._run(self._image_id_sync, image)
+
+    async def image_labels(self, image: str) -> dict[str, str]:
+        """The labels of the local image `image` (e.g. turnout.schema). ImageNotFound when absent."""
+        return await self._run(self._image_labels_sync, image)
+
     async def ping(self) -> bool:
         """Whether the engine answers; never raises."""
         try:
@@ -307,6 +325,7 @@ class DockerBackend:
             spec.pool,
             spec.port,
             {**self.extra_labels, **spec.extra_labels},
+            spec.spec_hash,
         )
         kwargs: dict[str, Any] = {
             "image": spec.image,
@@ -330,6 +349,8 @@ class DockerBackend:
         for name in ("cap_drop", "cap_add", "security_opt"):
             if getattr(spec, name):
                 kwargs[name] = list(getattr(spec, name))
+        if spec.init:
+            kwargs["init"] = True
         unexpected = kwargs.keys() - CREATE_OPTIONS
         if unexpected:  # a programming error here, never user input
             raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")
@@ -467,6 +488,30 @@ class DockerBackend:
                 return False
             raise
         return True
+
+    def _exec_sync(self, container_id: str, command: tuple[str, ...], env: dict[str, str]) -> tuple[int, str]:
+        found = self._get_ours(container_id, "exec in")
+        with _translated(f"running a command in container {container_id[:12]}", container_id):
+            result = found.exec_run(list(command), environment=env)
+        return int(result.exit_code or 0), (result.output or b"").decode("utf-8", errors="replace")
+
+    def _image_id_sync(self, image: str) -> str:
+        try:
+            with _translated(f"looking up image {image}"):
+                return str(self._docker().images.get(image).id)
+        except DockerError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                raise ImageNotFound(image) from exc.__cause__
+            raise
+
+    def _image_labels_sync(self, image: str) -> dict[str, str]:
+        try:
+            with _translated(f"looking up image {image}"):
+                return dict(self._docker().images.get(image).labels or {})
+        except DockerError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                raise ImageNotFound(image) from exc.__cause__
+            raise
 
     def _ping_sync(self) -> bool:
         with _translated("pinging the Docker engine"):

@@ -136,11 +136,16 @@ class Step:
 REDACTED = "***"
 
 
+SECRET_KEYS = frozenset({"override_secret", "admin_token"})
+
+
 def redacted(value: Any) -> Any:
-    """`value` with the values of every `env` in it replaced by "***" (keys kept): what the journal
-    shows through `history` (env values are often secrets; the journal itself keeps them, 0600)."""
+    """`value` with the values of every `env` in it replaced by "***" (keys kept), and every secret
+    (`override_secret`, a token) by "***": what the journal shows through `history` (the journal itself
+    keeps them, 0600, for recovery)."""
     if isinstance(value, dict):
-        return {k: _env_keys_only(v) if k == "env" else redacted(v) for k, v in value.items()}
+        return {k: _env_keys_only(v) if k == "env" else REDACTED if k in SECRET_KEYS and v else redacted(v)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redacted(v) for v in value]
     return value
@@ -299,7 +304,10 @@ class Journal:
                              (seq, n, name, at, _json(detail)))
         return Step(deployment_id, n, name, at, json.loads(_json(detail)))
 
-    def finish(self, deployment_id: str, status: str, message: str = "") -> Deployment:
+    def finish(self, deployment_id: str, status: str, message: str = "",
+               result: dict[str, Any] | None = None) -> Deployment:
+        """`result`: what the deploy's end measured (e.g. requests the proxy failed), kept with its
+        options under "result" (no schema change: options is free-form JSON)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
         seq = _seq(deployment_id)
@@ -307,8 +315,9 @@ class Journal:
             current = self._get(seq)
             if current.finished:
                 raise DeploymentFinished(current.id, current.status)
-            self._db.execute("UPDATE deployments SET status = ?, finished_at = ?, message = ? WHERE seq = ?",
-                             (status, time.time(), message, seq))
+            options = {**current.options, "result": result} if result is not None else current.options
+            self._db.execute("UPDATE deployments SET status = ?, finished_at = ?, message = ?, options = ? "
+                             "WHERE seq = ?", (status, time.time(), message, _json(options), seq))
             return self._get(seq)
 
     def get(self, deployment_id: str) -> Deployment:
@@ -323,6 +332,16 @@ class Journal:
                 (service, limit),
             ).fetchall()
         return [_deployment(row) for row in rows]
+
+    def created(self, service: str) -> Deployment | None:
+        """The deployment that created the service: its first, or its first after the last prune that
+        succeeded (a pruned service added again is a new one). Its `options["origin"]` says who."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deployments WHERE service = ? AND seq > COALESCE((SELECT MAX(seq) "
+                "FROM deployments WHERE service = ? AND strategy = 'prune' AND status = 'succeeded'), 0) "
+                "ORDER BY seq LIMIT 1", (service, service)).fetchone()
+        return _deployment(row) if row else None
 
     def unfinished(self) -> list[Deployment]:
         """Deployments still `running`: after a restart, the ones the crash interrupted (oldest first)."""
@@ -362,6 +381,23 @@ class Journal:
         with self._lock:
             row = self._db.execute("SELECT state FROM service_state WHERE service = ?", (service,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def forget_service(self, service: str) -> None:
+        """Drop the service's saved state and schema (it was pruned); its deployments stay as history."""
+        with self.transaction():
+            self._db.execute("DELETE FROM service_state WHERE service = ?", (service,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (f"schema:{service}",))
+
+    def schema(self, service: str) -> dict[str, Any] | None:
+        """The service's schema state (controller/schema.py), None when it has none."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"schema:{service}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_schema(self, service: str, state: dict[str, Any]) -> None:
+        with self.transaction():
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                             "value = excluded.value", (f"schema:{service}", _json(state)))
 
     def services(self) -> dict[str, dict[str, Any]]:
         with self._lock:

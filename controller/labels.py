@@ -17,10 +17,13 @@ VERSION = "turnout.version"
 DEPLOYMENT = "turnout.deployment"
 POOL = "turnout.pool"
 PORT = "turnout.port"  # the container port the app listens on
+# A hash of the container definition it was started from (image ID, not tag; replicas excluded):
+# `turnout apply` compares it with the file's to tell a new release from a no-op (controller/apply/).
+SPEC_HASH = "turnout.spec-hash"
 
 MANAGED_VALUE = "true"
 # Keys Turnout sets itself: extra labels may add to the namespace (turnout.test-run) but never override these.
-CORE_KEYS = frozenset({MANAGED, OWNER, SERVICE, VERSION, DEPLOYMENT, POOL, PORT})
+CORE_KEYS = frozenset({MANAGED, OWNER, SERVICE, VERSION, DEPLOYMENT, POOL, PORT, SPEC_HASH})
 
 
 def labels_for(
@@ -31,8 +34,10 @@ def labels_for(
     pool: str,
     port: int,
     extra: Mapping[str, str] | None = None,
+    spec_hash: str = "",
 ) -> dict[str, str]:
-    """All labels for a new container: `extra` first, then the core keys (which extras may not set)."""
+    """All labels for a new container: `extra` first, then the core keys (which extras may not set);
+    `spec_hash` when known."""
     for name, value in (("owner", owner), ("service", service), ("version", version), ("pool", pool)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"label {name} must be a non-empty string, got {value!r}")
@@ -58,6 +63,8 @@ def labels_for(
             PORT: str(port),
         }
     )
+    if spec_hash:
+        labels[SPEC_HASH] = spec_hash
     return labels
 
 

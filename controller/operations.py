@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -19,10 +20,12 @@ from proxy.metrics import PoolCounters
 from proxy.upstream import Upstream
 
 from .analysis import error_breach
+from .apply.spec import spec_hash
 from .config.model import HealthCheck, ServiceConfig
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
+from .hooks import HookFailed, HookResult, preview_config, preview_secret, run_hook
 from .journal import Journal
 from .proxy_control import ProxyControl
 from .readiness import wait_healthy
@@ -31,7 +34,7 @@ from .signals import Signals
 from .testing import faults
 
 READINESS_POLL = 0.05  # seconds between readiness probes of a new container: it serves sooner
-STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL; upstreams have drained by then
+KILLED_EXIT_CODE = 137  # 128 + SIGKILL: what `docker stop` leaves when the grace ran out
 VERIFY_POLL = 0.1  # seconds between looks at the proxy's counters and health during verification
 
 log = structlog.get_logger("turnout.controller")
@@ -40,7 +43,8 @@ log = structlog.get_logger("turnout.controller")
 class Operations:
     def __init__(self, *, backend: DockerBackend, proxy: ProxyControl, journal: Journal,
                  deployment_id: str, config: ServiceConfig, new: Release, old: Release | None,
-                 events: EventLog, signals: Signals, extra_labels: dict[str, str] | None = None) -> None:
+                 events: EventLog, signals: Signals, extra_labels: dict[str, str] | None = None,
+                 allow_host_hooks: bool = False, hooks: bool = True) -> None:
         self.backend = backend
         self.proxy = proxy
         self.journal = journal
@@ -52,6 +56,8 @@ class Operations:
         self.signals = signals
         self.extra_labels = extra_labels or {}
         self.timings: dict[str, float] = {}  # phase -> seconds, reported at the end
+        self.notes: list[str] = []  # what a reader of the result should know (why the gap was long)
+        self._failed_before = proxy.failed_requests(config.name)  # the proxy's count as the deploy began
         # Work that needs no client to wait for it (stopping a drained old set): run after success.
         self.after_success: list[Callable[[], Awaitable[None]]] = []
         # Once the deploy is ending (restoring the old release, promoting, its final status) a journal
@@ -60,6 +66,15 @@ class Operations:
         self.journal_errors: list[str] = []
         self.log = log.bind(service=config.name, deployment_id=deployment_id, version=new.version)
         self.counters_at_start = proxy.counters(config.name)  # the old version's baseline starts here
+        self._spec_hashes: dict[str, str] = {}  # image -> spec hash of this config with it
+        self.allow_host_hooks = allow_host_hooks  # `run` hooks may run ([proxy] allow_host_hooks)
+        self.hooks_enabled = hooks  # False for rollbacks: the service's hooks are its new version's
+        self.preview_value: str | None = None  # X-Turnout-Pool value of a hook's preview route
+        self.hook_results: list[HookResult] = []
+        self.new_schema: tuple[int, int] | None = None  # schema versions the new image reads
+        self.contract_started = False  # the contract hook began: a failure from here on freezes
+        self.contracted = False  # ... and finished: the schema floor is this deploy's
+        self.force_past_migration = False  # a rollback told to ignore the schema gate
 
     # ------------------------------------------------------------ recording
     def step(self, name: str, **detail: Any) -> None:
@@ -105,6 +120,50 @@ class Operations:
     def add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
 
+    def result(self) -> dict[str, Any]:
+        """What the deploy's end reports beside its status: requests of this service the proxy failed
+        itself while the deploy ran (502/503/504 it made, 503 hold-timeout included), and the notes."""
+        return {"proxy_failed": self.proxy.failed_requests(self.config.name) - self._failed_before,
+                "notes": list(self.notes)}
+
+    # ------------------------------------------------------------ hooks
+    async def hook(self, point: str) -> HookResult | None:
+        """Run the service's hook at `point`, if it has one (controller/hooks.py), as two journalled
+        steps. A failure with `on_failure = "abort"` raises HookFailed; with "warn" the deploy goes on."""
+        hook = self.config.hooks.get(point) if self.hooks_enabled else None
+        if hook is None:
+            return None
+        if point != "on_failure":
+            self.signals.check()
+        self.step("hook_started", point=point, kind=hook.kind, timeout=hook.timeout,
+                  on_failure=hook.on_failure)
+        result = await run_hook(self, point, hook)
+        self.hook_results.append(result)
+        self.add_time(f"hook_{point}", result.seconds)
+        self.step("hook_finished", **result.describe(), on_failure=hook.on_failure)
+        if not result.ok and hook.on_failure == "abort" and point != "on_failure":
+            raise HookFailed(result)
+        return result
+
+    async def pre_traffic(self) -> None:
+        """The `pre_traffic` hook, once the new set is healthy and before it gets traffic. An http hook
+        reaches it through a preview route: the new pool at weight 0 beside what is routed now, with an
+        override secret made for the hook."""
+        hook = self.config.hooks.get("pre_traffic") if self.hooks_enabled else None
+        if hook is None:
+            return
+        if hook.http is not None:
+            secret = preview_secret()
+            current = [p for p in self.proxy.pools(self.config.name).values() if p.name != self.new.pool]
+            spec = self.proxy.router.specs.get(self.config.name)
+            self.proxy.install(preview_config(self, secret), [*current, self.new.as_pool(0)],
+                               labels=spec.labels if spec else None)
+            self.preview_value = f"{self.new.pool}:{secret}"
+        try:
+            await self.hook("pre_traffic")
+        finally:
+            self.preview_value = None
+
     # ------------------------------------------------------------ containers
     async def start(self, release: Release, count: int) -> list[Container]:
         """Start `count` containers of `release` and wait until each is healthy.
@@ -130,6 +189,12 @@ class Operations:
                   addresses=[c.address for c in containers])
         return containers
 
+    async def spec_hash(self, image: str) -> str:
+        """The spec hash of this deploy's container definition with `image` as it is now (its ID)."""
+        if image not in self._spec_hashes:
+            self._spec_hashes[image] = spec_hash(self.config, await self.backend.image_id(image))
+        return self._spec_hashes[image]
+
     async def _start_one(self, release: Release) -> Container:
         config = self.config
         container = await self.backend.start(ContainerSpec(
@@ -139,6 +204,8 @@ class Operations:
             extra_labels={**config.labels, **self.extra_labels},
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
+            spec_hash=await self.spec_hash(release.image),
+            init=config.init,
         ))
         try:
             # Recorded before anything else: only containers the journal knows are routed or removed.
@@ -164,10 +231,26 @@ class Operations:
             refreshed.append(await self.backend.inspect(container.id))
         release.containers = refreshed
 
-    async def stop(self, containers: Sequence[Container]) -> None:
-        """Stop (but keep) containers whose upstreams already drained."""
-        await asyncio.gather(*(self.backend.stop(c.id, timeout=STOP_TIMEOUT)
-                               for c in containers))
+    async def stop(self, containers: Sequence[Container]) -> list[Container]:
+        """Stop (but keep) containers whose upstreams already drained: SIGTERM, then SIGKILL after the
+        service's `stop_timeout`. Containers that had to be killed are recorded (`killed_after_grace`)
+        with a note for the result: their app ignored SIGTERM, and the wait was the whole grace."""
+        timeout = self.config.stop_timeout
+        started = time.monotonic()
+        stopped = await asyncio.gather(*(self.backend.stop(c.id, timeout=timeout) for c in containers))
+        seconds = time.monotonic() - started
+        self.add_time("stop", seconds)
+        killed = [c for c in stopped if c.exit_code == KILLED_EXIT_CODE]
+        if killed:
+            versions = sorted({c.version for c in killed})
+            self.step("killed_after_grace", containers=[c.short_id for c in killed], versions=versions,
+                      stop_timeout=timeout, seconds=round(seconds, 3), exit_code=KILLED_EXIT_CODE,
+                      hint="the app ignored SIGTERM (PID 1 without a handler?): handle SIGTERM, or set "
+                           "init = true, or a shorter stop_timeout")
+            self.notes.append(
+                f"{len(killed)} container(s) of {', '.join(versions)} ignored SIGTERM and were killed after "
+                f"the {timeout:g}s stop_timeout (exit {KILLED_EXIT_CODE}); stopping took {seconds:.1f}s")
+        return list(stopped)
 
     async def remove(self, containers: Sequence[Container]) -> None:
         """Stop and remove; tolerant of containers that are already gone."""
@@ -180,15 +263,25 @@ class Operations:
 
     # ------------------------------------------------------------ routing
     def route(self, weights: Sequence[tuple[Release, int]],
-              config: ServiceConfig | None = None) -> list[Upstream]:
+              config: ServiceConfig | None = None, hold_timeout: float | None = None) -> list[Upstream]:
         """Install exactly these pools (release, weight) in one swap; returns upstreams now draining.
-        `config`: routing settings other than the service's own (blue-green's preview override)."""
+        `config`: routing settings other than the service's own (blue-green's preview override);
+        `hold_timeout`: how long a request held while this table is in place may wait (None: the
+        service's own), e.g. for big-bang's gap."""
         pools = [r.as_pool(w) for r, w in weights]
-        return self.proxy.install(config or self.config, pools, labels={"stable": self._stable_pool(weights)})
+        config = config or self.config
+        if hold_timeout is not None:
+            config = replace(config, hold_timeout=hold_timeout)
+        return self.proxy.install(config, pools, labels=self._labels(weights))
 
-    @staticmethod
-    def _stable_pool(weights: Sequence[tuple[Release, int]]) -> str:
-        return max(weights, key=lambda rw: rw[1])[0].pool if weights else ""
+    def _labels(self, weights: Sequence[tuple[Release, int]]) -> dict[str, str]:
+        """Which pool is stable (the heaviest) and, while the new release is routed beside it, which is
+        the canary: what routing rules' `to = "stable"` / `"canary"` name (proxy/service.py)."""
+        stable = max(weights, key=lambda rw: rw[1])[0].pool if weights else ""
+        labels = {"stable": stable}
+        if any(release.pool == self.new.pool for release, _ in weights) and self.new.pool != stable:
+            labels["canary"] = self.new.pool
+        return labels
 
     async def drain(self, removed: Sequence[Upstream]) -> None:
         if not removed:

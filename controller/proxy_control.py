@@ -19,6 +19,7 @@ from .config.model import ServiceConfig
 class ProxyControl:
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.listen: str | None = None  # the proxy's plain HTTP address once bound (http hooks use it)
 
     def service_spec(self, config: ServiceConfig, pools: Sequence[PoolSpec],
                      labels: Mapping[str, str] | None = None, state: str = "active") -> ServiceSpec:
@@ -36,6 +37,8 @@ class ProxyControl:
             override=config.override,
             override_secret=config.override_secret,
             override_networks=config.override_networks,
+            rules=config.rules,
+            mirror=config.mirror,
         )
 
     def pools(self, service: str) -> dict[str, PoolSpec]:
@@ -60,6 +63,15 @@ class ProxyControl:
 
     def counters(self, service: str) -> dict[str, PoolCounters]:
         return self.router.metrics.counters(service)
+
+    def mirror_totals(self, service: str) -> tuple[int, int] | None:
+        """(compared, differing) of the service's shadow traffic so far; None without a mirror."""
+        mirror = self.router.mirrors.get(service)
+        return mirror.report.totals() if mirror is not None else None
+
+    def failed_requests(self, service: str) -> int:
+        """Requests of `service` the proxy failed itself so far (its errors, hold timeouts included)."""
+        return self.router.metrics.failed(service)
 
     def set_state(self, service: str, state: str) -> None:
         self.router.set_state(service, state)

@@ -2,7 +2,9 @@
 
 For each service: the journal's stable release is re-checked for health and routed again; a deploy
 that was interrupted is finished forward if its switch had completed (and passed the post-switch
-verification it owed), and rolled back otherwise; an interrupted repair is simply redone; containers
+verification it owed), and rolled back otherwise — unless it had frozen, or the daemon died inside one
+of its hooks: a hook is never run twice, so that deploy is frozen (what served keeps serving) and waits
+for `promote` or `abort --force`; an interrupted repair is simply redone; containers
 the journal recorded that no release holds are removed. A container with our labels that the journal
 never recorded (made by hand, or by another daemon) is neither routed nor removed: it is reported, and
 removed only with `turnout serve --prune-strays`.
@@ -20,9 +22,11 @@ from .config.service_state import service_from_dict
 from .deployer import Deployer
 from .docker_backend import Container
 from .errors import TurnoutError
-from .operations import STOP_TIMEOUT
+from .hooks import HOOK_POOL_PREFIX
+from .journal import Deployment
 from .readiness import wait_healthy
 from .release import Release
+from .schema import frozen_reason
 
 log = structlog.get_logger("turnout.controller.recovery")
 
@@ -45,6 +49,7 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
     states = journal.services()
     interrupted = {d.service: d for d in journal.unfinished()}
     outcome: dict[str, str] = {}
+    frozen: list[tuple[ServiceConfig, Deployment, Release, str, Release | None]] = []
     for service in sorted(set(states) | set(by_service) | set(interrupted)):
         state = states.get(service) or {}
         service_config = config.services.get(service) or _config_from_state(state, deployer, service)
@@ -56,15 +61,28 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         stable = _release(state.get("stable"))
         previous = _release(state.get("previous"))
         record = interrupted.get(service)
+        held: tuple[Deployment, Release, str] | None = None  # a frozen deploy: (record, new, reason)
         if record is not None:
-            steps = [s.name for s in journal.steps(record.id)]
+            journal_steps = journal.steps(record.id)
+            steps = [s.name for s in journal_steps]
             options = record.options or {}
             pool = options.get("pool", record.to_version)
             # A switch is final once the new release served 100% and, when the deploy owed a
             # post-switch verification, passed it: finishing an unverified one forward would keep a
             # version that may answer 5xx, which the verification was there to catch.
             unverified = options.get("verify", 0) > 0 and "verified" not in steps
-            if "switched" in steps and "restoring" not in steps and not unverified:
+            reason = frozen_reason([(s.name, s.detail) for s in journal_steps])
+            if reason is not None:
+                # Frozen, or cut inside a hook (never run twice): what served keeps serving (the new
+                # release once switched), and the deploy waits again for promote or abort --force.
+                new = Release(record.to_version, record.image, pool)
+                if "switched" in steps and "restoring" not in steps:
+                    if stable is None or stable.pool != pool:
+                        previous, stable = stable, new
+                    new = stable
+                held = (record, new, reason)
+                outcome[service] = f"deploy {record.id} frozen: {reason}"
+            elif "switched" in steps and "restoring" not in steps and not unverified:
                 # The new release already served 100%: finishing forward loses nothing. The deployer
                 # saves the promoted state before its last step: then the journal already says so.
                 if stable is None or stable.pool != pool:
@@ -83,10 +101,16 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
                 journal.finish(record.id, "rolled_back", "interrupted by a daemon restart; rolled back")
                 outcome[service] = f"interrupted deploy {record.id} rolled back"
         found = by_service.get(service, [])
-        known = {r.pool: r for r in (stable, previous) if r is not None}
+        known = {r.pool: r for r in (stable, previous, held[1] if held else None) if r is not None}
         for release in known.values():
             release.containers = [c for c in found if c.pool == release.pool]
-        await _remove(deployer, [c for c in found if c.pool not in known])
+        # A frozen deploy's one-off hook containers are left for the operator (removed on resolve).
+        await _remove(deployer, [c for c in found if c.pool not in known
+                                 and not (held and c.pool.startswith(HOOK_POOL_PREFIX))])
+        if held is not None:
+            frozen.append((service_config, *held, stable if held[1] is not stable else previous))
+        if not service_config.managed:  # a static service apply added: routed from its saved config
+            deployer.proxy.install_static(service_config)
         if stable is None:
             outcome.setdefault(service, "nothing to route")
             continue
@@ -103,10 +127,13 @@ async def recover(deployer: Deployer, config: Config) -> dict[str, str]:
         if previous is not None:
             for container in previous.containers:
                 if container.running:
-                    await backend.stop(container.id, timeout=STOP_TIMEOUT)
+                    await backend.stop(container.id, timeout=service_config.stop_timeout)
         deployer._save_state(service)
         outcome.setdefault(service, f"routed {stable.version} on {len(stable.containers)} container(s)")
         log.info("recovery.service", service=service, outcome=outcome[service])
+    for service_config, record, new, reason, old in frozen:
+        deployer.refreeze(record, service_config, new, old, reason)
+        log.warning("recovery.frozen", service=service_config.name, deployment_id=record.id, reason=reason)
     return outcome
 
 

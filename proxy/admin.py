@@ -12,19 +12,27 @@ import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 
 from .errors import ProxyError, UnknownService, ValidationError
 from .router import Router
-from .specs import ServiceSpec
+from .specs import RuleSpec, ServiceSpec, rules_from_list
 from .table import RoutingTable
 
 log = structlog.get_logger("turnout.proxy.admin")
 
+
+class RulesSetter(Protocol):
+    def __call__(self, service: str, rules: tuple[RuleSpec, ...]) -> None: ...
+
+
 ROUTER_KEY = web.AppKey("router", Router)
+# Who applies a rules change: the router itself, unless a controller mounted beside it keeps the rules
+# in its own config (and journal) and installs them from there (controller/api.py).
+RULES_SETTER: web.AppKey[RulesSetter] = web.AppKey("rules_setter")
 CLIENT_HEADER = "X-Turnout-Client"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,6 +55,7 @@ def create_admin_app(router: Router, token: str | None = None,
     # The first middleware is the outermost: `_errors` must wrap the guard, or its refusals become 500s.
     app = web.Application(middlewares=[_errors, _guard(token)])
     app[ROUTER_KEY] = router
+    app[RULES_SETTER] = router.set_rules
     if reopen_logs is not None:
         app[REOPEN_KEY] = reopen_logs
         app.router.add_post("/v1/logs/reopen", post_logs_reopen)
@@ -58,6 +67,10 @@ def create_admin_app(router: Router, token: str | None = None,
     app.router.add_post("/v1/services/{name}/resume", resume_service)
     app.router.add_post("/v1/services/{name}/stop", stop_service)
     app.router.add_get("/v1/services/{name}/counters", get_counters)
+    app.router.add_get("/v1/services/{name}/rules", get_rules)
+    app.router.add_put("/v1/services/{name}/rules", put_rules)
+    app.router.add_delete("/v1/services/{name}/rules", delete_rules)
+    app.router.add_get("/v1/services/{name}/mirror", get_mirror)
     app.router.add_get("/v1/drains", get_drains)
     app.router.add_get("/metrics", get_metrics)
     return app
@@ -236,6 +249,59 @@ async def get_counters(request: web.Request) -> web.Response:
                "p99": _seconds(c.quantile(0.99))}
         for pool, c in counters.items()
     })
+
+
+def describe_rules(router: Router, name: str) -> dict[str, Any]:
+    """A service's rules in order, each with the pool it sends to now (None: it falls through) and the
+    requests it routed so far."""
+    router.service_spec(name)
+    service = router.table.services[name]
+    rules = []
+    for rule, pool in zip(service.spec.rules, service.rule_pools, strict=True):
+        stats = router.metrics.rules.get((name, rule.name))
+        rules.append({**rule.to_dict(), "pool": pool.name if pool is not None else None,
+                      "matches": stats.matches if stats is not None else 0})
+    return {"service": name, "rules": rules}
+
+
+async def get_rules(request: web.Request) -> web.Response:
+    return _json(describe_rules(request.app[ROUTER_KEY], request.match_info["name"]))
+
+
+async def put_rules(request: web.Request) -> web.Response:
+    """Replace the service's rules: `{"rules": [{"name", "match", "to"}, ...]}` (validated whole first)."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"rules"}:
+        raise ValidationError("rules", 'the body must be {"rules": [...]}')
+    return await _apply_rules(request, rules_from_list(body["rules"]))
+
+
+async def delete_rules(request: web.Request) -> web.Response:
+    return await _apply_rules(request, ())
+
+
+async def _apply_rules(request: web.Request, rules: tuple[RuleSpec, ...]) -> web.Response:
+    router = request.app[ROUTER_KEY]
+    name = request.match_info["name"]
+    router.service_spec(name)
+    request.app[RULES_SETTER](name, rules)
+    await _data_plane_first()
+    return _json({"generation": router.generation, **describe_rules(router, name)})
+
+
+async def get_mirror(request: web.Request) -> web.Response:
+    """The service's shadow traffic: its settings, what happened to the copies, and the differences
+    found per endpoint template (noise learned from the stable pool left out)."""
+    router = request.app[ROUTER_KEY]
+    name = request.match_info["name"]
+    spec = router.service_spec(name)
+    mirror = router.mirrors.get(name)
+    if mirror is None:
+        raise ApiError(404, f"service {name!r} has no mirror (add [services.{name}.mirror])")
+    service = router.table.services.get(name)
+    target = service.mirror_pool if service is not None and service.mirror is not None else None
+    return _json({**mirror.describe(), "active": spec.mirror is not None and target is not None,
+                  "target_pool": target.name if target is not None else None})
 
 
 def _seconds(bound: float | None) -> float | str | None:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from .errors import ValidationError
+from .tls.config import TlsConfig
 
 ACCESS_LOG_FORMATS = ("json", "combined")
 MIN_ADMIN_TOKEN = 32  # characters; a shorter bearer token is refused (`secrets.token_urlsafe(32)` gives 43)
@@ -40,6 +41,7 @@ class ProxyConfig:
     access_log: bool | str = True
     access_log_format: str = "json"  # or "combined" (nginx's)
     access_log_sample: float = 1.0
+    tls: TlsConfig | None = None  # the HTTPS listener ([proxy.tls]); None: plain HTTP only
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class ProxyConfig:
         if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
             raise ValidationError("access_log_sample", f"must be a share of 2xx answers to log, more than 0 "
                                   f"and at most 1 (0.1: one in ten), got {sample!r}")
+        if self.tls is not None and self.tls.listen == self.listen and not self.listen.endswith(":0"):
+            raise ValidationError("tls.listen", f"{self.tls.listen} is the plain listener's address too")
         if self.max_header_bytes < 1024:
             raise ValidationError("max_header_bytes", "must be at least 1024")
 

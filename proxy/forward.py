@@ -42,6 +42,7 @@ from .http import (
     next_request_id,
     sticky_cookie,
 )
+from .mirror import Job as MirrorJob
 from .pool import Pool
 from .service import Service
 from .table import RoutingTable
@@ -77,6 +78,9 @@ class Listener(Protocol):
     config: ProxyConfig
     loop: asyncio.AbstractEventLoop
     access_log: AccessLog | None  # None: the log is off
+    scheme: bytes  # b"http" or b"https": X-Forwarded-Proto, and `Secure` on the sticky cookie
+    forwarded_port: int  # the listener's port, as X-Forwarded-Port says
+    answer_extra: bytes  # header lines every answer of this listener carries (HSTS on HTTPS), or b""
 
     def connection_opened(self, connection: ClientConnection) -> bool: ...  # False: over the limit
     def connection_closed(self, connection: ClientConnection) -> None: ...
@@ -85,10 +89,10 @@ class Listener(Protocol):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
-        "head_sent", "head_tag", "http11", "is_head", "keep_alive", "lerror", "lhead", "lmark", "loop",
-        "lpool", "lup", "peer", "pending", "pending_size", "pool", "reading_body", "req", "resp_extra",
-        "router", "rpause", "sent", "server", "service", "status", "stopping", "suffix", "t0", "t_end",
-        "task", "transport", "trusted", "tunnel", "upconn", "upstream", "websocket", "wpaused",
+        "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "lerror", "lhead", "lmark",
+        "loop", "lpool", "lup", "mjob", "peer", "pending", "pending_size", "pool", "reading_body", "req",
+        "resp_extra", "router", "rpause", "sent", "server", "service", "status", "stopping", "suffix", "t0",
+        "t_end", "task", "transport", "trusted", "tunnel", "upconn", "upstream", "websocket", "wpaused",
         "_dispatch_needed",
     )
 
@@ -121,7 +125,8 @@ class ClientConnection(asyncio.Protocol):
         self.is_head = False
         self.websocket = False
         self.tunnel = False
-        self.resp_extra = b""
+        self.extra0 = server.answer_extra  # what `resp_extra` is back to after each exchange
+        self.resp_extra = self.extra0
         self.rpause = 0
         self.wpaused = False
         self.deadline = 0.0
@@ -140,6 +145,7 @@ class ClientConnection(asyncio.Protocol):
         self.lpool: Pool | None = None
         self.lup: Upstream | None = None
         self.lerror = ""
+        self.mjob: MirrorJob | None = None  # a sampled request's copy, waiting for the rest of its body
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,8 +154,9 @@ class ClientConnection(asyncio.Protocol):
         ip = peer[0] if peer else ""
         self.peer = ip.encode()
         self.trusted = ip in self.config.trusted_proxies
-        self.suffix = forwarded_suffix(ip, self.trusted)
-        self.head_tag = head_tag(self.peer, self.trusted)
+        server = self.server
+        self.suffix = forwarded_suffix(ip, self.trusted, server.scheme, server.forwarded_port)
+        self.head_tag = head_tag(self.peer, self.trusted, b"%s:%d" % (server.scheme, server.forwarded_port))
         if not self.server.connection_opened(self):
             self.closed = True
             transport.write(error_response(503, "too-many-connections"))
@@ -261,11 +268,12 @@ class ClientConnection(asyncio.Protocol):
         if (service is None or service.state != "active" or self.closed
                 or len(head) > self.config.max_header_bytes):
             return False
-        pool = service.only  # one weighted pool: no draw (the usual case)
+        pool = service.only  # one weighted pool, no rule: no draw (the usual case)
         if pool is None:
-            if service.sticky:
+            if service.full_path_only:  # sticky, or mirrored (proxy/mirror.py)
                 return False
-            pool = service.choose()  # the draw select(None, None) makes
+            # What select(None, None, req) does: the rules (remembered per head), else the draw.
+            pool = service.choose() if service.rules is None else service.choose_plain(req)
             if pool is None:
                 return False
         upstream = pool.only or pool.pick()  # a drawn pool is routable: pick() finds an upstream
@@ -320,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
         cached = HEADS.entries.get(key)
         if cached is None:
             try:
-                cached = HEADS.miss(key, self.peer, self.trusted, self.suffix)
+                cached = HEADS.miss(key, self.peer, self.trusted, self.suffix, self.server.scheme)
             except BadRequest:
                 self.is_head = head[:5] == b"HEAD "  # a refusal of a HEAD request carries no body
                 raise
@@ -338,6 +346,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.attempts = 0
+        self.mjob = None
         if req.chunked:
             self.chunker = ChunkedFramer()
             self.reading_body = True
@@ -387,9 +396,16 @@ class ClientConnection(asyncio.Protocol):
                 self.pending_size += n
                 if self.pending_size > PENDING_LIMIT:
                     self._pause(_P_PENDING)
+            job = self.mjob
+            if job is not None and not job.mirror.add_body(job, piece):
+                self.mjob = None
         if done:
             self.reading_body = False
             self.chunker = None
+            job = self.mjob
+            if job is not None:  # the whole request is read: its copy may go
+                self.mjob = None
+                job.mirror.submit(job)
             if self.upconn is not None and not self.head_sent:
                 self._set_deadline(D_UPSTREAM, self.config.upstream_timeout)
             elif self.dkind == D_BODY:
@@ -413,14 +429,14 @@ class ClientConnection(asyncio.Protocol):
             return None
         if state != "active":
             return service
-        pool = service.only  # one pool takes all traffic, no sticky cookie: no draw (the usual case)
+        pool = service.only  # one pool takes all traffic, no rule, no sticky cookie: no draw (the usual case)
         if pool is not None and req.forced is None and req.cookies is None:
             set_cookie = False
         elif req.forced is not None or req.cookies is not None:
             forced, sticky = forced_and_sticky(req, service.cookie_name)
-            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky)
+            pool, set_cookie = service.select(service.allowed_pool(forced, self.peer), sticky, req)
         else:
-            pool, set_cookie = service.select(None, None)
+            pool, set_cookie = service.select(None, None, req)
         if pool is None:
             return service
         upstream = pool.only or pool.pick()
@@ -428,12 +444,15 @@ class ClientConnection(asyncio.Protocol):
             return service
         self.service = service
         if set_cookie:
-            self.resp_extra = sticky_cookie(service.cookie_name, pool.name)
+            self.resp_extra = sticky_cookie(service.cookie_name, pool.name, self.server.scheme, self.extra0)
         self.pool = pool
         self.upstream = upstream
         upstream.begin(self)
         pool.stats.inflight += 1
         self._dispatch_needed = True
+        mirror = service.mirror
+        if mirror is not None:  # shadow traffic: a copy of this request, maybe (never delays this one)
+            self.mjob = mirror.sample(self, pool, upstream, service.mirror_pool, req)  # type: ignore[arg-type]
         return None
 
     async def _hold(self, service: Service) -> None:
@@ -444,6 +463,8 @@ class ClientConnection(asyncio.Protocol):
             remaining = deadline - now()
             if remaining <= 0:
                 self.task = None
+                timeouts = self.router.metrics.hold_timeouts  # per service: a deploy reports its own
+                timeouts[service.name] = timeouts.get(service.name, 0) + 1
                 self._local_error(503, "hold-timeout", retry_after=max(1, round(service.hold_timeout)))
                 return
             await router.wait_for_change(remaining)
@@ -554,8 +575,9 @@ class ClientConnection(asyncio.Protocol):
         if pool is not self.pool:
             self.pool.stats.inflight -= 1  # type: ignore[union-attr]
             pool.stats.inflight += 1
-            if self.resp_extra and self.service is not None:
-                self.resp_extra = sticky_cookie(self.service.cookie_name, pool.name)
+            if self.resp_extra != self.extra0 and self.service is not None:  # a sticky cookie is set
+                self.resp_extra = sticky_cookie(self.service.cookie_name, pool.name, self.server.scheme,
+                                                self.extra0)
         self.pool = pool
         self.upstream = upstream
         upstream.begin(self)
@@ -675,7 +697,7 @@ class ClientConnection(asyncio.Protocol):
         self.req = None
         self.service = None
         self.pending = None
-        self.resp_extra = b""
+        self.resp_extra = self.extra0
         self.head_sent = False
         self.is_head = False
         self.websocket = False
@@ -798,6 +820,24 @@ class ClientConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer.decode()} busy={self.busy} tunnel={self.tunnel}>"
+
+
+_LOGGED: dict[type[ClientConnection], type[ClientConnection]] = {}
+
+
+def logged(cls: type[ClientConnection]) -> type[ClientConnection]:
+    """The connection class to use instead of `cls` while the access log is on (`ClientConnection` or a
+    subclass of it, e.g. the HTTPS front door's): the same, with `LoggedClientConnection`'s count."""
+    if issubclass(cls, LoggedClientConnection) or cls in _LOGGED.values():
+        return cls
+    if cls is ClientConnection:
+        return LoggedClientConnection
+    made = _LOGGED.get(cls)
+    if made is None:
+        made = _LOGGED[cls] = type(f"Logged{cls.__name__}", (cls,), {
+            "__slots__": (), "answered_whole": LoggedClientConnection.answered_whole,
+            "__doc__": f"{cls.__name__} while the access log is on (see LoggedClientConnection)."})
+    return made
 
 
 class LoggedClientConnection(ClientConnection):

@@ -135,6 +135,8 @@ class HealthChecker:
             return
 
     async def _probe(self, url: str, timeout: aiohttp.ClientTimeout) -> tuple[bool, str]:
+        """One probe: a 2xx or 3xx answer passes (redirects not followed), like most load balancers and
+        the controller's readiness; a 4xx (a missing health path) or 5xx fails."""
         assert self._session is not None
         try:
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as response:

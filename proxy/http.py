@@ -107,6 +107,7 @@ class RequestHead:
     host_raw = b""
     origin: bytes | None = None  # absolute-form target: its origin-form (sent upstream, with Host rewritten)
     plain = False  # what the fast lane can carry (see `is_plain`)
+    raw = b""  # the head's bytes as the client sent them (what routing rules match: proxy/rules.py)
 
     def __init__(self, method: bytes, target: bytes, http11: bool) -> None:
         self.method = method
@@ -145,6 +146,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     method, target, minor = m.group(1, 2, 3)
     http11 = minor == b"1"
     req = RequestHead(method, target, http11)
+    req.raw = head
     if method == b"CONNECT":
         raise BadRequest(400, "CONNECT is not proxied")
     hosts = 0
@@ -292,31 +294,36 @@ def forced_and_sticky(req: RequestHead, cookie_name: str) -> tuple[str | None, s
     return forced, cookies.get(cookie_name) or None
 
 
-def forwarded_suffix(peer: str, trusted: bool) -> bytes:
-    """The constant part of what the proxy adds to every request of one client connection."""
+def forwarded_suffix(peer: str, trusted: bool, proto: bytes = b"http", port: int = 0) -> bytes:
+    """The constant part of what the proxy adds to every request of one client connection: for an
+    untrusted peer its address, the listener's scheme (`proto`) and port (0: none said)."""
     if trusted:
         return VIA
-    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n%s" % (peer.encode(), VIA)
+    port_line = b"X-Forwarded-Port: %d\r\n" % port if port else b""
+    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s%s" % (peer.encode(), proto, port_line, VIA)
 
 
-def build_upstream_head(head: bytes, req: RequestHead, peer: bytes, trusted: bool, suffix: bytes) -> bytes:
+def build_upstream_head(head: bytes, req: RequestHead, peer: bytes, trusted: bool, suffix: bytes,
+                        proto: bytes = b"http") -> bytes:
     """The request head sent upstream: the client's bytes minus hop-by-hop lines, plus ours."""
-    template, numbered = upstream_template(head, req, peer, trusted, suffix)
+    template, numbered = upstream_template(head, req, peer, trusted, suffix, proto)
     return template % next_request_id() if numbered else template
 
 
 def upstream_template(head: bytes, req: RequestHead, peer: bytes, trusted: bool,
-                      suffix: bytes) -> tuple[bytes, bool]:
+                      suffix: bytes, proto: bytes = b"http") -> tuple[bytes, bool]:
     """The upstream head, and whether it is a template that still needs `% next_request_id()` for the
     X-Request-Id the proxy adds (the client sent none). A pure function of its arguments, so it can be
-    remembered per head (`RequestHeads`); the id is the only part that differs per request."""
-    base = _upstream_base(head, req, peer, trusted, suffix)
+    remembered per head (`RequestHeads`); the id is the only part that differs per request. `proto`: the
+    listener's scheme, what a trusted peer's request says when it brought no X-Forwarded-Proto."""
+    base = _upstream_base(head, req, peer, trusted, suffix, proto)
     if req.request_id:
         return base + b"\r\n", False
     return base.replace(b"%", b"%%") + b"X-Request-Id: " + _REQUEST_ID_PREFIX + b"-%x\r\n\r\n", True
 
 
-def _upstream_base(head: bytes, req: RequestHead, peer: bytes, trusted: bool, suffix: bytes) -> bytes:
+def _upstream_base(head: bytes, req: RequestHead, peer: bytes, trusted: bool, suffix: bytes,
+                   proto: bytes) -> bytes:
     """Everything of the upstream head but the proxy's X-Request-Id and the final CRLF."""
     xf = {}
     if trusted and req.forwarded:
@@ -338,7 +345,7 @@ def _upstream_base(head: bytes, req: RequestHead, peer: bytes, trusted: bool, su
     parts = [head[:-2]]
     if trusted:
         xff = xf[b"for"] + b", " + peer if b"for" in xf else peer
-        parts.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (xff, xf.get(b"proto", b"http")))
+        parts.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (xff, xf.get(b"proto", proto)))
         host = xf.get(b"host", req.host_raw)
         if host:
             parts.append(b"X-Forwarded-Host: %s\r\n" % host)
@@ -375,11 +382,12 @@ class RequestHeads:
         self.max_entries = max_entries
         self.max_head = max_head
 
-    def miss(self, key: tuple[bytes, bytes], peer: bytes, trusted: bool, suffix: bytes) -> CachedHead:
+    def miss(self, key: tuple[bytes, bytes], peer: bytes, trusted: bool, suffix: bytes,
+             proto: bytes = b"http") -> CachedHead:
         """Validate and rewrite `key[0]` (raises BadRequest), remembering the result."""
         head = key[0]
         req = parse_request_head(head)
-        template, numbered = upstream_template(head, req, peer, trusted, suffix)
+        template, numbered = upstream_template(head, req, peer, trusted, suffix, proto)
         entry = (req, template, numbered)
         if len(head) <= self.max_head:
             if len(self.entries) >= self.max_entries:
@@ -388,9 +396,10 @@ class RequestHeads:
         return entry
 
 
-def head_tag(peer: bytes, trusted: bool) -> bytes:
-    """What, besides the head bytes, the upstream rewrite depends on (one value per client address)."""
-    return (b"t " if trusted else b"u ") + peer
+def head_tag(peer: bytes, trusted: bool, listener: bytes = b"") -> bytes:
+    """What, besides the head bytes, the upstream rewrite depends on: the client address, and the listener
+    (`listener`: its scheme and port, which X-Forwarded-Proto/-Port say)."""
+    return (b"t " if trusted else b"u ") + listener + b" " + peer
 
 
 # ---------------------------------------------------------------------------------------- responses
@@ -490,14 +499,18 @@ def response_head(status: int, reason: bytes, block: bytes, *, content_length: b
     return b"".join(parts)
 
 
-_SET_COOKIES: dict[tuple[str, str], bytes] = {}
+_SET_COOKIES: dict[tuple[str, str, bytes], bytes] = {}
 
 
-def sticky_cookie(cookie_name: str, pool: str) -> bytes:
-    line = _SET_COOKIES.get((cookie_name, pool))
+def sticky_cookie(cookie_name: str, pool: str, scheme: bytes = b"http", extra: bytes = b"") -> bytes:
+    """The Set-Cookie line of a sticky pool (`Secure` on an HTTPS listener, `scheme`), followed by the
+    listener's own answer lines (`extra`: Strict-Transport-Security), which it replaces for the answer."""
+    key = (cookie_name, pool, scheme + extra)
+    line = _SET_COOKIES.get(key)
     if line is None:
-        line = _SET_COOKIES[(cookie_name, pool)] = (
-            f"Set-Cookie: {cookie_name}={pool}; Path=/; HttpOnly; SameSite=Lax\r\n".encode()
+        secure = "; Secure" if scheme == b"https" else ""
+        line = _SET_COOKIES[key] = (
+            f"Set-Cookie: {cookie_name}={pool}; Path=/; HttpOnly; SameSite=Lax{secure}\r\n".encode() + extra
         )
     return line
 

@@ -51,6 +51,8 @@ class LogWriter:
                  interval: float = INTERVAL, batch_lines: int = BATCH_LINES,
                  max_backlog: int | None = None) -> None:
         self.path = path
+        self.name = path if path is not None else "stream" if stream is not None else f"fd{fd}"
+        self.users = 1  # servers sharing a file's writer (`open_file`); closed when the last one leaves
         self.stream = stream  # an object with write(bytes) instead of a descriptor (tests, a captured stderr)
         self.fd = -1 if fd is None else fd
         if path is not None:
@@ -74,6 +76,7 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="turnout-log-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+        _live.append(self)
 
     # ------------------------------------------------------------------ the loop's side
     def add(self, line: str) -> None:
@@ -148,6 +151,10 @@ class LogWriter:
         """Hand over the rest and wait until it is written, giving up after `stall` seconds without
         progress (the reader is gone or stuck); returns the lines dropped in all. Idempotent."""
         atexit.unregister(self.close)
+        if self in _live:
+            _live.remove(self)
+        if _files.get(self.path or "") is self:
+            del _files[self.path]  # type: ignore[arg-type]
         if threading.get_ident() == self.owner:
             self.flush()
         with self._cond:
@@ -258,6 +265,29 @@ def _say(text: str) -> None:
 
 
 _stderr: LogWriter | None = None
+_live: list[LogWriter] = []  # every writer not closed yet, for /metrics
+_files: dict[str, LogWriter] = {}  # file writers by path: the plain and HTTPS listeners share one
+
+
+def open_file(path: str) -> LogWriter:
+    """The writer of the file at `path`, shared by whoever logs there (`users` counts them)."""
+    writer = _files.get(path)
+    if writer is not None and writer.running:
+        writer.users += 1
+        return writer
+    writer = _files[path] = LogWriter(path=path)
+    return writer
+
+
+def metrics_lines() -> list[str]:
+    """Prometheus lines of the live writers' drops (a `Metrics.sources` entry)."""
+    out = ["# HELP turnout_log_lines_dropped_total Log lines not written: their reader stalled (the backlog "
+           "was full) or writing failed.",
+           "# TYPE turnout_log_lines_dropped_total counter"]
+    for writer in _live:
+        to = writer.name.replace("\\", "\\\\").replace('"', '\\"')
+        out.append(f'turnout_log_lines_dropped_total{{to="{to}"}} {writer.dropped}')
+    return out
 
 
 def current_stderr_writer() -> LogWriter | None:
@@ -271,4 +301,5 @@ def stderr_writer() -> LogWriter:
     global _stderr
     if _stderr is None:
         _stderr = LogWriter(fd=2)  # the descriptor, not sys.stderr (a test's capture may replace that)
+        _stderr.name = "stderr"
     return _stderr

@@ -8,8 +8,8 @@ override are counted apart (`PoolStats.overridden`), so they never enter that an
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 # Upper bounds in seconds; the last bucket is +Inf.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -105,17 +105,48 @@ class PoolCounters:
         )
 
 
+class RuleStats:
+    """Requests one routing rule sent to its pool (rules that matched but fell through are not counted)."""
+
+    __slots__ = ("matches",)
+
+    def __init__(self) -> None:
+        self.matches = 0
+
+
+MIRROR_OUTCOMES = ("sampled", "sent", "compared", "failed", "dropped_queue_full", "dropped_rate",
+                   "dropped_body", "dropped_target_down", "unanswered", "internal_errors")
+
+
+class MirrorStats:
+    """What happened to one service's shadow traffic (proxy/mirror.py): copies sampled, sent (answered),
+    compared with the client's answer, failed at the mirror target, dropped (queue full, over
+    `max_per_second`, body over `max_body`, the target failing every copy of late), not compared for lack
+    of the client's whole answer."""
+
+    __slots__ = MIRROR_OUTCOMES
+
+    def __init__(self) -> None:
+        for name in MIRROR_OUTCOMES:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in MIRROR_OUTCOMES}
+
+
 class Metrics:
     """Registry of PoolStats by (service, pool), plus proxy-wide counters."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], PoolStats] = {}
+        self.rules: dict[tuple[str, str], RuleStats] = {}  # by (service, rule name), across swaps
+        self.mirrors: dict[str, MirrorStats] = {}  # by service, across swaps
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
+        self.hold_timeouts: dict[str, int] = {}  # by service: held requests answered 503 at their deadline
         self.drain_aborted = 0
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
-        # Where logs go ("stderr", "file": `log_writer.LogWriter`s, set by the server), for their drops.
-        self.log_writers: dict[str, Any] = {}
+        self.sources: list[Callable[[], list[str]]] = []  # more exposition lines (the HTTPS listener's)
 
     def pool(self, service: str, pool: str) -> PoolStats:
         key = (service, pool)
@@ -124,8 +155,27 @@ class Metrics:
             stats = self.pools[key] = PoolStats()
         return stats
 
+    def rule(self, service: str, rule: str) -> RuleStats:
+        key = (service, rule)
+        stats = self.rules.get(key)
+        if stats is None:
+            stats = self.rules[key] = RuleStats()
+        return stats
+
+    def mirror(self, service: str) -> MirrorStats:
+        stats = self.mirrors.get(service)
+        if stats is None:
+            stats = self.mirrors[service] = MirrorStats()
+        return stats
+
     def counters(self, service: str) -> dict[str, PoolCounters]:
         return {pool: s.snapshot() for (svc, pool), s in self.pools.items() if svc == service}
+
+    def failed(self, service: str) -> int:
+        """Requests of `service` the proxy failed itself: its 502/503/504 in every pool, plus held
+        requests that reached their deadline before any pool served (503 hold-timeout)."""
+        return (sum(s.proxy_errors for (svc, _), s in self.pools.items() if svc == service)
+                + self.hold_timeouts.get(service, 0))
 
     def render(self, health: list[tuple[str, str, str, bool]]) -> str:
         """Prometheus text exposition; `health` lists (service, pool, upstream, healthy)."""
@@ -144,10 +194,23 @@ class Metrics:
                 for cls, count in enumerate(s._overridden.snapshot().classes, 1):
                     out.append(f'turnout_override_requests_total{{service="{svc}",pool="{pool}",'
                                f'code="{cls}xx"}} {count}')
+        out += ["# HELP turnout_rule_matches_total Requests a routing rule sent to its pool, by rule.",
+                "# TYPE turnout_rule_matches_total counter"]
+        for (svc, rule), r in sorted(self.rules.items()):
+            out.append(f'turnout_rule_matches_total{{service="{svc}",rule="{rule}"}} {r.matches}')
+        out += ["# HELP turnout_mirror_requests_total Shadow traffic copies, by service and outcome.",
+                "# TYPE turnout_mirror_requests_total counter"]
+        for svc, m in sorted(self.mirrors.items()):
+            for outcome, count in m.as_dict().items():
+                out.append(f'turnout_mirror_requests_total{{service="{svc}",outcome="{outcome}"}} {count}')
         out += ["# HELP turnout_proxy_errors_total 502/503/504 answers made by the proxy itself.",
                 "# TYPE turnout_proxy_errors_total counter"]
         for (svc, pool), s in sorted(self.pools.items()):
             out.append(f'turnout_proxy_errors_total{{service="{svc}",pool="{pool}"}} {s.proxy_errors}')
+        out += ["# HELP turnout_hold_timeouts_total Held requests answered 503 at their hold deadline.",
+                "# TYPE turnout_hold_timeouts_total counter"]
+        for svc, count in sorted(self.hold_timeouts.items()):
+            out.append(f'turnout_hold_timeouts_total{{service="{svc}"}} {count}')
         out += ["# HELP turnout_request_duration_seconds Time to the end of the response.",
                 "# TYPE turnout_request_duration_seconds histogram"]
         for (svc, pool), s in sorted(self.pools.items()):
@@ -177,11 +240,8 @@ class Metrics:
                 "# TYPE turnout_internal_errors_total counter",
                 f"turnout_internal_errors_total {self.internal_errors}",
                 "# TYPE turnout_client_connections gauge",
-                f"turnout_client_connections {self.connections}",
-                "# HELP turnout_log_lines_dropped_total Log lines not written: their reader stalled (the "
-                "backlog was full) or writing failed.",
-                "# TYPE turnout_log_lines_dropped_total counter"]
-        for name, writer in sorted(self.log_writers.items()):
-            out.append(f'turnout_log_lines_dropped_total{{to="{name}"}} {writer.dropped}')
+                f"turnout_client_connections {self.connections}"]
+        for source in self.sources:
+            out += source()
         out.append("")
         return "\n".join(out)

@@ -20,7 +20,8 @@ import structlog
 
 from .errors import UnknownService, ValidationError
 from .metrics import Metrics
-from .specs import PoolSpec, ServiceSpec
+from .mirror import Mirror
+from .specs import PoolSpec, RuleSpec, ServiceSpec
 from .table import RoutingTable, build_table
 from .upstream import DrainResult, Health, Upstream
 
@@ -43,6 +44,7 @@ class Router:
         self._listeners: list[TableListener] = []
         self._changed: asyncio.Future[None] | None = None
         self._drains: dict[Upstream, asyncio.Task[DrainResult]] = {}
+        self.mirrors: dict[str, Mirror] = {}  # shadow traffic per service, across swaps (proxy/mirror.py)
 
     # ------------------------------------------------------------------ reading
     def service_spec(self, name: str) -> ServiceSpec:
@@ -96,6 +98,11 @@ class Router:
         if state not in ("active", "paused", "stopped"):
             raise ValidationError("state", "must be active, paused or stopped")
         self._install_one(_replace(spec, state=state), reason="state")
+
+    def set_rules(self, name: str, rules: tuple[RuleSpec, ...]) -> None:
+        """Replace the service's routing rules (validated `RuleSpec`s) in one swap."""
+        spec = self.service_spec(name)
+        self._install_one(_replace(spec, rules=tuple(rules)), reason="rules")
 
     def set_health(self, upstream: Upstream, health: Health) -> None:
         """A health transition: rebuild the snapshot so the hot path never filters."""
@@ -188,11 +195,11 @@ class Router:
     def _build(self, specs: dict[str, ServiceSpec], upstreams: dict[str, Upstream],
                changed: str | None) -> RoutingTable:
         if changed is None:
-            return build_table(specs, upstreams, self.metrics, self.hold_timeout)
+            return build_table(specs, upstreams, self.metrics, self.hold_timeout, self.mirrors)
         # The other services have the same spec, the same upstream objects and no health change since
         # their Service was built (a health change rebuilds everything): keep their Service objects.
         fresh = build_table({changed: specs[changed]} if changed in specs else {}, upstreams, self.metrics,
-                            self.hold_timeout).services
+                            self.hold_timeout, self.mirrors).services
         current = self.table.services
         return RoutingTable(tuple(fresh[n] if n == changed else current[n] for n in specs))
 

@@ -13,22 +13,34 @@ from collections.abc import Callable
 
 import structlog
 
+from . import log_writer
 from .access_log import AccessLog
 from .config import ProxyConfig
 from .errors import ValidationError
-from .forward import ClientConnection, LoggedClientConnection, now
-from .log_writer import LogWriter, current_stderr_writer, stderr_writer
+from .forward import ClientConnection, logged, now
+from .log_writer import LogWriter, open_file, stderr_writer
 from .router import Router
 
 log = structlog.get_logger("turnout.proxy.server")
 
 
 class ProxyServer:
-    def __init__(self, router: Router, config: ProxyConfig, log_writer: LogWriter | None = None) -> None:
+    """The plain-HTTP listener (`proxy/tls/listener.py` has the HTTPS one, built on this one)."""
+
+    scheme = b"http"
+
+    def __init__(self, router: Router, config: ProxyConfig, *, listen: str | None = None,
+                 connection_class: type[ClientConnection] = ClientConnection,
+                 answer_extra: bytes = b"", log_writer: LogWriter | None = None) -> None:
         """`log_writer`: where the access log goes instead of what `config.access_log` names (tests)."""
         self.router = router
         self.config = config
-        self._log_writer = log_writer
+        self.log_writer = log_writer
+        self.listen = listen or config.listen
+        self.connection_class = connection_class  # a subclass on the plain listener of an HTTPS front door
+        self.answer_extra = answer_extra  # header lines on every upstream answer (HSTS on HTTPS)
+        self.forwarded_port = _port_of(self.listen)  # the bound port once started (X-Forwarded-Port)
+        self.front_door = None  # proxy/tls/frontdoor.py's FrontDoor, on the plain listener of an HTTPS proxy
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -48,16 +60,21 @@ class ProxyServer:
         if config.access_log is not False:
             self.access_log = AccessLog(self._open_log(config.access_log), config.access_log_format,
                                         config.access_log_sample)
-        host, port = config.listen_host_port
-        protocol = ClientConnection if self.access_log is None else LoggedClientConnection
+            self.connection_class = logged(self.connection_class)
+        host, _, port = self.listen.rpartition(":")
         try:
             self._server = await self.loop.create_server(
-                lambda: protocol(self), host, port, backlog=1024, reuse_address=True)
+                self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
         except BaseException:
             await self._close_log()
             raise
+        self.forwarded_port = self.port
         self._tick_handle = self.loop.call_later(self.tick, self._tick)
-        log.info("proxy.listening", listen=self.config.listen, port=self.port)
+        log.info("proxy.listening", listen=self.listen, port=self.port, scheme=self.scheme.decode())
+
+    def _protocol(self) -> asyncio.Protocol:
+        """The protocol of one accepted connection."""
+        return self.connection_class(self)
 
     async def stop(self, timeout: float = 10.0) -> int:
         """Graceful stop; returns how many connections had to be aborted at the deadline."""
@@ -88,20 +105,18 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ the access log's destination
     def _open_log(self, where: bool | str) -> LogWriter:
-        writers = self.router.metrics.log_writers
-        if self._log_writer is not None:
-            writers["given"] = writer = self._log_writer
+        if self.log_writer is not None:
+            writer = self.log_writer
         elif where is True:
             writer = stderr_writer()
         else:
             try:
-                writer = self._log_file = LogWriter(path=where)  # type: ignore[arg-type]
+                writer = self._log_file = open_file(where)  # type: ignore[arg-type]
             except OSError as exc:
                 raise ValidationError("access_log", f"cannot open {where}: {exc.strerror or exc}") from None
-            writers["file"] = writer
-        stderr = current_stderr_writer()
-        if stderr is not None:
-            writers["stderr"] = stderr
+        sources = self.router.metrics.sources
+        if log_writer.metrics_lines not in sources:  # every live writer's drops (stderr's too)
+            sources.append(log_writer.metrics_lines)
         return writer
 
     async def _close_log(self) -> int:
@@ -113,7 +128,9 @@ class ProxyServer:
         writer.flush()
         if writer is self._log_file:
             self._log_file = None
-            await asyncio.to_thread(writer.close)
+            writer.users -= 1
+            if not writer.users:  # the last listener logging there
+                await asyncio.to_thread(writer.close)
         return writer.dropped
 
     async def reopen_logs(self) -> str | None:
@@ -168,8 +185,9 @@ class ProxyServer:
         self._tick_handle = self.loop.call_later(self.tick, self._tick)
 
 
-def reopen_on_sighup(server: ProxyServer) -> Callable[[], None]:
-    """A SIGHUP handler: reopen the access log's file (logrotate's `postrotate`), off the signal handler."""
+def reopen_on_sighup(server: ProxyServer, also: Callable[[], object] | None = None) -> Callable[[], None]:
+    """A SIGHUP handler: reopen the access log's file (logrotate's `postrotate`), off the signal handler;
+    then `also` (the HTTPS certificates' reload)."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def reopen() -> None:
@@ -182,5 +200,11 @@ def reopen_on_sighup(server: ProxyServer) -> Callable[[], None]:
         task = asyncio.get_running_loop().create_task(reopen())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        if also is not None:
+            also()
 
     return handler
+
+
+def _port_of(listen: str) -> int:
+    return int(listen.rpartition(":")[2])

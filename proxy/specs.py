@@ -28,6 +28,20 @@ MAX_WEIGHT = 1_000_000
 HEALTH_THRESHOLDS = (1, 100)  # `healthy` / `unhealthy`: consecutive probes
 HEALTH_SECONDS = (0.01, 3600.0)  # `interval` / `timeout`
 HEALTH_KEYS = ("path", "interval", "timeout", "healthy", "unhealthy")
+# Routing rules (proxy/rules.py): what a rule may look at, and the pools it may name besides a version.
+RULE_KEYS = ("name", "match", "to")
+MATCH_KEYS = ("header", "cookie", "query", "hash")
+HASH_SOURCES = ("cookie", "header")
+RULE_TARGETS = ("canary", "stable")  # the newest pool (label "canary") and the stable one (label "stable")
+MAX_RULES = 32
+MAX_PATTERN = 1024  # characters of one match value
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Shadow traffic (proxy/mirror.py): copies of sampled requests to another pool, answers compared.
+MIRROR_KEYS = ("to", "percent", "max_per_second", "methods", "max_body", "compare", "ignore", "headers",
+               "timeout")
+MIRROR_HEADERS = ("content-type", "location", "cache-control")  # compared unless `headers` says otherwise
+MAX_MIRROR_BODY = 16 * 1024 * 1024
+_IGNORE_RE = re.compile(r"json:\$(?:\.[^.\[\]]+|\[(?:[0-9]+|\*)\])*|header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,63 @@ class PoolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HashSpec:
+    """Stable buckets: the value of a cookie or header, hashed with the rule's name, lands in one of
+    10,000 buckets; the first `percent` of them match (so raising the percent keeps who was in)."""
+
+    source: str  # "cookie" or "header"
+    key: str  # the cookie's or header's name
+    percent: float  # 0 < percent <= 100, in steps of 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One routing rule: when every condition matches, the request goes to `to` ("canary", "stable" or a
+    pool name) if that pool is routable; otherwise the next rule is tried. Conditions are (name,
+    pattern) pairs; a pattern is an exact value, "prefix:<text>", "regex:<full match>" or
+    "exact:<text>"."""
+
+    name: str
+    to: str
+    header: tuple[tuple[str, str], ...] = ()
+    cookie: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+    hash: HashSpec | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as turnout.toml and the admin API write it (what `rules_from_list` reads)."""
+        match: dict[str, Any] = {source: dict(getattr(self, source))
+                                 for source in ("header", "cookie", "query") if getattr(self, source)}
+        if self.hash is not None:
+            match["hash"] = {self.hash.source: self.hash.key, "percent": self.hash.percent}
+        return {"name": self.name, "match": match, "to": self.to}
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    """Shadow traffic: `percent` of the requests with one of `methods` (at most `max_per_second`) are
+    copied to the pool `to` ("canary", "stable" or a pool name) when it is another pool than the one
+    serving them; with `compare`, the two answers are compared (status, `headers`, the body up to
+    `max_body` bytes), leaving out `ignore` ("json:$.path", "header:Name")."""
+
+    to: str = "canary"
+    percent: float = 10.0
+    max_per_second: int = 200
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    max_body: int = 64 * 1024
+    compare: bool = True
+    ignore: tuple[str, ...] = ()
+    headers: tuple[str, ...] = MIRROR_HEADERS
+    timeout: float = 5.0  # seconds a copy (and the client's answer it is compared with) may take
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("methods", "ignore", "headers"):
+            data[key] = list(data[key])
+        return data
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
     pools: tuple[PoolSpec, ...]
@@ -77,6 +148,8 @@ class ServiceSpec:
     override: str = "off"
     override_secret: str | None = None
     override_networks: tuple[str, ...] = ()
+    rules: tuple[RuleSpec, ...] = ()  # tried in order, after the pool override, before the sticky cookie
+    mirror: MirrorSpec | None = None  # shadow traffic with a response diff (proxy/mirror.py)
 
     @property
     def upstream_addresses(self) -> set[str]:
@@ -90,6 +163,8 @@ class ServiceSpec:
         data["pools"] = [asdict(p) | {"upstreams": list(p.upstreams)} for p in self.pools]
         data["hosts"] = list(self.hosts)
         data["override_networks"] = list(self.override_networks)
+        data["rules"] = [rule.to_dict() for rule in self.rules]
+        data["mirror"] = self.mirror.to_dict() if self.mirror is not None else None
         return data
 
     @classmethod
@@ -98,7 +173,8 @@ class ServiceSpec:
         if not isinstance(data, dict):
             raise ValidationError("service", "must be a JSON object")
         known = {"name", "pools", "hosts", "path_prefix", "balance", "state", "sticky", "health",
-                 "hold_timeout", "labels", "override", "override_secret", "override_networks"}
+                 "hold_timeout", "labels", "override", "override_secret", "override_networks", "rules",
+                 "mirror"}
         for key in data:
             if key not in known:
                 raise ValidationError(str(key), f"unknown field (known: {', '.join(sorted(known))})")
@@ -140,7 +216,164 @@ class ServiceSpec:
             hold_timeout=hold,
             labels=dict(labels),
             **override_settings(data),
+            rules=rules_from_list(data.get("rules", [])),
+            mirror=mirror_from_dict(data["mirror"]) if data.get("mirror") is not None else None,
         )
+
+
+def mirror_from_dict(raw: Any, where: str = "mirror") -> MirrorSpec:
+    """Validate a mirror table (turnout.toml's `[services.x.mirror]`, with `max_body` in bytes here);
+    a bad value raises ValidationError naming its key (`mirror.percent`)."""
+    if not isinstance(raw, dict):
+        raise ValidationError(where, "must be a table")
+    for key in raw:
+        if key not in MIRROR_KEYS:
+            raise ValidationError(f"{where}.{key}", f"unknown key (known: {', '.join(MIRROR_KEYS)})")
+    d = MirrorSpec()
+    to = raw.get("to", d.to)
+    if to not in RULE_TARGETS:
+        try:
+            _check_name(f"{where}.to", to)
+        except ValidationError:
+            raise ValidationError(f"{where}.to", f"must be canary, stable or a version (pool) name, got "
+                                  f"{to!r}") from None
+    percent = _number(f"{where}.percent", raw.get("percent", d.percent), 0.0, 100.0)
+    if percent <= 0:
+        raise ValidationError(f"{where}.percent", "must be above 0")
+    rate = raw.get("max_per_second", d.max_per_second)
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= 100_000:
+        raise ValidationError(f"{where}.max_per_second", f"must be a whole number 1-100000, got {rate!r}")
+    methods = _strings(f"{where}.methods", raw.get("methods", list(d.methods)))
+    for method in methods:
+        if not _HEADER_NAME_RE.fullmatch(method) or method.upper() != method:
+            raise ValidationError(f"{where}.methods", f"{method!r} is not an upper-case method name")
+    max_body = raw.get("max_body", d.max_body)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or not 0 <= max_body <= MAX_MIRROR_BODY:
+        raise ValidationError(f"{where}.max_body", f"must be 0-{MAX_MIRROR_BODY} bytes, got {max_body!r}")
+    compare = raw.get("compare", d.compare)
+    if not isinstance(compare, bool):
+        raise ValidationError(f"{where}.compare", "must be true or false")
+    ignore = _strings(f"{where}.ignore", raw.get("ignore", []))
+    for entry in ignore:
+        if not _IGNORE_RE.fullmatch(entry):
+            raise ValidationError(f"{where}.ignore", f"{entry!r} is neither json:$.path (.key, [0], [*]) "
+                                  "nor header:Name")
+    headers = _strings(f"{where}.headers", raw.get("headers", list(d.headers)))
+    for name in headers:
+        if not _HEADER_NAME_RE.fullmatch(name):
+            raise ValidationError(f"{where}.headers", f"{name!r} is not a header name")
+    timeout = _number(f"{where}.timeout", raw.get("timeout", d.timeout), 0.01, 60.0, unit=" seconds")
+    return MirrorSpec(to=to, percent=percent, max_per_second=rate, methods=tuple(methods), max_body=max_body,
+                      compare=compare, ignore=tuple(ignore), headers=tuple(h.lower() for h in headers),
+                      timeout=timeout)
+
+
+def _strings(where: str, raw: Any) -> list[str]:
+    if not isinstance(raw, list | tuple) or not all(isinstance(v, str) and v for v in raw):
+        raise ValidationError(where, f"must be a list of non-empty strings, got {raw!r}")
+    return list(raw)
+
+
+def rules_from_list(raw: Any, where: str = "rules") -> tuple[RuleSpec, ...]:
+    """Validate a list of rules (turnout.toml's `[[services.x.rules]]`, the admin API's JSON); a bad one
+    raises ValidationError naming its key (`rules[0].match.header.X-Canary`)."""
+    if not isinstance(raw, list | tuple):
+        raise ValidationError(where, "must be a list of rules")
+    if len(raw) > MAX_RULES:
+        raise ValidationError(where, f"at most {MAX_RULES} rules, got {len(raw)}")
+    rules = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        rule = rule_from_dict(item, f"{where}[{i}]")
+        if rule.name in names:
+            raise ValidationError(f"{where}[{i}].name", f"duplicate rule {rule.name!r}")
+        names.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def rule_from_dict(item: Any, where: str = "rule") -> RuleSpec:
+    if not isinstance(item, dict):
+        raise ValidationError(where, "must be a table with name, match and to")
+    for key in item:
+        if key not in RULE_KEYS:
+            raise ValidationError(f"{where}.{key}", f"unknown key (known: {', '.join(RULE_KEYS)})")
+    for key in RULE_KEYS:
+        if key not in item:
+            raise ValidationError(f"{where}.{key}", "required")
+    _check_name(f"{where}.name", item["name"])
+    to = item["to"]
+    if to not in RULE_TARGETS:
+        try:
+            _check_name(f"{where}.to", to)
+        except ValidationError:
+            raise ValidationError(f"{where}.to", f"must be canary, stable or a version (pool) name, got "
+                                  f"{to!r}") from None
+    match = item["match"]
+    if not isinstance(match, dict) or not match:
+        raise ValidationError(f"{where}.match",
+                              f"must be a table of one or more of {', '.join(MATCH_KEYS)}")
+    conditions: dict[str, Any] = {}
+    for key, value in match.items():
+        if key not in MATCH_KEYS:
+            raise ValidationError(f"{where}.match.{key}",
+                                  f"unknown match key (known: {', '.join(MATCH_KEYS)})")
+        if key == "hash":
+            conditions["hash"] = _hash_spec(value, f"{where}.match.hash")
+        else:
+            conditions[key] = _conditions(value, f"{where}.match.{key}", key)
+    return RuleSpec(name=item["name"], to=to, **conditions)
+
+
+def _conditions(raw: Any, where: str, source: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise ValidationError(where, f"must be a table of {source} name = value (exact, \"prefix:...\" or "
+                              "\"regex:...\")")
+    pairs = []
+    for name, pattern in raw.items():
+        key = f"{where}.{name}"
+        if (not isinstance(name, str) or not name
+                or (source != "query" and not _HEADER_NAME_RE.fullmatch(name))):
+            raise ValidationError(key, f"{name!r} is not a {source} name")
+        check_pattern(key, pattern)
+        pairs.append((name, pattern))
+    return tuple(pairs)
+
+
+def check_pattern(where: str, pattern: Any) -> None:
+    """A match value: exact text, "prefix:<text>", "exact:<text>" or "regex:<pattern>" (which must
+    compile: a bad one is refused here, naming its key, never at the first request)."""
+    if not isinstance(pattern, str):
+        raise ValidationError(where, f"must be a string, got {pattern!r}")
+    if len(pattern) > MAX_PATTERN:
+        raise ValidationError(where, f"at most {MAX_PATTERN} characters")
+    if pattern.startswith("regex:"):
+        try:
+            re.compile(pattern[6:])
+        except re.error as exc:
+            raise ValidationError(where, f"bad regex {pattern[6:]!r}: {exc}") from None
+
+
+def _hash_spec(raw: Any, where: str) -> HashSpec:
+    if not isinstance(raw, dict):
+        raise ValidationError(where, "must be a table: { cookie = \"name\", percent = 10 } (or header)")
+    for key in raw:
+        if key not in (*HASH_SOURCES, "percent"):
+            raise ValidationError(f"{where}.{key}", "unknown key (known: cookie, header, percent)")
+    sources = [s for s in HASH_SOURCES if s in raw]
+    if len(sources) != 1:
+        raise ValidationError(where, "needs exactly one of cookie or header (whose value is hashed)")
+    source = sources[0]
+    key = raw[source]
+    if not isinstance(key, str) or not _HEADER_NAME_RE.fullmatch(key):
+        raise ValidationError(f"{where}.{source}", f"{key!r} is not a {source} name")
+    if "percent" not in raw:
+        raise ValidationError(f"{where}.percent", "required (0-100)")
+    percent = _number(f"{where}.percent", raw["percent"], 0.0, 100.0)
+    if percent <= 0 or abs(percent * 100 - round(percent * 100)) > 1e-6:
+        raise ValidationError(f"{where}.percent",
+                              f"must be above 0, in steps of 0.01, got {raw['percent']!r}")
+    return HashSpec(source, key, percent)
 
 
 def override_settings(data: dict[str, Any]) -> dict[str, Any]:

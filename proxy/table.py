@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .metrics import Metrics
+from .mirror import Mirror
 from .pool import Pool
 from .service import Service
 from .specs import ServiceSpec
@@ -49,8 +50,10 @@ class RoutingTable:
 
 
 def build_table(specs: Mapping[str, ServiceSpec], upstreams: Mapping[str, Upstream], metrics: Metrics,
-                hold_timeout: float) -> RoutingTable:
-    """Derive the effective snapshot from the desired specs and the upstreams' current health."""
+                hold_timeout: float, mirrors: dict[str, Mirror] | None = None) -> RoutingTable:
+    """Derive the effective snapshot from the desired specs and the upstreams' current health. `mirrors`:
+    the shadow traffic runtime per service, kept across snapshots (created here on first use)."""
+    mirrors = {} if mirrors is None else mirrors
     services = []
     for spec in specs.values():
         pools = tuple(
@@ -58,5 +61,12 @@ def build_table(specs: Mapping[str, ServiceSpec], upstreams: Mapping[str, Upstre
                  metrics.pool(spec.name, p.name))
             for p in spec.pools
         )
-        services.append(Service(spec, pools, hold_timeout))
+        rule_stats = tuple(metrics.rule(spec.name, rule.name) for rule in spec.rules)
+        mirror = None
+        if spec.mirror is not None:
+            mirror = mirrors.get(spec.name)
+            if mirror is None:
+                mirror = mirrors[spec.name] = Mirror(spec.name, metrics.mirror(spec.name))
+            mirror.configure(spec.mirror)
+        services.append(Service(spec, pools, hold_timeout, rule_stats, mirror))
     return RoutingTable(tuple(services))

@@ -45,9 +45,12 @@ def read_compose_service(path: Path, service: str, compose_key: Origin = ("compo
         raw[key] = value
         origins[key] = (f"{prefix}.{compose_name}", path)
 
-    for key in ("image", "command", "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt"):
+    for key in ("image", "command", "mem_limit", "cpus", "pids_limit", "cap_drop", "cap_add", "security_opt",
+                "init"):
         if key in svc:
             put(key, svc[key], key)
+    if "stop_grace_period" in svc:  # Compose's name for `docker stop`'s timeout
+        put("stop_timeout", svc["stop_grace_period"], "stop_grace_period")
     if isinstance(raw.get("cpus"), str):  # Compose allows cpus: "0.5"
         try:
             raw["cpus"] = float(raw["cpus"])

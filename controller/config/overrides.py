@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from proxy.errors import ValidationError
+from proxy.specs import RuleSpec, rule_from_dict, rules_from_list
+
 from .model import (
+    AB_KEYS,
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CLI_SOURCE,
@@ -18,6 +22,9 @@ from .model import (
     ServiceConfig,
 )
 from .reader import (
+    MATCH_SYNTAX,
+    match_from_text,
+    read_ab,
     read_bluegreen,
     read_canary,
     read_image,
@@ -30,6 +37,29 @@ from .table import Table
 
 # What `turnout deploy` may say about a service that is in no config (the admin API's `flags`).
 FLAGS = ("port", "replicas", "health_path", "host")
+
+
+def match_from_flag(text: str, flag: str) -> dict[str, Any]:
+    """A `--rule` MATCH as turnout.toml's `match` table; ConfigError names the flag."""
+    match = match_from_text(text)
+    if match is None:
+        raise ConfigError(flag, f"{text!r} is not one of {MATCH_SYNTAX}", CLI_SOURCE)
+    return match
+
+
+def rules_from_flags(triples: list[list[str]]) -> tuple[RuleSpec, ...]:
+    """`--rule NAME MATCH TO`, repeated: the rules in that order, validated as turnout.toml's are."""
+    rules = []
+    for name, match, to in triples:
+        flag = f"--rule {name}"
+        try:
+            rules.append(rule_from_dict({"name": name, "match": match_from_flag(match, flag), "to": to}, ""))
+        except ValidationError as exc:
+            raise ConfigError(flag, f"{exc.key.lstrip('.')}: {exc.message}", CLI_SOURCE) from None
+    try:
+        return rules_from_list([rule.to_dict() for rule in rules])
+    except ValidationError as exc:  # across rules: a name given twice
+        raise ConfigError("--rule", exc.message, CLI_SOURCE) from None
 
 
 def service_from_flags(name: str, image: str | None, port: int | None = None, replicas: int = 1,
@@ -67,6 +97,12 @@ def with_overrides(service: ServiceConfig, **options: Any) -> ServiceConfig:
     if bluegreen := {k: v for k, v in given.items() if k in BLUEGREEN_KEYS}:
         changes["bluegreen"] = read_bluegreen(_cli_table(bluegreen | {
             k: getattr(service.bluegreen, k) for k in BLUEGREEN_KEYS - set(bluegreen)}))
+    if ab := {k: v for k, v in given.items() if k in AB_KEYS}:
+        current = service.ab
+        base: dict[str, Any] = {"duration": current.duration, "then": current.then}
+        if current.match is not None:
+            base["match"] = current.match.to_dict()["match"]
+        changes["ab"] = read_ab(_cli_table(base | ab))
     own = _cli_table({k: v for k, v in given.items() if k in SERVICE_OVERRIDES})
     readers = {"image": read_image, "strategy": read_strategy,
                "replicas": lambda t: read_replicas(t, None),

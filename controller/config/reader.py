@@ -4,6 +4,7 @@ None). Each section has its reader here; a service may take its container defini
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -15,7 +16,17 @@ from typing import Any
 
 from proxy.config import ACCESS_LOG_FORMATS, ProxyConfig
 from proxy.errors import ValidationError
-from proxy.specs import NAME_RE, override_settings, parse_address
+from proxy.specs import (
+    NAME_RE,
+    MirrorSpec,
+    RuleSpec,
+    mirror_from_dict,
+    override_settings,
+    parse_address,
+    rule_from_dict,
+    rules_from_list,
+)
+from proxy.tls.config import AcmeConfig, TlsConfig
 
 from ..hardening import (
     DEFAULT_CAP_ADD,
@@ -31,12 +42,21 @@ from ..labels import CORE_KEYS
 from .compose import read_compose_service
 from .duration import DurationError, parse_duration
 from .model import (
+    AB_KEYS,
+    AB_THEN,
+    ACME_KEYS,
     BLUEGREEN_KEYS,
     CANARY_KEYS,
     CONTAINER_KEYS,
+    DASHBOARD_KEYS,
+    DEFAULT_HOOK_TIMEOUT,
     DEFAULT_STATE_DIR,
+    DEFAULT_STOP_TIMEOUT,
     DEFAULT_VERIFY,
     HEALTH_KEYS,
+    HOOK_KEYS,
+    HOOK_KINDS,
+    HOOK_POINTS,
     MAX_REPLICAS,
     MIN_MEMORY_BYTES,
     PROXY_FIELDS,
@@ -44,11 +64,15 @@ from .model import (
     ROLLING_KEYS,
     SERVICE_KEYS,
     STRATEGIES,
+    TLS_KEYS,
+    AbOptions,
     BlueGreenOptions,
     CanaryOptions,
     Config,
     ConfigError,
+    DashboardConfig,
     HealthCheck,
+    Hook,
     RollingOptions,
     ServiceConfig,
     Volume,
@@ -59,6 +83,14 @@ _PRESET = re.compile(r"(canary|linear)(\d+)-(\w+)")
 _HOST = re.compile(r"[a-z0-9*]([a-z0-9*.-]*[a-z0-9])?(:\d{1,5})?")
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_URL_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # fits in `?token=` unescaped (secrets.token_urlsafe)
+MIN_DASHBOARD_TOKEN = 32
+# A rule's match written on one line (`--match`, `--rule`): `header:X-Canary=always`, `cookie:beta=prefix:y`,
+# `query:b=1`, `hash:cookie:account_id=10%` (the value takes turnout.toml's forms: exact, prefix:, regex:).
+_MATCH_TEXT = re.compile(r"(header|cookie|query):([^=]+)=(.*)", re.DOTALL)
+_HASH_TEXT = re.compile(r"hash:(cookie|header):([^=]+)=([0-9]+(?:\.[0-9]+)?)%?")
+MATCH_SYNTAX = ("header:NAME=VALUE, cookie:NAME=VALUE, query:NAME=VALUE (VALUE: exact, prefix:..., "
+                "regex:...) or hash:cookie:NAME=PERCENT (or hash:header:...)")
 
 
 def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
@@ -95,6 +127,8 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
     if len(os.fsencode(admin_socket)) > 107:  # sun_path holds 108 bytes with the terminating NUL
         raise t.error("admin_socket", f"{admin_socket} is too long for a unix socket path (max 107 bytes)")
     options["admin_socket"] = str(admin_socket)
+    if t.has("tls"):
+        options["tls"] = _tls(t.table("tls"), base_dir, state_dir)  # type: ignore[arg-type]
     try:
         return ProxyConfig(**options), state_dir
     except ValidationError as exc:  # ProxyConfig's own cross-field checks name their key
@@ -116,6 +150,93 @@ def _access_log(t: Table, base_dir: Path | None) -> bool | str:
     if path.is_dir():
         raise t.error("access_log", f"{path} is a directory; name a file in it")
     return str(path)
+
+
+def read_dashboard(t: Table) -> DashboardConfig:
+    """`[dashboard]` (or `serve --dashboard`): a token is required unless the listener is loopback."""
+    t.reject_unknown(DASHBOARD_KEYS)
+    listen = t.string("listen")
+    if listen is None:
+        raise t.error("listen", "required: the dashboard's host:port, e.g. \"127.0.0.1:8081\"")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise t.error("listen", f"{listen!r} is not host:port with a port in 0-65535 (0: any free port)")
+    token = None if t.data.get("token") in (None, "") else t.string("token")  # `token = ""`: none
+    if token is not None:
+        if not _URL_TOKEN.fullmatch(token) or len(token) < MIN_DASHBOARD_TOKEN:
+            raise t.error("token", f"must be at least {MIN_DASHBOARD_TOKEN} characters of A-Z a-z 0-9 . _ ~ -"
+                                   " (make one with `python3 -c 'import secrets; "
+                                   "print(secrets.token_urlsafe(32))'`)")
+    elif not is_loopback(host.strip("[]")):
+        raise t.error("token", f"required when the dashboard listens beyond loopback ({listen})")
+    allow_actions = t.boolean("allow_actions", False)
+    if allow_actions and token is None:  # the admin socket is the owner's alone; so are its actions
+        raise t.error("allow_actions", "needs dashboard.token: without one, anyone on this host could "
+                                       "steer deploys from the dashboard")
+    return DashboardConfig(listen=listen, token=token, allow_actions=allow_actions)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsConfig:
+    """[proxy.tls]: the HTTPS listener; `certs_dir` must be a directory Turnout can read now."""
+    t.reject_unknown(TLS_KEYS)
+    d = TlsConfig(certs_dir="-")
+    options: dict[str, Any] = {"state_dir": str(state_dir)}
+    if t.has("listen"):
+        options["listen"] = t.string("listen")
+        _address(t, "listen", options["listen"])
+    if t.has("certs_dir"):
+        options["certs_dir"] = str(_readable_dir(t, "certs_dir", base_dir))
+    options["default"] = t.string("default", d.default)
+    options["redirect_http"] = t.boolean("redirect_http", d.redirect_http)
+    options["hsts"] = t.duration("hsts", d.hsts)
+    options["min_version"] = t.string("min_version", d.min_version)
+    options["session_tickets"] = t.boolean("session_tickets", d.session_tickets)
+    options["handshake_timeout"] = t.duration("handshake_timeout", d.handshake_timeout, positive=True)
+    options["max_handshakes_per_client"] = t.integer("max_handshakes_per_client", d.max_handshakes_per_client,
+                                                     minimum=1, maximum=100_000)
+    acme = t.table("acme")
+    if acme is not None:
+        options["acme"] = _acme(acme, base_dir)
+    try:
+        return TlsConfig(**options)
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
+def _acme(t: Table, base_dir: Path | None) -> AcmeConfig:
+    t.reject_unknown(ACME_KEYS)
+    d = AcmeConfig()
+    ca_bundle = None
+    if t.has("ca_bundle") and t.data["ca_bundle"] != "":
+        ca_bundle = _resolve(Path(t.string("ca_bundle")), base_dir)
+        if not os.access(ca_bundle, os.R_OK) or not ca_bundle.is_file():
+            raise t.error("ca_bundle", f"{ca_bundle} is not a readable file")
+    hosts = tuple(h.strip().lower() for h in t.strings("hosts"))
+    try:
+        return AcmeConfig(directory=t.string("directory", d.directory), email=t.string("email"),
+                          ca_bundle=str(ca_bundle) if ca_bundle else None, hosts=hosts,
+                          retry_min=t.duration("retry_min", d.retry_min, positive=True),
+                          retry_max=t.duration("retry_max", d.retry_max, positive=True))
+    except ValidationError as exc:
+        raise t.error(exc.key.removeprefix("acme."), exc.message) from None
+
+
+def _readable_dir(t: Table, key: str, base_dir: Path | None) -> Path:
+    path = _resolve(Path(t.string(key)), base_dir)
+    if not path.exists():
+        raise t.error(key, f"{path} does not exist")
+    if not path.is_dir():
+        raise t.error(key, f"{path} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise t.error(key, f"{path} cannot be read by this user")
+    return path
 
 
 def _token_file(t: Table, base_dir: Path | None) -> str:
@@ -227,9 +348,55 @@ def read_canary(t: Table | None) -> CanaryOptions:
         max_error_rate=t.number("max_error_rate", d.max_error_rate, minimum=0, maximum=1),
         max_p99_ratio=t.number("max_p99_ratio", d.max_p99_ratio, minimum=1),
         min_requests=t.integer("min_requests", d.min_requests, minimum=0),
+        max_diff_rate=t.number("max_diff_rate", d.max_diff_rate, minimum=0, maximum=1),
         analysis_interval=t.duration("analysis_interval", d.analysis_interval, positive=True),
         preset=preset,
     )
+
+
+def match_from_text(text: str) -> dict[str, Any] | None:
+    """A match written on one line (MATCH_SYNTAX) as turnout.toml's `match` table; None when it is not."""
+    if (found := _HASH_TEXT.fullmatch(text)) is not None:
+        percent = float(found[3])
+        return {"hash": {found[1]: found[2], "percent": int(percent) if percent.is_integer() else percent}}
+    if (found := _MATCH_TEXT.fullmatch(text)) is not None:
+        return {found[1]: {found[2]: found[3]}}
+    return None
+
+
+def match_text(match: dict[str, Any]) -> str:
+    """A rule's match on one line, as `--match` takes it (`header:X-Canary=always`; several conditions
+    are shown joined by " & ", which only a TOML table can give)."""
+    parts = []
+    for source in ("header", "cookie", "query"):
+        parts += [f"{source}:{name}={value}" for name, value in match.get(source, {}).items()]
+    if "hash" in match:
+        spec = match["hash"]
+        source = "cookie" if "cookie" in spec else "header"
+        parts.append(f"hash:{source}:{spec[source]}={spec['percent']:g}%")
+    return " & ".join(parts)
+
+
+def read_ab(t: Table | None) -> AbOptions:
+    """`[services.x.ab]` (and `--match`, `--duration`, `--then`): `match` is a table as a rule's, or one
+    line (`header:X-Canary=always`); it becomes the rule "ab" sending matches to the canary."""
+    if t is None:
+        return AbOptions()
+    t.reject_unknown(AB_KEYS)
+    d = AbOptions()
+    match = d.match
+    if t.has("match"):
+        raw = t.data["match"]
+        if isinstance(raw, str):
+            raw = match_from_text(raw)
+            if raw is None:
+                raise t.error("match", f"{t.data['match']!r} is not one of {MATCH_SYNTAX}")
+        try:
+            match = rule_from_dict({"name": "ab", "match": raw, "to": "canary"}, "")
+        except ValidationError as exc:
+            raise t.error(exc.key.lstrip("."), exc.message) from None
+    return AbOptions(match=match, duration=t.duration("duration", d.duration, positive=True),
+                     then=t.string("then", d.then, choices=AB_THEN))
 
 
 def read_rolling(t: Table | None) -> RollingOptions:
@@ -252,6 +419,42 @@ def read_bluegreen(t: Table | None) -> BlueGreenOptions:
     d = BlueGreenOptions()
     return BlueGreenOptions(keep_old=t.duration("keep_old", d.keep_old),
                             preview=t.boolean("preview", d.preview))
+
+
+def read_hooks(t: Table | None) -> dict[str, Hook]:
+    """`[services.X.hooks]`: point = { <kind> = ..., timeout = "5m", on_failure = "abort" | "warn" }."""
+    if t is None:
+        return {}
+    hooks = {}
+    for point in t.data:
+        if point not in HOOK_POINTS:
+            raise t.error(str(point), f"unknown hook point (known: {', '.join(HOOK_POINTS)})")
+        hook = t.table(point)
+        assert hook is not None
+        hook.reject_unknown(HOOK_KEYS)
+        kinds = [k for k in HOOK_KINDS if hook.has(k)]
+        if len(kinds) != 1:
+            raise t.error(point, f"needs exactly one of {', '.join(HOOK_KINDS)}, got "
+                          f"{', '.join(kinds) if kinds else 'none'}")
+        kind = kinds[0]
+        if kind in ("exec", "http") and point in ("pre_deploy", "migrate", "on_failure"):
+            raise hook.error(kind, f"no new container serves at {point} (a new set runs from pre_traffic "
+                             "to post_deploy); use oneoff or run")
+        value: Any
+        if kind == "http":
+            value = hook.string("http")
+            if not value.startswith("/"):
+                raise hook.error("http", f"must be a path starting with '/', got {value!r}")
+        else:
+            value = hook.data[kind]
+            if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+                raise hook.error(kind, f"must be a non-empty list of strings (the command and its "
+                                 f"arguments, e.g. [\"/app/migrate\", \"up\"]), got {value!r}")
+            value = tuple(value)
+        hooks[point] = Hook(**{kind: value},  # type: ignore[arg-type]
+                            timeout=hook.duration("timeout", DEFAULT_HOOK_TIMEOUT, positive=True),
+                            on_failure=hook.string("on_failure", "abort", choices=("abort", "warn")))
+    return hooks
 
 
 def read_image(t: Table) -> str | None:
@@ -371,6 +574,39 @@ def _override(t: Table) -> dict[str, Any]:
         raise t.error(exc.field, exc.message) from None
 
 
+def read_rules(t: Table, key: str = "rules") -> tuple[RuleSpec, ...]:
+    """`[[services.x.rules]]`: validated by the proxy's own reader (proxy/specs.py), whose error names the
+    key inside the rules (`rules[0].match.header.X-Canary`); here it gets the service's path and file."""
+    try:
+        return rules_from_list(t.data.get(key, []), key)
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
+_SIZE = re.compile(r"([0-9]+)\s*(b|k|kb|kib|m|mb|mib)?", re.IGNORECASE)
+
+
+def read_mirror(t: Table) -> MirrorSpec | None:
+    """`[services.x.mirror]`: the proxy's own reader (proxy/specs.py), with `max_body` also as a size
+    ("64KiB", "1MiB": powers of 1024)."""
+    if not t.has("mirror"):
+        return None
+    mirror = t.table("mirror")
+    assert mirror is not None
+    data = dict(mirror.data)
+    size = data.get("max_body")
+    if isinstance(size, str):
+        found = _SIZE.fullmatch(size.strip())
+        if found is None:
+            raise mirror.error("max_body", f"must be bytes or a size such as 64KiB or 1MiB, got {size!r}")
+        unit = (found[2] or "b").lower()[:1]
+        data["max_body"] = int(found[1]) * 1024 ** "bkm".index(unit)
+    try:
+        return mirror_from_dict(data, "mirror")
+    except ValidationError as exc:
+        raise t.error(exc.key, exc.message) from None
+
+
 def read_strategy(t: Table) -> str:
     return t.string("strategy", "rolling", choices=STRATEGIES)
 
@@ -408,6 +644,8 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         path_prefix=path_prefix,
         sticky=t.boolean("sticky", False),
         **_override(t),
+        rules=read_rules(t),
+        mirror=read_mirror(t),
         hold_timeout=t.duration("hold_timeout", positive=True),
         drain_timeout=t.duration("drain_timeout", positive=True),
         compose_file=compose_file,
@@ -432,10 +670,14 @@ def read_service(name: str, t: Table, base_dir: Path | None) -> ServiceConfig:
         mem_limit=_memory(t),
         cpus=t.number("cpus", positive=True),
         **_hardening(t),
+        stop_timeout=t.duration("stop_timeout", DEFAULT_STOP_TIMEOUT),
+        init=t.boolean("init", False),
         canary=read_canary(t.table("canary")),
         rolling=read_rolling(t.table("rolling")),
         bluegreen=read_bluegreen(t.table("bluegreen")),
+        ab=read_ab(t.table("ab")),
         verify=t.duration("verify", DEFAULT_VERIFY),
+        hooks=read_hooks(t.table("hooks")),
         **common,
     )
 
@@ -474,14 +716,30 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate already-parsed TOML; relative paths resolve against the source file's directory."""
     base_dir = source.resolve().parent if source is not None else None
     top = Table(data, "", source)
-    top.reject_unknown(frozenset({"proxy", "services"}))
+    top.reject_unknown(frozenset({"proxy", "services", "dashboard"}))
     proxy_table = top.table("proxy") or Table({}, "proxy", source)
     proxy, state_dir = _proxy(proxy_table, base_dir)
+    allow_host_hooks = proxy_table.boolean("allow_host_hooks", False)
     services_table = top.table("services") or Table({}, "services", source)
     services = {name: read_service(name, services_table.table(name), base_dir)  # type: ignore[arg-type]
                 for name in services_table.data}
     _check_routes(services, source)
-    return Config(proxy=proxy, state_dir=state_dir, services=services, source=source)
+    dashboard_table = top.table("dashboard")
+    dashboard = read_dashboard(dashboard_table) if dashboard_table is not None else None
+    if not allow_host_hooks:
+        check_host_hooks(services.values(), source)
+    return Config(proxy=proxy, state_dir=state_dir, services=services, dashboard=dashboard, source=source,
+                  allow_host_hooks=allow_host_hooks)
+
+
+def check_host_hooks(services: Any, source: Path | str | None) -> None:
+    """`run` hooks (host commands) are refused unless `allow_host_hooks = true` in [proxy]."""
+    for service in services:
+        for point, hook in service.hooks.items():
+            if hook.run is not None:
+                raise ConfigError(f"services.{service.name}.hooks.{point}.run", "host command hooks are "
+                                  "refused unless `allow_host_hooks = true` in [proxy] (they run as the "
+                                  "Turnout daemon's user, on the host)", source)
 
 
 def _check_routes(services: dict[str, ServiceConfig], source: Path | None) -> None:

@@ -28,6 +28,11 @@ def service_to_dict(config: ServiceConfig) -> dict[str, Any]:
     for key in ("compose_file",):
         if data[key] is not None:
             data[key] = str(data[key])
+    data["rules"] = [rule.to_dict() for rule in config.rules]  # as turnout.toml writes them
+    data["mirror"] = config.mirror.to_dict() if config.mirror is not None else None
+    ab = config.ab
+    data["ab"] = {"duration": ab.duration, "then": ab.then,
+                  **({"match": ab.match.to_dict()["match"]} if ab.match is not None else {})}
     return data
 
 
@@ -57,6 +62,9 @@ def _as_config(data: dict[str, Any]) -> dict[str, Any]:
         config["volumes"] = [_volume(v) for v in config["volumes"]]
     if isinstance(config.get("canary"), dict):
         config["canary"] = _canary(config["canary"])
+    if isinstance(config.get("hooks"), dict):  # a hook's unused kinds are None: absent keys
+        config["hooks"] = {point: {k: v for k, v in hook.items() if v is not None}
+                           if isinstance(hook, dict) else hook for point, hook in config["hooks"].items()}
     return config
 
 

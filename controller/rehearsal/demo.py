@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from controller.config.model import STRATEGIES
+from controller.config.model import SHIFTING
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: controller/rehearsal/demo.py
 DEMO_CONFIG = ROOT / "compose" / "demo" / "turnout.toml"
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave Turnout and the containers running")
     parser.add_argument("--strategy", default="canary",
-                        choices=[*STRATEGIES, "all"])
+                        choices=[*SHIFTING, "all"])
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the live load [200]")
     parser.add_argument("--duration", default="20s", help="how long the load runs at least [20s]")
     args = parser.parse_args(argv)
@@ -73,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(STATE_DIR)  # a fresh journal: the demo always starts from nothing
     STATE_DIR.mkdir(parents=True)
     listen = "127.0.0.1:8000" if _port_free(8000) else f"127.0.0.1:{_free_port()}"
+    dashboard = "127.0.0.1:8081" if _port_free(8081) else f"127.0.0.1:{_free_port()}"
     log = STATE_DIR / "serve.log"
     print(f"1. starting Turnout (proxy on {listen}, config {DEMO_CONFIG.relative_to(ROOT)}, "
           f"state {STATE_DIR.relative_to(ROOT)}/)", flush=True)
     with log.open("ab") as out:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "--state-dir", str(STATE_DIR), "serve",
-             "--config", str(DEMO_CONFIG), "--listen", listen],
+             "--config", str(DEMO_CONFIG), "--listen", listen, "--dashboard", dashboard],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         print("2. deploying the demo app v1 (2 replicas, from compose/demo/compose.yml)", flush=True)
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         html = STATE_DIR / "rehearsal.html"
         print(f"3. rehearsing v1 -> v2 ({args.strategy}) under {args.rate:.0f} requests/s of live traffic",
               flush=True)
+        url = _cli("dashboard").stdout.strip()
+        if url:
+            print(f"   watch it live: open {url} (the dashboard), or run `.venv/bin/turnout --state-dir "
+                  f"{STATE_DIR.relative_to(ROOT)} status --watch`", flush=True)
         rehearse = subprocess.run(
             [sys.executable, "-m", "controller.cli", "--state-dir", str(STATE_DIR), "rehearse", "web",
              "--image", "turnout-testapp:v2", *strategy, "--rate", str(args.rate),
@@ -96,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n4. what the journal recorded:", flush=True)
         print(_cli("history", "web").stdout, flush=True)
         if args.keep:
-            print(f"Turnout keeps running (pid {daemon.pid}); try `curl http://{listen}/` and "
-                  f"`.venv/bin/turnout --state-dir {STATE_DIR} status`.\n"
+            print(f"Turnout keeps running (pid {daemon.pid}); try `curl http://{listen}/`, the dashboard "
+                  f"at http://{dashboard}/ and `.venv/bin/turnout --state-dir {STATE_DIR} status --watch`.\n"
                   f"Stop it with `kill {daemon.pid}`, then `make clean-containers`.")
             return rehearse.returncode
         return rehearse.returncode

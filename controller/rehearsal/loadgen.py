@@ -15,6 +15,8 @@ import asyncio
 import itertools
 import math
 import re
+import socket
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -24,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+import aiohttp.abc
 
 from proxy.limits import raise_open_files_limit
 
@@ -83,6 +86,8 @@ class LoadConfig:
     # requests count too: a big-bang hold of H s at rate R needs about R*H beyond the usual.
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     version_of: VersionExtractor = version_from_response
+    cacert: str | None = None  # https: a PEM file of CAs to trust (the system's store otherwise)
+    connect_to: str | None = None  # "host:port" to connect to instead of the URL's; SNI and Host stay
 
     def __post_init__(self) -> None:
         if (self.rate is None) == (self.concurrency is None):
@@ -105,6 +110,10 @@ class LoadConfig:
                              f"got {self.max_in_flight!r}")
         if not self.path.startswith("/"):
             raise ValueError(f"LoadConfig.path must start with '/', got {self.path!r}")
+        if self.connect_to is not None:
+            host, _, port = self.connect_to.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"LoadConfig.connect_to must be host:port, got {self.connect_to!r}")
 
     @property
     def target(self) -> str:
@@ -117,8 +126,15 @@ class LoadConfig:
     def describe(self) -> dict[str, Any]:
         mode = {"rate": self.rate} if self.rate is not None else {"concurrency": self.concurrency}
         bound = {"max_in_flight": self.max_in_flight} if self.rate is not None else {}
+        via = {"connect_to": self.connect_to} if self.connect_to else {}
         return {"url": self.target, "duration": self.duration, **mode,
-                "new_connections": self.new_connections, "timeout": self.timeout, **bound}
+                "new_connections": self.new_connections, "timeout": self.timeout, **bound, **via}
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What the client verifies an https:// URL's certificate with (True: the system's store)."""
+        if self.cacert is None:
+            return True
+        return ssl.create_default_context(cafile=self.cacert)
 
 
 # ------------------------------------------------------------------------------------------ marks
@@ -516,7 +532,9 @@ async def run_load(config: LoadConfig, marks: Marks | None = None,
     timeout = aiohttp.ClientTimeout(total=config.timeout)
     # No cookie jar: sticky cookies would pin the whole load to one version, unlike real clients.
     def session(force_close: bool) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=config.connection_limit, force_close=force_close)
+        connector = aiohttp.TCPConnector(
+            limit=config.connection_limit, force_close=force_close, ssl=config.ssl_context(),
+            resolver=ConnectTo(config.connect_to) if config.connect_to else None)
         return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar(),
                                      headers={"User-Agent": "turnout-rehearse"})
@@ -537,6 +555,24 @@ async def run_load(config: LoadConfig, marks: Marks | None = None,
         duration = min(time.monotonic(), run.deadline) - run.origin
     return LoadResult(records=run.records, marks=marks.relative_to(run.origin) if marks else [],
                       duration=duration, not_sent=run.not_sent, config=config.describe())
+
+
+class ConnectTo(aiohttp.abc.AbstractResolver):
+    """Every name resolves to one address (`--connect-to`): the URL's host still goes in the Host header
+    and in TLS's SNI, as curl's --connect-to does."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        return [{"hostname": host, "host": self.host, "port": self.port, "family": family, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        return None
 
 
 async def _stop_when_set(stop: asyncio.Event, run: _Run) -> None:

@@ -47,13 +47,15 @@ class RehearsalPlan:
     url: str | None = None  # default: the daemon's proxy listener
     options: dict[str, Any] | None = None  # strategy options, as for `turnout deploy`
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # open loop: see LoadConfig.max_in_flight
+    cacert: str | None = None  # https --url: the CA file to trust
+    connect_to: str | None = None  # send to this host:port, keeping the URL's host for SNI and Host
 
     def load_config(self, url: str) -> LoadConfig:
         """The load of one rehearsal: runs until stopped (bounded by MAX_RUN), 30 s per request."""
         return LoadConfig(url=url, duration=MAX_RUN, rate=self.rate,
                           concurrency=self.concurrency if self.rate is None else None,
                           new_connections=self.new_connections, timeout=30.0,
-                          max_in_flight=self.max_in_flight)
+                          max_in_flight=self.max_in_flight, cacert=self.cacert, connect_to=self.connect_to)
 
 
 @dataclass

@@ -25,6 +25,7 @@ class BlueGreen:
         options = ops.config.bluegreen
         old, new = ops.old, ops.new
         await ops.start(new, ops.config.replicas)
+        await ops.pre_traffic()
         if old is not None and options.preview:
             config, value, who = preview_access(ops.config, new.pool)
             ops.route([(old, 100), (new, 0)], config)
@@ -36,10 +37,12 @@ class BlueGreen:
         if old is None:
             ops.route([(new, 100)])
             await ops.switched(weights={new.pool: 100})
+            await ops.hook("post_switch")
             return
         keep_warm = options.keep_old > 0
         removed = ops.route([(new, 100), (old, 0)] if keep_warm else [(new, 100)])
         await ops.switched(weights={new.pool: 100, old.pool: 0})
+        await ops.hook("post_switch")
         if keep_warm:
             # Blue stays routable at weight 0 (instant rollback); the deployer retires it later.
             await ops.wait_idle(old, ops.config.drain_timeout or ops.proxy.router.drain_timeout)

@@ -22,8 +22,10 @@ class Rolling:
         replicas = ops.config.replicas
         if old is None:
             await ops.start(new, replicas)
+            await ops.pre_traffic()
             ops.route([(new, 100)])
             await ops.switched(weights={new.pool: 100})
+            await ops.hook("post_switch")
             return
 
         def weights() -> list[tuple[Release, int]]:
@@ -39,6 +41,8 @@ class Rolling:
             if early:
                 await ops.retire(old, old.containers[:early], weights, remove=True)
             await ops.start(new, count)
+            if len(new.containers) == count:  # the first batch: before any of it gets traffic
+                await ops.pre_traffic()
             ops.route(weights())
             late = min(count - early, len(old.containers))
             if late:
@@ -49,4 +53,5 @@ class Rolling:
             await ops.retire(old, list(old.containers), weights, remove=True)
         ops.route([(new, 100)])
         await ops.switched(weights={new.pool: 100})
+        await ops.hook("post_switch")
         await ops.verify(new)  # a breach starts the old version again (its containers are gone)

@@ -1,5 +1,6 @@
 """The README's first command: the demo runs end to end, reports no lost request, and cleans up."""
 
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ def test_demo_rehearses_a_canary_and_cleans_up(docker_client):
     out = result.stdout
     assert "Rehearsal of web: canary v1 -> v2  [succeeded]" in out
     assert "Verdict: no request lost" in out
+    assert re.search(r"watch it live: open http://127\.0\.0\.1:\d+/ \(the dashboard\)", out), out[:2000]
     assert (STATE_DIR / "rehearsal.html").exists()
     left = docker_client.containers.list(all=True, filters={"label": f"turnout.owner={owner_of(STATE_DIR)}"})
     assert left == []

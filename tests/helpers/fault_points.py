@@ -12,7 +12,8 @@ import tomllib
 from controller.config.model import ServiceConfig
 from controller.config.reader import parse_config
 
-# Fast everything: 2 healthy probes 200 ms apart, a 300 ms verification window, canary 50% for 300 ms.
+# Fast everything: 2 healthy probes 200 ms apart, a 300 ms verification window, canary 50% for 300 ms, an
+# A/B phase of 300 ms handed on to the canary (no traffic matches: the canary's steps still promote).
 KILL_CONFIG = """
 [services.web]
 image = "turnout-testapp:v1"
@@ -34,6 +35,10 @@ step_pause = "300ms"
 analysis_interval = "100ms"
 min_requests = 10
 max_error_rate = 0.05
+[services.web.ab]
+match = { header = { X-Canary = "always" } }
+duration = "300ms"
+then = "canary"
 """
 
 # What `turnout history web --json --steps` shows for a v1 -> v2 deploy, step by step. Blue-green's
@@ -47,6 +52,8 @@ JOURNALLED_STEPS: dict[str, list[str]] = {
                 "drained", "batch_done", "switched", "verifying", "verified", "completed"],
     "canary": ["started", "starting", "healthy", "weight", "switched", "drained", "old_removed",
                "completed"],
+    "ab": ["started", "starting", "healthy", "ab", "ab_judged", "weight", "switched", "drained",
+           "old_removed", "completed"],
 }
 
 # A SIGKILL loses everything held in memory (routing included), so killing just before a step's write

@@ -19,6 +19,7 @@ every byte it receives and answers by path:
   /truncate         promises 1000 bytes, sends 10, closes
   /die              closes without answering
   /ws               a minimal websocket handshake (101), then echoes raw bytes
+  /json/...         JSON: {"item": last segment, "version": name without trailing digits, "token": random}
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -245,6 +247,10 @@ class TestUpstream:
             return False
         elif path == "/die":
             return False
+        elif path.startswith("/json/"):
+            payload = json.dumps({"item": path.rsplit("/", 1)[1], "version": self.name.rstrip("0123456789"),
+                                  "token": os.urandom(8).hex()}).encode()
+            writer.write(simple(200, payload, b"Content-Type: application/json\r\n"))
         elif path == "/ws":
             writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Accept: dummy\r\n\r\n")

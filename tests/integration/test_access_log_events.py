@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from helpers.certs import CertAuthority
 from helpers.upstreams import (
     LogCapture,
     RawClient,
@@ -30,6 +31,8 @@ from proxy.errors import ValidationError
 from proxy.log_writer import LogWriter
 from proxy.router import Router
 from proxy.server import ProxyServer
+from proxy.tls.config import TlsConfig
+from proxy.tls.manager import Https
 
 
 def access(logs: LogCapture) -> list[dict]:
@@ -286,7 +289,7 @@ async def test_a_log_pipe_nobody_reads_never_stalls_the_proxy_and_its_drops_are_
         dropped = writer.dropped
         assert dropped > 0
         metrics = router.metrics.render([])
-        assert f'turnout_log_lines_dropped_total{{to="given"}} {dropped}' in metrics
+        assert f'turnout_log_lines_dropped_total{{to="fd{w}"}} {dropped}' in metrics
     finally:
         await server.stop(2.0)
     got = bytearray()
@@ -315,7 +318,7 @@ async def test_a_log_file_is_reopened_after_logrotate_moved_it(ups, tmp_path):
         path.rename(tmp_path / "access.log.1")
         assert await proxy.reopen_logs() == str(path)
         assert (await fetch(proxy.port, headers={"X-Request-Id": "after"})).status == 200
-        assert 'to="file"' in router.metrics.render([])
+        assert f'turnout_log_lines_dropped_total{{to="{path}"}} 0' in router.metrics.render([])
     rotated = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
     fresh = [json.loads(line) for line in path.read_text().splitlines()]
     assert [e["request_id"] for e in rotated] == ["before"]
@@ -328,3 +331,41 @@ async def test_an_access_log_file_that_cannot_be_opened_stops_the_start_naming_t
     with pytest.raises(ValidationError) as err:
         await server.start()
     assert err.value.key == "access_log" and "cannot open" in err.value.message
+
+
+async def test_https_and_the_front_doors_own_answers_are_logged_with_their_bytes(ups, tmp_path):
+    """With [proxy.tls] the plain listener is a front door (redirects) and the HTTPS listener hands its
+    connections to the same connection class: both log, with what each client really got."""
+    a = ups[0]
+    ca = CertAuthority.create(tmp_path)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.write(certs, "app", ["app.test"])
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}, hosts=["app.test"]))
+    logs = LogCapture()
+    tls = TlsConfig(listen="127.0.0.1:0", certs_dir=str(certs))
+    plain = ProxyServer(router, ProxyConfig(listen="127.0.0.1:0", tls=tls), log_writer=logs.writer)
+    https = Https(router, plain.config, plain)  # before the plain listener starts, as the daemon does
+    https.server.log_writer = logs.writer
+    await plain.start()
+    await https.start()
+    try:
+        redirect = await fetch(plain.port, path="/x", headers={"X-Request-Id": "plain"})
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", https.server.port, ssl=ca.client_context(), server_hostname="app.test")
+        client = RawClient(reader, writer)
+        try:  # the same answer again: from the second on, passed on whole (`answered_whole`)
+            secure = [await client.request("GET", "/", headers={"X-Request-Id": f"tls{i}"}) for i in range(3)]
+        finally:
+            await client.close()
+    finally:
+        await https.stop(2.0)
+        await plain.stop(2.0)
+    assert (redirect.status, [r.status for r in secure]) == (308, [200] * 3)
+    by_id = {e["request_id"]: e for e in access(logs)}
+    assert by_id["plain"]["status"] == 308
+    assert by_id["plain"]["bytes_sent"] == len(redirect.head) + len(redirect.body)
+    for i, r in enumerate(secure):
+        assert (by_id[f"tls{i}"]["status"], by_id[f"tls{i}"]["pool"]) == (200, "blue")
+        assert by_id[f"tls{i}"]["bytes_sent"] == len(r.head) + len(r.body)

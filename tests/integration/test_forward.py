@@ -319,6 +319,7 @@ async def test_hold_timeout_answers_503_with_retry_after(ups, clients):
         router.set_weights("app", {"blue": 1})
         assert (await client.request("GET", "/")).body == b"a"  # same connection still usable
     assert router.metrics.unrouted[5] == 1
+    assert router.metrics.hold_timeouts == {"app": 1} and router.metrics.failed("app") == 1  # its service's
 
 
 async def test_stopped_service_answers_maintenance(ups, clients):

@@ -99,6 +99,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
     b.healthy = False
     await wait_for(lambda: upstream_b.health is Health.UNHEALTHY)
+    await listeners_ran()  # `on_swap` runs from the swap's call_soon, after the health changed
     assert failures_at_transition == [FAST["unhealthy"]]  # exactly `unhealthy` failures, not fewer
     assert eligible(router) == {a.address}
     assert router.table.services["app"].pools[0].eligible == (router.upstreams[a.address],)
@@ -109,6 +110,7 @@ async def test_fall_failures_eject_and_rise_passes_readmit(ups, checked):
 
         b.healthy = True
         await wait_for(lambda: upstream_b.health is Health.HEALTHY)
+        await listeners_ran()
         assert passes_at_transition == [FAST["healthy"]]  # exactly `healthy` passes
         assert eligible(router) == {a.address, b.address}
         bodies = [(await fetch(proxy.port)).body for _ in range(10)]
@@ -139,6 +141,25 @@ async def test_a_probe_timeout_counts_as_a_failure(ups, checked):
     assert eligible(router) == {a.address}
     failed = [e for e in logs if e["event"] == "health.probe_failed"]
     assert failed and "Timeout" in failed[0]["seen"]
+
+
+@pytest.mark.parametrize("status", [200, 204, 302, 304, 404, 410, 500, 503])
+async def test_only_2xx_and_3xx_answers_count_as_healthy(ups, checked, status):
+    # Like most load balancers (and readiness, controller/readiness.py): a 4xx is not healthy, a redirect is.
+    a, _ = ups
+    router = Router()
+    path = f"/status/{status}"
+    health = FAST | {"path": path, "unhealthy": 2}
+    router.set_service(service(pools={"blue": (1, [a.address])}, health=health))
+    await checked(router)
+    upstream = router.upstreams[a.address]
+    if status < 400:
+        # `unhealthy` + 1 probes answered: the checker has judged `unhealthy` of them, enough to eject it
+        await wait_for(lambda: sum(r.target == path for r in a.requests) >= FAST["unhealthy"] + 1)
+        assert upstream.health is Health.HEALTHY
+    else:
+        await wait_for(lambda: upstream.health is Health.UNHEALTHY)
+        assert eligible(router) == set()
 
 
 async def test_a_stopped_upstream_is_ejected(ups, checked):
@@ -226,6 +247,7 @@ async def test_health_transitions_are_logged(ups, checked):
         await wait_for(lambda: router.upstreams[b.address].health is Health.UNHEALTHY)
         b.healthy = True
         await wait_for(lambda: router.upstreams[b.address].health is Health.HEALTHY)
+        await listeners_ran()  # the swap's `table.changed` line is logged from call_soon: inside the capture
     changes = [(e["upstream"], e["previous"], e["health"])
                for e in logs if e["event"] == "upstream.health_changed"]
     assert changes == [(b.address, "healthy", "unhealthy"), (b.address, "unhealthy", "healthy")]

@@ -186,8 +186,11 @@ async def test_rate_mode_skips_starts_beyond_the_in_flight_bound(start_server):
 @pytest.mark.parametrize("bound", [16, 256])
 async def test_rate_mode_through_a_hold_offers_the_full_rate_when_the_bound_fits(start_server, bound):
     # A hold like big-bang's: requests wait (in flight) until the hold ends, then all are answered at
-    # once. It ends when the 60th request arrives, which is answered at once (or after 0.6 s, should
-    # fewer ever arrive): 59 held requests fit in a bound of 256, not in 16.
+    # once. With a bound of 256 it ends when the 60th request arrives, which is answered at once: the
+    # schedule starts every slot (late ones as soon as the loop wakes), so 59 are held however busy the
+    # machine is. A bound of 16 lets no 17th request reach the server while 16 are held: that hold ends
+    # 0.3 s after the 16th arrived, while the schedule's starts every 10 ms are skipped. (Both end on
+    # what the server saw, not at a fixed time that a slow run could reach before the 60th request.)
     holding = [True]
     server = await start_server(lambda n: HOLD if holding[0] else OK)
     loop = asyncio.get_running_loop()
@@ -197,8 +200,13 @@ async def test_rate_mode_through_a_hold_offers_the_full_rate_when_the_bound_fits
             holding[0] = False
             server.release()
 
-    server.on_request = lambda n: n == 59 and end_hold()
-    loop.call_later(0.6, end_hold)
+    def on_request(n: int) -> None:
+        if bound == 256 and n == 59:
+            end_hold()
+        elif bound == 16 and n == 15:
+            loop.call_later(0.3, end_hold)
+
+    server.on_request = on_request
     result = await run_load(LoadConfig(url=server.url, duration=1.0, rate=100, max_in_flight=bound))
     assert result.sent + result.not_sent == pytest.approx(100, abs=2)
     assert result.config["max_in_flight"] == bound
@@ -207,8 +215,10 @@ async def test_rate_mode_through_a_hold_offers_the_full_rate_when_the_bound_fits
         assert server.max_in_flight == 16 and result.not_sent > 0  # starts skipped while 16 were held
     else:
         assert server.max_in_flight == 59 and result.not_sent == 0  # every start offered through it
-    # the client's own count agrees: the held ones plus at most the one answered as the hold ended
-    assert server.max_in_flight <= result.peak_in_flight() <= server.max_in_flight + 1
+    # the client's own count agrees: at least the held ones, never beyond its bound. (Not "held + 1": on a
+    # busy machine the loop wakes late and starts several overdue slots at once, so more than one request
+    # can be on its way when the 60th reaches the server and ends the hold.)
+    assert server.max_in_flight <= result.peak_in_flight() <= bound
     assert result.to_dict()["peak_in_flight"] == result.peak_in_flight()
 
 

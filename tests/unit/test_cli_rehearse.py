@@ -76,3 +76,21 @@ def test_ensure_open_files_lifts_a_low_soft_limit():
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
     ).stdout
     assert int(out) >= 2500 + loadgen.OPEN_FILES_MARGIN
+
+
+def test_rehearse_over_https_takes_cacert_and_connect_to(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    made = plan("--url", "https://app.test:8443/", "--cacert", str(ca), "--connect-to", "127.0.0.1:8443")
+    config = made.load_config(made.url)
+    assert (config.cacert, config.connect_to) == (str(ca), "127.0.0.1:8443")
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--url", "https://a:1/", "--cacert", "/nonexistent.pem"], "--cacert"),
+    (["--url", "https://a:1/", "--connect-to", "nowhere"], "--connect-to"),
+    (["--connect-to", "127.0.0.1:1"], "need --url"),
+])
+def test_rehearse_https_options_are_checked(extra, words):
+    with pytest.raises(UsageError, match=words):
+        plan(*extra)

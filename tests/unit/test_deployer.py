@@ -263,6 +263,48 @@ async def test_options_of_the_deploy_that_created_a_service_do_not_stick_either(
     assert (kept.port, kept.replicas) == (8080, 2)  # what the flags said the service is stays
 
 
+# ------------------------------------------------------------------ rules changed live
+async def test_rules_set_live_are_kept_in_the_journal_and_used_by_later_installs(world):
+    from controller.config.overrides import rules_from_flags
+    from controller.errors import DeployInProgress
+
+    router, backend, deployer, journal = world
+    await run(deployer, web(), "app:v1", "bluegreen")
+    rules = rules_from_flags([["insiders", "header:X-Canary=always", "canary"]])
+    deployer.set_rules("web", rules)
+    assert router.specs["web"].rules == rules
+    saved = journal.service_state("web")["config"]["rules"]
+    assert saved == [{"name": "insiders", "match": {"header": {"X-Canary": "always"}}, "to": "canary"}]
+    assert service_from_dict(journal.service_state("web")["config"]).rules == rules
+    await run(deployer, deployer.configs["web"], "app:v2", "bluegreen")
+    assert router.specs["web"].rules == rules  # a later deploy installs them again
+    # A deploy in progress (a blue-green preview waiting for promote): changing its routing is refused.
+    preview = replace(deployer.configs["web"], bluegreen=BlueGreenOptions(preview=True), verify=0.0)
+    active = deployer.deploy(preview, "app:v3", "bluegreen")
+    await asyncio.wait_for(_until(lambda: "v3" in deployer.proxy.pools("web")), 10)
+    with pytest.raises(DeployInProgress):
+        deployer.set_rules("web", ())
+    active.signals.promote()
+    await asyncio.wait_for(active.task, 10)
+    assert router.specs["web"].rules == rules
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+async def test_a_journal_refusing_the_rules_changes_nothing(world):
+    router, _, deployer, journal = world
+    await run(deployer, web(), "app:v1", "bluegreen")
+    from controller.config.overrides import rules_from_flags
+
+    journal.fail_from = "state"
+    with pytest.raises(sqlite3.OperationalError):
+        deployer.set_rules("web", rules_from_flags([["q", "query:a=1", "stable"]]))
+    assert router.specs["web"].rules == () and deployer.configs["web"].rules == ()
+
+
 # ------------------------------------------------------------------ the switch's record, off the loop
 @pytest.mark.parametrize("strategy", ["bigbang", "bluegreen", "rolling", "canary"])
 async def test_the_switched_step_is_written_while_the_loop_routes(world, monkeypatch, strategy):

@@ -210,6 +210,13 @@ TWO_POOLS = [{"name": "blue", "weight": 50, "upstreams": ["127.0.0.1:9001"]},
 TWO_UPSTREAMS = [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001", "127.0.0.1:9002"]}]
 OTHER_HOST = {"name": "other", "hosts": ["other.test"],
               "pools": [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9003"]}]}
+# A rule sends the request to the weight-0 pool `main` (whose upstream has the idle connections); another
+# rule's pool is absent, so it falls through; one that does not match the head changes nothing.
+RULED = [{"name": "main", "weight": 0, "upstreams": ["127.0.0.1:9001"]},
+         {"name": "other", "weight": 1, "upstreams": ["127.0.0.1:9002"]}]
+RULES = [{"name": "absent", "match": {"query": {"x": "1"}}, "to": "v9"},
+         {"name": "agent", "match": {"header": {"user-agent": "t"}, "query": {"x": "prefix:"}}, "to": "main"}]
+NOT_MATCHING = [{"name": "other-agent", "match": {"header": {"User-Agent": "regex:[^t].*"}}, "to": "main"}]
 
 
 @pytest.mark.parametrize("rig_args", [
@@ -219,7 +226,10 @@ OTHER_HOST = {"name": "other", "hosts": ["other.test"],
     {"idle": 0},
     {"hosts": ["app.test"], "others": (OTHER_HOST,)},
     {"path_prefix": "/page", "others": ({**OTHER_HOST, "hosts": []},)},
-], ids=["two-pools", "two-upstreams", "least-outstanding", "no-idle-connection", "by-host", "by-path"])
+    {"pools": RULED, "rules": RULES},
+    {"pools": [RULED[0] | {"weight": 1}, RULED[1]], "rules": NOT_MATCHING},
+], ids=["two-pools", "two-upstreams", "least-outstanding", "no-idle-connection", "by-host", "by-path",
+        "rule", "rule-not-matching"])
 def test_draws_and_connects_as_the_full_path_does(loop, heads, monkeypatch, rig_args):
     """Each request: same pool, same upstream, same connection (or a connect), same state."""
     runs = []
@@ -238,16 +248,19 @@ def test_draws_and_connects_as_the_full_path_does(loop, heads, monkeypatch, rig_
                     break
                 rig.client.upconn.data_received(ANSWER)
             rig.close(loop)
-        runs.append((states, rig.upstream_bytes(), len(taken)))
-    (full_states, full_bytes, _), (fast_states, fast_bytes, fast_taken) = runs
+        rule_matches = {key: stats.matches for key, stats in rig.router.metrics.rules.items()}
+        runs.append((states, rig.upstream_bytes(), len(taken), rule_matches))
+    (full_states, full_bytes, _, full_matches), (fast_states, fast_bytes, fast_taken, fast_matches) = runs
     assert fast_states == full_states
     assert fast_bytes == full_bytes
+    assert fast_matches == full_matches
     assert fast_taken == len(fast_states)  # the full run left the head remembered: the lane took each
 
 
 @pytest.mark.parametrize("why, rig_args", [
     ("sticky cookie to set", {"sticky": True}),
     ("sticky, several pools", {"sticky": True, "pools": TWO_POOLS}),
+    ("mirrored: requests are sampled on the full path", {"pools": TWO_POOLS, "mirror": {"to": "green"}}),
     ("no route: a path prefix that does not match", {"path_prefix": "/api"}),
     ("no route: another host", {"hosts": ["elsewhere.test"], "others": (OTHER_HOST,)}),
 ])

@@ -52,3 +52,15 @@ def test_redacted_leaves_everything_else_alone():
     data = {"id": "d-000001", "options": {"pool": "v2", "verify": 2.0}, "steps": [{"name": "healthy"}]}
     assert redacted(data) == data
     assert redacted({"env": "KEY=value"}) == {"env": "***"}
+
+
+async def test_history_redacts_the_override_secret_of_a_saved_config(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    record = journal.begin("web", "bluegreen", "v2", "app:v2", "v1", {"pool": "v2"})
+    journal.step(record.id, "started", config={"override": "header-secret",
+                                               "override_secret": "abcdefghijklmnopqrstuvwxyz"})
+    deployer = Deployer(FakeBackend(), ProxyControl(Router()), journal)
+    body = await history(deployer)
+    assert "abcdefghijklmnopqrstuvwxyz" not in json.dumps(body)
+    (step,) = body["deployments"][0]["steps"]
+    assert step["detail"]["config"] == {"override": "header-secret", "override_secret": "***"}

@@ -37,9 +37,28 @@ cap_add = []
 sticky = true
 hold_timeout = "5s"
 verify = 0
-canary = { steps = [10, 100], step_pause = "manual", min_requests = 3 }
+canary = { steps = [10, 100], step_pause = "manual", min_requests = 3, max_diff_rate = 0.01 }
 rolling = { max_surge = 0, max_unavailable = 1 }
 bluegreen = { keep_old = "1m", preview = true }
+ab = { match = { cookie = { beta = "prefix:y" } }, duration = "5m", then = "canary" }
+
+[[services.web.rules]]
+name = "insiders"
+match = { header = { "X-Canary" = "always" }, query = { beta = "prefix:y" } }
+to = "canary"
+
+[[services.web.rules]]
+name = "beta-10pct"
+match = { hash = { cookie = "account_id", percent = 12.5 } }
+to = "v2"
+
+[services.web.mirror]
+to = "canary"
+percent = 10
+max_per_second = 50
+methods = ["GET", "POST"]
+max_body = "64KiB"
+ignore = ["json:$.generated_at", "header:Date"]
 
 [services.web.health]
 path = "/up"
@@ -58,6 +77,7 @@ canary = { preset = "linear25-10s" }
 upstreams = ["127.0.0.1:9000"]
 host = "api.localhost"
 health = { path = "/ping" }
+rules = [{ name = "old-clients", match = { header = { "User-Agent" = "regex:curl/7[.].*" } }, to = "stable" }]
 
 [services.plain]
 upstreams = ["127.0.0.1:9001"]

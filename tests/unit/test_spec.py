@@ -311,6 +311,27 @@ BAD = [
      "static upstreams"),
     ('[services.web]\nport = 80\nservice = "web"', "services.web.service", "needs `compose`"),
     ('[services.web]\nport = 80\ncompose = "missing.yml"', "services.web.compose", "not found"),
+    (WEB + '[[services.web.rules]]\nname = "x"\nmatch = { header = { X-Canary = "regex:a(" } }\n'
+     'to = "canary"',
+     "services.web.rules[0].match.header.X-Canary", "bad regex 'a('"),
+    (WEB + '[[services.web.rules]]\nname = "x"\nmatch = { body = { a = "1" } }\nto = "canary"',
+     "services.web.rules[0].match.body", "unknown match key"),
+    (WEB + '[[services.web.rules]]\nname = "x"\nmatch = { cookie = { a = "1" } }\nto = "canary"\n'
+     '[[services.web.rules]]\nname = "y"\nmatch = { hash = { cookie = "id" } }\nto = "canary"',
+     "services.web.rules[1].match.hash.percent", "required"),
+    (WEB + 'rules = "all"', "services.web.rules", "list of rules"),
+    (WEB + '[services.web.ab]\nmatch = { header = { X = "regex:(" } }', "services.web.ab.match.header.X",
+     "bad regex"),
+    (WEB + '[services.web.ab]\nmatch = "body:x=1"', "services.web.ab.match", "is not one of header:NAME"),
+    (WEB + '[services.web.ab]\nthen = "wait"', "services.web.ab.then", "promote, canary"),
+    (WEB + '[services.web.mirror]\npercent = 0', "services.web.mirror.percent", "above 0"),
+    (WEB + '[services.web.mirror]\nmax_body = "big"', "services.web.mirror.max_body", "such as 64KiB"),
+    (WEB + '[services.web.mirror]\nignore = ["generated_at"]', "services.web.mirror.ignore", "json:$.path"),
+    (WEB + '[services.web.mirror]\nmirror_to = "v2"', "services.web.mirror.mirror_to", "unknown key"),
+    (CANARY + 'max_diff_rate = 2', "services.web.canary.max_diff_rate", "at most 1"),
+    (WEB + '[services.web.ab]\nduration = "0s"', "services.web.ab.duration", "longer than 0"),
+    ('[services.api]\nupstreams = ["h:1"]\n[services.api.ab]\nduration = "1m"', "services.api.ab",
+     "static upstreams"),
     ('[services.a]\nport = 80\n[services.b]\nport = 81', "services.b.host", "already routed to 'a'"),
     ('[services.a]\nport = 80\nhost = "x.localhost"\n[services.b]\nport = 81\nhost = "X.localhost"',
      "services.b.host", "already routed"),
@@ -631,3 +652,69 @@ def test_config_with_service_adds_without_changing_the_original():
     config = load_config(None)
     web = service_from_flags("web", "app:v1", 8080)
     assert config.with_service(web).services == {"web": web} and config.services == {}
+
+
+# -- rules on the command line (`turnout rules set --rule`, `turnout deploy --match`) -------------------
+
+def test_rules_from_flags_read_as_turnout_toml_does():
+    from controller.config.overrides import rules_from_flags
+    from controller.config.reader import match_text
+
+    rules = rules_from_flags([["insiders", "header:X-Canary=always", "canary"],
+                              ["beta", "hash:cookie:account_id=10%", "canary"],
+                              ["fr", "query:lang=regex:fr(-..)?", "v2"],
+                              ["c", "cookie:plan=prefix:pro", "stable"]])
+    assert [r.to_dict() for r in rules] == [
+        {"name": "insiders", "match": {"header": {"X-Canary": "always"}}, "to": "canary"},
+        {"name": "beta", "match": {"hash": {"cookie": "account_id", "percent": 10}}, "to": "canary"},
+        {"name": "fr", "match": {"query": {"lang": "regex:fr(-..)?"}}, "to": "v2"},
+        {"name": "c", "match": {"cookie": {"plan": "prefix:pro"}}, "to": "stable"},
+    ]
+    assert [match_text(r.to_dict()["match"]) for r in rules] == [
+        "header:X-Canary=always", "hash:cookie:account_id=10%", "query:lang=regex:fr(-..)?",
+        "cookie:plan=prefix:pro"]
+
+
+@pytest.mark.parametrize(("triples", "flag", "problem"), [
+    ([["x", "header:X-Canary=regex:a(", "canary"]], "--rule x", "match.header.X-Canary: bad regex"),
+    ([["x", "body:a=1", "canary"]], "--rule x", "is not one of header:NAME=VALUE"),
+    ([["x", "hash:cookie:id=0", "canary"]], "--rule x", "match.hash.percent: must be above 0"),
+    ([["x", "header:a=1", "no way"]], "--rule x", "to: must be canary, stable or a version"),
+    ([["x y", "header:a=1", "canary"]], "--rule x y", "name: must be 1-63 characters"),
+    ([["x", "header:a=1", "canary"], ["x", "query:b=2", "stable"]], "--rule", "duplicate rule 'x'"),
+])
+def test_rules_from_flags_name_the_flag(triples, flag, problem):
+    from controller.config.overrides import rules_from_flags
+
+    with pytest.raises(ConfigError) as info:
+        rules_from_flags(triples)
+    assert info.value.key == flag and problem in info.value.problem, str(info.value)
+
+
+@pytest.mark.parametrize(("options", "flag", "problem"), [
+    ({"match": "header:X=regex:("}, "--match.header.X", "bad regex"),
+    ({"match": "ip:1.2.3.4"}, "--match", "is not one of"),
+    ({"then": "later"}, "--then", "must be one of promote, canary"),
+    ({"duration": "soon"}, "--duration", "not a duration"),
+])
+def test_ab_options_on_the_command_line_name_the_flag(options, flag, problem):
+    with pytest.raises(ConfigError) as info:
+        with_overrides(service_from_flags("web", "app:v1", port=80), **options)
+    assert info.value.key == flag and problem in info.value.problem, str(info.value)
+
+
+def test_ab_options_from_the_command_line_and_the_config():
+    config = with_overrides(service_from_flags("web", "app:v1", port=80), match="hash:cookie:id=12.5",
+                            duration="90s", then="canary")
+    assert config.ab.match.to_dict() == {"name": "ab", "match": {"hash": {"cookie": "id", "percent": 12.5}},
+                                         "to": "canary"}
+    assert (config.ab.duration, config.ab.then) == (90.0, "canary")
+    again = with_overrides(config, duration="1m")  # the other options stay
+    assert (again.ab.match, again.ab.duration, again.ab.then) == (config.ab.match, 60.0, "canary")
+
+
+def test_mirror_sizes_and_defaults(tmp_path):
+    path = write(tmp_path, WEB + '[services.web.mirror]\nmax_body = "1MiB"\nmethods = ["GET"]\n')
+    mirror = load_config(path).services["web"].mirror
+    assert mirror.max_body == 1024 * 1024 and mirror.methods == ("GET",) and mirror.to == "canary"
+    assert load_config(write(tmp_path, WEB)).services["web"].mirror is None

@@ -432,3 +432,146 @@ async def test_reconcile_restarts_a_stopped_release_and_removes_strays(world):
     assert stray.id not in backend.containers
     assert [p.name for p in router.table.services["web"].pools] == ["v1"]
     assert deployer.journal.history("web", 1)[0].strategy == "repair"
+
+
+async def test_canary_tells_its_plan_and_each_change_of_analysis_verdict(world):
+    """Followers (the dashboard, `turnout deploy`) see the weights to come and the verdicts: waiting for
+    requests, passing once judged, failing with the reason as it rolls back."""
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=5.0, analysis_interval=0.02,
+                                      min_requests=10))
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+
+    def verdicts() -> list[str]:
+        return [e["verdict"] for e in active.events.events if e["event"] == "analysis"]
+
+    while verdicts() != ["waiting"]:
+        await asyncio.sleep(0.01)
+    for _ in range(12):
+        router.metrics.pool("web", "v2").observe(200, 0.001)
+        router.metrics.pool("web", "v1").observe(200, 0.001)
+    while verdicts() != ["waiting", "passing"]:
+        await asyncio.sleep(0.01)
+    for _ in range(30):
+        router.metrics.pool("web", "v2").observe(500, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back"
+    [plan] = [e for e in active.events.events if e["event"] == "plan"]
+    assert plan["steps"] == [50, 100] and plan["step_pause"] == 5.0
+    analysis = [e for e in active.events.events if e["event"] == "analysis"]
+    assert [e["verdict"] for e in analysis] == ["waiting", "passing", "failing"]
+    assert analysis[1]["requests"] >= 10 and analysis[1]["error_rate"] == 0.0
+    assert "error rate" in analysis[2]["reason"]
+    assert [s.name for s in deployer.journal.steps(active.id)].count("weight") == 1  # not journal steps
+# ------------------------------------------------------------------ ab
+def ab_config(**ab: object):
+    from controller.config.overrides import with_overrides
+
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=0.05, analysis_interval=0.02,
+                                      min_requests=10))
+    return with_overrides(config, **{"match": "header:X-Canary=always", "duration": "300ms", **ab})
+
+
+async def wait_rules(router, names):
+    while [r.name for r in router.table.services["web"].spec.rules] != names:
+        await asyncio.sleep(0.01)
+
+
+async def test_ab_routes_only_matches_to_the_new_version_then_promotes(world):
+    router, backend, deployer, tables = world
+    config = ab_config()
+    await run(deployer, config, "app:v1", "ab")  # a first deploy: nothing to compare with, routed at once
+    tables.clear()
+    active = deployer.deploy(config, "app:v2", "ab")
+    await wait_rules(router, ["ab"])
+    spec = router.table.services["web"].spec
+    assert {p.name: p.weight for p in spec.pools} == {"v1": 100, "v2": 0}
+    assert spec.labels == {"stable": "v1", "canary": "v2"}
+    assert router.table.services["web"].rule_pools[0].name == "v2"  # the rule reaches the weight-0 set
+    for _ in range(20):  # what the proxy would count: matches answered by v2, the rest by v1
+        router.metrics.pool("web", "v2").observe(200, 0.001)
+        router.metrics.pool("web", "v1").observe(200, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded", active.message
+    assert collapse(tables) == [{"v1": 100, "v2": 0}, {"v2": 100}]
+    assert router.table.services["web"].spec.rules == ()  # the A/B rule left with the A/B phase
+    steps = [s.name for s in deployer.journal.steps(active.id)]
+    assert steps[steps.index("ab"):] == ["ab", "ab_judged", "switched", "drained", "old_removed", "completed"]
+    assert deployer.configs["web"].ab.match is None  # --match was for that deploy only
+
+
+async def test_ab_rolls_back_on_a_breach_of_the_matched_requests(world):
+    router, backend, deployer, tables = world
+    config = ab_config(duration="10s")
+    await run(deployer, config, "app:v1", "ab")
+    active = deployer.deploy(config, "app:v2", "ab")
+    await wait_rules(router, ["ab"])
+    for _ in range(20):
+        router.metrics.pool("web", "v2").observe(500, 0.001)
+        router.metrics.pool("web", "v1").observe(200, 0.001)
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back" and "error rate" in active.message, active.message
+    spec = router.table.services["web"].spec
+    assert [p.name for p in spec.pools] == ["v1"] and spec.rules == ()
+    assert not [c for c in backend.containers.values() if c.version == "v2"]
+
+
+async def test_ab_without_enough_matches_is_not_promoted(world):
+    router, backend, deployer, tables = world
+    config = ab_config()
+    await run(deployer, config, "app:v1", "ab")
+    active = await run(deployer, config, "app:v2", "ab")
+    assert active.status == "failed" and "fewer than min_requests" in active.message, active.message
+    assert [p.name for p in router.table.services["web"].pools] == ["v1"]
+
+
+async def test_ab_hands_on_to_the_canary_keeping_its_rule_until_the_switch(world):
+    router, backend, deployer, tables = world
+    config = ab_config(then="canary")
+    await run(deployer, config, "app:v1", "ab")
+    tables.clear()
+    active = await run(deployer, config, "app:v2", "ab")
+    assert active.status == "succeeded", active.message
+    assert collapse(tables) == [{"v1": 100, "v2": 0}, {"v1": 50, "v2": 50}, {"v2": 100}]
+
+
+async def test_ab_service_rules_stay_after_the_ab_rule(world):
+    from controller.config.overrides import rules_from_flags
+
+    router, backend, deployer, tables = world
+    config = replace(ab_config(), rules=rules_from_flags([["q", "query:a=1", "stable"]]))
+    await run(deployer, config, "app:v1", "ab")
+    active = deployer.deploy(config, "app:v2", "ab")
+    await wait_rules(router, ["ab", "q"])
+    active.signals.promote()  # ends the A/B window at once: promoted, judged or not
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded", active.message
+    assert [r.name for r in router.table.services["web"].spec.rules] == ["q"]
+
+
+async def test_ab_without_a_match_is_refused_before_anything_starts(world):
+    router, backend, deployer, tables = world
+    await run(deployer, web(), "app:v1", "bluegreen")
+    from controller.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs --match"):
+        deployer.deploy(web(), "app:v2", "ab")
+    assert "web" not in deployer.active
+
+
+async def test_canary_rolls_back_when_mirrored_answers_differ_too_often(world):
+    from proxy.specs import MirrorSpec
+
+    router, backend, deployer, tables = world
+    config = web(canary=CanaryOptions(steps=(50, 100), step_pause=5.0, analysis_interval=0.02,
+                                      min_requests=10, max_diff_rate=0.1), mirror=MirrorSpec())
+    await run(deployer, config, "app:v1", "canary")
+    active = deployer.deploy(config, "app:v2", "canary")
+    await wait_weights(router, {"v1": 50, "v2": 50})
+    report = router.mirrors["web"].report
+    for i in range(20):  # what the mirror's workers would record: 3 in 4 copies differ in price
+        report.record("GET /items/{id}", {"$.price": ("10", "12")} if i % 4 else {})
+    await asyncio.wait_for(active.task, 10)
+    assert active.status == "rolled_back" and "diff rate 75.0%" in active.message, active.message
+    assert [p.name for p in router.table.services["web"].pools] == ["v1"]

@@ -7,6 +7,8 @@ echo "$APP_VERSION" > /www/version
 cp /app/cgi-bin/* /www/cgi-bin/
 if [ "$APP_MODE" = fail500 ]; then
   cp /app/cgi-bin/fail /www/cgi-bin/index.cgi
+elif [ "$APP_MODE" = schema ]; then
+  cp /app/schema.cgi /www/cgi-bin/index.cgi
 else
   echo "$APP_VERSION" > /www/index.html
 fi
@@ -29,6 +31,12 @@ follow_probes() {
     esac
   done
 }
+# noterm: httpd itself is PID 1 with SIGTERM ignored (an ignored signal stays ignored across exec), like an
+# app running as PID 1 without a SIGTERM handler: `docker stop` waits out its whole timeout, then kills it.
+if [ "$APP_MODE" = noterm ]; then
+  trap "" TERM
+  exec httpd -f -v -p "$PORT" -h /www
+fi
 # httpd as PID 1 would ignore SIGTERM (docker stop would wait its full timeout): run it as a child
 # and let this shell turn SIGTERM into a prompt exit.
 case "$APP_SERVER:$APP_MODE" in

@@ -1,0 +1,1 @@
+"""The HTTPS front door: TLS listener, SNI certificates with hot reload, ACME (see each module)."""
