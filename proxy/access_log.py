@@ -78,7 +78,8 @@ class Exchange(Protocol):
     lpool: Pool | None  # where the exchange was routed (kept when the connection forgets it)
     lup: Upstream | None
     lerror: str  # the reason of a proxy-made answer
-
+    lsame: tuple | None  # what its last line said but for times and request id (a key), and its texts
+    lparts: tuple
 
 def json_text(s: str) -> str:
     """`s` as the inside of a JSON string (what json.dumps writes between the quotes, ASCII only)."""
@@ -170,8 +171,10 @@ class AccessLog:
         sent = c.sent
         bytes_sent = sent - c.lmark
         head = c.lhead
-        route_key = (c.service, c.lpool, c.lup)
         error = error or c.lerror
+        # What the line says besides its times and request id: mostly what this connection's last line
+        # said (a keep-alive client repeating its request), whose text is then reused whole.
+        same = (req, c.service, c.lpool, c.lup, status, bytes_sent, error)
         c.lmark = sent
         c.lhead = b""
         c.lpool = c.lup = None
@@ -185,6 +188,11 @@ class AccessLog:
             self._now_text = _iso(key)
             if key // 1000 != self._second:
                 self._new_second(key // 1000)
+        if same == c.lsame:
+            middle, after, request_id, id_at = c.lparts
+        else:
+            middle, after, request_id, id_at = c.lparts = self._json_parts(c, same, head)
+            c.lsame = same
         if req is not None:
             duration = c.t_end - c.t0  # the end the pool's counters saw, when this exchange set it
             if duration < 0:  # it did not (cut or left before routing): now
@@ -198,36 +206,42 @@ class AccessLog:
             else:
                 self._start_key = start
                 started = self._start_text = _iso(start)
-            known = self._requests.get(req)
-            if known is None:
-                known = self._json_request(c, req, head)
-            part, request_id, id_at = known
             if request_id is None:  # the proxy's, at the end of the head it sent: "...: <id>\r\n\r\n"
                 request_id = head[id_at:-4].decode()
         else:  # refused before its head was understood
             started = self._now_text
-            part = f'"client": "{c.peer.decode("latin-1")}", "method": "", "path": "", "host": "", '
-            request_id = ""
             micros = 0
-        route = self._routes.get(route_key)
-        if route is None:
-            route = self._json_route(c, route_key)
-        sent_text = self._numbers.get(bytes_sent)
-        if sent_text is None:
-            sent_text = str(bytes_sent)
-            _remember(self._numbers, bytes_sent, sent_text)
         ms = micros // 1000
         lines = self._lines
-        lines.append(
-            f'{{"event": "http.access", "time": "{started}", {part}"status": {_NUMBERS[status]}, '
-            f'"bytes_sent": {sent_text}, "duration_ms": {_NUMBERS[ms] if ms < 1000 else ms}.'
-            f'{_DIGITS3[micros % 1000]}, {route}"request_id": "{request_id}", "error": "{error}", '
-            f'"level": "info", "timestamp": "{self._now_text}"}}\n')
+        lines.append(f'{{"event": "http.access", "time": "{started}", {middle}'
+                     f'{_NUMBERS[ms] if ms < 1000 else ms}.{_DIGITS3[micros % 1000]}, '
+                     f'{after[0]}{request_id}{after[1]}{self._now_text}"}}\n')
         n = len(lines)
         if n == 1:
             self.writer.started_batch()
         elif n >= self._batch:
             self.writer.flush()
+
+    def _json_parts(self, c: Exchange, same: tuple, head: bytes
+                    ) -> tuple[str, tuple[str, str], str | None, int]:
+        """The fixed texts of a line: before the duration, around the request id (which is given when
+        the client sent it, else read from the head at `id_at`)."""
+        req, service, pool, upstream, status, bytes_sent, error = same
+        if req is not None:
+            known = self._requests.get(req)
+            if known is None:
+                known = self._json_request(c, req, head)
+            part, request_id, id_at = known
+        else:  # refused before its head was understood
+            part = f'"client": "{c.peer.decode("latin-1")}", "method": "", "path": "", "host": "", '
+            request_id, id_at = "", 0
+        route_key = (service, pool, upstream)
+        route = self._routes.get(route_key)
+        if route is None:
+            route = self._json_route(c, route_key)
+        return (f'{part}"status": {status}, "bytes_sent": {bytes_sent}, "duration_ms": ',
+                (f'{route}"request_id": "', f'", "error": "{error}", "level": "info", "timestamp": "'),
+                request_id, id_at)
 
     def _json_request(self, c: Exchange, req: RequestHead, head: bytes) -> tuple[str, str | None, int]:
         # The client's address comes from the kernel (no escaping); the rest from the client.

@@ -90,10 +90,10 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
         "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "lerror", "lhead", "lmark",
-        "loop", "lpool", "lup", "mjob", "peer", "pending", "pending_size", "pool", "reading_body", "req",
-        "resp_extra", "router", "rpause", "sent", "server", "service", "status", "stopping", "suffix", "t0",
-        "t_end", "task", "transport", "trusted", "tunnel", "upconn", "upstream", "websocket", "wpaused",
-        "_dispatch_needed",
+        "loop", "lparts", "lpool", "lsame", "lup", "mjob", "peer", "pending", "pending_size", "pool",
+        "reading_body", "req", "resp_extra", "router", "rpause", "sent", "server", "service", "status",
+        "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn", "upstream",
+        "websocket", "wpaused", "_dispatch_needed",
     )
 
     def __init__(self, server: Listener) -> None:
@@ -145,6 +145,8 @@ class ClientConnection(asyncio.Protocol):
         self.lpool: Pool | None = None
         self.lup: Upstream | None = None
         self.lerror = ""
+        self.lsame: tuple | None = None  # the access log's texts of this connection's last line
+        self.lparts: tuple = ()
         self.mjob: MirrorJob | None = None  # a sampled request's copy, waiting for the rest of its body
 
     # ================================================================== asyncio callbacks

@@ -142,6 +142,17 @@ class Exchange:
         self.lpool = service.pools[0] if req is not None else None
         self.lup = self.lpool.upstreams[0] if self.lpool is not None else None
         self.lerror = error
+        self.lsame: tuple | None = None
+        self.lparts: tuple = ()
+
+    def again(self, head: bytes, status: int = 200, sent: int = 100, error: str = "") -> Exchange:
+        """The next exchange on this connection (its log fields set as the proxy sets them)."""
+        service = self.router.table.services["web"]
+        self.service, self.lpool = service, service.pools[0]
+        self.lup = self.lpool.upstreams[0]
+        self.lhead, self.status, self.lerror = head, status, error
+        self.sent += sent
+        return self
 
 
 @pytest.fixture
@@ -257,7 +268,7 @@ def test_remembered_parts_are_forgotten_each_second_so_old_snapshots_are_not_kep
     log = AccessLog(capture.writer)
     req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: p-1\r\n\r\n"
-    for weight in range(1, 6):  # five swaps within one second: five snapshots' routes remembered
+    for weight in range(2, 7):  # five swaps within one second: five snapshots' routes remembered
         router.set_weights("web", {"blue": weight})
         log.emit(Exchange(router, req, head), "")
     assert len(log._routes) == 5
@@ -266,3 +277,26 @@ def test_remembered_parts_are_forgotten_each_second_so_old_snapshots_are_not_kep
     assert len(log._routes) == 1 and len(log._requests) == 1  # only what the new second used
     assert len(capture.lines()) == 6
     capture.writer.close()
+
+
+def test_a_connections_next_line_reuses_its_last_ones_texts_only_where_nothing_changed(router):
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: p-%d\r\n\r\n"
+    capture = LogCapture()
+    log = AccessLog(capture.writer)
+    c = Exchange(router, req, head % 1)
+    log.emit(c, "")
+    log.emit(c.again(head % 2), "")  # the same but for the request id
+    log.emit(c.again(head % 3, sent=99), "")
+    log.emit(c.again(head % 4, status=404), "")
+    log.emit(c.again(head % 5, status=502, error="upstream-closed"), "")
+    router.set_service(ServiceSpec.from_dict({"name": "web", "pools": [
+        {"name": "green", "weight": 1, "upstreams": ["127.0.0.1:9002"]}]}))
+    log.emit(c.again(head % 6), "")
+    log.emit(c.again(head % 7), "cut")
+    events = [json.loads(line) for line in capture.lines()]
+    capture.writer.close()
+    assert [(e["request_id"], e["status"], e["bytes_sent"], e["pool"], e["error"]) for e in events] == [
+        ("p-1", 200, 100, "blue", ""), ("p-2", 200, 100, "blue", ""), ("p-3", 200, 99, "blue", ""),
+        ("p-4", 404, 100, "blue", ""), ("p-5", 502, 100, "blue", "upstream-closed"),
+        ("p-6", 200, 100, "green", ""), ("p-7", 200, 100, "green", "cut")]
