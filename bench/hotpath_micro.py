@@ -10,6 +10,8 @@ upstream's answer, the client write, the end of the exchange. No syscalls, no ev
     valgrind --tool=callgrind .venv/bin/python bench/hotpath_micro.py --requests 20000 --callgrind
 
 `--distinct`: every request head differs (a unique header), so no per-head cache can help.
+`--access-log json|combined`: with the access log on (its lines made and handed to a writer thread that
+throws them away), as `turnout serve` runs by default.
 `--rules N`: the service has a weight-0 canary pool and N routing rules to it that the request does not
 match (bench/rules_proxy.py's); `--match`: the last one matches every request.
 `--callgrind`: zero callgrind's counters after the warm-up and dump them after the timed loop (run under
@@ -29,7 +31,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from proxy.__main__ import static_router
+from proxy.access_log import AccessLog
 from proxy.config import ProxyConfig
+from proxy.log_writer import LogWriter
 from proxy.server import ProxyServer
 from proxy.upstream_conn import UpstreamConnection
 
@@ -68,12 +72,27 @@ class FakeTransport:
     def abort(self) -> None: ...
 
 
+def callgrind(action: str) -> None:
+    """Zero (-z) or dump (-d) this process's callgrind counters."""
+    subprocess.run(["callgrind_control", action, str(os.getpid())], check=True, capture_output=True)
+
+
+class Discard:
+    """Where the access log's lines go: counted, then forgotten."""
+
+    lines = 0
+
+    def write(self, data: bytes) -> None:
+        self.lines += data.count(b"\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--answer", choices=sorted(ANSWERS), default="3")
     ap.add_argument("--distinct", action="store_true", help="a different request head every time")
     ap.add_argument("--callgrind", action="store_true", help="zero/dump callgrind around the timed loop")
+    ap.add_argument("--access-log", choices=("off", "json", "combined"), default="off")
     ap.add_argument("--rules", type=int, default=0, help="routing rules (none matching the request)")
     ap.add_argument("--match", action="store_true", help="with --rules: the last rule matches every request")
     args = ap.parse_args()
@@ -97,15 +116,18 @@ def main() -> None:
                       {"name": "canary", "weight": 0, "upstreams": ["127.0.0.1:18080"]}]}))
     server = ProxyServer(router, config)
     server.loop = loop
+    discard = Discard()
+    if args.access_log != "off":
+        server.access_log = AccessLog(LogWriter(stream=discard), args.access_log)
     upstream = next(iter(router.upstreams.values()))
     conn = UpstreamConnection(upstream)
     up_transport = FakeTransport()
     conn.connection_made(up_transport)  # type: ignore[arg-type]
     upstream.idle.append(conn)
     client = server.connections  # noqa: F841  (filled by connection_made)
-    from proxy.forward import ClientConnection
+    from proxy.forward import ClientConnection, LoggedClientConnection
 
-    cc = ClientConnection(server)
+    cc = (ClientConnection if server.access_log is None else LoggedClientConnection)(server)
     client_transport = FakeTransport()
     cc.connection_made(client_transport)  # type: ignore[arg-type]
     answer = ANSWERS[args.answer]
@@ -120,23 +142,31 @@ def main() -> None:
         up = cc.upconn
         up.data_received(answer)
 
-    for head in heads[: min(2000, len(heads))]:  # warm-up (and a check that it really proxies)
-        once(head)
+    async def timed() -> float:  # inside the loop, as the proxy runs (the log's flush timer needs it)
+        for head in heads[: min(2000, len(heads))]:  # warm-up (and a check that it really proxies)
+            once(head)
+        if server.access_log is not None:
+            server.access_log.writer.sync()
+            assert discard.lines >= min(2000, len(heads)), discard.lines
+        if args.callgrind:
+            callgrind("-z")
+        t0 = time.perf_counter()
+        for head in heads:
+            once(head)
+        elapsed = time.perf_counter() - t0
+        if args.callgrind:
+            callgrind("-d")
+        return elapsed
+
+    writes0 = min(2000, len(heads))
+    elapsed = loop.run_until_complete(timed())
     assert client_transport.last.endswith(answer[answer.find(b"\r\n\r\n") + 4:]), client_transport.last[:200]
     assert b"X-Request-Id:" in up_transport.last and b"Via: 1.1 turnout" in client_transport.last
-    writes0 = client_transport.writes
-    if args.callgrind:
-        subprocess.run(["callgrind_control", "-z", str(os.getpid())], check=True, capture_output=True)
-    t0 = time.perf_counter()
-    for head in heads:
-        once(head)
-    elapsed = time.perf_counter() - t0
-    if args.callgrind:
-        subprocess.run(["callgrind_control", "-d", str(os.getpid())], check=True, capture_output=True)
     assert client_transport.writes - writes0 == args.requests, "one client write per request"
+    log = "" if args.access_log == "off" else f", access log {args.access_log}"
     rules = f", {args.rules} rules{' (one matching)' if args.match else ''}" if args.rules else ""
     distinct = " distinct heads" if args.distinct else ""
-    print(f"{args.requests} requests, answer {args.answer}{distinct}{rules}: "
+    print(f"{args.requests} requests, answer {args.answer}{distinct}{rules}{log}: "
           f"{elapsed / args.requests * 1e6:.2f} us/request of Python hot path "
           f"(client writes/request {(client_transport.writes - writes0) / args.requests:.0f}, "
           f"upstream writes/request {up_transport.writes / (args.requests + min(2000, len(heads))):.0f})")

@@ -10,6 +10,10 @@
 #   REPS=3 DURATION=5 bench/proxy_bench.sh
 #   BEFORE_SRC=/tmp/old bench/proxy_bench.sh   # also an older proxy/ (see below), interleaved
 #   ALSO_PYTHON=/other/venv/bin/python bench/proxy_bench.sh   # also this proxy/ on another interpreter
+#   SERVE=1 bench/proxy_bench.sh         # also `turnout serve` as users run it (the daemon, access log on:
+#                                        # "serve"; access_log = false: "serve-nolog"), beside nginx with
+#                                        # its log off ("nginx") and on ("nginx-log", buffered combined log)
+#   SERVE=1 SERVE_BEFORE=/tmp/old bench/proxy_bench.sh   # also an older checkout's `turnout serve`
 # Results: $WORK/summary.txt and $WORK/runs.csv (default /tmp/turnout-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,5 +48,16 @@ if [ -n "${ALSO_PYTHON:-}" ]; then
   export EXTRA_NAME=turnout-also
   export EXTRA_CMD="env -C $ROOT $ALSO_PYTHON -m proxy --listen 127.0.0.1:\$EXTRA_PORT --upstream \$UPSTREAM"
 fi
-export ONLY=${ONLY:-"direct nginx haproxy turnout${BEFORE_SRC:+ turnout-before}${ALSO_PYTHON:+ turnout-also}"}
+# SERVE=1: `turnout serve` itself, its defaults (access log on) and with the log off, beside both nginxes.
+if [ "${SERVE:-0}" = 1 ]; then
+  export MORE_TARGETS="serve 18096 $HERE/serve_target.sh serve 18096 \$UPSTREAM
+serve-nolog 18095 $HERE/serve_target.sh serve-nolog 18095 \$UPSTREAM access_log=false"
+  # SERVE_BEFORE=DIR: also `turnout serve` (log on) from an older checkout DIR (with its bench/), as
+  # "serve-before": what a change to the logged path is worth, in the same run.
+  if [ -n "${SERVE_BEFORE:-}" ]; then
+    MORE_TARGETS="$MORE_TARGETS
+serve-before 18094 $SERVE_BEFORE/bench/serve_target.sh serve-before 18094 \$UPSTREAM"
+  fi
+fi
+export ONLY=${ONLY:-"direct nginx haproxy turnout${BEFORE_SRC:+ turnout-before}${ALSO_PYTHON:+ turnout-also}$([ "${SERVE:-0}" = 1 ] && echo " nginx-log serve serve-nolog${SERVE_BEFORE:+ serve-before}")"}
 exec "$HERE/harness.sh"

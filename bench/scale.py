@@ -11,7 +11,8 @@ with 1,000 concurrent clients -- each beside a reference measured in the same ru
             least_outstanding; then end-to-end rps (wrk -c50) through a proxy holding that table, whose
             1,000 addresses are 1,000 listening ports of one asyncio upstream process, vs the 1x1 table.
 (c) clients wrk -t1 -c1000 through `python -m proxy` vs nginx (same upstream: nginx `return 200`),
-            plus a c=50 run of each for the ratio c1000/c50. Rounds alternate the order.
+            plus a c=50 run of each for the ratio c1000/c50. Rounds alternate the order. `--with-log`:
+            also the proxy with its access log on (JSON lines to a file).
 
 CPU placement as in bench/harness.sh: wrk and upstreams on CPU 0, the proxy under test on CPU 1.
 
@@ -538,12 +539,24 @@ def part_clients(args: argparse.Namespace, work: Path, procs: Procs, lua: Path) 
     )
     wait_port(px_port, proc=px)
     targets = {"nginx": (ngx_port, ngx_worker), "turnout": (px_port, px.pid)}
+    if args.with_log:  # also with its access log on (to a file, as the harness's nginx-log writes one)
+        log_port = free_port()
+        pxl = procs.start(
+            [PYTHON, "-m", "proxy", "--listen", f"127.0.0.1:{log_port}", "--upstream", f"127.0.0.1:{up_port}",
+             "--access-log"],
+            log=work / "clients-proxy-log.log",
+            cpu=PROXY_CPU,
+            nofile=NOFILE,
+            cwd=str(ROOT),
+        )
+        wait_port(log_port, proc=pxl)
+        targets["turnout-log"] = (log_port, pxl.pid)
     for port, _ in targets.values():
         wrk(port, args.clients, 2, lua)
     runs: dict[tuple[str, int], list[dict]] = {}
     names = list(targets)
     for rnd in range(args.rounds):
-        for name in names[rnd % 2 :] + names[: rnd % 2]:
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
             port, pid = targets[name]
             for conns, secs in ((args.clients, args.seconds * 2), (50, args.seconds)):
                 runs.setdefault((name, conns), []).append(wrk(port, conns, secs, lua, pid))
@@ -606,6 +619,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds for a and the wrk parts [3]")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk seconds per run (c=1000: twice) [5]")
     parser.add_argument("--clients", type=int, default=1000, help="concurrent clients for part c [1000]")
+    parser.add_argument("--with-log", action="store_true",
+                        help="part c: also the proxy with its access log on (JSON lines to a file)")
     parser.add_argument("--calls", type=int, default=200000, help="in-process routing calls per round")
     parser.add_argument("--micro-rounds", type=int, default=5)
     args = parser.parse_args()

@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    logs = sub.add_parser("logs", help="the daemon's logs: `turnout logs reopen` after logrotate moved the "
+                          "access log's file", description="reopen: the daemon reopens the access log's file "
+                          "([proxy] access_log = \"PATH\"), as SIGHUP does; lines written before go to the "
+                          "old file. Nothing to do when the log goes to stderr.")
+    logs.add_argument("action", choices=["reopen"])
+
     rules = sub.add_parser(
         "rules", help="a service's routing rules: list, set (replace all) or clear",
         description="Routing rules send matching requests to a pool (canary, stable or a version), tried "
@@ -565,6 +571,13 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _logs(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("POST", "/v1/logs/reopen")
+    print(f"access log reopened: {data['reopened']}" if data["reopened"]
+          else "the access log goes to stderr (or is off): no file to reopen")
+    return 0
+
+
 async def _rules(client: Any, args: argparse.Namespace) -> int:
     from .config.reader import match_text
 
@@ -738,6 +751,7 @@ COMMANDS = {
     "resume": _signal("resume"),
     "rules": _rules,
     "mirror": _mirror,
+    "logs": _logs,
 }
 
 

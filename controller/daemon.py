@@ -20,18 +20,19 @@ import structlog
 from aiohttp import web
 
 from proxy.admin import create_admin_app
+from proxy.errors import ValidationError
 from proxy.health import HealthChecker
 from proxy.limits import files_for_proxy, raise_open_files_limit
 from proxy.metrics import Metrics
 from proxy.router import Router
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, reopen_on_sighup
 from proxy.tls.admin import add_tls_routes
 from proxy.tls.manager import Https
 
 from .api import add_controller_routes
 from .apply.run import applier_for
 from .apply.watch import watch
-from .config.model import Config
+from .config.model import Config, ConfigError
 from .dashboard.app import DashboardServer
 from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
@@ -92,7 +93,10 @@ class Daemon:
         faults.install_from_env()  # test-only fault hook; unset in any real deployment
         raise_open_files_limit(files_for_proxy(self.config.proxy.max_connections))
         prepare_state_dir(self.state_dir)
-        await self.proxy_server.start()
+        try:
+            await self.proxy_server.start()
+        except ValidationError as exc:  # the access log's file could not be opened
+            raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
         stack.push_async_callback(self._stop_proxy)
         if self.https is not None:
             await self.https.start(acme_hosts=tuple(dict.fromkeys(
@@ -165,7 +169,7 @@ class Daemon:
             stack.push_async_callback(self.dashboard.stop)
 
     async def _start_admin(self, stack: AsyncExitStack) -> None:
-        app = create_admin_app(self.router)
+        app = create_admin_app(self.router, reopen_logs=self.proxy_server.reopen_logs)
         assert self.deployer is not None
         add_controller_routes(app, self.deployer, self.listen)
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
@@ -185,7 +189,8 @@ class Daemon:
             raise StateDirError(f"admin socket {self.admin_socket}: not a socket of mode 0600 after bind")
         proxy = self.config.proxy
         if proxy.admin_tcp:
-            tcp_app = create_admin_app(self.router, token=proxy.admin_token)
+            tcp_app = create_admin_app(self.router, token=proxy.admin_token,
+                                       reopen_logs=self.proxy_server.reopen_logs)
             add_controller_routes(tcp_app, self.deployer, self.listen)
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             add_tls_routes(tcp_app, self.https)
@@ -231,8 +236,9 @@ class Daemon:
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        if self.https is not None:  # SIGHUP: re-read the certificates now
-            loop.add_signal_handler(signal.SIGHUP, self.https.reload)
+        # SIGHUP: reopen the access log's file (logrotate) and re-read the HTTPS certificates now.
+        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(
+            self.proxy_server, self.https.reload if self.https is not None else None))
         await self.start()
         try:
             await stop

@@ -625,7 +625,7 @@ class Deployer:
             await ops.restart(previous)
             ops.step("healthy", version=previous.version, addresses=list(previous.addresses))
         removed = ops.route([(previous, 100)])
-        ops.step("switched", weights={previous.pool: 100})
+        await ops.switched(weights={previous.pool: 100})
         await ops.drain(removed)
 
         async def stop_current() -> None:  # out of routing and drained: the rollback need not wait for it

@@ -82,6 +82,24 @@ class Operations:
         if fault is not None:
             fault.reached(name, self.new.version, before=True)
         self.record(f"step {name}", self.journal.step, self.deployment_id, name, **detail)
+        self._stepped(name, fault, detail)
+
+    async def switched(self, **detail: Any) -> None:
+        """The `switched` step, right after a swap. Its journal write (one SQLite transaction with an
+        fsync, ~0.3-0.5 ms) runs in a worker thread, so the requests the swap released are routed
+        meanwhile instead of waiting behind the disk. It is written before this returns: what follows a
+        switch (a drain, a stop, the verification) still follows its record, as recovery expects."""
+        fault = faults.ARMED
+        if fault is not None:
+            fault.reached("switched", self.new.version, before=True)
+        # One loop turn first: the released requests are routed before the thread starts and competes
+        # for the GIL (bench/journal_stall.py: a 5 us stall instead of 0.12 ms, and 0.3 ms on the loop).
+        await asyncio.sleep(0)
+        await asyncio.to_thread(self.record, "step switched", self.journal.step, self.deployment_id,
+                                "switched", **detail)
+        self._stepped("switched", fault, detail)
+
+    def _stepped(self, name: str, fault: faults.FaultPoint | None, detail: dict[str, Any]) -> None:
         if fault is not None:
             fault.reached(name, self.new.version, before=False)
         self.events.emit("step", step=name, **detail)

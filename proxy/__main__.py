@@ -2,7 +2,8 @@
 
     python -m proxy --listen 127.0.0.1:8000 --upstream 127.0.0.1:9000 [--upstream ...] [--loop uvloop]
 
-One service named "default" with one pool "main" (weight 1). SIGTERM/SIGINT stop it gracefully.
+One service named "default" with one pool "main" (weight 1). SIGTERM/SIGINT stop it gracefully; SIGHUP
+reopens an access-log file.
 The access log (one JSON `http.access` event per request on stderr) is OFF here unless `--access-log`
 is given, so the benchmark compares with nginx running `access_log off`; `turnout serve` logs by default.
 The admin API is not started here; `serve(..., on_started=...)` is the hook for whoever adds it.
@@ -19,7 +20,7 @@ from .config import ProxyConfig
 from .limits import files_for_proxy, raise_open_files_limit
 from .log import configure
 from .router import Router
-from .server import ProxyServer
+from .server import ProxyServer, reopen_on_sighup
 from .specs import ServiceSpec
 
 StartHook = Callable[[Router, ProxyServer], Awaitable[None]]
@@ -43,6 +44,7 @@ async def serve(config: ProxyConfig, router: Router, on_started: StartHook | Non
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(server))
     await stop
     return await server.stop(config.drain_timeout)
 

@@ -36,6 +36,8 @@ RULES_SETTER: web.AppKey[RulesSetter] = web.AppKey("rules_setter")
 CLIENT_HEADER = "X-Turnout-Client"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LogReopener = Callable[[], Awaitable[str | None]]  # `ProxyServer.reopen_logs`
+REOPEN_KEY = web.AppKey("reopen_logs", LogReopener)
 
 
 class ApiError(ProxyError):
@@ -48,11 +50,15 @@ class ApiError(ProxyError):
         self.headers = headers or {}
 
 
-def create_admin_app(router: Router, token: str | None = None) -> web.Application:
+def create_admin_app(router: Router, token: str | None = None,
+                     reopen_logs: LogReopener | None = None) -> web.Application:
     # The first middleware is the outermost: `_errors` must wrap the guard, or its refusals become 500s.
     app = web.Application(middlewares=[_errors, _guard(token)])
     app[ROUTER_KEY] = router
     app[RULES_SETTER] = router.set_rules
+    if reopen_logs is not None:
+        app[REOPEN_KEY] = reopen_logs
+        app.router.add_post("/v1/logs/reopen", post_logs_reopen)
     app.router.add_get("/v1/table", get_table)
     app.router.add_put("/v1/services/{name}", put_service)
     app.router.add_delete("/v1/services/{name}", delete_service)
@@ -314,6 +320,15 @@ async def get_metrics(request: web.Request) -> web.Response:
               for s in router.table.services.values() for p in s.pools for u in p.upstreams]
     return web.Response(text=router.metrics.render(health), content_type="text/plain",
                         charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def post_logs_reopen(request: web.Request) -> web.Response:
+    """Reopen the access log's file (after logrotate moved it); says which, or that it goes to stderr."""
+    try:
+        path = await request.app[REOPEN_KEY]()
+    except OSError as exc:
+        raise ApiError(500, f"could not reopen the access log: {exc}") from None
+    return _json({"reopened": path})
 
 
 async def _maybe_drain(request: web.Request, router: Router, removed: list) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from .errors import ValidationError
 from .tls.config import TlsConfig
 
+ACCESS_LOG_FORMATS = ("json", "combined")
 MIN_ADMIN_TOKEN = 32  # characters; a shorter bearer token is refused (`secrets.token_urlsafe(32)` gives 43)
 # Visible ASCII, no spaces: what fits a bearer token in an `Authorization` header unquoted.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
@@ -34,7 +35,12 @@ class ProxyConfig:
     # X-Forwarded-* sent by clients are replaced unless the peer is one of these addresses.
     trusted_proxies: tuple[str, ...] = ()
     retries: int = 1  # extra attempts on another upstream when connecting failed (idempotent only)
-    access_log: bool = True  # one `http.access` event per finished request (proxy/access_log.py)
+    # One line per finished request (proxy/access_log.py): True to stderr, a path to that file (appended,
+    # reopened on SIGHUP), False off; in `access_log_format`; `access_log_sample` of the 2xx answers (the
+    # rest, and every proxy-made error, always).
+    access_log: bool | str = True
+    access_log_format: str = "json"  # or "combined" (nginx's)
+    access_log_sample: float = 1.0
     tls: TlsConfig | None = None  # the HTTPS listener ([proxy.tls]); None: plain HTTP only
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -55,6 +61,16 @@ class ProxyConfig:
                 raise ValidationError("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters, got "
                                       f"{len(self.admin_token)} (make one with "
                                       "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        where = self.access_log
+        if not isinstance(where, bool) and (not isinstance(where, str) or not where.strip()):
+            raise ValidationError("access_log", f"must be true, false or a file path, got {where!r}")
+        if self.access_log_format not in ACCESS_LOG_FORMATS:
+            raise ValidationError("access_log_format", f"must be one of {', '.join(ACCESS_LOG_FORMATS)}, "
+                                  f"got {self.access_log_format!r}")
+        sample = self.access_log_sample
+        if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
+            raise ValidationError("access_log_sample", f"must be a share of 2xx answers to log, more than 0 "
+                                  f"and at most 1 (0.1: one in ten), got {sample!r}")
         if self.tls is not None and self.tls.listen == self.listen and not self.listen.endswith(":0"):
             raise ValidationError("tls.listen", f"{self.tls.listen} is the plain listener's address too")
         if self.max_header_bytes < 1024:

@@ -12,6 +12,11 @@ The usual request (no body, no override or Turnout cookie, keep-alive; `http.is_
 non-sticky service takes a fast lane, `_fast`, that does in one frame what `_request` → `_route` →
 `_dispatch` → `_bind` do; an answer that comes whole under a known head ends its exchange in one call,
 `answered_whole`. tests/unit/test_fast_lane.py holds both to what the full path does.
+
+With the access log on, the server makes `LoggedClientConnection`s: the same, plus the bytes of a whole
+answer counted for the log (every other write to the client counts them where it is made, in both classes,
+off the fast lane). The log's own fields (`sent`, `lmark`, `lhead`, `lpool`, `lup`, `lerror`) are read and
+reset by `access_log.AccessLog.emit` when an exchange ends.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from .access_log import Tap
 from .http import (
     IDEMPOTENT,
     BadRequest,
@@ -46,6 +50,7 @@ from .upstream import Health, Upstream
 from .upstream_conn import UpstreamConnection
 
 if TYPE_CHECKING:
+    from .access_log import AccessLog
     from .config import ProxyConfig
     from .router import Router
 
@@ -72,6 +77,7 @@ class Listener(Protocol):
     router: Router
     config: ProxyConfig
     loop: asyncio.AbstractEventLoop
+    access_log: AccessLog | None  # None: the log is off
     scheme: bytes  # b"http" or b"https": X-Forwarded-Proto, and `Secure` on the sticky cookie
     forwarded_port: int  # the listener's port, as X-Forwarded-Port says
     answer_extra: bytes  # header lines every answer of this listener carries (HSTS on HTTPS), or b""
@@ -83,12 +89,11 @@ class Listener(Protocol):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alog", "attempts", "body_left", "buf", "busy", "chunker", "closed", "config", "deadline", "dkind",
-        "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "loop", "mjob", "peer",
-        "pending",
-        "pending_size",
-        "pool", "reading_body", "req", "resp_extra", "router", "rpause", "server", "service",
-        "status", "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn",
-        "upstream", "websocket", "wpaused", "_dispatch_needed",
+        "extra0", "head_sent", "head_tag", "http11", "is_head", "keep_alive", "lerror", "lhead", "lmark",
+        "loop", "lparts", "lpool", "lsame", "lup", "mjob", "peer", "pending", "pending_size", "pool",
+        "reading_body", "req", "resp_extra", "router", "rpause", "sent", "server", "service", "status",
+        "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn", "upstream",
+        "websocket", "wpaused", "_dispatch_needed",
     )
 
     def __init__(self, server: Listener) -> None:
@@ -132,13 +137,20 @@ class ClientConnection(asyncio.Protocol):
         self.trusted = False
         self.suffix = b""
         self.head_tag = b""
-        self.alog: Tap | None = None  # the access log's tap, when the access log is on
+        self.alog = server.access_log  # None when the access log is off
+        # For the access log: bytes written to the client so far (whole answers counted only when logging),
+        # `sent` at the start of the exchange, the head sent upstream, where it was routed, a proxy reason.
+        self.sent = self.lmark = 0
+        self.lhead = b""
+        self.lpool: Pool | None = None
+        self.lup: Upstream | None = None
+        self.lerror = ""
+        self.lsame: tuple | None = None  # the access log's texts of this connection's last line
+        self.lparts: tuple = ()
         self.mjob: MirrorJob | None = None  # a sampled request's copy, waiting for the rest of its body
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.config.access_log:  # the tap counts what is written to the client
-            transport = self.alog = Tap(transport)  # type: ignore[arg-type]
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
@@ -163,7 +175,7 @@ class ClientConnection(asyncio.Protocol):
             self.status = self.status or 499  # the client went away first
             self._end_exchange(False)
             if self.alog is not None:
-                self._log_exchange("client-closed")
+                self.alog.emit(self, "client-closed")
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
@@ -278,7 +290,7 @@ class ClientConnection(asyncio.Protocol):
         if numbered:
             upstream_head = upstream_head % next_request_id()
         if self.alog is not None:
-            self.alog.head = upstream_head
+            self.lhead = upstream_head
         self.service = service
         self.pool = pool
         self.upstream = upstream
@@ -356,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
         self.pending = [upstream_head]
         self.pending_size = 0
         if self.alog is not None:
-            self.alog.head = upstream_head
+            self.lhead = upstream_head
         held = self._route(self.router.table)
         if held is not None:
             self.task = self.loop.create_task(self._hold(held))
@@ -477,8 +489,9 @@ class ClientConnection(asyncio.Protocol):
             stats.inflight -= 1
             self.t_end = t_end = now()
             stats.observe(self.status, t_end - self.t0, proxy_made)
-            if self.alog is not None:
-                self.alog.routed(self.pool, upstream)  # type: ignore[arg-type]
+            if self.alog is not None:  # the log names them once the exchange is over
+                self.lpool = self.pool
+                self.lup = upstream
             self.pool = None
 
     # ================================================================== upstream connections
@@ -511,6 +524,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, upstream: Upstream) -> None:
         loop = self.loop
+        upstream.connecting()
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 _, conn = await loop.create_connection(
@@ -678,19 +692,10 @@ class ClientConnection(asyncio.Protocol):
             self.upconn = None
             conn.abort()
 
-    def _log_exchange(self, error: str = "") -> None:
-        """The access log's event for the exchange just over (the log is on: `alog` is its tap)."""
-        req = self.req
-        service = self.service
-        if service is None and req is not None:  # answered before routing (hold timeout, maintenance)
-            service = self.router.table.match(req.host, req.path)
-        self.alog.emit(req, self.t0, self.peer, self.status,  # type: ignore[union-attr]
-                       service.name if service is not None else "", error)
-
     def _next(self) -> None:
         """The exchange is over: go on with the next request, or close."""
         if self.alog is not None:
-            self._log_exchange()
+            self.alog.emit(self, "")
         self.req = None
         self.service = None
         self.pending = None
@@ -722,8 +727,7 @@ class ClientConnection(asyncio.Protocol):
             self.reading_body = False
             self.chunker = None
         self.status = status
-        if self.alog is not None:
-            self.alog.error = reason
+        self.lerror = reason
         if self.upstream is None:
             self.router.metrics.unrouted[min(status // 100, 5)] += 1
             self.t_end = now()
@@ -731,8 +735,10 @@ class ClientConnection(asyncio.Protocol):
             self._end_exchange(status >= 500)
         self.busy = False
         if not self.closed:
-            self.transport.write(error_response(status, reason, close=not self.keep_alive,
-                                                retry_after=retry_after, head_only=self.is_head))
+            answer = error_response(status, reason, close=not self.keep_alive, retry_after=retry_after,
+                                    head_only=self.is_head)
+            self.transport.write(answer)
+            self.sent += len(answer)
         self._next()
 
     def _error(self, status: int, reason: str) -> None:
@@ -752,7 +758,7 @@ class ClientConnection(asyncio.Protocol):
             self.busy = False
             self._end_exchange(False)
             if self.alog is not None:
-                self._log_exchange("" if self.tunnel else "cut")
+                self.alog.emit(self, "" if self.tunnel else "cut")
         self._abandon_upstream()
         self.closed = True
         self.dkind = 0
@@ -816,3 +822,39 @@ class ClientConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer.decode()} busy={self.busy} tunnel={self.tunnel}>"
+
+
+_LOGGED: dict[type[ClientConnection], type[ClientConnection]] = {}
+
+
+def logged(cls: type[ClientConnection]) -> type[ClientConnection]:
+    """The connection class to use instead of `cls` while the access log is on (`ClientConnection` or a
+    subclass of it, e.g. the HTTPS front door's): the same, with `LoggedClientConnection`'s count."""
+    if issubclass(cls, LoggedClientConnection) or cls in _LOGGED.values():
+        return cls
+    if cls is ClientConnection:
+        return LoggedClientConnection
+    made = _LOGGED.get(cls)
+    if made is None:
+        made = _LOGGED[cls] = type(f"Logged{cls.__name__}", (cls,), {
+            "__slots__": (), "answered_whole": LoggedClientConnection.answered_whole,
+            "__doc__": f"{cls.__name__} while the access log is on (see LoggedClientConnection)."})
+    return made
+
+
+class LoggedClientConnection(ClientConnection):
+    """A client connection while the access log is on: a whole answer's bytes are counted for it. The
+    one write the plain class leaves uncounted, so that the fast lane pays nothing when the log is off."""
+
+    __slots__ = ()
+
+    def answered_whole(self, conn: UpstreamConnection, status: int, answer: bytes) -> None:
+        # ClientConnection.answered_whole's body, plus the count (a call to it would cost a frame).
+        self.status = status
+        self.transport.write(answer)
+        self.sent += len(answer)
+        self.upconn = None
+        conn.release(True)
+        self.busy = False
+        self._end_exchange(False)
+        self._next()

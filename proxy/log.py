@@ -1,4 +1,7 @@
-"""Structured logging: JSON lines when stderr is not a terminal, readable key=value when it is."""
+"""Structured logging: JSON lines when stderr is not a terminal, readable key=value when it is.
+
+Events are written by the stderr `LogWriter`'s thread (proxy/log_writer.py), which the access log shares:
+a stalled stderr reader never blocks the event loop, and lines never interleave mid-line."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import logging
 import sys
 
 import structlog
+
+from .log_writer import LogWriter, stderr_writer
 
 
 def configure(level: str = "info", json: bool | None = None) -> None:
@@ -23,10 +28,19 @@ def configure(level: str = "info", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_Events(stderr_writer())),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    from . import access_log
 
-    # Access events are the one per-request log: batch them instead of a flushed print each.
-    access_log.use_sink(access_log.JsonLinesSink(sys.stderr) if json else None)
+
+class _Events:
+    """structlog's output file: each event goes to the writer at once (after access lines before it)."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self.writer = writer
+
+    def write(self, text: str) -> None:
+        self.writer.write_now(text)
+
+    def flush(self) -> None:
+        pass

@@ -1,19 +1,24 @@
 """The listening side: accept client connections, sweep their deadlines, stop gracefully.
 
-Lifecycle, top to bottom: `start()` listens; `stop(timeout)` stops accepting, closes idle keep-alive
-connections at once and the others after their current answer, waits up to `timeout`, then aborts what is
-left and returns how many it aborted.
+Lifecycle, top to bottom: `start()` opens the access log and listens; `stop(timeout)` stops accepting,
+closes idle keep-alive connections at once and the others after their current answer, waits up to
+`timeout`, then aborts what is left, hands the last access-log lines over (and closes a log file), and
+returns how many it aborted. `reopen_logs()` reopens an access-log file (SIGHUP, `turnout logs reopen`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
-from . import access_log
+from . import log_writer
+from .access_log import AccessLog
 from .config import ProxyConfig
-from .forward import ClientConnection, now
+from .errors import ValidationError
+from .forward import ClientConnection, logged, now
+from .log_writer import LogWriter, open_file, stderr_writer
 from .router import Router
 
 log = structlog.get_logger("turnout.proxy.server")
@@ -26,9 +31,11 @@ class ProxyServer:
 
     def __init__(self, router: Router, config: ProxyConfig, *, listen: str | None = None,
                  connection_class: type[ClientConnection] = ClientConnection,
-                 answer_extra: bytes = b"") -> None:
+                 answer_extra: bytes = b"", log_writer: LogWriter | None = None) -> None:
+        """`log_writer`: where the access log goes instead of what `config.access_log` names (tests)."""
         self.router = router
         self.config = config
+        self.log_writer = log_writer
         self.listen = listen or config.listen
         self.connection_class = connection_class  # a subclass on the plain listener of an HTTPS front door
         self.answer_extra = answer_extra  # header lines on every upstream answer (HSTS on HTTPS)
@@ -39,6 +46,8 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._empty: asyncio.Event | None = None
+        self.access_log: AccessLog | None = None  # made by start() when the config turns it on
+        self._log_file: LogWriter | None = None  # the access log's own file (stderr is the process's)
         # Deadlines are floats on each connection; one sweeper checks them (no timer per request).
         shortest = min(config.header_timeout, config.body_idle_timeout, config.idle_timeout,
                        config.upstream_timeout)
@@ -47,9 +56,18 @@ class ProxyServer:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        config = self.config
+        if config.access_log is not False:
+            self.access_log = AccessLog(self._open_log(config.access_log), config.access_log_format,
+                                        config.access_log_sample)
+            self.connection_class = logged(self.connection_class)
         host, _, port = self.listen.rpartition(":")
-        self._server = await self.loop.create_server(
-            self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
+        try:
+            self._server = await self.loop.create_server(
+                self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
+        except BaseException:
+            await self._close_log()
+            raise
         self.forwarded_port = self.port
         self._tick_handle = self.loop.call_later(self.tick, self._tick)
         log.info("proxy.listening", listen=self.listen, port=self.port, scheme=self.scheme.decode())
@@ -81,9 +99,55 @@ class ProxyServer:
             upstream.close_idle()
         await self._server.wait_closed()
         self._server = None
-        access_log.flush()  # the last requests' lines go out before "stopped"
-        log.info("proxy.stopped", aborted=aborted)
+        dropped = await self._close_log()  # the last requests' lines go out before "stopped"
+        log.info("proxy.stopped", aborted=aborted, **({"log_lines_dropped": dropped} if dropped else {}))
         return aborted
+
+    # ------------------------------------------------------------------ the access log's destination
+    def _open_log(self, where: bool | str) -> LogWriter:
+        if self.log_writer is not None:
+            writer = self.log_writer
+        elif where is True:
+            writer = stderr_writer()
+        else:
+            try:
+                writer = self._log_file = open_file(where)  # type: ignore[arg-type]
+            except OSError as exc:
+                raise ValidationError("access_log", f"cannot open {where}: {exc.strerror or exc}") from None
+        sources = self.router.metrics.sources
+        if log_writer.metrics_lines not in sources:  # every live writer's drops (stderr's too)
+            sources.append(log_writer.metrics_lines)
+        return writer
+
+    async def _close_log(self) -> int:
+        """Hand the access log's last lines over; a file of its own is closed once they are written.
+        Returns the lines its writer has dropped in all."""
+        if self.access_log is None:
+            return 0
+        writer = self.access_log.writer
+        writer.flush()
+        if writer is self._log_file:
+            self._log_file = None
+            writer.users -= 1
+            if not writer.users:  # the last listener logging there
+                await asyncio.to_thread(writer.close)
+        return writer.dropped
+
+    async def reopen_logs(self) -> str | None:
+        """Reopen the access log's file after the lines written so far (logrotate moved it). Returns the
+        path reopened, None when the log does not go to a file; raises OSError when it cannot be opened
+        (the old file is kept)."""
+        writer = self._log_file
+        marker = writer.reopen() if writer is not None else None
+        if marker is None:
+            return None
+        error = marker.error if await asyncio.to_thread(marker.done.wait, 10.0) else \
+            "not done within 10 s: the log writer is stuck writing"
+        if error:
+            log.error("proxy.log_reopen_failed", path=writer.path, error=error)
+            raise OSError(error)
+        log.info("proxy.log_reopened", path=writer.path)
+        return writer.path
 
     @property
     def sockets(self) -> tuple:
@@ -119,6 +183,27 @@ class ProxyServer:
                     self.router.metrics.internal_errors += 1
                     connection.transport.abort()
         self._tick_handle = self.loop.call_later(self.tick, self._tick)
+
+
+def reopen_on_sighup(server: ProxyServer, also: Callable[[], object] | None = None) -> Callable[[], None]:
+    """A SIGHUP handler: reopen the access log's file (logrotate's `postrotate`), off the signal handler;
+    then `also` (the HTTPS certificates' reload)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reopen() -> None:
+        try:
+            await server.reopen_logs()
+        except OSError:  # logged by reopen_logs; the old file is kept
+            pass
+
+    def handler() -> None:
+        task = asyncio.get_running_loop().create_task(reopen())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if also is not None:
+            also()
+
+    return handler
 
 
 def _port_of(listen: str) -> int:

@@ -39,8 +39,13 @@ class DrainResult:
     seconds: float
 
 
+# Idle connections kept per upstream at least; more once the upstream has had more requests in flight at
+# once (`idle_limit`), so that a next burst of that size reuses them instead of connecting anew.
+MIN_IDLE_LIMIT = 512
+
+
 class Upstream:
-    __slots__ = ("_drained", "address", "active_health", "draining", "health", "host", "idle",
+    __slots__ = ("_drained", "address", "active_health", "draining", "health", "host", "idle", "idle_limit",
                  "inflight", "passive_failures", "port")
 
     def __init__(self, address: str) -> None:
@@ -48,6 +53,7 @@ class Upstream:
         self.host, self.port = parse_address("upstream", address)
         self.inflight: set[Exchange] = set()
         self.idle: list[IdleConnection] = []  # LIFO: the most recently used connection is the warmest
+        self.idle_limit = MIN_IDLE_LIMIT  # the most in flight at once seen when connecting (`connecting`)
         self.health = Health.HEALTHY
         self.active_health = Health.HEALTHY  # what the active probe last concluded
         self.passive_failures = 0  # consecutive connect failures / 5xx answers seen by the hot path
@@ -65,6 +71,14 @@ class Upstream:
         self.inflight.discard(exchange)
         if not self.inflight and self._drained is not None:
             self._drained.set()
+
+    def connecting(self) -> None:
+        """A request found no idle connection: remember how many are in flight now, so that as many are
+        kept when they are released. (Without it, 1,000 clients to one upstream closed half of the
+        connections after each answer and reopened them for the next requests: a connect for ~15% of
+        requests, the garbage collector's pauses that came with them, and a p99 1.1x nginx's.)"""
+        if len(self.inflight) > self.idle_limit:
+            self.idle_limit = len(self.inflight)
 
     def close_idle(self) -> None:
         idle, self.idle = self.idle, []

@@ -25,7 +25,6 @@ from httptools import (
 from .http import response_head, split_response_head
 from .upstream import Upstream
 
-MAX_IDLE_PER_UPSTREAM = 512
 MAX_RESPONSE_HEAD = 64 * 1024
 MAX_INTERIM = 8  # 1xx answers relayed per request; more is a flood: 502
 _NO_BODY_STATUS = (204, 304)
@@ -43,9 +42,10 @@ MAX_KNOWN_HEAD = 2048
 class Client(Protocol):
     """The client side of an exchange (`forward.ClientConnection`), as an upstream connection sees it: what
     it reads about the request, the transport the answer goes to, and one call for each turn the answer
-    takes. The upstream side reads these fields and never writes them."""
+    takes. The upstream side reads these fields and never writes them, but for `sent`."""
 
     transport: asyncio.Transport  # the client's: the answer is written here
+    sent: int  # bytes written to that transport (for the access log): whoever writes there adds to it
     wpaused: bool  # that transport is paused for writing (back-pressure): start the exchange paused
     is_head: bool
     reading_body: bool  # the request body is still arriving
@@ -127,7 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         upstream = self.upstream
         if (reusable and not self.closed and not upstream.draining and not self.transport.is_closing()
-                and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM):
+                and len(upstream.idle) < upstream.idle_limit):
             upstream.idle.append(self)
         else:
             self.transport.close()
@@ -161,6 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.until_close and not self.head_pending:  # a close-delimited body ends here, complete
             if self.chunked:
                 client.transport.write(b"0\r\n\r\n")
+                client.sent += 5
             client.upstream_complete(self, False)
         elif self.head_pending and not self.headbuf and not self.interim and self.request is not None:
             # Not a byte of an answer on a connection that had served one before: the upstream closed it
@@ -176,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.tunnel:
             client.transport.write(data)
+            client.sent += len(data)
             return
         pending = self.head_pending  # nothing of the final answer has reached the client yet
         if pending:
@@ -222,7 +224,9 @@ class UpstreamConnection(asyncio.Protocol):
             return self._fail(client, "upstream-protocol", True)
         out = self.out
         if out:
-            client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            chunk = out[0] if len(out) == 1 else b"".join(out)
+            client.transport.write(chunk)
+            client.sent += len(chunk)
             out.clear()
         if self.complete:
             self.complete = False

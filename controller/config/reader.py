@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from proxy.config import ProxyConfig
+from proxy.config import ACCESS_LOG_FORMATS, ProxyConfig
 from proxy.errors import ValidationError
 from proxy.specs import (
     NAME_RE,
@@ -102,6 +102,12 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
             continue
         if name.endswith("_timeout"):
             options[name] = t.duration(name, positive=True)
+        elif name == "access_log":
+            options[name] = _access_log(t, base_dir)
+        elif name == "access_log_format":
+            options[name] = t.string(name, choices=ACCESS_LOG_FORMATS)
+        elif name == "access_log_sample":
+            options[name] = t.number(name, positive=True, maximum=1.0)
         elif isinstance(f.default, bool):
             options[name] = t.boolean(name, f.default)
         elif isinstance(f.default, int):
@@ -128,6 +134,22 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
     except ValidationError as exc:  # ProxyConfig's own cross-field checks name their key
         from_file = exc.key == "admin_token" and t.has("admin_token_file")
         raise t.error("admin_token_file" if from_file else exc.key, exc.message) from None
+
+
+def _access_log(t: Table, base_dir: Path | None) -> bool | str:
+    """`access_log`: true (stderr), false (off), or a file (relative to the config file's directory),
+    whose directory must exist; the file is created (0640) or appended to."""
+    value = t.data["access_log"]
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise t.error("access_log", f"must be true, false or a file path, got {value!r}")
+    path = _resolve(Path(value), base_dir)
+    if not path.parent.is_dir():
+        raise t.error("access_log", f"the directory of {path} does not exist")
+    if path.is_dir():
+        raise t.error("access_log", f"{path} is a directory; name a file in it")
+    return str(path)
 
 
 def read_dashboard(t: Table) -> DashboardConfig:

@@ -36,7 +36,7 @@ class AB:
         await ops.pre_traffic()
         if old is None:  # a first deploy has nothing to compare with
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             await ops.hook("post_switch")
             return
         routing = replace(ops.config, rules=(options.match, *ops.config.rules))

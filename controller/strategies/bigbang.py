@@ -56,8 +56,8 @@ class BigBang:
         ops.route([(new, 100)])
         gap = time.monotonic() - gap_started
         ops.add_time("gap", gap)
-        ops.step("switched", weights={new.pool: 100}, gap_seconds=round(gap, 3),
-                 gap_parts={k: round(v, 3) for k, v in parts.items()})
+        await ops.switched(weights={new.pool: 100}, gap_seconds=round(gap, 3),
+                           gap_parts={k: round(v, 3) for k, v in parts.items()})
         await ops.hook("post_switch")
         if killed and old is not None:  # why the gap was long, in the deploy's result
             ops.notes.append(f"big-bang's gap lasted {gap:.1f}s (requests were held): {parts['stop']:.1f}s "

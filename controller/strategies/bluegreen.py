@@ -36,12 +36,12 @@ class BlueGreen:
             await ops.wait_step(None)  # until promote (or abort)
         if old is None:
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             await ops.hook("post_switch")
             return
         keep_warm = options.keep_old > 0
         removed = ops.route([(new, 100), (old, 0)] if keep_warm else [(new, 100)])
-        ops.step("switched", weights={new.pool: 100, old.pool: 0})
+        await ops.switched(weights={new.pool: 100, old.pool: 0})
         await ops.hook("post_switch")
         if keep_warm:
             # Blue stays routable at weight 0 (instant rollback); the deployer retires it later.

@@ -25,7 +25,7 @@ class Canary:
         await ops.pre_traffic()
         if old is None:
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             await ops.hook("post_switch")
             return
         await shift(ops, old, new)
@@ -55,7 +55,7 @@ async def shift(ops: Operations, old: Release, new: Release, routing: ServiceCon
 async def switch(ops: Operations, old: Release, new: Release) -> None:
     """All traffic to `new` in one swap; then drain and remove the old set."""
     removed = ops.route([(new, 100)])
-    ops.step("switched", weights={new.pool: 100})
+    await ops.switched(weights={new.pool: 100})
     await ops.hook("post_switch")
     await ops.drain(removed)
     await ops.remove(old.containers)

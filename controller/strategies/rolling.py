@@ -24,7 +24,7 @@ class Rolling:
             await ops.start(new, replicas)
             await ops.pre_traffic()
             ops.route([(new, 100)])
-            ops.step("switched", weights={new.pool: 100})
+            await ops.switched(weights={new.pool: 100})
             await ops.hook("post_switch")
             return
 
@@ -52,6 +52,6 @@ class Rolling:
         if old.containers:  # more old than replicas (replicas was lowered)
             await ops.retire(old, list(old.containers), weights, remove=True)
         ops.route([(new, 100)])
-        ops.step("switched", weights={new.pool: 100})
+        await ops.switched(weights={new.pool: 100})
         await ops.hook("post_switch")
         await ops.verify(new)  # a breach starts the old version again (its containers are gone)

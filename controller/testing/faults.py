@@ -8,8 +8,8 @@ e.g. `healthy#2@v2`: right after the second `healthy` step of a deploy to v2 was
 `before:switched`: just before the first `switched` step is journalled (the swap itself has happened:
 strategies record a step after doing it). Occurrences count the steps this process journals for that
 version (any version without `@`), from 1. Read once at daemon start (`install_from_env`);
-`Operations.step` calls `reached`. Unset, which is the production case, `ARMED` is None and a step
-costs one global lookup. Never set these in a deployment: they exist so tests can crash the
+`Operations.step` (and `.switched`) calls `reached`. Unset, which is the production case, `ARMED` is None
+and a step costs one global lookup. Never set these in a deployment: they exist so tests can crash the
 controller at a chosen point.
 """
 

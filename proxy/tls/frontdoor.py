@@ -109,5 +109,7 @@ class FrontDoorConnection(ClientConnection):
             head = b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n" % (
                 status, _PHRASES[status], lines, len(body),
                 b"" if self.keep_alive else b"Connection: close\r\n", VIA)
-            self.transport.write(head if self.is_head else head + body)
+            answer = head if self.is_head else head + body
+            self.transport.write(answer)
+            self.sent += len(answer)  # for the access log
         self._next()

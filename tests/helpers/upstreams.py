@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from proxy.config import ProxyConfig
+from proxy.log_writer import LogWriter
 from proxy.router import Router
 from proxy.server import ProxyServer
 from proxy.specs import ServiceSpec
@@ -391,15 +392,44 @@ def service(name: str = "app", pools: dict[str, tuple[int, list[str]]] | None = 
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(router: Router | None = None, **config: object) -> AsyncIterator[ProxyServer]:
-    """A ProxyServer on 127.0.0.1:<ephemeral> around `router`; stopped (timeout 2 s) at the end."""
+async def running_proxy(router: Router | None = None, log: LogCapture | None = None,
+                        **config: object) -> AsyncIterator[ProxyServer]:
+    """A ProxyServer on 127.0.0.1:<ephemeral> around `router`; stopped (timeout 2 s) at the end. Its
+    access log (on unless `access_log=False`) goes to `log`, or to a LogCapture of its own (to the file
+    when `access_log` names one)."""
     router = router or Router()
-    server = ProxyServer(router, ProxyConfig(listen="127.0.0.1:0", **config))  # type: ignore[arg-type]
+    if log is None and not isinstance(config.get("access_log"), str):
+        log = LogCapture()
+    server = ProxyServer(router, ProxyConfig(listen="127.0.0.1:0", **config),  # type: ignore[arg-type]
+                         log_writer=log.writer if log is not None else None)
     await server.start()
     try:
         yield server
     finally:
         await server.stop(2.0)
+        if log is not None:
+            log.writer.close()  # its thread ends; what it wrote stays readable
+
+
+class LogCapture:
+    """An access log's lines, kept in memory: a real `LogWriter` (its thread, its batches) onto a stream
+    that keeps what it is given. Make it on the test's loop thread."""
+
+    def __init__(self, **writer: object) -> None:
+        self.data = bytearray()
+        self.writer = LogWriter(stream=self, **writer)  # type: ignore[arg-type]
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def lines(self) -> list[str]:
+        """Every line written so far, after handing over what the log gathered (and waiting for it)."""
+        assert self.writer.sync(), "the log writer did not write within 10 s"
+        return self.data.decode().splitlines()
+
+    def events(self, event: str = "http.access") -> list[dict]:
+        """The JSON lines, parsed (each must be valid JSON), of that event."""
+        return [e for e in (json.loads(line) for line in self.lines()) if e["event"] == event]
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.005) -> None:

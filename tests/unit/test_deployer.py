@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -302,3 +303,34 @@ async def test_a_journal_refusing_the_rules_changes_nothing(world):
     with pytest.raises(sqlite3.OperationalError):
         deployer.set_rules("web", rules_from_flags([["q", "query:a=1", "stable"]]))
     assert router.specs["web"].rules == () and deployer.configs["web"].rules == ()
+
+
+# ------------------------------------------------------------------ the switch's record, off the loop
+@pytest.mark.parametrize("strategy", ["bigbang", "bluegreen", "rolling", "canary"])
+async def test_the_switched_step_is_written_while_the_loop_routes(world, monkeypatch, strategy):
+    """The journal write right after a swap (an fsync) runs off the event loop: requests the swap released
+    are routed while it is being written, and the deploy goes on only once it is written."""
+    router, _, deployer, journal = world
+    await run(deployer, web(canary=CanaryOptions(steps=(100,), step_pause=0.0)), "app:v1", strategy)
+    writing, release, written = threading.Event(), threading.Event(), threading.Event()
+    real = journal.step
+
+    def slow_disk(deployment_id: str, name: str, **detail: Any) -> Any:
+        if name != "switched":
+            return real(deployment_id, name, **detail)
+        writing.set()
+        release.wait(5)  # the fsync of a slow disk
+        step = real(deployment_id, name, **detail)
+        written.set()
+        return step
+    monkeypatch.setattr(journal, "step", slow_disk)
+    active = deployer.deploy(web(canary=CanaryOptions(steps=(100,), step_pause=0.0)), "app:v2", strategy)
+    while not writing.is_set():  # the loop runs: the deploy reaches its switch
+        await asyncio.sleep(0.001)
+    assert not written.is_set()  # the loop got here while the write was still waiting for the disk
+    assert set(routed(deployer)) == {"v2"}  # the swap came first: what is routed now goes to v2
+    steps = [e["step"] for e in active.events.events if e["event"] == "step"]
+    assert "switched" not in steps  # nothing says "switched" before it is in the journal
+    release.set()
+    await asyncio.wait_for(active.task, 10)
+    assert "switched" in [s.name for s in journal.steps(active.id)]

@@ -3,23 +3,28 @@
 `ClientConnection._fast` takes a plain request (its head remembered, or just validated) straight to an
 upstream connection;
 `ClientConnection.answered_whole` ends an exchange whose whole answer came in one read under a known
-head. Each is checked against the full path (`_feed` → `_request` → `_route` → `_dispatch` → `_bind`;
-llhttp → `response_started` → `upstream_complete`) on the same input: same bytes upstream and to the
-client, same connection state, same counters. Real connection objects, fake transports (no sockets).
+head (and `LoggedClientConnection.answered_whole`, its copy for when the access log is on). Each is
+checked against the full path (`_feed` → `_request` → `_route` → `_dispatch` → `_bind`; llhttp →
+`response_started` → `upstream_complete`) on the same input: same bytes upstream and to the client, same
+connection state, same counters (and, with the log on, the same access lines). Real connection objects,
+fake transports (no sockets).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 
 import pytest
 
 from helpers.fake_transport import FakeTransport
+from helpers.upstreams import LogCapture
 from proxy import forward
+from proxy.access_log import AccessLog
 from proxy.config import ProxyConfig
-from proxy.forward import ClientConnection
+from proxy.forward import ClientConnection, LoggedClientConnection
 from proxy.http import RequestHeads, parse_request_head
 from proxy.router import Router
 from proxy.server import ProxyServer
@@ -39,7 +44,7 @@ class Rig:
     """One proxy with one client connection and `idle` pooled connections to its first upstream."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pools: list[dict] | None = None, idle: int = 1,
-                 others: tuple[dict, ...] = (), **service: object) -> None:
+                 others: tuple[dict, ...] = (), logged: bool = False, **service: object) -> None:
         config = ProxyConfig(listen="127.0.0.1:0", access_log=False)
         self.router = Router()
         pools = pools or [{"name": "main", "weight": 1, "upstreams": ["127.0.0.1:9001"]}]
@@ -48,6 +53,10 @@ class Rig:
             self.router.set_service(ServiceSpec.from_dict(other))
         self.server = ProxyServer(self.router, config)
         self.server.loop = loop
+        self.log: LogCapture | None = None
+        if logged:  # the access log on, as `turnout serve` runs by default
+            self.log = LogCapture(interval=3600)
+            self.server.access_log = AccessLog(self.log.writer)
         self.upstream = self.router.upstreams[pools[0]["upstreams"][0]]
         self.conns = []
         for _ in range(idle):
@@ -55,7 +64,7 @@ class Rig:
             conn.connection_made(FakeTransport())  # type: ignore[arg-type]
             self.upstream.idle.append(conn)
             self.conns.append(conn)
-        self.client = ClientConnection(self.server)
+        self.client = (LoggedClientConnection if logged else ClientConnection)(self.server)
         self.client_transport = FakeTransport()
         self.client.connection_made(self.client_transport)  # type: ignore[arg-type]
 
@@ -74,7 +83,19 @@ class Rig:
         s["inflight"] = (len(self.upstream.inflight), pool_stats.inflight)
         s["unrouted"] = list(self.router.metrics.unrouted)
         s["idle"] = [self.conns.index(x) for x in self.upstream.idle]
+        if self.log is not None:  # what the access log will read
+            s["log"] = (c.sent, c.lmark, _any_id(c.lhead), c.lpool and c.lpool.name, c.lup and c.lup.address,
+                        c.lerror)
         return s
+
+    def log_lines(self) -> list[dict]:
+        """The access log's lines so far, without what differs between runs (times, request ids)."""
+        assert self.log is not None
+        lines = [json.loads(line) for line in self.log.lines()]
+        for line in lines:
+            for key in ("time", "timestamp", "duration_ms", "request_id"):
+                line.pop(key)
+        return lines
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:
         task = self.client.task
@@ -129,8 +150,9 @@ def count_fast(monkeypatch) -> list[bytes]:
     b"DELETE /item/7 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n",
 ])
 @pytest.mark.parametrize("remembered", [True, False], ids=["hit", "miss-then-hit"])
-def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch, head, remembered):
-    full = Rig(loop)
+@pytest.mark.parametrize("logged", [False, True], ids=["", "logged"])
+def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch, head, remembered, logged):
+    full = Rig(loop, logged=logged)
     with monkeypatch.context() as m:
         without_fast_lane(m)
         full.client.data_received(head)  # a miss: validated and remembered
@@ -141,7 +163,7 @@ def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch
 
     if not remembered:
         heads.entries.clear()  # the first request is validated again, then takes the lane
-    fast = Rig(loop)
+    fast = Rig(loop, logged=logged)
     taken = count_fast(monkeypatch)
     fast.client.data_received(head)
     fast.client.upconn.data_received(ANSWER)
@@ -150,6 +172,8 @@ def test_the_fast_lane_leaves_what_the_full_path_leaves(loop, heads, monkeypatch
     assert (head, fast.client.head_tag) in heads.entries
     assert fast.state() == in_flight_full
     assert fast.upstream_bytes() == bytes_full
+    if logged:
+        assert fast.log_lines() == full.log_lines()
 
 
 def test_every_fast_request_gets_its_own_request_id(loop, heads):
@@ -320,3 +344,27 @@ def count_calls(monkeypatch, cls, name: str) -> list[int]:
         return real(*args, **kwargs)
     monkeypatch.setattr(cls, name, spy)
     return calls
+
+
+@pytest.mark.parametrize("answer", [
+    ANSWER,
+    ANSWER.replace(b"Content-Length: 3", b"Content-Length: 0").replace(b"ok\n", b""),
+])
+def test_with_the_log_on_a_whole_answer_is_counted_and_logged_as_parsed(loop, heads, monkeypatch, answer):
+    parsed, known = Rig(loop, logged=True), Rig(loop, logged=True)
+    for rig in (parsed, known):
+        rig.client.data_received(HEAD)
+        rig.client.upconn.data_received(answer)
+        rig.client.data_received(HEAD)
+    with monkeypatch.context() as m:
+        m.setattr("proxy.upstream_conn._KNOWN_ANSWERS", {})
+        parsed.client.upconn.data_received(answer)
+    whole = count_calls(monkeypatch, LoggedClientConnection, "answered_whole")
+    known.client.upconn.data_received(answer)
+    assert whole == [1]
+    assert known.state() == parsed.state()
+    assert known.client_transport.written == parsed.client_transport.written
+    assert known.client.sent == sum(len(b) for b in known.client_transport.written)
+    lines = known.log_lines()
+    assert lines == parsed.log_lines() and len(lines) == 2
+    assert [line["bytes_sent"] for line in lines] == [len(b) for b in known.client_transport.written]
