@@ -37,7 +37,7 @@ from .dashboard.app import DashboardServer
 from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
-from .docker_backend import DockerBackend
+from .engine.base import Engine, make_engine
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
@@ -71,7 +71,7 @@ class Daemon:
         self.https = Https(self.router, config.proxy, self.proxy_server) if config.proxy.tls else None
         self.health = HealthChecker(self.router)
         self.journal: Journal | None = None
-        self.backend: DockerBackend | None = None
+        self.backend: Engine | None = None
         self.deployer: Deployer | None = None
         self.admin_socket = Path(config.proxy.admin_socket)
         self._stack = AsyncExitStack()  # the stops of the start steps done so far
@@ -106,7 +106,7 @@ class Daemon:
         stack.push_async_callback(self.health.stop)
         self.journal = Journal(self.config.journal_path)
         stack.callback(self.journal.close)
-        self.backend = DockerBackend(owner=self.journal.owner, extra_labels=self.extra_labels)
+        self.backend = make_engine(self.config.engine, self.journal.owner, self.extra_labels)
         stack.push_async_callback(self.backend.close)
         self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
         self.deployer.prune_strays = self.prune_strays

@@ -21,7 +21,7 @@ from proxy.specs import NAME_RE, RuleSpec
 from .config.model import ConfigError, ServiceConfig
 from .config.reader import check_host_hooks
 from .config.service_state import service_to_dict
-from .docker_backend import Container, DockerBackend
+from .engine.base import Container, Engine
 from .errors import (
     AnalysisFailed,
     ContainerFailed,
@@ -86,7 +86,7 @@ class ActiveDeployment:
 
 
 class Deployer:
-    def __init__(self, backend: DockerBackend, proxy: ProxyControl, journal: Journal,
+    def __init__(self, backend: Engine, proxy: ProxyControl, journal: Journal,
                  extra_labels: dict[str, str] | None = None) -> None:
         self.backend = backend
         self.proxy = proxy

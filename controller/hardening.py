@@ -1,7 +1,7 @@
 """What a container may be granted: its Linux capabilities, its security options, its PIDs limit, and
 the defaults every service gets unless its config says otherwise (SECURITY.md, "Container limits").
 
-The config reader checks a service's values against these, and `docker_backend.ContainerSpec` checks
+The config reader checks a service's values against these, and `engine.base.ContainerSpec` checks
 them again, so no path reaches `containers.create` with more than Docker's own defaults would grant.
 """
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .config.model import Hook
-from .docker_backend import ContainerSpec
+from .engine.base import ContainerSpec
 from .errors import TurnoutError
 
 if TYPE_CHECKING:

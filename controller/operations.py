@@ -22,7 +22,7 @@ from proxy.upstream import Upstream
 from .analysis import error_breach
 from .apply.spec import spec_hash
 from .config.model import HealthCheck, ServiceConfig
-from .docker_backend import Container, ContainerSpec, DockerBackend
+from .engine.base import Container, ContainerSpec, Engine
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
 from .hooks import HookFailed, HookResult, preview_config, preview_secret, run_hook
@@ -41,7 +41,7 @@ log = structlog.get_logger("turnout.controller")
 
 
 class Operations:
-    def __init__(self, *, backend: DockerBackend, proxy: ProxyControl, journal: Journal,
+    def __init__(self, *, backend: Engine, proxy: ProxyControl, journal: Journal,
                  deployment_id: str, config: ServiceConfig, new: Release, old: Release | None,
                  events: EventLog, signals: Signals, extra_labels: dict[str, str] | None = None,
                  allow_host_hooks: bool = False, hooks: bool = True) -> None:
@@ -205,7 +205,7 @@ class Operations:
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
             spec_hash=await self.spec_hash(release.image),
-            init=config.init,
+            init=config.init, stop_timeout=config.stop_timeout,
         ))
         try:
             # Recorded before anything else: only containers the journal knows are routed or removed.

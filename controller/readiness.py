@@ -17,7 +17,7 @@ import structlog
 from controller.errors import ContainerFailed, ContainerNotFound, ReadinessTimeout
 
 if TYPE_CHECKING:
-    from controller.docker_backend import Container
+    from controller.engine.base import Container
 
 log = structlog.get_logger(__name__)
 

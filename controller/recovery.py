@@ -20,7 +20,7 @@ import structlog
 from .config.model import Config, ServiceConfig
 from .config.service_state import service_from_dict
 from .deployer import Deployer
-from .docker_backend import Container
+from .engine.base import Container
 from .errors import TurnoutError
 from .hooks import HOOK_POOL_PREFIX
 from .journal import Deployment

@@ -7,7 +7,7 @@ from typing import Any
 
 from proxy.specs import PoolSpec
 
-from .docker_backend import Container
+from .engine.base import Container
 
 
 @dataclass

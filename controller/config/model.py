@@ -200,6 +200,19 @@ class DashboardConfig:
         return host.strip("[]"), int(port)
 
 
+ENGINE_KINDS = ("docker", "swarm")
+ENGINE_HOST_SCHEMES = ("unix://", "tcp://", "ssh://")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """`[engine]`: what runs the containers (controller/engine/). "docker": containers on one host;
+    "swarm": one-replica services on a Swarm, addressed through a manager."""
+
+    kind: str = "docker"
+    host: str | None = None  # the engine's (a manager's) API address; None: DOCKER_HOST or the local socket
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
@@ -208,6 +221,7 @@ class Config:
     dashboard: DashboardConfig | None = None  # None: no dashboard
     source: Path | None = None  # the file read; None: embedded defaults
     allow_host_hooks: bool = False  # [proxy] allow_host_hooks: `run` hooks (host commands) may run
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
     def journal_path(self) -> Path:
@@ -221,6 +235,7 @@ class Config:
 PROXY_FIELDS = {f.name: f for f in fields(ProxyConfig) if f.name not in ("extra", "tls")}
 PROXY_KEYS = frozenset(PROXY_FIELDS) | {"state_dir", "admin_token_file", "allow_host_hooks", "tls"}
 DASHBOARD_KEYS = frozenset({f.name for f in fields(DashboardConfig)})
+ENGINE_KEYS = frozenset({f.name for f in fields(EngineConfig)})
 TLS_KEYS = frozenset({"listen", "certs_dir", "default", "redirect_http", "hsts", "min_version",
                       "handshake_timeout", "max_handshakes_per_client", "session_tickets", "acme"})
 ACME_KEYS = frozenset({"directory", "email", "ca_bundle", "hosts", "retry_min", "retry_max"})

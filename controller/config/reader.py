@@ -53,6 +53,9 @@ from .model import (
     DEFAULT_STATE_DIR,
     DEFAULT_STOP_TIMEOUT,
     DEFAULT_VERIFY,
+    ENGINE_HOST_SCHEMES,
+    ENGINE_KEYS,
+    ENGINE_KINDS,
     HEALTH_KEYS,
     HOOK_KEYS,
     HOOK_KINDS,
@@ -71,6 +74,7 @@ from .model import (
     Config,
     ConfigError,
     DashboardConfig,
+    EngineConfig,
     HealthCheck,
     Hook,
     RollingOptions,
@@ -716,7 +720,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate already-parsed TOML; relative paths resolve against the source file's directory."""
     base_dir = source.resolve().parent if source is not None else None
     top = Table(data, "", source)
-    top.reject_unknown(frozenset({"proxy", "services", "dashboard"}))
+    top.reject_unknown(frozenset({"proxy", "services", "dashboard", "engine"}))
     proxy_table = top.table("proxy") or Table({}, "proxy", source)
     proxy, state_dir = _proxy(proxy_table, base_dir)
     allow_host_hooks = proxy_table.boolean("allow_host_hooks", False)
@@ -728,8 +732,20 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     dashboard = read_dashboard(dashboard_table) if dashboard_table is not None else None
     if not allow_host_hooks:
         check_host_hooks(services.values(), source)
+    engine = read_engine(top.table("engine") or Table({}, "engine", source))
     return Config(proxy=proxy, state_dir=state_dir, services=services, dashboard=dashboard, source=source,
-                  allow_host_hooks=allow_host_hooks)
+                  allow_host_hooks=allow_host_hooks, engine=engine)
+
+
+def read_engine(t: Table) -> EngineConfig:
+    """`[engine]`: kind "docker" (default) or "swarm", and the engine's API address."""
+    t.reject_unknown(ENGINE_KEYS)
+    kind = t.string("kind", "docker", choices=ENGINE_KINDS)
+    host = t.string("host")
+    if host is not None and not host.startswith(ENGINE_HOST_SCHEMES):
+        raise t.error("host", f"must be an engine API address starting with {', '.join(ENGINE_HOST_SCHEMES)} "
+                              f"(e.g. \"unix:///var/run/docker.sock\"), got {host!r}")
+    return EngineConfig(kind=kind, host=host)
 
 
 def check_host_hooks(services: Any, source: Path | str | None) -> None:

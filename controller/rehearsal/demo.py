@@ -121,7 +121,7 @@ def _shutdown(daemon: subprocess.Popen[bytes]) -> None:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait(5)
     from controller.daemon import owner_of
-    from controller.docker_backend import DockerBackend
+    from controller.engine.docker import DockerBackend
     from proxy.log import configure
 
     configure(level="warning")  # the numbered steps say what happens; per-container events are in serve.log

@@ -122,15 +122,23 @@ class TurnoutDaemon:
         return process.returncode or 0, out.decode(errors="replace")
 
     def remove_containers(self) -> int:
-        """Remove every container this daemon's owner label marks (the test's cleanup)."""
+        """Remove every container (slot) this daemon's owner label marks, on the engine its config
+        names (the test's cleanup)."""
+        from ..config.model import ConfigError, EngineConfig
+        from ..config.reader import load_config
         from ..daemon import owner_of
-        from ..docker_backend import DockerBackend
+        from ..engine.base import make_engine
+
+        try:
+            engine = load_config(self.config_path).engine if self.config_path else EngineConfig()
+        except ConfigError:  # a config the daemon refused: it started nothing on another engine
+            engine = EngineConfig()
 
         async def remove_all() -> int:
             owner = owner_of(self.state_dir)
             if owner is None:  # the daemon never got as far as its journal: it started nothing
                 return 0
-            backend = DockerBackend(owner=owner)
+            backend = make_engine(engine, owner)
             containers = await backend.list()
             for container in containers:
                 await backend.remove(container.id)

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 
 from controller import labels as lbl
-from controller.docker_backend import LOG_CONFIG, ContainerSpec, DockerBackend, container_name, slug
+from controller.engine.base import ContainerSpec, container_name, slug
+from controller.engine.docker import LOG_CONFIG, DockerBackend
 from controller.errors import ContainerNotFound, DockerError, ImageNotFound, TurnoutError
 from controller.readiness import wait_healthy
 

@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 from test_deploys_live import assert_no_loss, traffic
 
-from controller.docker_backend import ContainerSpec, DockerBackend
+from controller.engine.base import ContainerSpec
+from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from helpers.daemon import Daemon
 from helpers.live import owner_containers, status, wait_for_version

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from controller.docker_backend import Container, ContainerSpec, DockerBackend
+from controller.engine.base import Container, ContainerSpec
+from controller.engine.docker import DockerBackend
 from controller.errors import ContainerFailed, ContainerNotFound, ReadinessTimeout, TurnoutError
 from controller.readiness import STATE_CHECK_EVERY, wait_healthy
 

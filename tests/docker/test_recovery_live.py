@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from controller.docker_backend import ContainerSpec, DockerBackend
+from controller.engine.base import ContainerSpec
+from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from controller.rehearsal.loadgen import LoadConfig, run_load
 from helpers.live import owner_containers, status, wait_for_version

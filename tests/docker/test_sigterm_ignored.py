@@ -11,7 +11,8 @@ import uuid
 import pytest
 from test_deploys_live import assert_no_loss, traffic
 
-from controller.docker_backend import ContainerSpec, DockerBackend
+from controller.engine.base import ContainerSpec
+from controller.engine.docker import DockerBackend
 from helpers.daemon import Daemon
 from helpers.live import owner_containers, wait_for_version
 

@@ -9,7 +9,7 @@ import itertools
 from dataclasses import replace
 
 from controller import labels as lbl
-from controller.docker_backend import Container, ContainerSpec
+from controller.engine.base import Container, ContainerSpec
 from controller.errors import ContainerFailed, ContainerNotFound, ImageNotFound
 
 

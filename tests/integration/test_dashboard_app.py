@@ -17,7 +17,7 @@ from controller.config.model import DashboardConfig, ServiceConfig
 from controller.dashboard.app import COOKIE, CSRF_HEADER, DashboardServer
 from controller.dashboard.feed import Feed
 from controller.deployer import ActiveDeployment, Deployer
-from controller.docker_backend import DockerBackend
+from controller.engine.docker import DockerBackend
 from controller.events import EventLog
 from controller.journal import Journal
 from controller.proxy_control import ProxyControl

@@ -12,7 +12,7 @@ from controller.config.model import DashboardConfig, ServiceConfig
 from controller.dashboard.app import DashboardServer
 from controller.dashboard.feed import Feed
 from controller.deployer import Deployer
-from controller.docker_backend import DockerBackend
+from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from controller.proxy_control import ProxyControl
 from helpers.chromium import Browser

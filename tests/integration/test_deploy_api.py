@@ -16,7 +16,7 @@ from aiohttp import web
 from controller.api import add_controller_routes
 from controller.config.overrides import service_from_flags
 from controller.deployer import Deployer
-from controller.docker_backend import DockerBackend
+from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from controller.proxy_control import ProxyControl
 from proxy.admin import CLIENT_HEADER, create_admin_app

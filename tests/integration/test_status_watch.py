@@ -17,7 +17,7 @@ from controller.config.model import ServiceConfig
 from controller.dashboard.feed import Feed
 from controller.dashboard.stream import add_feed_routes
 from controller.deployer import Deployer
-from controller.docker_backend import DockerBackend
+from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from controller.proxy_control import ProxyControl
 from proxy.admin import create_admin_app

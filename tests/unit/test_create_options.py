@@ -10,7 +10,8 @@ import controller.operations as operations
 from controller.config.model import Volume
 from controller.config.overrides import service_from_flags
 from controller.deployer import Deployer
-from controller.docker_backend import CREATE_OPTIONS, ContainerSpec, DockerBackend
+from controller.engine.base import ContainerSpec
+from controller.engine.docker import CREATE_OPTIONS, DockerBackend
 from controller.journal import Journal
 from controller.proxy_control import ProxyControl
 from helpers.fake_docker import FakeBackend

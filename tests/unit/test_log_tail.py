@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.docker_backend import Container
+from controller.engine.base import Container
 from controller.errors import ContainerFailed
 from controller.readiness import wait_healthy
 

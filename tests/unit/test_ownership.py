@@ -17,7 +17,7 @@ import controller.recovery as recovery
 from controller.config.model import Config
 from controller.config.overrides import service_from_flags
 from controller.deployer import Deployer
-from controller.docker_backend import ContainerSpec
+from controller.engine.base import ContainerSpec
 from controller.journal import MIGRATIONS, Journal
 from controller.proxy_control import ProxyControl
 from helpers.fake_docker import FakeBackend

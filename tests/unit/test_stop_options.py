@@ -8,7 +8,7 @@ from test_create_options import full_spec
 
 from controller.config.model import ConfigError
 from controller.config.reader import load_config, parse_config
-from controller.docker_backend import DockerBackend
+from controller.engine.docker import DockerBackend
 
 
 def web(**keys: object):

@@ -420,7 +420,7 @@ async def test_reconcile_restarts_a_stopped_release_and_removes_strays(world):
     assert await deployer.reconcile("web") is None  # all well: nothing to do, nothing journalled
     for container in backend.running("v1"):  # what an engine restart does
         await backend.stop(container.id)
-    from controller.docker_backend import ContainerSpec
+    from controller.engine.base import ContainerSpec
 
     stray = await backend.start(ContainerSpec(service="web", version="v9", image="app:v9", port=8080,
                                               deployment_id="d-999999", pool="v9"))

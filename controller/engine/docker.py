@@ -1,4 +1,4 @@
-"""The Docker layer: the only module in Turnout that imports `docker`.
+"""The Docker engine: one host's containers are the slots (`controller.engine.base`).
 
 `DockerBackend` starts, inspects, stops, removes and lists *our* containers (see `controller.labels`).
 Every SDK call is blocking, so each public method runs it in a worker thread (`asyncio.to_thread`).
@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-import secrets
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import requests
 import structlog
 from docker.types import LogConfig
 
 from controller import labels as lbl
 from controller.errors import ContainerNotFound, DockerError, ImageNotFound
-from controller.hardening import cap_add_problem, cap_drop_problem, security_opt_problem
+
+from .base import Container, ContainerSpec, container_name, copy_labels
+from .sdk import client_for, translated
 
 log = structlog.get_logger(__name__)
 
@@ -65,111 +62,6 @@ CREATE_OPTIONS = frozenset(
     }
 )
 
-_SLUG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
-
-
-def _copy(mapping: Mapping[str, str] | None) -> dict[str, str]:
-    # Plain dict copies (not MappingProxyType): callers cannot change them from outside, and
-    # dataclasses.asdict / json still work on the result (a mappingproxy cannot be deep-copied).
-    return dict(mapping or {})
-
-
-@dataclass(frozen=True, kw_only=True)
-class ContainerSpec:
-    """What to start: one container of `service` at `version`, listening on container `port`."""
-
-    service: str
-    version: str
-    image: str
-    port: int
-    deployment_id: str
-    pool: str
-    env: Mapping[str, str] = field(default_factory=dict)
-    command: Sequence[str] | None = None
-    volumes: Sequence[str] = ()  # binds "source:target[:mode]": one source may be mounted at two targets
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
-    mem_limit: str | int | None = None  # docker notation, e.g. "256m", or bytes
-    cpus: float | None = None
-    # Hardening (the service's config gives controller/hardening.py's defaults): None/() sets nothing.
-    pids_limit: int | None = None
-    cap_drop: Sequence[str] = ()
-    cap_add: Sequence[str] = ()
-    security_opt: Sequence[str] = ()
-    init: bool = False  # Docker's --init
-    # `docker stop`'s timeout is given at stop (DockerBackend.stop): docker-py's create takes no StopTimeout.
-    spec_hash: str = ""  # labelled turnout.spec-hash (controller/apply/spec.py)
-
-    def __post_init__(self) -> None:
-        for name in ("service", "version", "image", "pool"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"ContainerSpec.{name} must be a non-empty string, got {value!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
-            raise ValueError(f"ContainerSpec.port must be an int in 1..65535, got {self.port!r}")
-        if self.cpus is not None and not self.cpus > 0:
-            raise ValueError(f"ContainerSpec.cpus must be > 0, got {self.cpus!r}")
-        if isinstance(self.command, str):
-            raise ValueError("ContainerSpec.command must be a list of arguments, not a string")
-        if self.pids_limit is not None and (isinstance(self.pids_limit, bool) or not isinstance(
-                self.pids_limit, int) or self.pids_limit < 1):
-            raise ValueError(f"ContainerSpec.pids_limit must be an int >= 1 or None, got {self.pids_limit!r}")
-        # Checked again here (the config reader did first): nothing reaches the engine that grants more
-        # than a plain `docker run` would.
-        for name, problem_of in (("cap_drop", cap_drop_problem), ("cap_add", cap_add_problem),
-                                 ("security_opt", security_opt_problem)):
-            values = getattr(self, name)
-            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
-                raise ValueError(f"ContainerSpec.{name} must be a list of strings, got {values!r}")
-            for value in values:
-                if (problem := problem_of(value)) is not None:
-                    raise ValueError(f"ContainerSpec.{name}: {problem}")
-            object.__setattr__(self, name, tuple(values))
-        if isinstance(self.volumes, str | Mapping):
-            raise ValueError("ContainerSpec.volumes must be a list of 'source:target[:mode]' binds")
-        # Copy what we were given, so the caller's later changes never reach a frozen spec.
-        object.__setattr__(self, "env", _copy(self.env))
-        object.__setattr__(self, "volumes", tuple(self.volumes))
-        object.__setattr__(self, "extra_labels", _copy(self.extra_labels))
-        if self.command is not None:
-            object.__setattr__(self, "command", tuple(self.command))
-
-
-@dataclass(frozen=True, kw_only=True)
-class Container:
-    """What the engine says about one of our containers at the moment it was read."""
-
-    id: str
-    name: str
-    service: str
-    version: str
-    pool: str
-    deployment_id: str
-    image: str
-    address: str | None  # "127.0.0.1:HOSTPORT", None when no port is published (e.g. already exited)
-    state: str  # engine status: created, running, exited, dead, ...
-    exit_code: int | None  # set once the container has stopped
-    labels: dict[str, str] = field(compare=False)  # kept out of eq/hash so a Container stays hashable
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-
-def slug(text: str, max_len: int = 32) -> str:
-    """A container-name-safe form of `text` (lowercase, [a-z0-9_.-], never empty)."""
-    cleaned = _SLUG_UNSAFE.sub("-", text.lower()).strip("-_.")[:max_len].strip("-_.")
-    return cleaned or "x"
-
-
-def container_name(service: str, version: str) -> str:
-    """turnout-<service>-<version-slug>-<short random>, unique enough to start many beside each other."""
-    return f"turnout-{slug(service)}-{slug(version)}-{secrets.token_hex(3)}"
-
-
 def _published_address(attrs: Mapping[str, Any], port: str | None) -> str | None:
     ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
     bindings = ports.get(f"{port}/tcp") if port else None
@@ -200,27 +92,12 @@ def _to_container(attrs: Mapping[str, Any]) -> Container:
     )
 
 
-@contextmanager
-def _translated(action: str, container_id: str | None = None) -> Iterator[None]:
-    """Turn SDK and transport errors into ours, so callers never need to import docker."""
-    try:
-        yield
-    except docker.errors.NotFound as exc:
-        if container_id is not None:
-            raise ContainerNotFound(container_id) from exc
-        raise DockerError(f"{action}: {exc.explanation or exc}") from exc
-    except docker.errors.APIError as exc:
-        raise DockerError(f"{action}: {exc.explanation or exc}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise DockerError(f"{action}: Docker engine unreachable or failing ({exc})") from exc
-
-
 class DockerBackend:
     """Starts and manages the containers belonging to one Turnout `owner` on one Docker engine.
 
-    `client` is a `docker.DockerClient`; when omitted one is made from the environment on first use
-    (in a worker thread, since making it may talk to the engine). `extra_labels` go on every container
-    this backend starts (tests use them to clean up by label).
+    `client` is a `docker.DockerClient`; when omitted one is made on first use (in a worker thread, since
+    making it may talk to the engine) for `host`, or from the environment when `host` is None.
+    `extra_labels` go on every container this backend starts (tests use them to clean up by label).
     """
 
     def __init__(
@@ -228,14 +105,16 @@ class DockerBackend:
         owner: str,
         client: Any | None = None,
         extra_labels: Mapping[str, str] | None = None,
+        host: str | None = None,
     ) -> None:
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
         self.owner = owner
-        self.extra_labels = _copy(extra_labels)
+        self.extra_labels = copy_labels(extra_labels)
         # Fail now, not at the first start, if the extras clash with our own keys.
         lbl.labels_for(owner, "check", "check", "", "check", 1, self.extra_labels)
         self._client = client
+        self._host = host  # the engine's address; None: from the environment (DOCKER_HOST, the socket)
         self._owns_client = client is None
         self._client_lock = threading.Lock()
         self._log = log.bind(owner=owner)
@@ -312,8 +191,8 @@ class DockerBackend:
     def _docker(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                with _translated("connecting to the Docker engine"):
-                    self._client = docker.from_env()
+                with translated("connecting to the Docker engine"):
+                    self._client = client_for(self._host)
             return self._client
 
     def _create_kwargs(self, spec: ContainerSpec, name: str) -> dict[str, Any]:
@@ -360,14 +239,14 @@ class DockerBackend:
         client = self._docker()
         name = container_name(spec.service, spec.version)
         try:
-            with _translated(f"creating container {name} from {spec.image}"):
+            with translated(f"creating container {name} from {spec.image}"):
                 created = client.containers.create(**self._create_kwargs(spec, name))
         except DockerError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound):
                 raise ImageNotFound(spec.image) from exc.__cause__
             raise
         try:
-            with _translated(f"starting container {name}", created.id):
+            with translated(f"starting container {name}", created.id):
                 created.start()
                 created.reload()  # the published host port is known only after start
         except DockerError:
@@ -394,7 +273,7 @@ class DockerBackend:
             self._log.warning("container.discard_failed", container_id=created.id[:12], error=str(exc))
 
     def _get(self, container_id: str) -> Any:
-        with _translated(f"inspecting container {container_id[:12]}", container_id):
+        with translated(f"inspecting container {container_id[:12]}", container_id):
             return self._docker().containers.get(container_id)  # `get` is a fresh inspect
 
     def _get_ours(self, container_id: str, action: str) -> Any:
@@ -414,13 +293,13 @@ class DockerBackend:
 
     def _logs_tail_sync(self, container_id: str, lines: int) -> str:
         found = self._get(container_id)
-        with _translated(f"reading logs of container {container_id[:12]}", container_id):
+        with translated(f"reading logs of container {container_id[:12]}", container_id):
             raw = found.logs(stdout=True, stderr=True, tail=max(0, int(lines)))
         return raw.decode("utf-8", errors="replace").rstrip("\n")
 
     def _stop_sync(self, container_id: str, timeout: float) -> Container:
         found = self._get_ours(container_id, "stop")
-        with _translated(f"stopping container {container_id[:12]}", container_id):
+        with translated(f"stopping container {container_id[:12]}", container_id):
             # The engine takes whole seconds; round up so a short timeout never becomes 0 (instant kill).
             found.stop(timeout=max(0, math.ceil(timeout)))
             found.reload()
@@ -437,7 +316,7 @@ class DockerBackend:
     def _restart_sync(self, container_id: str) -> Container:
         found = self._get_ours(container_id, "restart")
         if found.status != "running":
-            with _translated(f"restarting container {container_id[:12]}", container_id):
+            with translated(f"restarting container {container_id[:12]}", container_id):
                 found.start()
                 found.reload()  # a new host port may have been assigned
         container = _to_container(found.attrs)
@@ -454,7 +333,7 @@ class DockerBackend:
     def _remove_sync(self, container_id: str) -> None:
         try:
             found = self._get_ours(container_id, "remove")
-            with _translated(f"removing container {container_id[:12]}", container_id):
+            with translated(f"removing container {container_id[:12]}", container_id):
                 found.remove(force=True, v=True)  # v: anonymous volumes go with it
         except ContainerNotFound:
             self._log.debug("container.already_removed", container_id=container_id[:12])
@@ -471,7 +350,7 @@ class DockerBackend:
         )
 
     def _list_sync(self, service: str | None, all_: bool) -> list[Container]:
-        with _translated("listing containers"):
+        with translated("listing containers"):
             # ignore_removed: a container may vanish between the list call and its inspect.
             found = self._docker().containers.list(
                 all=all_, filters=lbl.list_filters(self.owner, service), ignore_removed=True
@@ -481,7 +360,7 @@ class DockerBackend:
 
     def _image_exists_sync(self, image: str) -> bool:
         try:
-            with _translated(f"looking up image {image}"):
+            with translated(f"looking up image {image}"):
                 self._docker().images.get(image)
         except DockerError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
@@ -491,13 +370,13 @@ class DockerBackend:
 
     def _exec_sync(self, container_id: str, command: tuple[str, ...], env: dict[str, str]) -> tuple[int, str]:
         found = self._get_ours(container_id, "exec in")
-        with _translated(f"running a command in container {container_id[:12]}", container_id):
+        with translated(f"running a command in container {container_id[:12]}", container_id):
             result = found.exec_run(list(command), environment=env)
         return int(result.exit_code or 0), (result.output or b"").decode("utf-8", errors="replace")
 
     def _image_id_sync(self, image: str) -> str:
         try:
-            with _translated(f"looking up image {image}"):
+            with translated(f"looking up image {image}"):
                 return str(self._docker().images.get(image).id)
         except DockerError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
@@ -506,7 +385,7 @@ class DockerBackend:
 
     def _image_labels_sync(self, image: str) -> dict[str, str]:
         try:
-            with _translated(f"looking up image {image}"):
+            with translated(f"looking up image {image}"):
                 return dict(self._docker().images.get(image).labels or {})
         except DockerError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
@@ -514,5 +393,5 @@ class DockerBackend:
             raise
 
     def _ping_sync(self) -> bool:
-        with _translated("pinging the Docker engine"):
+        with translated("pinging the Docker engine"):
             return bool(self._docker().ping())
