@@ -1,0 +1,36 @@
+"""The Swarm lab of scripts/swarm-lab.sh as the swarm tests see it: where its manager and nodes are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers.live import CONFIG
+
+LAB = Path(__file__).resolve().parents[2] / "scripts" / "swarm-lab.sh"
+MANAGER = "unix:///run/turnout-lab/n1.sock"
+NODE_ADDRESSES = ("10.231.0.11", "10.231.0.12")
+
+# The live tests' config (tests/helpers/live.py) on the lab's Swarm, 4 replicas.
+SWARM_CONFIG = f'[engine]\nkind = "swarm"\nhost = "{MANAGER}"\n' + (
+    CONFIG.replace("replicas = 2", "replicas = 4").replace('start_timeout = "4s"', 'start_timeout = "15s"'))
+
+
+def lab_problem() -> str | None:
+    """Why the lab is not usable, or None when the manager and both nodes are ready."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=MANAGER, timeout=10)
+    except Exception as exc:
+        return f"no Swarm manager at {MANAGER} ({exc})"
+    try:
+        ready = [n for n in client.nodes.list() if n.attrs["Status"]["State"] == "ready"]
+        if len(ready) < len(NODE_ADDRESSES):
+            return f"{len(ready)} of {len(NODE_ADDRESSES)} Swarm nodes ready"
+        return None
+    except Exception as exc:
+        return f"the Swarm manager at {MANAGER} does not answer as one ({exc})"
+    finally:
+        client.close()
+
+

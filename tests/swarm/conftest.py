@@ -1,0 +1,61 @@
+"""The Swarm lab (scripts/swarm-lab.sh): two dockerd in two network namespaces, one Swarm. `make test`
+brings it up before the swarm tests and down after; run alone, the session brings it up (as root) and
+takes down what it brought up. Where the lab cannot come up the tests fail in CI (CI=true), never skip;
+elsewhere (no root, no dockerd) they are skipped with the reason."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.daemon import Daemon
+from helpers.live import wait_for_version
+from helpers.swarm_lab import LAB, MANAGER, SWARM_CONFIG, lab_problem
+
+
+@pytest.fixture(scope="session")
+def swarm_lab(test_run_labels: dict[str, str]) -> Iterator[Any]:
+    """A client of the lab's manager; services this test run left behind are removed at the end."""
+    import docker
+
+    brought_up = False
+    if lab_problem() is not None and os.geteuid() == 0:
+        result = subprocess.run([str(LAB), "up"], capture_output=True, text=True, timeout=300)
+        brought_up = result.returncode == 0
+        if not brought_up:
+            pytest.fail(f"scripts/swarm-lab.sh up failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    problem = lab_problem()
+    if problem is not None:
+        message = f"the Swarm lab is not up: {problem} (run `sudo scripts/swarm-lab.sh up`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    client = docker.DockerClient(base_url=MANAGER)
+    yield client
+    (label, value), = test_run_labels.items()
+    for service in client.services.list(filters={"label": f"{label}={value}"}):
+        try:
+            service.remove()
+        except docker.errors.NotFound:
+            pass
+    client.close()
+    if brought_up:
+        subprocess.run([str(LAB), "down"], capture_output=True, text=True, timeout=300, check=True)
+
+
+@pytest.fixture
+def swarm_daemon(tmp_path: Path, swarm_lab: Any, test_run_labels: dict[str, str]) -> Iterator[Daemon]:
+    """`turnout serve` with [engine] kind = "swarm", serving turnout-testapp:v1 on 4 slots."""
+    serve = Daemon(tmp_path, test_run_labels, SWARM_CONFIG)
+    serve.start()
+    try:
+        wait_for_version(serve, "v1", timeout=60)
+        yield serve
+    finally:
+        serve.stop()
+        serve.remove_containers()

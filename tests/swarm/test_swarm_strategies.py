@@ -1,0 +1,74 @@
+"""The four strategies on Docker Swarm (the lab's two nodes, [engine] kind = "swarm"): a 4-replica
+service spread over both nodes moves from v1 to v2 with no failed request, load sent through the
+controller's proxy the whole time. Each slot is a one-replica Swarm service published in host mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from controller.rehearsal.loadgen import LoadConfig, LoadResult, run_load
+from helpers.daemon import Daemon
+from helpers.live import status
+from helpers.swarm_lab import NODE_ADDRESSES
+
+pytestmark = pytest.mark.swarm
+
+
+@asynccontextmanager
+async def traffic(serve: Daemon) -> AsyncIterator[list[LoadResult]]:
+    """Keep-alive and new-connection clients through the proxy while the block runs (at most 120 s)."""
+    stop = asyncio.Event()
+    config = LoadConfig(url=serve.url, duration=120.0, concurrency=6, new_connections=0.3, timeout=20.0,
+                        max_requests=200_000)
+    task = asyncio.create_task(run_load(config, stop=stop))
+    results: list[LoadResult] = []
+    await asyncio.sleep(0.5)  # traffic flows before the deploy starts
+    try:
+        yield results
+    finally:
+        await asyncio.sleep(0.5)  # and after it finished
+        stop.set()
+        results.append(await task)
+
+
+def stable_nodes(info: dict, version: str) -> list[str]:
+    """The node address of each upstream of the stable pool, which must be `version`'s 4 slots."""
+    assert info["stable"]["version"] == version, info
+    pool = info["stable"]["pool"]
+    assert list(info["pools"]) == [pool] and info["pools"][pool]["weight"] == 100, info
+    upstreams = info["pools"][pool]["upstreams"]
+    assert len(upstreams) == 4, info
+    return sorted(address.rpartition(":")[0] for address in upstreams)
+
+
+def slots_running(swarm_lab, serve: Daemon) -> dict[str, int]:
+    """version -> running slots of this daemon's services on the Swarm (read from the manager)."""
+    from controller.daemon import owner_of
+
+    counts: dict[str, int] = {}
+    for service in swarm_lab.services.list(filters={"label": f"turnout.owner={owner_of(serve.state_dir)}"}):
+        running = [t for t in service.tasks() if t["Status"]["State"] == "running"]
+        version = service.attrs["Spec"]["Labels"]["turnout.version"]
+        counts[version] = counts.get(version, 0) + len(running)
+    return {v: n for v, n in counts.items() if n}
+
+
+@pytest.mark.parametrize("strategy", ["rolling", "bigbang", "bluegreen", "canary"])
+async def test_strategy_moves_4_slots_on_2_nodes_from_v1_to_v2_with_no_failed_request(swarm_lab, swarm_daemon,
+                                                                                       strategy):
+    assert set(stable_nodes(status(swarm_daemon), "v1")) == set(NODE_ADDRESSES)  # spread over both
+    async with traffic(swarm_daemon) as results:
+        code, out = await swarm_daemon.acli("deploy", "web", "--image", "turnout-testapp:v2",
+                                            "--strategy", strategy)
+    assert code == 0, out
+    result = results[0]
+    summary = result.summary()
+    assert result.sent > 50, summary
+    assert (result.failed_by_proxy, result.truncated, result.app_errors) == (0, 0, 0), summary
+    assert {r.version for r in result.records if r.version} == {"v1", "v2"}, summary
+    assert set(stable_nodes(status(swarm_daemon), "v2")) == set(NODE_ADDRESSES)
+    assert slots_running(swarm_lab, swarm_daemon) == {"v2": 4}  # v1's slots stopped (or removed)
