@@ -8,12 +8,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint docker images chromium pebble clean-containers bench help
+.PHONY: demo test unit swarm lint docker images chromium pebble clean-containers bench help
 
 help:
 	@echo "make demo    set up, start Turnout, deploy a demo app v1, canary to v2 under load, report"
 	@echo "make test    set up, then run the whole test suite (unit + sockets + real Docker engine)"
 	@echo "make unit    only the tests that need no Docker engine"
+	@echo "make swarm   only the Swarm tests, on a two-node lab brought up and down around them"
 	@echo "make lint    ruff"
 	@echo "make bench   proxy benchmark beside direct, nginx and HAProxy (see bench/README.md)"
 
@@ -39,9 +40,18 @@ pebble:
 demo: $(STAMP) images
 	$(BIN)/python -m controller.rehearsal.demo
 
+# The Swarm tests run last, in their own pytest run, with the lab (scripts/swarm-lab.sh) up only around
+# them; the lab goes down whatever happened, and `make test` fails if either run (or the lab) failed.
+SWARM_TESTS = scripts/swarm-lab.sh up && $(BIN)/python -m pytest -m swarm tests/swarm $(PYTEST_ARGS); \
+	rc=$$?; scripts/swarm-lab.sh down; exit $$rc
+
 test: $(STAMP) images chromium pebble
 	$(BIN)/ruff check proxy controller tests bench
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	rc=0; $(BIN)/python -m pytest -m "not swarm" $(PYTEST_ARGS) || rc=$$?; \
+	  ( $(SWARM_TESTS) ) || rc=$$((rc ? rc : 1)); exit $$rc
+
+swarm: $(STAMP) images
+	$(SWARM_TESTS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
