@@ -72,3 +72,16 @@ async def test_strategy_moves_4_slots_on_2_nodes_from_v1_to_v2_with_no_failed_re
     assert {r.version for r in result.records if r.version} == {"v1", "v2"}, summary
     assert set(stable_nodes(status(swarm_daemon), "v2")) == set(NODE_ADDRESSES)
     assert slots_running(swarm_lab, swarm_daemon) == {"v2": 4}  # v1's slots stopped (or removed)
+
+
+async def test_a_crashing_v2_fails_with_its_tasks_error_and_v1_keeps_serving(swarm_lab, swarm_daemon):
+    async with traffic(swarm_daemon) as results:
+        code, out = await swarm_daemon.acli("deploy", "web", "--image", "turnout-testapp:crash",
+                                            "--strategy", "rolling")
+    assert code == 1, out
+    assert "task failed: task: non-zero exit (3)" in out  # the task's Status.Err, as the engine saw it
+    result = results[0]
+    assert (result.failed_by_proxy, result.truncated, result.app_errors) == (0, 0, 0), result.summary()
+    assert {r.version for r in result.records if r.version} == {"v1"}
+    assert set(stable_nodes(status(swarm_daemon), "v1")) == set(NODE_ADDRESSES)
+    assert slots_running(swarm_lab, swarm_daemon) == {"v1": 4}
