@@ -42,12 +42,12 @@ T = TypeVar("T")
 _RUNNING = frozenset({"running"})
 _EXITED = frozenset({"complete", "shutdown", "failed"})  # the container ran and stopped: an exit code
 _DEAD = frozenset({"rejected", "orphaned", "remove"})  # never ran, or lost with its node
-# How often stop() looks at the task while waiting for it to end; how long beyond the grace it waits.
+# How often stop() and restart() look at the tasks while waiting; how long beyond the grace a stop
+# may take; how long a scaled-up slot may take to get its new task from the orchestrator.
 POLL_INTERVAL = 0.1
 STOP_SLACK = 30.0
+NEW_TASK_WAIT = 30.0
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
-# Hardening Swarm services cannot carry (Docker 20.10, API 1.41): said once per option, not dropped silently.
-_UNSUPPORTED_SECURITY_OPT = "security_opt"
 
 
 def service_name(service: str, version: str) -> str:
@@ -244,8 +244,8 @@ class SwarmBackend:
             resources.setdefault("Limits", {})["Pids"] = spec.pids_limit
         if resources:
             kwargs["resources"] = resources
-        if spec.security_opt:
-            self._warn_once(_UNSUPPORTED_SECURITY_OPT, "swarm.option_not_applied", option="security_opt",
+        if spec.security_opt:  # said once, not dropped silently
+            self._warn_once("security_opt", "swarm.option_not_applied", option="security_opt",
                             values=list(spec.security_opt),
                             why="Swarm services take no security options (no-new-privileges) in API 1.41")
         return kwargs
@@ -281,9 +281,12 @@ class SwarmBackend:
                               f"not by this Turnout instance (owner {self.owner!r})")
         return found
 
-    def _task(self, found: Any) -> Mapping[str, Any] | None:
+    def _tasks(self, found: Any) -> list[Mapping[str, Any]]:
         with translated(f"listing the tasks of service {found.id[:12]}", found.id):
-            return current_task(found.tasks())
+            return list(found.tasks())
+
+    def _task(self, found: Any) -> Mapping[str, Any] | None:
+        return current_task(self._tasks(found))
 
     def _node_address(self, node_id: str | None) -> str | None:
         if not node_id:
@@ -343,7 +346,15 @@ class SwarmBackend:
     def _restart_sync(self, service_id: str) -> Container:
         found = self._get_ours(service_id, "restart")
         if _replicas(found.attrs) != 1:
+            # Until the orchestrator adds the new task, the newest is the stopped one: wait for the new.
+            before = {task["ID"] for task in self._tasks(found)}
             self._scale(found, 1, "restarting")
+            deadline = time.monotonic() + NEW_TASK_WAIT
+            while not [task for task in self._tasks(found) if task["ID"] not in before]:
+                if time.monotonic() > deadline:
+                    raise DockerError(f"restarting service {service_id[:12]}: no new task "
+                                      f"{NEW_TASK_WAIT:g}s after scaling to 1")
+                time.sleep(POLL_INTERVAL)
             found.reload()
         container = self._container(found)
         self._log.info("slot.restarted", service=container.service, version=container.version,

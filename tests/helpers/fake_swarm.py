@@ -26,6 +26,10 @@ class FakeService:
     def tasks(self, filters: Any = None) -> list[dict[str, Any]]:
         if self.id not in self.swarm.specs:
             raise docker.errors.NotFound(f"service {self.id} not found")
+        if self.swarm.lagging.get(self.id):  # the orchestrator adds the scaled-up task a little later
+            self.swarm.lagging[self.id] -= 1
+            if not self.swarm.lagging[self.id]:
+                self.swarm.new_task(self.id)
         return copy.deepcopy(self.swarm.tasks.get(self.id, []))
 
     def scale(self, replicas: int) -> bool:
@@ -38,6 +42,8 @@ class FakeService:
                     task["DesiredState"] = "shutdown"
                     task["Status"] = {"State": "shutdown",
                                       "ContainerStatus": {"ExitCode": self.swarm.stop_exit}}
+        elif self.swarm.orchestrator_lag:
+            self.swarm.lagging[self.id] = self.swarm.orchestrator_lag
         else:
             self.swarm.new_task(self.id)
         return True
@@ -128,6 +134,8 @@ class FakeSwarm:
         self.image_labels: dict[str, dict[str, str]] = {"app:v1": {}, "app:v2": {"turnout.schema": "1-2"}}
         self.calls: list[tuple[Any, ...]] = []
         self.stop_exit = 0
+        self.orchestrator_lag = 0  # task listings after a scale-up before its new task shows
+        self.lagging: dict[str, int] = {}
         self.ids = itertools.count(1)
         self._ports = itertools.count(30000)
         self._clock = itertools.count(1)

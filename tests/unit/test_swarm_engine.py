@@ -117,6 +117,15 @@ async def test_restart_scales_back_to_one_a_new_task_on_a_new_port(engine, swarm
     assert seen.running and seen.address.endswith(f":{second}") and second != first
 
 
+async def test_restart_waits_for_the_new_task_while_the_stopped_one_is_still_the_newest(engine, swarm):
+    slot = await engine.start(spec())
+    swarm.run(slot.id)
+    await engine.stop(slot.id)
+    swarm.orchestrator_lag = 3
+    restarted = await engine.restart(slot.id)
+    assert restarted.state == "created" and restarted.exit_code is None  # not the stopped task's "exited"
+
+
 def test_the_current_task_is_the_newest_even_when_go_trims_the_nanoseconds():
     older = {"ID": "old", "CreatedAt": "2026-01-01T00:00:01.123456789Z"}
     newer = {"ID": "new", "CreatedAt": "2026-01-01T00:00:01.5Z"}
