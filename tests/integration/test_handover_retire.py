@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from helpers.upstreams import RawClient, fetch, running_proxy, service, wait_for
 from proxy.config import ProxyConfig
 from proxy.handover import retire
 from proxy.router import Router
 from proxy.server import ProxyServer
-from helpers.upstreams import RawClient, fetch, running_proxy, service, wait_for
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def test_new_connections_reach_the_new_server_and_a_kept_one_ends_with_its
         kept = await RawClient.connect(port)
         first = await kept.request()
         assert first.body == b"old" and first.header("connection") != "close"
-        new = await start_new()
+        await start_new()
         retiring = asyncio.create_task(retire(old, timeout=10.0, grace=30.0))
         await wait_for(lambda: old._server is not None and not old._server.is_serving())
         for _ in range(5):  # the old one accepts no more: every new connection is the new one's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 
 import aiohttp
 import pytest
@@ -60,8 +61,7 @@ async def test_three_hand_overs_under_keep_alive_and_new_connection_load_fail_no
 
 
 async def test_a_second_serve_on_the_same_state_dir_is_refused_naming_the_running_one(serve):
-    second = Daemon(serve.workdir, {}, serve.config_path)
-    second.port = serve.port + 0  # same state dir; the listen address does not matter: refused before
+    second = Daemon(serve.workdir, {}, serve.config_path)  # same state dir, another port: refused first
     code, out = await asyncio.to_thread(_run, second.serve_args(), second)
     assert code == 2, out
     assert f"is in use by a running turnout serve (pid {serve.process.pid})" in out and "--takeover" in out
@@ -106,8 +106,8 @@ async def test_a_different_config_is_refused_and_the_old_daemon_serves_on(serve)
 
 async def test_a_table_that_does_not_rebuild_aborts_and_the_old_daemon_is_not_left_frozen(serve, ups):
     # A service put straight into the proxy's table (not journalled) cannot be rebuilt from the journal.
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(serve.state_dir / "admin.sock")),
-                                     headers={"X-Turnout-Client": "test"}) as session:
+    admin = aiohttp.UnixConnector(path=str(serve.state_dir / "admin.sock"))
+    async with aiohttp.ClientSession(connector=admin, headers={"X-Turnout-Client": "test"}) as session:
         spec = {"name": "ghost", "hosts": ["ghost.test"],
                 "pools": [{"name": "p", "weight": 100, "upstreams": [ups[0].address]}]}
         async with session.put("http://turnout/v1/services/ghost", json=spec) as answer:
@@ -125,7 +125,6 @@ async def test_a_table_that_does_not_rebuild_aborts_and_the_old_daemon_is_not_le
 
 
 def _run(args: list[str], daemon: Daemon) -> tuple[int, str]:
-    import subprocess
-
-    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=daemon.env, cwd=daemon.workdir)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=daemon.env,
+                          cwd=daemon.workdir)
     return done.returncode, done.stdout + done.stderr
