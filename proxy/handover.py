@@ -6,7 +6,8 @@ Two jobs, no policy:
 - retire a listener whose socket the new process now accepts on (`retire`): stop accepting here (the
   socket stays open in the other process, so the kernel's queue keeps every new connection), let each
   exchange in flight finish, and close each keep-alive connection only between two requests: the next
-  answer on it says `Connection: close`, and one that stays idle is closed after a short grace.
+  answer on it says `Connection: close`, and one that stays idle is closed after a short grace. The
+  connections are retired spread over a few seconds, so their clients do not all reconnect at once.
 
 Nothing here runs on the request path: the connections are marked from the retire loop's sweep.
 """
@@ -33,6 +34,7 @@ _HEAD = struct.Struct("!4sI")  # magic, length of the JSON that follows
 MAX_FDS = 16  # far above what a hand-over passes (plain, https, lock); SCM_MAX_FD is 253
 MAX_FRAME = 1 << 20
 IDLE_GRACE = 1.0  # seconds a retired keep-alive connection may stay idle before it is closed
+CLOSE_SPREAD = 2.0  # seconds over which the connections are retired, one after another
 SWEEP = 0.02  # seconds between two sweeps of a retiring listener
 
 
@@ -119,11 +121,20 @@ def stop_accepting(server: ProxyServer) -> None:
         server._server.close()
 
 
-async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE) -> int:
+async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
+                 spread: float = CLOSE_SPREAD) -> int:
     """Stop accepting, then end every connection between requests (above) within `timeout` seconds;
-    abort what is left then. Returns how many were aborted."""
+    abort what is left then. Returns how many were aborted.
+
+    The connections are retired one after another over `spread` seconds (at most half of `timeout`),
+    longest idle first, as HAProxy's `close-spread-time` does: their clients reconnect to the new process
+    a few at a time instead of all at once (a storm of TLS handshakes, from one address often enough)."""
     stop_accepting(server)
-    deadline = now() + timeout
+    start = now()
+    deadline = start + timeout
+    spread = min(spread, timeout / 2)
+    order = sorted(server.connections, key=lambda c: c.t_end)
+    due = {c: start + spread * i / len(order) for i, c in enumerate(order)}  # later ones: at once
     handshakes: set[Any] = getattr(server, "handshakes", set())  # HTTPS: handshakes under way finish
     closed_idle = 0
     while server.connections or handshakes:
@@ -131,7 +142,9 @@ async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE)
         if t >= deadline:
             break
         for connection in list(server.connections):
-            if not connection.stopping:  # e.g. a TLS handshake that finished since the last sweep
+            if not connection.stopping:
+                if t < due.get(connection, start):
+                    continue
                 retire_connection(connection)
             if idle_for(connection, t) >= grace:
                 connection.closed = True

@@ -52,7 +52,7 @@ async def test_new_connections_reach_the_new_server_and_a_kept_one_ends_with_its
         first = await kept.request()
         assert first.body == b"old" and first.header("connection") != "close"
         await start_new()
-        retiring = asyncio.create_task(retire(old, timeout=10.0, grace=30.0))
+        retiring = asyncio.create_task(retire(old, timeout=10.0, grace=30.0, spread=0))
         await wait_for(lambda: old._server is not None and not old._server.is_serving())
         for _ in range(5):  # the old one accepts no more: every new connection is the new one's
             assert (await fetch(port)).body == b"new"
@@ -72,7 +72,7 @@ async def test_a_request_in_flight_finishes_and_its_answer_says_close(ups):
         await client.send(b"GET /slow?s=0.3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
         await wait_for(lambda: any(c.busy for c in old.connections))
         await start_new()
-        retiring = asyncio.create_task(retire(old, timeout=10.0, grace=30.0))
+        retiring = asyncio.create_task(retire(old, timeout=10.0, grace=30.0, spread=0))
         answer = await client.read_response()
         assert answer.status == 200 and answer.body == b"old" and answer.header("connection") == "close"
         assert await client.at_eof()
@@ -89,7 +89,7 @@ async def test_an_idle_connection_closes_after_the_grace_but_one_mid_request_is_
         await partial.send(b"GET / HTTP/1.1\r\nHost: app")  # a request half sent when the retiring starts
         await wait_for(lambda: any(c.buf for c in old.connections))
         await start_new()
-        retiring = asyncio.create_task(retire(old, timeout=10.0, grace=0.05))
+        retiring = asyncio.create_task(retire(old, timeout=10.0, grace=0.05, spread=0))
         assert await idle.at_eof()  # idle past the grace: closed between requests
         assert not retiring.done()
         await partial.send(b".test\r\n\r\n")  # the rest arrives after the idle one was closed
@@ -107,6 +107,22 @@ async def test_what_is_still_in_flight_at_the_deadline_is_aborted_and_counted(up
         await client.send(b"GET /slow?s=5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
         await wait_for(lambda: any(c.busy for c in old.connections))
         await start_new()
-        assert await retire(old, timeout=0.1, grace=30.0) == 1
+        assert await retire(old, timeout=0.1, grace=30.0, spread=0) == 1
         assert await client.at_eof()
         await client.close()
+
+
+async def test_connections_are_retired_one_after_another_longest_idle_first(ups):
+    async with old_and_new(ups) as (old, start_new):
+        first, second = await RawClient.connect(old.port), await RawClient.connect(old.port)
+        assert (await first.request()).status == 200
+        assert (await second.request()).status == 200  # idle for less time than the first
+        await start_new()
+        retiring = asyncio.create_task(retire(old, timeout=60.0, grace=60.0, spread=20.0))
+        await wait_for(lambda: sum(c.stopping for c in old.connections) == 1)
+        assert (await first.request()).header("connection") == "close"  # its turn came at once
+        kept = await second.request()  # its turn is 10 s later: still kept alive meanwhile
+        assert kept.status == 200 and kept.header("connection") != "close"
+        retiring.cancel()
+        await first.close()
+        await second.close()

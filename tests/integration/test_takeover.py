@@ -13,8 +13,9 @@ import pytest
 
 from controller.rehearsal.loadgen import LoadConfig, Outcome, run_load
 from controller.state_lock import StateLock
-from helpers.daemon import Daemon
-from helpers.takeover import atake_over, start_takeover
+from helpers.certs import CertAuthority
+from helpers.daemon import Daemon, free_port
+from helpers.takeover import atake_over, events, start_takeover
 from helpers.upstreams import fetch
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,3 +129,54 @@ def _run(args: list[str], daemon: Daemon) -> tuple[int, str]:
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=daemon.env,
                           cwd=daemon.workdir)
     return done.returncode, done.stdout + done.stderr
+
+
+async def test_the_https_listener_is_handed_over_too_and_the_other_listeners_move(tmp_path, ups):
+    """Plain and HTTPS sockets are passed; the dashboard and the TCP admin API are rebound by the new
+    daemon once the old one let go of them. HTTPS clients (keep-alive and new) lose nothing."""
+    ca = CertAuthority.create(tmp_path / "ca")
+    ca.write(tmp_path / "certs", "web", ["web.test"])
+    tls_port, admin_port, dashboard_port = free_port(), free_port(), free_port()
+    token = "t" * 32
+    config = f"""
+[proxy]
+access_log = false
+drain_timeout = "5s"
+admin_tcp = "127.0.0.1:{admin_port}"
+admin_token = "{token}"
+[proxy.tls]
+listen = "127.0.0.1:{tls_port}"
+certs_dir = "{tmp_path / 'certs'}"
+redirect_http = false
+[dashboard]
+listen = "127.0.0.1:{dashboard_port}"
+[services.api]
+upstreams = ["{ups[0].address}"]
+host = "web.test"
+"""
+    serve = Daemon(tmp_path, {}, config)
+    serve.start()
+    try:
+        stop = asyncio.Event()
+        load = asyncio.create_task(run_load(LoadConfig(
+            url=f"https://web.test:{tls_port}/", connect_to=f"127.0.0.1:{tls_port}", cacert=str(ca.path),
+            rate=200, duration=60, new_connections=0.3, timeout=10), stop=stop))
+        try:
+            for _ in range(2):
+                old_log = serve.log_path
+                await atake_over(serve)
+                (begun,) = events(old_log, "handover.begun")
+                assert begun["passed"] == ["http", "https", "lock"]
+        finally:
+            stop.set()
+            result = await load
+        counts = result.summary()
+        assert result.sent > 50 and result.failed_by_proxy == 0 and result.truncated == 0, counts
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{dashboard_port}/") as answer:
+                assert answer.status == 200
+            async with session.get(f"http://127.0.0.1:{admin_port}/v1/status",
+                                   headers={"Authorization": f"Bearer {token}"}) as answer:
+                assert answer.status == 200 and "api" in (await answer.json())["services"]
+    finally:
+        serve.stop()
