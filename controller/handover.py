@@ -288,6 +288,9 @@ class Takeover:
     def _begin(self) -> Received:
         holder = StateLock.held(self.state_dir)
         if holder is None:
+            if _answers(self.admin_socket):  # a daemon from before the state dir's lock (and hand-overs)
+                raise HandoverError(f"--takeover: the daemon on {self.admin_socket} does not know hand-overs "
+                                    "(an older Turnout): stop it, then start this one")
             raise HandoverError(f"--takeover: no daemon to take over: no turnout serve holds the state dir "
                                 f"{self.state_dir}; start it without --takeover")
         hello = {"protocol": PROTOCOL, "pid": os.getpid(), "facts": config_facts(self.config)}
@@ -369,6 +372,16 @@ class Takeover:
             return _read_answer(sock, b"")
         finally:
             sock.close()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 def _send_request(sock: socket.socket, path: str, body: dict[str, Any]) -> None:

@@ -91,6 +91,20 @@ async def test_takeover_with_an_unreachable_admin_socket_names_it(tmp_path):
     assert "cannot reach the running daemon" in out and "admin.sock" in out and "refused" in out
 
 
+async def test_takeover_of_a_daemon_from_before_hand_overs_says_to_stop_it(tmp_path):
+    lone = Daemon(tmp_path, {}, "[proxy]\naccess_log = false\n")
+    lone.state_dir.mkdir(mode=0o700)
+    older = socket.socket(socket.AF_UNIX)  # its admin socket answers, but it holds no lock
+    older.bind(str(lone.state_dir / "admin.sock"))
+    older.listen()
+    try:
+        code, out = await asyncio.to_thread(_run, [*lone.serve_args(), "--takeover"], lone)
+    finally:
+        older.close()
+    assert code == 2, out
+    assert "does not know hand-overs (an older Turnout): stop it, then start this one" in out
+
+
 async def test_a_different_config_is_refused_and_the_old_daemon_serves_on(serve):
     other = serve.port + 1 if serve.port < 65000 else serve.port - 1
     code, out = await asyncio.to_thread(
