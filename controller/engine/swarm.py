@@ -330,6 +330,10 @@ class SwarmBackend:
     def _stop_sync(self, service_id: str, timeout: float) -> Container:
         found = self._get_ours(service_id, "stop")
         self._scale(found, 0, "stopping")
+        # Read with 0 replicas from now on: Swarm deletes a scaled-down task soon after it ends, and a
+        # slot with neither replicas nor tasks is stopped (its exit code then unknown, unless seen first).
+        with translated(f"inspecting service {service_id[:12]}", service_id):
+            found.reload()
         deadline = time.monotonic() + max(0.0, timeout) + STOP_SLACK
         while True:
             container = self._container(found)

@@ -36,7 +36,9 @@ class FakeService:
         self.swarm.calls.append(("scale", self.id, replicas))
         self.swarm.specs[self.id]["Spec"]["Mode"]["Replicated"]["Replicas"] = replicas
         tasks = self.swarm.tasks.setdefault(self.id, [])
-        if replicas == 0:
+        if replicas == 0 and self.swarm.reap_at_once:  # the task ended and the reaper deleted it
+            tasks.clear()
+        elif replicas == 0:
             for task in tasks:
                 if task["Status"]["State"] == "running":  # the agent stops it: SIGTERM, exit 0
                     task["DesiredState"] = "shutdown"
@@ -134,6 +136,7 @@ class FakeSwarm:
         self.image_labels: dict[str, dict[str, str]] = {"app:v1": {}, "app:v2": {"turnout.schema": "1-2"}}
         self.calls: list[tuple[Any, ...]] = []
         self.stop_exit = 0
+        self.reap_at_once = False  # a scaled-down task is deleted before anyone sees it end
         self.orchestrator_lag = 0  # task listings after a scale-up before its new task shows
         self.lagging: dict[str, int] = {}
         self.ids = itertools.count(1)

@@ -106,6 +106,15 @@ async def test_stop_scales_to_zero_and_waits_for_the_task_to_end(engine, swarm):
     assert not [c for c in swarm.calls if c[0] == "update"]  # never a whole-spec update
 
 
+async def test_stop_ends_when_swarm_deleted_the_ended_task_before_it_was_seen(engine, swarm, monkeypatch):
+    monkeypatch.setattr("controller.engine.swarm.STOP_SLACK", 0.5)  # the old code polled until this ran out
+    slot = await engine.start(spec())
+    swarm.run(slot.id)
+    swarm.reap_at_once = True
+    stopped = await engine.stop(slot.id, timeout=0)
+    assert (stopped.state, stopped.exit_code, stopped.address) == ("exited", None, None)
+
+
 async def test_restart_scales_back_to_one_a_new_task_on_a_new_port(engine, swarm):
     slot = await engine.start(spec())
     first = swarm.run(slot.id)
