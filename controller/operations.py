@@ -89,6 +89,7 @@ class Operations:
         fsync, ~0.3-0.5 ms) runs in a worker thread, so the requests the swap released are routed
         meanwhile instead of waiting behind the disk. It is written before this returns: what follows a
         switch (a drain, a stop, the verification) still follows its record, as recovery expects."""
+        await self.settled()  # remote proxies: the switch is done when each one applied it
         fault = faults.ARMED
         if fault is not None:
             fault.reached("switched", self.new.version, before=True)
@@ -273,6 +274,11 @@ class Operations:
         if hold_timeout is not None:
             config = replace(config, hold_timeout=hold_timeout)
         return self.proxy.install(config, pools, labels=self._labels(weights))
+
+    async def settled(self) -> None:
+        """Until every remote proxy applied the last route (ProxiesLagging names one that did not in
+        time); at once without remote proxies."""
+        await self.proxy.settle()
 
     def _labels(self, weights: Sequence[tuple[Release, int]]) -> dict[str, str]:
         """Which pool is stable (the heaviest) and, while the new release is routed beside it, which is

@@ -1,0 +1,277 @@
+"""Remote proxies following the controller, on real sockets: the controller's deployer and routing
+listener in this process, two `turnout serve --role proxy` processes on 127.0.0.1, and each "container"
+a real test upstream on loopback (named after its version, so an answer says which version served it).
+
+Only the container engine is a stand-in (tests/helpers/fake_docker.py with real upstreams); routing,
+acknowledgements, drains and counters all go over the wire. The real engine: tests/docker/
+test_remote_proxies_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import controller.operations as operations
+from controller.config.model import CanaryOptions
+from controller.config.overrides import service_from_flags
+from controller.deployer import Deployer
+from controller.docker_backend import Container, ContainerSpec
+from controller.fleet import Fleet
+from controller.journal import Journal
+from controller.proxy_control import ProxyControl
+from controller.routing_api import create_routing_app
+from helpers.fake_docker import FakeBackend
+from helpers.upstreams import TestUpstream, wait_for
+from proxy.router import Router
+
+TOKEN = "t" * 40
+TURNOUT = str(Path(sys.executable).parent / "turnout")
+
+
+class UpstreamBackend(FakeBackend):
+    """The fake engine, but each container is a real TestUpstream: stopping it aborts what it serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers: dict[str, TestUpstream] = {}
+
+    async def start(self, spec: ContainerSpec) -> Container:
+        container = await super().start(spec)
+        server = await TestUpstream(spec.version).start()
+        container = self.containers[container.id] = replace(container, address=server.address)
+        self.servers[container.id] = server
+        return container
+
+    async def stop(self, container_id: str, timeout: float = 10) -> Container:
+        server = self.servers.pop(container_id, None)
+        if server is not None:
+            await server.close()
+        return await super().stop(container_id, timeout)
+
+    async def remove(self, container_id: str) -> None:
+        server = self.servers.pop(container_id, None)
+        if server is not None:
+            await server.close()
+        await super().remove(container_id)
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            await server.close()
+
+
+@dataclass
+class Cluster:
+    router: Router
+    fleet: Fleet
+    control: ProxyControl
+    deployer: Deployer
+    backend: UpstreamBackend
+    routing_port: int
+    tmp: Path
+    nodes: dict[str, tuple[subprocess.Popen[bytes], int]] = field(default_factory=dict)
+
+    def start_node(self, proxy_id: str) -> None:
+        port = _free_port()
+        log = open(self.tmp / f"{proxy_id}.log", "wb")  # noqa: SIM115 (the process keeps it)
+        process = subprocess.Popen(
+            [TURNOUT, "serve", "--role", "proxy", "--loop", "asyncio", "--listen", f"127.0.0.1:{port}",
+             "--controller", f"http://127.0.0.1:{self.routing_port}", "--token", TOKEN, "--id", proxy_id],
+            stdout=log, stderr=log, cwd=self.tmp)
+        log.close()
+        self.nodes[proxy_id] = (process, port)
+
+    def port(self, proxy_id: str) -> int:
+        return self.nodes[proxy_id][1]
+
+    def log(self, proxy_id: str) -> str:
+        return (self.tmp / f"{proxy_id}.log").read_text()
+
+    def stop_nodes(self) -> None:
+        for process, _ in self.nodes.values():
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process, _ in self.nodes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nodes: tuple[str, ...] = ("a", "b"),
+                  unseen_timeout: float = 1.0) -> AsyncIterator[Cluster]:
+    router = Router(drain_timeout=10.0)
+    fleet = Fleet(ack_timeout=10.0, unseen_timeout=unseen_timeout)
+    control = ProxyControl(router, fleet)
+    router.subscribe(lambda table: fleet.published(router.generation))
+    backend = UpstreamBackend()
+    monkeypatch.setattr(operations, "wait_healthy", backend.wait_healthy)
+    journal = Journal(tmp_path / "journal.db")
+    deployer = Deployer(backend, control, journal)
+    runner = web.AppRunner(create_routing_app(router, fleet, TOKEN, control.drain_timeouts),
+                           access_log=None, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    world = Cluster(router, fleet, control, deployer, backend, port, tmp_path)
+    try:
+        for proxy_id in nodes:
+            world.start_node(proxy_id)
+        await wait_for(lambda: set(fleet.proxies) == set(nodes), timeout=20)
+        yield world
+    finally:
+        world.stop_nodes()
+        await deployer.close()
+        await runner.cleanup()
+        await backend.close()
+        journal.close()
+
+
+def web_config(**canary: object):
+    config = service_from_flags("web", "app:v1", port=8080, replicas=2)
+    options = CanaryOptions(**{"steps": (30, 60, 100), "step_pause": 0.8, "min_requests": 5, **canary})
+    return replace(config, canary=options, verify=0.0)
+
+
+async def deploy(world: Cluster, image: str, strategy: str, **canary: object) -> str:
+    active = world.deployer.deploy(web_config(**canary), image, strategy)
+    await asyncio.wait_for(active.task, 60)
+    return active.status
+
+
+@dataclass
+class Traffic:
+    """Clients sending GET / back to back through one proxy until stopped; every answer kept."""
+
+    port: int
+    bodies: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, clients: int = 2) -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(self._client(session) for _ in range(clients)))
+
+    async def _client(self, session: aiohttp.ClientSession) -> None:
+        while not self.stopped.is_set():
+            try:
+                async with session.get(f"http://127.0.0.1:{self.port}/") as response:
+                    body = await response.text()
+                    if response.status == 200:
+                        self.bodies[body] += 1
+                    else:
+                        self.failures.append(f"{response.status} {response.headers.get('X-Turnout-Error')}")
+            except aiohttp.ClientError as exc:
+                self.failures.append(repr(exc))
+
+    @property
+    def total(self) -> int:
+        return sum(self.bodies.values()) + len(self.failures)
+
+
+async def test_a_canary_reaches_both_proxies_with_no_failed_request(tmp_path, monkeypatch):
+    async with cluster(tmp_path, monkeypatch) as world:
+        assert await deploy(world, "app:v1", "canary") == "succeeded"
+        await wait_for(lambda: all(p.acked == world.router.generation for p in world.fleet.proxies.values()))
+        # Each canary step is judged only once both proxies route by it: at the step's record, how far
+        # behind the controller's generation each proxy's acknowledgement was.
+        acked_at_steps: list[dict[str, int]] = []
+        step = operations.Operations.step
+
+        def recording_step(ops: operations.Operations, name: str, **detail: object) -> None:
+            if name == "weight":
+                acked_at_steps.append({p.id: p.acked - world.router.generation
+                                       for p in world.fleet.proxies.values()})
+            step(ops, name, **detail)
+
+        monkeypatch.setattr(operations.Operations, "step", recording_step)
+        traffic = [Traffic(world.port("a")), Traffic(world.port("b"))]
+        senders = [asyncio.ensure_future(t.run()) for t in traffic]
+        await wait_for(lambda: all(t.bodies["v1"] > 20 for t in traffic))
+        active = world.deployer.deploy(web_config(), "app:v2", "canary")
+        await asyncio.wait_for(active.task, 60)
+        for t in traffic:
+            t.stopped.set()
+        await asyncio.gather(*senders)
+        assert active.status == "succeeded", active.message
+        assert acked_at_steps == [{"a": 0, "b": 0}] * 2  # at 30 and 60: both had applied the step
+        for t in traffic:  # each proxy sent requests to both versions during the steps, and lost none
+            assert t.failures == []
+            assert t.bodies["v1"] > 0 and t.bodies["v2"] > 0, t.bodies
+        # After the switch both proxies send everything to v2.
+        for proxy_id in ("a", "b"):
+            async with aiohttp.ClientSession() as session, \
+                    session.get(f"http://127.0.0.1:{world.port(proxy_id)}/") as response:
+                assert await response.text() == "v2"
+        # The controller's counters are the proxies' (this process proxied nothing itself).
+        sent = sum(t.total for t in traffic) + 2
+
+        def counted() -> int:
+            return sum(c.requests for c in world.control.counters("web").values())
+
+        await wait_for(lambda: counted() == sent, timeout=10)
+
+
+async def test_the_drain_waits_for_a_request_in_flight_on_a_remote_proxy(tmp_path, monkeypatch):
+    async with cluster(tmp_path, monkeypatch) as world:
+        assert await deploy(world, "app:v1", "bluegreen") == "succeeded"
+        v1 = [c.address for c in world.backend.running("v1")]
+        await wait_for(lambda: all(p.acked == world.router.generation for p in world.fleet.proxies.values()))
+        async with aiohttp.ClientSession() as session:
+            slow = asyncio.ensure_future(session.get(f"http://127.0.0.1:{world.port('b')}/slow?s=2"))
+            await wait_for(lambda: world.control.in_flight(v1) == 1, timeout=5)  # b reported it
+            active = world.deployer.deploy(web_config(), "app:v2", "bluegreen")
+            await asyncio.wait_for(active.task, 60)
+            response = await slow
+            assert response.status == 200 and await response.text() == "v1"  # it finished on v1
+            response.release()
+        assert active.status == "succeeded", active.message
+        drained = [s for s in world.deployer.journal.steps(active.id) if s.name == "drained"]
+        assert drained and world.backend.running("v1") == []
+
+
+async def test_a_proxy_killed_mid_deploy_is_dropped_and_the_deploy_goes_on(tmp_path, monkeypatch):
+    async with cluster(tmp_path, monkeypatch) as world:
+        assert await deploy(world, "app:v1", "canary") == "succeeded"
+        traffic = Traffic(world.port("a"))
+        sender = asyncio.ensure_future(traffic.run())
+        await wait_for(lambda: traffic.bodies["v1"] > 20)
+        active = world.deployer.deploy(web_config(step_pause=None), "app:v2", "canary")  # manual steps
+
+        def at_step() -> bool:
+            return any(s.name == "weight" for s in world.deployer.journal.steps(active.id))
+
+        await wait_for(at_step, timeout=20)
+        process, _ = world.nodes["b"]
+        os.kill(process.pid, signal.SIGKILL)  # the node dies: no goodbye, its connections reset
+        process.wait()
+        active.signals.promote()
+        await asyncio.wait_for(active.task, 60)
+        traffic.stopped.set()
+        await sender
+        assert active.status == "succeeded", active.message
+        assert set(world.fleet.proxies) == {"a"}  # b left the set (logged proxy.dropped)
+        assert traffic.failures == []
+        assert traffic.bodies["v2"] > 0
