@@ -402,10 +402,6 @@ def _serve_proxy(args: argparse.Namespace) -> int:
     configure(args.log_level)
     config = load_config(args.config).proxy
     if args.listen:
-        try:
-            parse_address("--listen", args.listen)
-        except ValidationError as exc:
-            raise UsageError(f"--listen: {exc.message}") from None
         config = replace(config, listen=args.listen)
     node = ProxyNode(config, args.controller, token, args.proxy_id, args.advertise)
     try:

@@ -84,7 +84,7 @@ class Cluster:
 
     def start_node(self, proxy_id: str) -> None:
         port = _free_port()
-        log = open(self.tmp / f"{proxy_id}.log", "wb")  # noqa: SIM115 (the process keeps it)
+        log = open(self.tmp / f"{proxy_id}.log", "wb")  # the process writes it; closed here once started
         process = subprocess.Popen(
             [TURNOUT, "serve", "--role", "proxy", "--loop", "asyncio", "--listen", f"127.0.0.1:{port}",
              "--controller", f"http://127.0.0.1:{self.routing_port}", "--token", TOKEN, "--id", proxy_id],
@@ -275,3 +275,65 @@ async def test_a_proxy_killed_mid_deploy_is_dropped_and_the_deploy_goes_on(tmp_p
         assert set(world.fleet.proxies) == {"a"}  # b left the set (logged proxy.dropped)
         assert traffic.failures == []
         assert traffic.bodies["v2"] > 0
+
+
+async def test_the_routing_listener_reads_only_and_only_with_its_token(tmp_path, monkeypatch):
+    async with cluster(tmp_path, monkeypatch, nodes=()) as world:
+        base = f"http://127.0.0.1:{world.routing_port}"
+        good = {"Authorization": f"Bearer {TOKEN}", "X-Turnout-Client": "test"}
+        body = {"id": "probe", "applied": -1}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/v1/routing", json=body) as response:
+                assert response.status == 401
+            async with session.post(f"{base}/v1/routing", json=body,
+                                    headers={**good, "Origin": "http://evil.example"}) as response:
+                assert response.status == 403
+            for method, path in (("POST", "/v1/deploy"), ("PATCH", "/v1/services/web/weights"),
+                                 ("GET", "/v1/table"), ("POST", "/v1/deployments/web/abort")):
+                async with session.request(method, f"{base}{path}", json={}, headers=good) as response:
+                    assert response.status in (404, 405), (method, path)
+            async with session.post(f"{base}/v1/routing", json={"id": 5}, headers=good) as response:
+                assert response.status == 400 and (await response.json())["field"] == "id"
+            async with session.post(f"{base}/v1/routing", json=body, headers=good) as response:
+                assert response.status == 200 and (await response.json())["generation"] == 0
+
+
+async def test_a_proxy_with_a_wrong_token_exits_2_saying_why(tmp_path, monkeypatch):
+    async with cluster(tmp_path, monkeypatch, nodes=()) as world:
+        done = await asyncio.create_subprocess_exec(
+            TURNOUT, "serve", "--role", "proxy", "--listen", "127.0.0.1:0", "--loop", "asyncio",
+            "--controller", f"http://127.0.0.1:{world.routing_port}", "--token", "w" * 40,
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=tmp_path)
+        _, stderr = await asyncio.wait_for(done.communicate(), 30)
+        assert done.returncode == 2
+        assert b"refused this proxy (HTTP 401): missing or wrong bearer token" in stderr
+
+
+async def test_nodes_shows_each_proxy_with_its_acknowledged_generation(tmp_path, monkeypatch, capsys):
+    from controller.cli import print_nodes
+    from controller.routing_api import add_fleet_routes
+    from proxy.admin import create_admin_app
+
+    async with cluster(tmp_path, monkeypatch) as world:
+        assert await deploy(world, "app:v1", "bluegreen") == "succeeded"
+        await wait_for(lambda: all(p.acked == world.router.generation for p in world.fleet.proxies.values()))
+        world.fleet.listen = f"127.0.0.1:{world.routing_port}"
+        app = create_admin_app(world.router)
+        add_fleet_routes(app, world.fleet)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.UnixSite(runner, str(tmp_path / "admin.sock")).start()
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(tmp_path / "admin.sock"))
+                                             ) as session, session.get("http://turnout/v1/proxies") as got:
+                data = await got.json()
+        finally:
+            await runner.cleanup()
+        print_nodes(data)
+        out = capsys.readouterr().out.splitlines()
+        lines = out[next(i for i, line in enumerate(out) if line.startswith("proxies following")):]
+        assert lines[0] == f"proxies following 127.0.0.1:{world.routing_port}: 2"
+        for proxy_id, line in zip(("a", "b"), lines[2:], strict=True):
+            fields = line.split()
+            assert fields[0] == proxy_id and fields[1] == f"127.0.0.1:{world.port(proxy_id)}"
+            assert int(fields[-2]) == world.router.generation and fields[-1] == "0"
