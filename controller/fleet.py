@@ -18,6 +18,7 @@ With no proxy registered nothing here waits: `wait_acked` and `wait_idle` return
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,13 +74,13 @@ class Report:
     id: str
     instance: str
     address: str
-    applied: int
+    applied: int  # -1 when it was applied under another controller epoch (see Fleet.report)
     in_flight: dict[str, int]
     counters: dict[str, dict[str, PoolCounters]]
     failed: dict[str, int]
 
     @classmethod
-    def from_dict(cls, data: Any) -> Report:
+    def from_dict(cls, data: Any, current_epoch: str | None = None) -> Report:
         if not isinstance(data, dict):
             raise BadReport("body", "must be a JSON object")
         proxy_id, address = data.get("id"), data.get("address", "")
@@ -93,6 +94,11 @@ class Report:
         applied = data.get("applied", -1)
         if isinstance(applied, bool) or not isinstance(applied, int):
             raise BadReport("applied", "must be an integer (the generation applied)")
+        epoch = data.get("epoch")
+        if epoch is not None and not isinstance(epoch, str):
+            raise BadReport("epoch", "must be a string (the controller epoch of the table applied)")
+        if epoch != current_epoch:
+            applied = -1  # a table of another controller run: nothing of this run is applied yet
         return cls(proxy_id, instance, address, applied, _counts(data.get("in_flight", {}), "in_flight"),
                    _service_counters(data.get("counters", {})), _counts(data.get("failed", {}), "failed"))
 
@@ -105,6 +111,9 @@ class Fleet:
         self.clock = clock
         self.proxies: dict[str, RemoteProxy] = {}
         self.listen: str | None = None  # the routing listener's address as bound (for status)
+        # Generations restart with the controller: a proxy's acknowledgement counts only with this
+        # controller's epoch (a proxy that applied generation 57 of the last run has applied nothing here).
+        self.epoch = secrets.token_hex(8)
         self._retired: dict[tuple[str, str], PoolCounters] = {}  # counts of dropped or restarted proxies
         self._retired_failed: dict[str, int] = {}
         self._changed = asyncio.Event()  # set on every report, pull end and drop; waiters re-check

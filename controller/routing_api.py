@@ -62,9 +62,10 @@ async def post_routing(request: web.Request) -> web.Response:
     after = _number(request, "after", -1, minimum=-1, maximum=2**62)
     wait = _number(request, "wait", 0, minimum=0, maximum=MAX_WAIT)
     try:
-        report = Report.from_dict(await read_json(request))
+        report = Report.from_dict(await read_json(request), fleet.epoch)
     except BadReport as exc:
         raise ApiError(400, str(exc), field=exc.key) from None
+    after = min(after, report.applied)  # a table of another controller run: this run's table at once
     proxy = fleet.report(report)
     if router.generation <= after and wait > 0:
         fleet.pull_opened(proxy)
@@ -73,8 +74,8 @@ async def post_routing(request: web.Request) -> web.Response:
         finally:
             fleet.pull_closed(proxy)
     if router.generation <= after:
-        return _json({"generation": router.generation, "unchanged": True})
-    return _json(describe_routing(router, request.app[DRAIN_TIMEOUTS_KEY]))
+        return _json({"generation": router.generation, "epoch": fleet.epoch, "unchanged": True})
+    return _json({**describe_routing(router, request.app[DRAIN_TIMEOUTS_KEY]), "epoch": fleet.epoch})
 
 
 async def get_proxies(request: web.Request) -> web.Response:

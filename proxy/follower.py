@@ -47,6 +47,7 @@ class Follower:
         self.address = address
         self.poll_wait = poll_wait
         self.applied = -1  # the controller generation installed here
+        self.epoch: str | None = None  # ... of this controller run (generations restart with it)
         self.instance = secrets.token_hex(8)  # a restart under the same id is a new instance
         self.applied_event = asyncio.Event()  # set on every applied table (tests, the first table)
         self._specs: dict[str, dict[str, Any]] = {}  # as last pulled, to install only what changed
@@ -99,7 +100,9 @@ class Follower:
             if response.status != 200:
                 raise aiohttp.ClientResponseError(response.request_info, (), status=response.status,
                                                   message=str(body))
-        if not body.get("unchanged") and body["generation"] > self.applied:
+        # A later generation, or any of a new controller run (its generations start again from 0).
+        newer = body["generation"] > self.applied or body.get("epoch") != self.epoch
+        if not body.get("unchanged") and newer:
             self.apply(body)
 
     def apply(self, table: dict[str, Any]) -> None:
@@ -118,7 +121,7 @@ class Follower:
                 log.error("follower.service_refused", service=name, field=exc.field, error=exc.message)
                 continue
         self._specs = dict(services)
-        self.applied = generation
+        self.applied, self.epoch = generation, table.get("epoch")
         log.info("follower.applied", generation=generation, services=sorted(services))
         self.applied_event.set()
         self.applied_event = asyncio.Event()
@@ -139,7 +142,8 @@ class Follower:
         failed = {service: metrics.failed(service) for service in counters}
         for service, n in metrics.hold_timeouts.items():
             failed.setdefault(service, n)
-        return {"id": self.id, "instance": self.instance, "address": self.address, "applied": self.applied,
+        return {"id": self.id, "instance": self.instance, "epoch": self.epoch, "address": self.address,
+                "applied": self.applied,
                 "in_flight": in_flight,
                 "counters": counters, "failed": failed}
 

@@ -35,6 +35,7 @@ from controller.routing_api import create_routing_app
 from helpers.fake_docker import FakeBackend
 from helpers.upstreams import TestUpstream, wait_for
 from proxy.router import Router
+from proxy.specs import ServiceSpec
 
 TOKEN = "t" * 40
 TURNOUT = str(Path(sys.executable).parent / "turnout")
@@ -80,6 +81,8 @@ class Cluster:
     backend: UpstreamBackend
     routing_port: int
     tmp: Path
+    routing_runner: web.AppRunner
+    routing_site: int  # the routing listener's port
     nodes: dict[str, tuple[subprocess.Popen[bytes], int]] = field(default_factory=dict)
 
     def start_node(self, proxy_id: str) -> None:
@@ -135,7 +138,7 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nodes: tuple[
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    world = Cluster(router, fleet, control, deployer, backend, port, tmp_path)
+    world = Cluster(router, fleet, control, deployer, backend, port, tmp_path, runner, port)
     try:
         for proxy_id in nodes:
             world.start_node(proxy_id)
@@ -337,3 +340,37 @@ async def test_nodes_shows_each_proxy_with_its_acknowledged_generation(tmp_path,
             fields = line.split()
             assert fields[0] == proxy_id and fields[1] == f"127.0.0.1:{world.port(proxy_id)}"
             assert int(fields[-2]) == world.router.generation and fields[-1] == "0"
+
+
+async def test_a_proxy_following_a_restarted_controller_takes_its_table_at_once(tmp_path, monkeypatch):
+    """Generations restart with the controller: a proxy that applied generation N of the previous run
+    must get the new run's table at once (not when the new run passes N), and count as having applied
+    nothing of it until then."""
+    async with cluster(tmp_path, monkeypatch, nodes=("a",)) as world:
+        assert await deploy(world, "app:v1", "canary") == "succeeded"
+        for weight in range(5):  # the proxy applies a few generations of this run
+            world.router.set_weights("web", {"v1": 100 + weight})
+        await wait_for(lambda: world.fleet.proxies["a"].acked == world.router.generation)
+        assert world.router.generation > 3
+        # The controller restarts on the same port: a new router (generation 1) and a new fleet.
+        server = world.routing_site
+        await world.routing_runner.cleanup()
+        fresh = await TestUpstream("fresh").start()
+        router = Router()
+        fleet = Fleet()
+        router.subscribe(lambda table: fleet.published(router.generation))
+        router.set_service(ServiceSpec.from_dict(
+            {"name": "web", "pools": [{"name": "v9", "weight": 1, "upstreams": [fresh.address]}]}))
+        runner = web.AppRunner(create_routing_app(router, fleet, TOKEN, {}), access_log=None,
+                               handle_signals=False, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", server).start()
+        try:
+            await wait_for(lambda: "a" in fleet.proxies and fleet.proxies["a"].acked == router.generation,
+                           timeout=15)
+            async with aiohttp.ClientSession() as session, \
+                    session.get(f"http://127.0.0.1:{world.port('a')}/") as response:
+                assert await response.text() == "fresh"
+        finally:
+            await runner.cleanup()
+            await fresh.close()

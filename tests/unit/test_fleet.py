@@ -122,6 +122,13 @@ def test_an_overtaken_older_pull_does_not_lower_the_acknowledgement():
     assert fleet.proxies["a"].acked == 6
 
 
+def test_a_generation_applied_under_another_controller_run_acknowledges_nothing():
+    fleet = Fleet()
+    stale = Report.from_dict({"id": "a", "applied": 57, "epoch": "a-previous-run"}, fleet.epoch)
+    current = Report.from_dict({"id": "a", "applied": 3, "epoch": fleet.epoch}, fleet.epoch)
+    assert stale.applied == -1 and current.applied == 3
+
+
 def test_counters_sum_every_proxy_and_survive_a_restart():
     fleet = Fleet()
     fleet.report(report("a", pools={"v1": counters(10, errors=1), "v2": counters(4)}))
