@@ -585,6 +585,8 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     path = f"/v1/status/{args.service}" if args.service else "/v1/status"
     data = await client.request("GET", path)
     if args.json:
+        if args.proxies:
+            data["proxies"] = (await client.request("GET", "/v1/proxies"))["proxies"]
         print(json.dumps(data, indent=2))
         return 0
     print(f"owner: {data['owner']} (label turnout.owner on every container this daemon starts)")

@@ -111,3 +111,5 @@ async def test_a_canary_through_two_remote_proxies_loses_nothing_and_drains_remo
     assert code == 0, out
     code, out = await serve.acli("status", "--proxies")
     assert code == 0 and "node-a" in out and "node-b" in out, out
+    code, out = await serve.acli("status", "--proxies", "--json")
+    assert code == 0 and sorted(p["id"] for p in json.loads(out)["proxies"]) == ["node-a", "node-b"], out
