@@ -192,7 +192,7 @@ class Fleet:
         if not self.proxies:
             return
         await self._wait(lambda p: p.acked >= generation, timeout or self.ack_timeout,
-                         lambda p: f"acknowledged generation {p.acked}, not {generation}")
+                         lambda p: _not_acked(p, generation))
 
     async def wait_idle(self, addresses: Iterable[str], generation: int, timeout: float) -> None:
         """Until every live proxy applied `generation` (which took `addresses` out of routing) and
@@ -206,7 +206,7 @@ class Fleet:
 
         def lag(p: RemoteProxy) -> str:
             if p.acked < generation:
-                return f"acknowledged generation {p.acked}, not {generation}"
+                return _not_acked(p, generation)
             busy = {a: p.in_flight[a] for a in wanted if p.in_flight.get(a)}
             return f"still has requests in flight on {', '.join(f'{a} ({n})' for a, n in busy.items())}"
 
@@ -277,6 +277,12 @@ class Fleet:
                 if now is None or now.requests < before.requests:
                     key = (service, pool)
                     self._retired[key] = add_counters(self._retired.get(key, ZERO), before)
+
+
+def _not_acked(proxy: RemoteProxy, generation: int) -> str:
+    if proxy.acked < 0:
+        return f"has applied no table of this controller yet (waiting for generation {generation})"
+    return f"acknowledged generation {proxy.acked}, not {generation}"
 
 
 def add_counters(a: PoolCounters, b: PoolCounters) -> PoolCounters:

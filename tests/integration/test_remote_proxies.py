@@ -374,3 +374,45 @@ async def test_a_proxy_following_a_restarted_controller_takes_its_table_at_once(
         finally:
             await runner.cleanup()
             await fresh.close()
+
+
+async def test_a_proxy_that_pulls_but_never_applies_fails_the_deploy_naming_it(tmp_path, monkeypatch):
+    """A live proxy that does not acknowledge (here a client that keeps pulling and reports the first
+    generation it saw) fails the step after ack_timeout with an error naming it; the old version serves."""
+    async with cluster(tmp_path, monkeypatch, nodes=("a",)) as world:
+        assert await deploy(world, "app:v1", "canary") == "succeeded"
+        world.fleet.ack_timeout = 1.0
+        stuck_at = world.router.generation
+        stop = asyncio.Event()
+
+        async def stuck() -> None:
+            headers = {"Authorization": f"Bearer {TOKEN}", "X-Turnout-Client": "test"}
+            async with aiohttp.ClientSession(headers=headers) as session:
+                while not stop.is_set():
+                    async with session.post(
+                            f"http://127.0.0.1:{world.routing_port}/v1/routing",
+                            params={"after": str(stuck_at), "wait": "0.2"},
+                            json={"id": "stuck", "address": "10.9.9.9:80", "applied": stuck_at,
+                                  "epoch": world.fleet.epoch}) as response:
+                        assert response.status == 200
+
+        puller = asyncio.ensure_future(stuck())
+        await wait_for(lambda: "stuck" in world.fleet.proxies)
+        try:
+            active = world.deployer.deploy(web_config(), "app:v2", "canary")
+            await asyncio.wait_for(active.task, 60)
+        finally:
+            stop.set()
+            await puller
+        assert active.status == "failed"
+        assert f"proxy stuck (10.9.9.9:80) acknowledged generation {stuck_at}, not" in active.message
+        # The old version was put back, the new one's containers removed: the lagging proxy did not
+        # stop that (it is named in the deploy's notes).
+        assert [c.version for c in world.backend.running()] == ["v1", "v1"]
+        steps = [s.name for s in world.deployer.journal.steps(active.id)]
+        assert "restored" in steps and "restore_failed" not in steps
+        record = world.deployer.journal.history("web", limit=1)[0]
+        assert any("proxy stuck" in note for note in record.options["result"]["notes"]), record.options
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{world.port('a')}/") as response:
+            assert await response.text() == "v1"
