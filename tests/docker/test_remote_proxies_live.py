@@ -28,25 +28,25 @@ TOKEN = "r" * 40
 
 @pytest.fixture
 def nodes(tmp_path, docker_client, test_run_labels):
-    """The controller and two proxies following it: (daemon, {proxy id: port})."""
+    """The controller and two proxies following it: (daemon, {proxy id: port}, {proxy id: process})."""
     routing = free_port()
     config = f'[proxy]\nrouting_listen = "127.0.0.1:{routing}"\nrouting_token = "{TOKEN}"\n' + CONFIG
     serve = Daemon(tmp_path, test_run_labels, config)
     serve.start()
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     ports = {}
     try:
         wait_for_version(serve, "v1")
         for proxy_id in ("node-a", "node-b"):
             ports[proxy_id] = free_port()
             with (tmp_path / f"{proxy_id}.log").open("wb") as log:
-                processes.append(subprocess.Popen(
+                processes[proxy_id] = subprocess.Popen(
                     [*CLI, "serve", "--role", "proxy", "--listen", f"127.0.0.1:{ports[proxy_id]}",
                      "--controller", f"http://127.0.0.1:{routing}", "--token", TOKEN, "--id", proxy_id],
-                    stdout=log, stderr=log, cwd=tmp_path))
-        yield serve, ports
+                    stdout=log, stderr=log, cwd=tmp_path)
+        yield serve, ports, processes
     finally:
-        for process in processes:
+        for process in processes.values():
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGTERM)
             process.wait(30)
@@ -80,7 +80,7 @@ async def load(ports: dict[str, int]) -> AsyncIterator[list[LoadResult]]:
 
 
 async def test_a_canary_through_two_remote_proxies_loses_nothing_and_drains_remotely(nodes):
-    serve, ports = nodes
+    serve, ports, _ = nodes
     await wait_nodes(serve, 2)
     async with load(ports) as results:
         code, out = await serve.acli("deploy", "web", "--image", "turnout-testapp:v2", "--strategy", "canary")
@@ -113,3 +113,29 @@ async def test_a_canary_through_two_remote_proxies_loses_nothing_and_drains_remo
     assert code == 0 and "node-a" in out and "node-b" in out, out
     code, out = await serve.acli("status", "--proxies", "--json")
     assert code == 0 and sorted(p["id"] for p in json.loads(out)["proxies"]) == ["node-a", "node-b"], out
+
+
+async def test_a_proxy_killed_mid_canary_is_dropped_and_the_deploy_finishes(nodes):
+    serve, ports, processes = nodes
+    await wait_nodes(serve, 2)
+    async with load({"node-a": ports["node-a"]}) as results:
+        deploy = asyncio.ensure_future(serve.acli("deploy", "web", "--image", "turnout-testapp:v2",
+                                                  "--strategy", "canary", "--step-pause", "manual"))
+        for _ in range(300):  # at the first weight step
+            info = status(serve)
+            if info["deployment"] and len(info["pools"]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the canary never reached its first step: {info}")
+        os.kill(processes["node-b"].pid, signal.SIGKILL)  # the node dies without a goodbye
+        processes["node-b"].wait(10)
+        code, out = await serve.acli("promote", "web")
+        assert code == 0, out
+        code, out = await asyncio.wait_for(deploy, 120)
+    assert code == 0, out
+    summary = results[0].summary()
+    assert results[0].failed_by_proxy == 0 and results[0].truncated == 0, summary
+    proxies = await wait_nodes(serve, 1)
+    assert [p["id"] for p in proxies] == ["node-a"]
+    assert "proxy.dropped" in serve.log() and "node-b" in serve.log()
