@@ -57,6 +57,7 @@ class RemoteProxy:
     in_flight: dict[str, int] = field(default_factory=dict)  # upstream address -> requests in flight
     counters: dict[str, dict[str, PoolCounters]] = field(default_factory=dict)  # service -> pool -> ...
     failed: dict[str, int] = field(default_factory=dict)  # service -> requests it failed itself
+    unhealthy: frozenset[str] = frozenset()  # upstreams its own health checks took out of routing
     pulls_open: int = 0  # long-polls held open now: a proxy waiting on us is alive
 
     def describe(self, now: float) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class Report:
     in_flight: dict[str, int]
     counters: dict[str, dict[str, PoolCounters]]
     failed: dict[str, int]
+    unhealthy: frozenset[str] = frozenset()
 
     @classmethod
     def from_dict(cls, data: Any, current_epoch: str | None = None) -> Report:
@@ -99,8 +101,12 @@ class Report:
             raise BadReport("epoch", "must be a string (the controller epoch of the table applied)")
         if epoch != current_epoch:
             applied = -1  # a table of another controller run: nothing of this run is applied yet
+        unhealthy = data.get("unhealthy", [])
+        if not isinstance(unhealthy, list) or not all(isinstance(a, str) for a in unhealthy):
+            raise BadReport("unhealthy", "must be a list of upstream addresses")
         return cls(proxy_id, instance, address, applied, _counts(data.get("in_flight", {}), "in_flight"),
-                   _service_counters(data.get("counters", {})), _counts(data.get("failed", {}), "failed"))
+                   _service_counters(data.get("counters", {})), _counts(data.get("failed", {}), "failed"),
+                   frozenset(unhealthy))
 
 
 class Fleet:
@@ -142,6 +148,7 @@ class Fleet:
         proxy.in_flight = {a: n for a, n in report.in_flight.items() if n}
         proxy.counters = report.counters
         proxy.failed = report.failed
+        proxy.unhealthy = report.unhealthy
         self._wake()
         return proxy
 
@@ -254,6 +261,11 @@ class Fleet:
     def in_flight(self, addresses: Iterable[str]) -> int:
         wanted = tuple(addresses)
         return sum(p.in_flight.get(a, 0) for p in self.live() for a in wanted)
+
+    def ejected(self, addresses: Iterable[str]) -> list[str]:
+        """Those of `addresses` some live proxy's own health checks took out of routing."""
+        out = set().union(*(p.unhealthy for p in self.live()))
+        return [a for a in addresses if a in out]
 
     def describe(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -123,6 +123,10 @@ class ProxyControl:
         return remote + sum(len(u.inflight) for a in addresses if (u := self.router.upstreams.get(a)))
 
     def ejected(self, addresses: Iterable[str]) -> list[str]:
-        """Those of `addresses` the proxy took out of routing as unhealthy (active or passive checks)."""
-        return [a for a in addresses
-                if (u := self.router.upstreams.get(a)) is not None and u.health is Health.UNHEALTHY]
+        """Those of `addresses` the proxy took out of routing as unhealthy (active or passive checks), or
+        any remote proxy did with its own."""
+        addresses = list(addresses)
+        fleet = self.fleet
+        remote = set(fleet.ejected(addresses)) if fleet is not None and fleet.proxies else set()
+        return [a for a in addresses if a in remote
+                or ((u := self.router.upstreams.get(a)) is not None and u.health is Health.UNHEALTHY)]

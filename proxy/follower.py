@@ -26,6 +26,7 @@ from .admin import CLIENT_HEADER
 from .errors import ProxyError, ValidationError
 from .router import Router
 from .specs import ServiceSpec
+from .upstream import Health
 
 log = structlog.get_logger("turnout.proxy.follower")
 
@@ -142,8 +143,9 @@ class Follower:
         failed = {service: metrics.failed(service) for service in counters}
         for service, n in metrics.hold_timeouts.items():
             failed.setdefault(service, n)
+        unhealthy = [a for a, u in self.router.upstreams.items() if u.health is Health.UNHEALTHY]
         return {"id": self.id, "instance": self.instance, "epoch": self.epoch, "address": self.address,
-                "applied": self.applied,
+                "applied": self.applied, "unhealthy": unhealthy,
                 "in_flight": in_flight,
                 "counters": counters, "failed": failed}
 

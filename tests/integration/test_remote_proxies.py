@@ -416,3 +416,19 @@ async def test_a_proxy_that_pulls_but_never_applies_fails_the_deploy_naming_it(t
         async with aiohttp.ClientSession() as session, \
                 session.get(f"http://127.0.0.1:{world.port('a')}/") as response:
             assert await response.text() == "v1"
+
+
+async def test_an_upstream_the_remote_proxies_find_unhealthy_counts_as_ejected(tmp_path, monkeypatch):
+    """Each proxy probes health itself; what it ejects reaches the controller's verification (this
+    process runs no health checks of its own here)."""
+    async with cluster(tmp_path, monkeypatch) as world:
+        config = replace(web_config(), health=replace(web_config().health, interval=0.1, unhealthy=2))
+        active = world.deployer.deploy(config, "app:v1", "bluegreen")
+        await asyncio.wait_for(active.task, 60)
+        assert active.status == "succeeded"
+        container = world.backend.running("v1")[0]
+        await world.backend.servers[container.id].close()  # it stops answering its probes
+        assert world.control.ejected([container.address]) == []
+        await wait_for(lambda: world.control.ejected([container.address]) == [container.address], timeout=10)
+        await wait_for(lambda: all(container.address in p.unhealthy for p in world.fleet.proxies.values()),
+                       timeout=10)  # each proxy found it itself

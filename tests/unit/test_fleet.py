@@ -153,6 +153,15 @@ def test_proxy_control_adds_the_proxies_to_the_local_counters_and_in_flight():
     assert control.failed_requests("web") == 1
 
 
+def test_an_upstream_a_remote_proxy_ejected_counts_as_ejected():
+    router = Router()
+    fleet = Fleet()
+    control = ProxyControl(router, fleet)
+    fleet.report(Report.from_dict({"id": "a", "unhealthy": ["10.1.1.1:80"]}))
+    fleet.report(Report.from_dict({"id": "b", "unhealthy": []}))
+    assert control.ejected(["10.1.1.1:80", "10.1.1.2:80"]) == ["10.1.1.1:80"]
+
+
 def test_a_local_only_proxy_control_reads_only_its_router():
     router = Router()
     control = ProxyControl(router)
@@ -165,6 +174,7 @@ def test_a_local_only_proxy_control_reads_only_its_router():
     ({"id": "a\n", "applied": 1}, "id"),
     ({"id": "a", "applied": "1"}, "applied"),
     ({"id": "a", "in_flight": {"x": -1}}, "in_flight.x"),
+    ({"id": "a", "unhealthy": "10.1.1.1:80"}, "unhealthy"),
     ({"id": "a", "counters": {"web": {"v1": {"by_class": [1]}}}}, "counters.web.v1.by_class"),
     ({"id": "a", "counters": {"web": {"v1": {**counters(1), "latency_sum": "x"}}}},
      "counters.web.v1.latency_sum"),
