@@ -366,7 +366,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 NODE_ONLY = ("controller", "token", "token_file", "proxy_id", "advertise")
-ALL_ONLY = ("dashboard", "prune_strays", "watch")
+ALL_ONLY = ("dashboard", "prune_strays", "watch", "takeover")
 
 
 def _serve_proxy(args: argparse.Namespace) -> int:

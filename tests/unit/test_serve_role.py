@@ -20,6 +20,8 @@ TOKEN = "t" * 40
      "--advertise"),
     (["--role", "proxy", "--controller", "http://h:1", "--token", TOKEN, "--watch"],
      "--watch: not with --role proxy"),
+    (["--role", "proxy", "--controller", "http://h:1", "--token", TOKEN, "--takeover"],
+     "--takeover: not with --role proxy"),
     (["--controller", "http://10.0.0.1:8002"], "--controller: only with --role proxy"),
     (["--token", TOKEN], "--token: only with --role proxy"),
 ])
