@@ -38,10 +38,12 @@ from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .engine.base import Engine, make_engine
+from .fleet import Fleet
 from .handover import Handover, Takeover, adopt
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
+from .routing_api import add_fleet_routes, create_routing_app
 from .state_dir import FILE_MODE, StateDirError, prepare_state_dir
 from .state_lock import StateLock
 from .testing import faults
@@ -79,6 +81,12 @@ class Daemon:
         self._stack = AsyncExitStack()  # the stops of the start steps done so far
         self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
         self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
+        # Remote proxies following this controller ([proxy] routing_listen); None: this proxy only.
+        proxy = config.proxy
+        self.fleet = Fleet(proxy.proxy_ack_timeout, proxy.proxy_unseen_timeout) if proxy.routing_listen \
+            else None
+        self.routing_port: int | None = None  # the routing listener's port as bound
+        self._routing_site: web.TCPSite | None = None
         self.dashboard: DashboardServer | None = None
         self.state_lock: StateLock | None = None  # held for the daemon's life (controller/state_lock.py)
         self.handover = Handover(self)  # a later `serve --takeover` replacing this one (handover.py)
@@ -119,7 +127,8 @@ class Daemon:
         stack.callback(self.journal.close)
         self.backend = make_engine(self.config.engine, self.journal.owner, self.extra_labels)
         stack.push_async_callback(self.backend.close)
-        self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
+        self.deployer = Deployer(self.backend, ProxyControl(self.router, self.fleet), self.journal,
+                                 self.extra_labels)
         self.deployer.prune_strays = self.prune_strays
         self.deployer.allow_host_hooks = self.config.allow_host_hooks
         self.deployer.proxy.listen = self.listen  # http hooks go through the proxy's preview route
@@ -139,6 +148,7 @@ class Daemon:
             log.info("daemon.took_over", from_pid=received.pid, its_connections=committed["connections"])
         await self._start_dashboard(stack)
         await self._start_admin(stack)
+        await self._start_routing(stack)
         assert self.feed is not None
         stack.push_async_callback(self.feed.stop)  # its streams end before the listeners stop
         # From here on deploys run (the API's and the first ones): stopping cancels them first.
@@ -179,6 +189,8 @@ class Daemon:
             await self.dashboard.stop()
         if self._admin_tcp is not None:
             await self._admin_tcp.stop()
+        if self._routing_site is not None:  # the proxies pull from the new daemon (a new epoch)
+            await self._routing_site.stop()
         if self.journal is not None:
             self.journal.close()
         if self.state_lock is not None:
@@ -227,6 +239,7 @@ class Daemon:
         add_controller_routes(app, self.deployer, self.listen)
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         add_tls_routes(app, self.https)
+        add_fleet_routes(app, self.fleet)
         self.handover.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -248,6 +261,7 @@ class Daemon:
             add_controller_routes(tcp_app, self.deployer, self.listen)
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             add_tls_routes(tcp_app, self.https)
+            add_fleet_routes(tcp_app, self.fleet)
             self.handover.add_guard(tcp_app)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
@@ -255,6 +269,25 @@ class Daemon:
             host, _, port = proxy.admin_tcp.rpartition(":")
             self._admin_tcp = web.TCPSite(tcp_runner, host.strip("[]"), int(port))
             await self._admin_tcp.start()
+
+    async def _start_routing(self, stack: AsyncExitStack) -> None:
+        """The routing listener remote proxies pull the table from (controller/routing_api.py)."""
+        proxy, fleet = self.config.proxy, self.fleet
+        if fleet is None or not proxy.routing_listen or not proxy.routing_token:
+            return
+        assert self.deployer is not None
+        self.router.subscribe(lambda table: fleet.published(self.router.generation))
+        app = create_routing_app(self.router, fleet, proxy.routing_token, self.deployer.proxy.drain_timeouts)
+        # Held pulls end at once on stop (the proxies retry), not after aiohttp's 60 s default.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        host, _, port = proxy.routing_listen.rpartition(":")
+        site = self._routing_site = web.TCPSite(runner, host.strip("[]"), int(port))
+        await site.start()
+        self.routing_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        fleet.listen = f"{host}:{self.routing_port}"
+        log.info("daemon.routing_listening", listen=fleet.listen)
 
     async def _reconcile_forever(self) -> None:
         """Notice serving containers that stopped or vanished behind our back (e.g. the Docker engine

@@ -197,7 +197,7 @@ class AccessLog:
             duration = c.t_end - c.t0  # the end the pool's counters saw, when this exchange set it
             if duration < 0:  # it did not (cut or left before routing): now
                 duration = _monotonic() - c.t0
-            micros = int(duration * 1_000_000)
+            micros = int(duration * 1_000_000 + 0.5)  # nearest µs: a float difference falls short
             start = (wall_ns // 1000 - micros) // 1000
             if start == key:
                 started = self._now_text
