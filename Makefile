@@ -38,7 +38,6 @@ pebble:
 socket-activate:
 	scripts/ensure-systemd-socket-activate.sh
 
-
 demo: $(STAMP) images
 	$(BIN)/python -m controller.rehearsal.demo
 

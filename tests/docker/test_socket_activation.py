@@ -156,7 +156,7 @@ class Load:
 @pytest.mark.skipif(sys.platform != "linux", reason="socket activation is Linux's")
 async def test_kill_9_under_socket_activation_refuses_no_connection(tmp_path, docker_client,
                                                                      test_run_labels):
-    assert ACTIVATE is not None, "systemd-socket-activate is missing: scripts/ensure-systemd-socket-activate.sh"
+    assert ACTIVATE is not None, "no systemd-socket-activate: scripts/ensure-systemd-socket-activate.sh"
 
     async def slowish(request: web.Request) -> web.Response:
         await asyncio.sleep(0.02)  # so that the kill finds requests in flight

@@ -129,10 +129,11 @@ def test_bad_names_are_refused(listening, names, problem):
 def test_the_sockets_must_match_the_listeners_of_the_config(listening, tmp_path):
     http, https = listening(), listening()
     tls = TlsConfig(listen="127.0.0.1:8443", certs_dir=str(tmp_path))
-    with pytest.raises(sa.SocketActivationError, match="the config has \\[proxy.tls\\] but systemd passed "
-                       "only descriptor .* \\(http\\): add a socket named 'https'"):
+    with pytest.raises(sa.SocketActivationError, match=r"the config has \[proxy.tls\] but systemd passed "
+                       r"only descriptor .* \(http\): add a socket named 'https'"):
         sa.listening_config(ProxyConfig(tls=tls), {"http": http})
-    with pytest.raises(sa.SocketActivationError, match="named 'https', but the config has no \\[proxy.tls\\]"):
+    with pytest.raises(sa.SocketActivationError,
+                       match=r"named 'https', but the config has no \[proxy.tls\]"):
         sa.listening_config(ProxyConfig(), {"http": http, "https": https})
     with pytest.raises(sa.SocketActivationError, match="none named 'http'"):
         sa.listening_config(ProxyConfig(tls=tls), {"https": https})
