@@ -31,11 +31,13 @@ from proxy.limits import files_for_proxy, raise_open_files_limit
 from .apply.plan import SETTINGS, _differences, _show
 from .apply.run import _reroute, applier_for
 from .apply.spec import CONTAINER_FIELDS
+from .config.duration import format_duration
 from .config.model import Config, ConfigError, ServiceConfig
 from .config.reader import check_host_hooks
 from .deployer import ActiveDeployment, check_version
 from .errors import DeployInProgress, TurnoutError, UsageError
 from .release import version_of
+from .strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -61,13 +63,14 @@ class ReloadResult:
     needs_restart: list[str] = field(default_factory=list)
     not_applied: list[str] = field(default_factory=list)  # changes that are deploys, services kept
     results: list[dict[str, Any]] = field(default_factory=list)  # each journalled change's outcome
+    changed: bool = False  # the file changed something (the certificates are re-read anyway)
 
     @property
     def succeeded(self) -> bool:
         return all(r["status"] in ("succeeded", "running") for r in self.results)
 
     def describe(self) -> dict[str, Any]:
-        return {"file": self.file, "changed": bool(self.applied), "applied": self.applied,
+        return {"file": self.file, "changed": self.changed, "applied": self.applied,
                 "needs_restart": self.needs_restart, "not_applied": self.not_applied,
                 "results": self.results, "succeeded": self.succeeded}
 
@@ -86,14 +89,17 @@ class Reloader:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload_logged(self) -> None:
-        if self.daemon.deployer is None:  # still starting: the certificates at least
-            if self.daemon.https is not None:
-                self.daemon.https.reload()
-            return
-        try:
-            await self.reload()
-        except TurnoutError:  # logged by reload
-            pass
+        """SIGHUP always re-reads the certificates (as before reload existed), even when the file is
+        refused, or there is none, or the daemon is still starting."""
+        daemon = self.daemon
+        if daemon.deployer is not None and daemon.config.source is not None:
+            try:
+                await self.reload()
+                return
+            except TurnoutError:  # logged by reload
+                pass
+        if daemon.https is not None:
+            daemon.https.reload()
 
     async def reload(self) -> ReloadResult:
         source = self.daemon.config.source
@@ -121,15 +127,11 @@ class Reloader:
         proxy = self._proxy_changes(old, new, result)
         services = self._service_changes(old, new, result)
         # Refusals, before anything changes.
-        for config, _ in services:
+        for config, kind in services:
             if config.name in deployer.active:
                 raise DeployInProgress(config.name, deployer.active[config.name].id)
-            if config.managed and config.name not in deployer.configs and config.image:
-                try:
-                    check_version(version_of(config.image))
-                except ConfigError as exc:
-                    raise ConfigError(f"services.{config.name}.image",
-                                      f"its tag names the version: {exc.problem}", source) from None
+            if kind == "deploy":
+                _check_first_deploy(config, source)
         if not new.allow_host_hooks:
             check_host_hooks([c for c, _ in services], f"{source} ([proxy] does not allow them)")
         # Applying: the proxy first (opening a new access-log file is the one step that may fail).
@@ -144,6 +146,7 @@ class Reloader:
         daemon.router.hold_timeout, daemon.router.drain_timeout = proxy.hold_timeout, proxy.drain_timeout
         deployer.allow_host_hooks = new.allow_host_hooks
         started = [(self._start(config, kind), config.name) for config, kind in services]
+        result.changed = bool(result.applied)
         if daemon.https is not None:
             changed = daemon.https.reload()["changed"]
             result.applied.append(f"certificates re-read ({'changed' if changed else 'no change'})")
@@ -159,7 +162,8 @@ class Reloader:
         for key in LIVE_PROXY_KEYS:
             a, b = getattr(old.proxy, key), getattr(new.proxy, key)
             if a != b:
-                result.applied.append(f"proxy.{key} {_show(a)} -> {_show(b)}")
+                shown = format_duration if key.endswith("_timeout") else _show
+                result.applied.append(f"proxy.{key} {shown(a)} -> {shown(b)}")
         for key in RESTART_PROXY_KEYS:
             a, b = getattr(old.proxy, key), getattr(new.proxy, key)
             if a == b:
@@ -219,7 +223,9 @@ class Reloader:
             if settings:
                 merged = replace(have, upstreams=want.upstreams,
                                  **{key: getattr(want, key) for key in SETTINGS})
-                out.append((merged, "routing"))
+                # Nothing of a managed service serves (its deploy failed): its next deploy takes them.
+                routed = not want.managed or name in deployer.releases
+                out.append((merged, "routing" if routed else "known"))
                 result.applied.append(f"services.{name}: {'; '.join(settings)}")
         for name in old.services:
             if name not in new.services and name in deployer.configs:
@@ -237,6 +243,22 @@ class Reloader:
             deployer.configs[config.name] = config
             return None
         return deployer.change(config, "routing", _reroute(deployer, config), ORIGIN)
+
+
+def _check_first_deploy(config: ServiceConfig, source: str) -> None:
+    """What `Deployer.deploy` would refuse, refused before the reload changed anything."""
+    assert config.image is not None
+    try:
+        check_version(version_of(config.image))
+    except ConfigError as exc:
+        raise ConfigError(f"services.{config.name}.image", f"its tag names the version: {exc.problem}",
+                          source) from None
+    check = getattr(STRATEGIES[config.strategy], "check", None)
+    if check is not None:
+        try:
+            check(config)
+        except TurnoutError as exc:
+            raise ConfigError(f"services.{config.name}.strategy", str(exc), source) from None
 
 
 async def _outcome(active: ActiveDeployment | None, name: str) -> dict[str, Any]:
