@@ -34,7 +34,7 @@ def test_live_proxy_keys_are_applied_and_restart_keys_kept_at_their_running_valu
     new = parse_config(changed(proxy={"listen": "0.0.0.0:80", "idle_timeout": "5s"}))
     result = ReloadResult("turnout.toml")
     proxy = reloader(old)._proxy_changes(old, new, result)
-    assert result.applied == ["proxy.idle_timeout 60s -> 5s"]
+    assert result.applied == ["proxy.idle_timeout 1m -> 5s"]
     assert result.needs_restart == ["proxy.listen 127.0.0.1:8000 -> 0.0.0.0:80"]
     assert proxy.listen == "127.0.0.1:8000" and proxy.idle_timeout == 5.0
 
