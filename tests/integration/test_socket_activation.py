@@ -1,6 +1,6 @@
 """Reading systemd's sockets (proxy/socket_activation.py) on real descriptors: names, the unnamed order,
 LISTEN_PID, the variables unset, and a clear error for each kind of descriptor that cannot serve. The
-daemon under `systemd-socket-activate` is tried in tests/docker/test_socket_activation.py."""
+daemon under `systemd-socket-activate` is tried in tests/docker/test_socket_activation_live.py."""
 
 from __future__ import annotations
 
