@@ -69,9 +69,12 @@ class Supervisor:
         fd = self.socket.fileno()
         command = [*CLI, "--state-dir", str(self.state_dir), "serve", "--config", str(self.config_path)]
         env = {**os.environ, "TURNOUT_CONTAINER_LABELS": self.labels, "SOCKET_FD": str(fd)}
+        # systemd-socket-activate gives its child a fresh environment (PATH, HOME, ... and LISTEN_*):
+        # what the daemon needs besides is passed by name, as Environment= would in a unit.
+        passed = [f"--setenv={name}" for name in ("TURNOUT_CONTAINER_LABELS", "PYTHONPATH") if name in env]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", EXEC_WITH_SOCKET, ACTIVATE, "--fdname=http", "--", *command],
+                [sys.executable, "-c", EXEC_WITH_SOCKET, ACTIVATE, "--fdname=http", *passed, "--", *command],
                 pass_fds=(fd,), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         return self.process
 

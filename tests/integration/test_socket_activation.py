@@ -150,7 +150,8 @@ async def test_serve_refuses_a_datagram_socket_naming_it(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = await asyncio.create_subprocess_exec(
-        ACTIVATE, "--datagram", "-l", f"127.0.0.1:{port}", "--fdname=http", "--",
+        ACTIVATE, "--datagram", "-l", f"127.0.0.1:{port}", "--fdname=http",
+        *(["--setenv=PYTHONPATH"] if "PYTHONPATH" in env else []), "--",  # its child's env is fresh
         *CLI, "--state-dir", str(tmp_path / "state"), "serve", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
