@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from helpers.daemon import Daemon
+from helpers.live import CONFIG, owner_containers, wait_for_version
 from helpers.upstreams import fetch
 
 pytestmark = pytest.mark.docker
@@ -101,6 +102,31 @@ listen = "127.0.0.1:0"
         await runner_a.cleanup()
         await runner_b.cleanup()
         await runner_c.cleanup()
+
+
+async def test_a_reload_during_a_deploy_of_a_changed_service_is_refused_and_changes_nothing(
+        tmp_path, docker_client, test_run_labels):
+    serve = Daemon(tmp_path, test_run_labels, CONFIG + '[proxy]\naccess_log = false\n')
+    try:
+        serve.start()
+        wait_for_version(serve, "v1")
+        started = serve.cli("deploy", "web", "--image", "turnout-testapp:v2", "--step-pause", "manual",
+                            "--detach", "--json")
+        assert started.returncode == 0, started.stderr
+        deployment = json.loads(started.stdout)["id"]
+        assert serve.config_path is not None
+        serve.config_path.write_text(serve.config_path.read_text().replace(
+            "access_log = false", 'access_log = "access.log"').replace(
+            "[services.web]\n", '[services.web]\npath_prefix = "/shop"\n', 1))
+        code, out = await serve.acli("reload")
+        assert code == 2 and deployment in out and "'web'" in out, out
+        assert (await fetch(serve.port, path="/")).status == 200  # the path rule did not move
+        assert not (tmp_path / "access.log").exists()  # nor did the access log (applied first otherwise)
+        assert serve.cli("abort", "web").returncode == 0
+    finally:
+        if serve.process is not None:
+            serve.stop()
+        owner_containers(docker_client, serve, remove=True)
 
 
 async def test_reload_without_a_config_file_is_refused(tmp_path, test_run_labels):

@@ -215,3 +215,78 @@ async def _within(seconds: float, waiting, supervisor: Supervisor, load: Load) -
         raise AssertionError(f"not within {seconds}s: {load.succeeded} succeeded, {load.refused} refused, "
                              f"failed {load.in_flight_failed[:3]} {load.stale_failed[:3]} "
                              f"{load.other_failed[:3]}\n{supervisor.log()}") from None
+
+
+async def test_named_http_and_https_sockets_of_systemd_socket_activate_serve(tmp_path, test_run_labels):
+    """The tool's own sockets, named as two socket units would name them (`--fdname=http:https`): each
+    listener serves on its socket, whatever the file says its address is."""
+    assert ACTIVATE is not None, "no systemd-socket-activate: scripts/ensure-systemd-socket-activate.sh"
+    from controller.testing.plugin import free_port
+    from helpers.certs import CertAuthority
+
+    runner, upstream = await _hello_upstream()
+    ca = CertAuthority.create(tmp_path / "ca")
+    ca.write(tmp_path / "certs", "app", ["app.test"])
+    (tmp_path / "turnout.toml").write_text(f"""
+[proxy]
+listen = "127.0.0.1:1"          # replaced by the socket named http
+access_log = false
+[proxy.tls]
+listen = "127.0.0.1:2"          # replaced by the socket named https
+certs_dir = "{tmp_path / 'certs'}"
+redirect_http = false
+[services.app]
+upstreams = ["127.0.0.1:{upstream}"]
+host = "app.test"
+""")
+    http, https = free_port(), free_port()
+    env = {**os.environ, "TURNOUT_CONTAINER_LABELS": ",".join(f"{k}={v}" for k, v in test_run_labels.items())}
+    log_path = tmp_path / "serve.log"
+    passed = [f"--setenv={name}" for name in ("TURNOUT_CONTAINER_LABELS", "PYTHONPATH") if name in env]
+    config = str(tmp_path / "turnout.toml")
+    serve = [*CLI, "--state-dir", str(tmp_path / "state"), "serve", "--config", config]
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            ACTIVATE, "-l", f"127.0.0.1:{http}", "-l", f"127.0.0.1:{https}", "--fdname=http:https", *passed,
+            "--", *serve, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        context = ca.client_context()
+        tls_client = await _connect_when_bound(https, ssl=context, server_hostname="app.test")
+        response = await tls_client.request("GET", "/", host="app.test", timeout=60)
+        assert response.status == 200 and response.body == b"hello\n", log_path.read_text()
+        await tls_client.close()
+        plain = await _connect_when_bound(http)
+        response = await plain.request("GET", "/", host="app.test", timeout=60)
+        assert response.status == 200 and response.body == b"hello\n"
+        await plain.close()
+        log = log_path.read_text()
+        assert f'"listen": "127.0.0.1:{https}", "configured": "127.0.0.1:2"' in log, log
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+        await runner.cleanup()
+
+
+async def _hello_upstream() -> tuple[web.AppRunner, int]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello\n")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def _connect_when_bound(port: int, **tls) -> RawClient:
+    """systemd-socket-activate binds its addresses right after it starts: connect once it did."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, **tls)
+                return RawClient(reader, writer)
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.02)
