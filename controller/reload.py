@@ -36,6 +36,7 @@ from .config.model import Config, ConfigError, ServiceConfig
 from .config.reader import check_host_hooks
 from .deployer import ActiveDeployment, check_version
 from .errors import DeployInProgress, TurnoutError, UsageError
+from .handover import config_facts
 from .release import version_of
 from .strategies import STRATEGIES
 
@@ -119,6 +120,9 @@ class Reloader:
         daemon = self.daemon
         deployer = daemon.deployer
         assert deployer is not None
+        handover = getattr(daemon, "handover", None)
+        if handover is not None and handover.frozen:
+            raise ReloadRefused("a hand-over to a new `turnout serve` is under way; that one reads the file")
         if applier_for(deployer)._lock.locked():
             raise ReloadRefused("a `turnout apply` (or `serve --watch`) is running; reload when it ended")
         new = await asyncio.to_thread(self.read_config)
@@ -151,6 +155,8 @@ class Reloader:
             changed = daemon.https.reload()["changed"]
             result.applied.append(f"certificates re-read ({'changed' if changed else 'no change'})")
         daemon.config = replace(new, proxy=proxy, state_dir=old.state_dir, dashboard=old.dashboard)
+        if handover is not None:  # a hand-over checks the file's bytes against what runs: this file now
+            handover.facts = config_facts(daemon.config)
         for active, name in started:
             result.results.append(await _outcome(active, name))
         log.info("config.reloaded", file=source, applied=result.applied, needs_restart=result.needs_restart,

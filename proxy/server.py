@@ -39,12 +39,11 @@ class ProxyServer:
         self.config = config
         self.log_writer = log_writer
         self.listen = listen or config.listen
+        self.sock: socket.socket | None = None  # a listening socket to accept on instead of binding `listen`
         self.connection_class = connection_class  # a subclass on the plain listener of an HTTPS front door
         self.answer_extra = answer_extra  # header lines on every upstream answer (HSTS on HTTPS)
         self.forwarded_port = _port_of(self.listen)  # the bound port once started (X-Forwarded-Port)
         self.front_door = None  # proxy/tls/frontdoor.py's FrontDoor, on the plain listener of an HTTPS proxy
-        # A socket already listening (systemd's, proxy/socket_activation.py): served instead of binding.
-        self.listen_socket: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -66,9 +65,8 @@ class ProxyServer:
             self.connection_class = logged(self.connection_class)
         host, _, port = self.listen.rpartition(":")
         try:
-            if self.listen_socket is not None:
-                self._server = await self.loop.create_server(self._protocol, sock=self.listen_socket,
-                                                             backlog=1024)
+            if self.sock is not None:  # handed over (proxy/handover.py) or systemd's (socket_activation.py)
+                self._server = await self.loop.create_server(self._protocol, sock=self.sock, backlog=1024)
             else:
                 self._server = await self.loop.create_server(
                     self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
