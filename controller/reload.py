@@ -47,7 +47,9 @@ log = structlog.get_logger("turnout.reload")
 
 ORIGIN = "reload"  # journalled as the origin of the changes a reload makes
 # [proxy] keys a running proxy takes from a reload; the others need a restart.
-RESTART_PROXY_KEYS = ("listen", "admin_socket", "admin_tcp", "admin_token", "tls", "extra")
+# The routing listener and its fleet (remote proxies) are made once, at the start.
+RESTART_PROXY_KEYS = ("listen", "admin_socket", "admin_tcp", "admin_token", "tls", "extra", "routing_listen",
+                      "routing_token", "proxy_ack_timeout", "proxy_unseen_timeout")
 LIVE_PROXY_KEYS = tuple(f.name for f in fields(ProxyConfig) if f.name not in RESTART_PROXY_KEYS)
 # A service's values that a reload does not change: a new release or scale is a deploy (turnout apply).
 _DEPLOY_FIELDS = ("image", "replicas", *CONTAINER_FIELDS)
@@ -181,8 +183,8 @@ class Reloader:
                         result.needs_restart.append(f"proxy.tls.{sub.name} {_show(x)} -> {_show(y)}")
             elif key == "tls":
                 result.needs_restart.append(f"proxy.tls {'added' if b is not None else 'removed'}")
-            elif key == "admin_token":
-                result.needs_restart.append("proxy.admin_token changed")
+            elif key in ("admin_token", "routing_token"):  # a secret: never shown
+                result.needs_restart.append(f"proxy.{key} changed")
             else:
                 result.needs_restart.append(f"proxy.{key} {_show(a)} -> {_show(b)}")
         if old.state_dir != new.state_dir:

@@ -63,3 +63,16 @@ def test_a_service_gone_from_the_file_is_kept_and_said():
     assert reloader(old)._service_changes(old, parse_config(data), result) == []
     assert result.not_applied == ["services.api: no longer in the file; still served (`turnout apply "
                                   "--prune` removes what apply created)"]
+
+
+def test_the_routing_listener_and_its_token_need_a_restart_and_the_token_is_never_shown():
+    old = parse_config(BASE)
+    token = "r" * 40
+    new = parse_config(changed(proxy={"routing_listen": "127.0.0.1:8002", "routing_token": token}))
+    result = ReloadResult("turnout.toml")
+    proxy = reloader(old)._proxy_changes(old, new, result)
+    assert result.applied == []
+    assert sorted(result.needs_restart) == ["proxy.routing_listen - -> 127.0.0.1:8002",
+                                            "proxy.routing_token changed"]
+    assert token not in " ".join(result.needs_restart)
+    assert proxy.routing_listen == old.proxy.routing_listen and proxy.routing_token == old.proxy.routing_token
