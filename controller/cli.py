@@ -299,7 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure(args.log_level)
     config = load_config(args.config)
     if args.listen:
-        config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+        config = replace(config, proxy=replace(config.proxy, listen=_listen_flag(args.listen)))
     if args.dashboard:
         config = replace(config, dashboard=_dashboard_flag(args.dashboard, config))
     if args.state_dir is not None:
@@ -323,6 +323,20 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(daemon.serve_forever())
     return 0
+
+
+def _listen_flag(listen: str) -> str:
+    """`serve --listen HOST:PORT`, checked as turnout.toml's `proxy.listen` is."""
+    from proxy.errors import ValidationError
+    from proxy.specs import parse_address
+
+    from .config.model import CLI_SOURCE, ConfigError
+
+    try:
+        parse_address("--listen", listen)
+    except ValidationError as exc:
+        raise ConfigError("--listen", exc.message, CLI_SOURCE) from None
+    return listen
 
 
 def _dashboard_flag(listen: str, config: Any) -> Any:

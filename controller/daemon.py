@@ -38,6 +38,7 @@ from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
+from .errors import UsageError
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
@@ -97,6 +98,8 @@ class Daemon:
             await self.proxy_server.start()
         except ValidationError as exc:  # the access log's file could not be opened
             raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
+        except OSError as exc:  # in use, or not an address of this host
+            raise UsageError(f"cannot listen on {self.config.proxy.listen}: {exc.strerror or exc}") from None
         stack.push_async_callback(self._stop_proxy)
         if self.https is not None:
             await self.https.start(acme_hosts=tuple(dict.fromkeys(
