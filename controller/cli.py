@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--version", help="version name [default: the image tag]")
     new = deploy.add_argument_group("a service not in the config is created from these")
     new.add_argument("--port", type=int, help="container port the app listens on")
-    new.add_argument("--replicas", type=int)
+    new.add_argument("--replicas", type=int, help="containers to run (an existing service is scaled to it)")
     new.add_argument("--health-path", help="HTTP path that answers 2xx when ready [/healthz]")
     new.add_argument("--host", help="Host header routed to this service")
     opts = deploy.add_argument_group("strategy options")
