@@ -57,6 +57,22 @@ def owner_of(state_dir: Path) -> str | None:
     return read_owner(Config(state_dir=state_dir).journal_path)
 
 
+async def remove_containers_of(state_dir: Path) -> int:
+    """Remove every container of the daemon with this state dir (by its owner label), e.g. after it
+    stopped (the demo's and the test plugin's cleanup). Returns how many were removed."""
+    owner = owner_of(state_dir)
+    if owner is None:  # the daemon never got as far as its journal: it started nothing
+        return 0
+    backend = DockerBackend(owner=owner)
+    try:
+        containers = await backend.list()
+        for container in containers:
+            await backend.remove(container.id)
+    finally:
+        await backend.close()
+    return len(containers)
+
+
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
                  prune_strays: bool = False, watch: bool = False) -> None:

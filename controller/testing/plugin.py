@@ -123,21 +123,9 @@ class TurnoutDaemon:
 
     def remove_containers(self) -> int:
         """Remove every container this daemon's owner label marks (the test's cleanup)."""
-        from ..daemon import owner_of
-        from ..docker_backend import DockerBackend
+        from ..daemon import remove_containers_of
 
-        async def remove_all() -> int:
-            owner = owner_of(self.state_dir)
-            if owner is None:  # the daemon never got as far as its journal: it started nothing
-                return 0
-            backend = DockerBackend(owner=owner)
-            containers = await backend.list()
-            for container in containers:
-                await backend.remove(container.id)
-            await backend.close()
-            return len(containers)
-
-        return asyncio.run(remove_all())
+        return asyncio.run(remove_containers_of(self.state_dir))
 
 
 class DeployFailed(AssertionError):
