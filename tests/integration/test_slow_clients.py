@@ -16,6 +16,7 @@ import time
 import pytest
 
 from helpers.upstreams import RawClient, running_proxy, service, start_upstreams, wait_for
+from proxy import forward
 from proxy.router import Router
 
 HEADER_TIMEOUT = 0.5
@@ -96,6 +97,21 @@ async def test_bytes_the_client_sent_on_before_the_408_do_not_turn_the_close_int
             assert answer.startswith(b"HTTP/1.1 408 ") and b"X-Turnout-Error: header-timeout" in answer
         await wait_for(lambda: proxy.router.metrics.connections == 0)  # the client's close ended it
     assert (up.connections, up.bytes_received) == (0, 0)
+
+
+async def test_the_lingering_close_reads_a_bounded_amount(up, monkeypatch):
+    """After its 408 the proxy reads on (and drops) at most LINGER_BYTES, then closes however long the
+    lingering might still last (here: much longer than the test)."""
+    monkeypatch.setattr(forward, "LINGER_SECONDS", 600.0)
+    async with running_proxy(router_for(up), header_timeout=HEADER_TIMEOUT) as proxy, \
+            connect(proxy.port) as client:
+        await client.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+        assert (await client.read_response()).status == 408
+        assert proxy.router.metrics.connections == 1  # lingering
+        with contextlib.suppress(ConnectionError):
+            for _ in range(forward.LINGER_BYTES // 65536 + 1):
+                await client.send(b"x" * 65536)
+        await wait_for(lambda: proxy.router.metrics.connections == 0)
 
 
 async def test_slowloris_head_trickled_byte_by_byte_gets_408_at_the_header_deadline(up):
