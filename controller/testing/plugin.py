@@ -83,14 +83,19 @@ class TurnoutDaemon:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"turnout serve exited with {self.process.returncode}:\n{self.log()}")
-            if (self.state_dir / "admin.sock").exists() and self._answers():
+            if self._answers():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"turnout serve did not come up in {timeout}s:\n{self.log()}")
 
     def _answers(self) -> bool:
+        """The proxy and the admin API both accept connections (the admin socket's file may be a killed
+        daemon's, and the admin API starts last, after recovery)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
+                admin.settimeout(0.2)
+                admin.connect(str(self.state_dir / "admin.sock"))
                 return True
         except OSError:
             return False
