@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--version", help="version name [default: the image tag]")
     new = deploy.add_argument_group("a service not in the config is created from these")
     new.add_argument("--port", type=int, help="container port the app listens on")
-    new.add_argument("--replicas", type=int)
+    new.add_argument("--replicas", type=int, help="containers to run (an existing service is scaled to it)")
     new.add_argument("--health-path", help="HTTP path that answers 2xx when ready [/healthz]")
     new.add_argument("--host", help="Host header routed to this service")
     opts = deploy.add_argument_group("strategy options")
@@ -384,7 +384,7 @@ def _with_serve_flags(config: Any, args: argparse.Namespace) -> Any:
     from proxy.config import ProxyConfig
 
     if args.listen:
-        config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+        config = replace(config, proxy=replace(config.proxy, listen=_listen_flag(args.listen)))
     if args.dashboard:
         config = replace(config, dashboard=_dashboard_flag(args.dashboard, config))
     if args.state_dir is not None:
@@ -442,7 +442,7 @@ def _serve_proxy(args: argparse.Namespace) -> int:
     configure(args.log_level)
     config = load_config(args.config).proxy
     if args.listen:
-        config = replace(config, listen=args.listen)
+        config = replace(config, listen=_listen_flag(args.listen))
     node = ProxyNode(config, args.controller, token, args.proxy_id, args.advertise)
     try:
         if args.loop == "uvloop":
@@ -471,6 +471,20 @@ def _read_token_file(path: Path) -> str:
     if not token:
         raise UsageError(f"--token-file: {path} is empty")
     return token
+
+
+def _listen_flag(listen: str) -> str:
+    """`serve --listen HOST:PORT`, checked as turnout.toml's `proxy.listen` is."""
+    from proxy.errors import ValidationError
+    from proxy.specs import parse_address
+
+    from .config.model import CLI_SOURCE, ConfigError
+
+    try:
+        parse_address("--listen", listen)
+    except ValidationError as exc:
+        raise ConfigError("--listen", exc.message, CLI_SOURCE) from None
+    return listen
 
 
 def _dashboard_flag(listen: str, config: Any) -> Any:

@@ -41,6 +41,7 @@ from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
+from .errors import UsageError
 from .fleet import Fleet
 from .handover import Handover, Takeover, adopt
 from .journal import Journal, read_owner
@@ -62,6 +63,22 @@ def owner_of(state_dir: Path) -> str | None:
     """The owner id the daemon with this state dir labels its containers with (it lives in the
     journal, random and created once); None before that daemon first started."""
     return read_owner(Config(state_dir=state_dir).journal_path)
+
+
+async def remove_containers_of(state_dir: Path) -> int:
+    """Remove every container of the daemon with this state dir (by its owner label), e.g. after it
+    stopped (the demo's and the test plugin's cleanup). Returns how many were removed."""
+    owner = owner_of(state_dir)
+    if owner is None:  # the daemon never got as far as its journal: it started nothing
+        return 0
+    backend = DockerBackend(owner=owner)
+    try:
+        containers = await backend.list()
+        for container in containers:
+            await backend.remove(container.id)
+    finally:
+        await backend.close()
+    return len(containers)
 
 
 class Daemon:
@@ -187,6 +204,8 @@ class Daemon:
             await self.proxy_server.start()
         except ValidationError as exc:  # the access log's file could not be opened
             raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
+        except OSError as exc:  # in use, or not an address of this host
+            raise UsageError(f"cannot listen on {self.config.proxy.listen}: {exc.strerror or exc}") from None
         stack.push_async_callback(self._stop_proxy)
         if self.https is not None:
             await self.https.start(acme_hosts=tuple(dict.fromkeys(

@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import requests
 import structlog
+from docker.models.containers import _create_container_args
 from docker.types import LogConfig
 
 from controller import labels as lbl
@@ -60,12 +61,24 @@ CREATE_OPTIONS = frozenset(
         "cap_add",  # ContainerSpec.cap_add: only capabilities of Docker's default set
         "security_opt",  # ContainerSpec.security_opt: no-new-privileges, an AppArmor profile
         "init",  # ContainerSpec.init: Docker's --init (a tiny init as PID 1 that forwards signals)
+        "stop_timeout",  # ContainerSpec.stop_timeout, whole seconds: what a `docker stop` by others waits
         "restart_policy",  # always {"Name": "no"}
         "detach",
     }
 )
 
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def _create(client: Any, kwargs: dict[str, Any]) -> Any:
+    """`client.containers.create(**kwargs)`, plus `stop_timeout`, which the engine's create takes but
+    docker-py's `containers.create` does not: the same steps it takes, with that one argument added."""
+    kwargs = dict(kwargs)
+    stop_timeout = kwargs.pop("stop_timeout", None)
+    args = _create_container_args({**kwargs, "version": client.api._version})
+    if stop_timeout is not None:
+        args["stop_timeout"] = stop_timeout
+    return client.containers.get(client.api.create_container(**args)["Id"])
 
 
 def _copy(mapping: Mapping[str, str] | None) -> dict[str, str]:
@@ -96,7 +109,9 @@ class ContainerSpec:
     cap_add: Sequence[str] = ()
     security_opt: Sequence[str] = ()
     init: bool = False  # Docker's --init
-    # `docker stop`'s timeout is given at stop (DockerBackend.stop): docker-py's create takes no StopTimeout.
+    # The container's own StopTimeout (seconds; None: Docker's 10 s), for a `docker stop` or engine
+    # shutdown by others; Turnout's own stops give theirs (DockerBackend.stop).
+    stop_timeout: float | None = None
     spec_hash: str = ""  # labelled turnout.spec-hash (controller/apply/spec.py)
 
     def __post_init__(self) -> None:
@@ -124,6 +139,10 @@ class ContainerSpec:
                 if (problem := problem_of(value)) is not None:
                     raise ValueError(f"ContainerSpec.{name}: {problem}")
             object.__setattr__(self, name, tuple(values))
+        if self.stop_timeout is not None and (isinstance(self.stop_timeout, bool) or not isinstance(
+                self.stop_timeout, int | float) or not 0 <= self.stop_timeout < 2**31):
+            raise ValueError(f"ContainerSpec.stop_timeout must be seconds >= 0 or None, "
+                             f"got {self.stop_timeout!r}")
         if isinstance(self.volumes, str | Mapping):
             raise ValueError("ContainerSpec.volumes must be a list of 'source:target[:mode]' binds")
         # Copy what we were given, so the caller's later changes never reach a frozen spec.
@@ -351,6 +370,8 @@ class DockerBackend:
                 kwargs[name] = list(getattr(spec, name))
         if spec.init:
             kwargs["init"] = True
+        if spec.stop_timeout is not None:  # whole seconds; rounded up as DockerBackend.stop does
+            kwargs["stop_timeout"] = math.ceil(spec.stop_timeout)
         unexpected = kwargs.keys() - CREATE_OPTIONS
         if unexpected:  # a programming error here, never user input
             raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")
@@ -361,7 +382,7 @@ class DockerBackend:
         name = container_name(spec.service, spec.version)
         try:
             with _translated(f"creating container {name} from {spec.image}"):
-                created = client.containers.create(**self._create_kwargs(spec, name))
+                created = _create(client, self._create_kwargs(spec, name))
         except DockerError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound):
                 raise ImageNotFound(spec.image) from exc.__cause__

@@ -207,7 +207,7 @@ class Operations:
             mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
             cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
             spec_hash=await self.spec_hash(release.image),
-            init=config.init,
+            init=config.init, stop_timeout=config.stop_timeout,
         ))
         try:
             # Recorded before anything else: only containers the journal knows are routed or removed.

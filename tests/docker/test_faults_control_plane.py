@@ -13,7 +13,6 @@ healthy = 2) and then fails for good."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from test_deploys_live import assert_no_loss, traffic
 from controller.docker_backend import ContainerSpec, DockerBackend
 from controller.journal import Journal
 from helpers.daemon import Daemon
-from helpers.live import owner_containers, status, wait_for_version
+from helpers.live import admin_get, owner_containers, status, wait_for_version
 
 pytestmark = pytest.mark.docker
 
@@ -81,9 +80,8 @@ def faulty(tmp_path, docker_client, test_run_labels):
 
 
 def history(daemon: Daemon) -> list[dict]:
-    result = daemon.cli("history", "web", "--json", "--steps")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["deployments"]
+    """What `turnout history web --json --steps` prints."""
+    return admin_get(daemon, "/v1/history/web", limit="20", steps="1")["deployments"]
 
 
 def assert_consistent(daemon: Daemon, docker_client, version: str) -> dict:
