@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit swarm lint docker images chromium pebble clean-containers bench help
+.PHONY: demo test unit swarm lint docker images chromium pebble socket-activate clean-containers bench help
 
 help:
 	@echo "make demo    set up, start Turnout, deploy a demo app v1, canary to v2 under load, report"
@@ -36,6 +36,8 @@ chromium:
 pebble:
 	scripts/ensure-pebble.sh
 
+socket-activate:
+	scripts/ensure-systemd-socket-activate.sh
 
 demo: $(STAMP) images
 	$(BIN)/python -m controller.rehearsal.demo
@@ -45,7 +47,7 @@ demo: $(STAMP) images
 SWARM_TESTS = scripts/swarm-lab.sh up && $(BIN)/python -m pytest -m swarm tests/swarm $(PYTEST_ARGS); \
 	rc=$$?; scripts/swarm-lab.sh down; exit $$rc
 
-test: $(STAMP) images chromium pebble
+test: $(STAMP) images chromium pebble socket-activate
 	$(BIN)/ruff check proxy controller tests bench
 	rc=0; $(BIN)/python -m pytest -m "not swarm" $(PYTEST_ARGS) || rc=$$?; \
 	  ( $(SWARM_TESTS) ) || rc=$$((rc ? rc : 1)); exit $$rc

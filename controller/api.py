@@ -13,8 +13,8 @@ from proxy.admin import RULES_SETTER, ApiError, describe_table, read_json
 from proxy.tls.admin import HTTPS_KEY
 
 from .apply.run import ApplyOptions, applier_for
-from .config.model import ConfigError, ServiceConfig
-from .config.overrides import FLAGS, service_from_flags, with_overrides
+from .config.model import AB_KEYS, CLI_SOURCE, ConfigError, ServiceConfig
+from .config.overrides import FLAGS, flags_for_existing, service_from_flags, with_overrides
 from .config.service_state import service_from_dict
 from .deployer import ActiveDeployment, Deployer
 from .errors import DeployInProgress, TurnoutError, UsageError
@@ -84,8 +84,21 @@ def _service_config(deployer: Deployer, body: dict[str, Any]) -> ServiceConfig:
     config = deployer.configs.get(name)
     if config is None:
         config = service_from_flags(name, image=body.get("image"), **flags)
+    else:
+        config = flags_for_existing(config, flags)
     options = _object(body, "options")
+    _refuse_ab_options(options, body.get("strategy") or options.get("strategy") or config.strategy)
     return with_overrides(config, **options) if options else config
+
+
+def _refuse_ab_options(options: dict[str, Any], strategy: Any) -> None:
+    """`--match`, `--duration` and `--then` are read by the ab strategy alone: refused with any other,
+    never ignored (a deploy meant for a few matched requests must not send them all to the new version)."""
+    given = [key for key in options if key in AB_KEYS and options[key] is not None]
+    if given and strategy != "ab":
+        flag = "--" + given[0].replace("_", "-")
+        raise ConfigError(flag, f"only the ab strategy reads it, and this deploy's strategy is {strategy} "
+                          "(add --strategy ab)", CLI_SOURCE)
 
 
 async def post_deploy(request: web.Request) -> web.StreamResponse:

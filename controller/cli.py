@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--version", help="version name [default: the image tag]")
     new = deploy.add_argument_group("a service not in the config is created from these")
     new.add_argument("--port", type=int, help="container port the app listens on")
-    new.add_argument("--replicas", type=int)
+    new.add_argument("--replicas", type=int, help="containers to run (an existing service is scaled to it)")
     new.add_argument("--health-path", help="HTTP path that answers 2xx when ready [/healthz]")
     new.add_argument("--host", help="Host header routed to this service")
     opts = deploy.add_argument_group("strategy options")
@@ -221,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    reload = sub.add_parser(
+        "reload", help="read the daemon's config file again and apply what can change without a restart",
+        description="The daemon reads its --config file again (as on SIGHUP) and applies, without "
+        "a restart: the proxy's timeouts, limits and retries, the access log (file, format, sampling), "
+        "each service's routing settings (host, path, health, timeouts, rules, ...), static upstreams, "
+        "new services; and it re-reads the HTTPS certificates. A file with an error changes nothing and "
+        "the error names the key and the file. What needs a restart (listen addresses, the admin API, "
+        "the state dir, [proxy.tls] settings, [dashboard]) and what is a deploy (a service's image, "
+        "replicas or container definition: `turnout apply`) are listed, not applied. "
+        "Exits 0 when applied, 1 when a change failed, 2 when the reload was refused.")
+    reload.add_argument("--json", action="store_true", help="the result as JSON")
+
     logs = sub.add_parser("logs", help="the daemon's logs: `turnout logs reopen` after logrotate moved the "
                           "access log's file", description="reopen: the daemon reopens the access log's file "
                           "([proxy] access_log = \"PATH\"), as SIGHUP does; lines written before go to the "
@@ -330,16 +342,49 @@ def _serve(args: argparse.Namespace) -> int:
             flag = "--id" if name == "proxy_id" else f"--{name.replace('_', '-')}"
             raise UsageError(f"{flag}: only with --role proxy")
 
-    from proxy.config import ProxyConfig
+    from proxy import socket_activation
     from proxy.log import configure
 
+    from .config.model import Config
     from .config.reader import load_config
     from .daemon import Daemon
 
     configure(args.log_level)
-    config = load_config(args.config)
+    try:  # systemd's sockets (a .socket unit, systemd-socket-activate): taken first, the variables unset
+        sockets = socket_activation.from_environment()
+    except socket_activation.SocketActivationError as exc:
+        raise UsageError(f"socket activation: {exc}") from None
+
+    def read_config() -> Config:
+        """The config file with this command's flags and systemd's sockets (`turnout reload` again)."""
+        config = _with_serve_flags(load_config(args.config), args)
+        try:
+            return replace(config, proxy=socket_activation.listening_config(config.proxy, sockets))
+        except socket_activation.SocketActivationError as exc:
+            raise UsageError(f"socket activation: {exc}") from None
+
+    config = read_config()
+    if args.watch and args.config is None:
+        raise UsageError("--watch: needs --config (the file to watch)")
+    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
+                    watch=args.watch, takeover=args.takeover, sockets=sockets, read_config=read_config)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(daemon.serve_forever())
+    else:
+        asyncio.run(daemon.serve_forever())
+    return 0
+
+
+def _with_serve_flags(config: Any, args: argparse.Namespace) -> Any:
+    """`turnout serve`'s --listen, --dashboard and --state-dir over the file's values."""
+    from dataclasses import replace
+
+    from proxy.config import ProxyConfig
+
     if args.listen:
-        config = replace(config, proxy=replace(config.proxy, listen=args.listen))
+        config = replace(config, proxy=replace(config.proxy, listen=_listen_flag(args.listen)))
     if args.dashboard:
         config = replace(config, dashboard=_dashboard_flag(args.dashboard, config))
     if args.state_dir is not None:
@@ -352,17 +397,7 @@ def _serve(args: argparse.Namespace) -> int:
                              "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
-    if args.watch and args.config is None:
-        raise UsageError("--watch: needs --config (the file to watch)")
-    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
-                    watch=args.watch, takeover=args.takeover)
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(daemon.serve_forever())
-    else:
-        asyncio.run(daemon.serve_forever())
-    return 0
+    return config
 
 
 NODE_ONLY = ("controller", "token", "token_file", "proxy_id", "advertise")
@@ -407,7 +442,7 @@ def _serve_proxy(args: argparse.Namespace) -> int:
     configure(args.log_level)
     config = load_config(args.config).proxy
     if args.listen:
-        config = replace(config, listen=args.listen)
+        config = replace(config, listen=_listen_flag(args.listen))
     node = ProxyNode(config, args.controller, token, args.proxy_id, args.advertise)
     try:
         if args.loop == "uvloop":
@@ -436,6 +471,20 @@ def _read_token_file(path: Path) -> str:
     if not token:
         raise UsageError(f"--token-file: {path} is empty")
     return token
+
+
+def _listen_flag(listen: str) -> str:
+    """`serve --listen HOST:PORT`, checked as turnout.toml's `proxy.listen` is."""
+    from proxy.errors import ValidationError
+    from proxy.specs import parse_address
+
+    from .config.model import CLI_SOURCE, ConfigError
+
+    try:
+        parse_address("--listen", listen)
+    except ValidationError as exc:
+        raise ConfigError("--listen", exc.message, CLI_SOURCE) from None
+    return listen
 
 
 def _dashboard_flag(listen: str, config: Any) -> Any:
@@ -713,6 +762,24 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reload(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("POST", "/v1/reload")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0 if data["succeeded"] else 1
+    print(f"reloaded {data['file']}" + ("" if data["applied"] else ": nothing to change"))
+    for line in data["applied"]:
+        print(f"  applied: {line}")
+    for line in data["needs_restart"]:
+        print(f"  needs a restart: {line}")
+    for line in data["not_applied"]:
+        print(f"  not applied: {line}")
+    for result in data["results"]:
+        if result["status"] not in ("succeeded", "running"):
+            print(f"  failed: services.{result['service']}: {result['message']}")
+    return 0 if data["succeeded"] else 1
+
+
 async def _logs(client: Any, args: argparse.Namespace) -> int:
     data = await client.request("POST", "/v1/logs/reopen")
     print(f"access log reopened: {data['reopened']}" if data["reopened"]
@@ -895,6 +962,7 @@ COMMANDS = {
     "rules": _rules,
     "mirror": _mirror,
     "logs": _logs,
+    "reload": _reload,
 }
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -32,17 +34,20 @@ from proxy.tls.manager import Https
 from .api import add_controller_routes
 from .apply.run import applier_for
 from .apply.watch import watch
-from .config.model import Config, ConfigError
+from .config.model import Config, ConfigError, EngineConfig
+from .config.reader import load_config
 from .dashboard.app import DashboardServer
 from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .engine.base import Engine, make_engine
+from .errors import UsageError
 from .fleet import Fleet
 from .handover import Handover, Takeover, adopt
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
+from .reload import Reloader, add_reload_route
 from .routing_api import add_fleet_routes, create_routing_app
 from .state_dir import FILE_MODE, StateDirError, prepare_state_dir
 from .state_lock import StateLock
@@ -60,9 +65,31 @@ def owner_of(state_dir: Path) -> str | None:
     return read_owner(Config(state_dir=state_dir).journal_path)
 
 
+async def remove_containers_of(state_dir: Path, engine: EngineConfig | None = None) -> int:
+    """Remove every container (slot) of the daemon with this state dir (by its owner label) on
+    `engine` (default: Docker on this host), e.g. after it stopped (the demo's and the test plugin's
+    cleanup). Returns how many were removed."""
+    owner = owner_of(state_dir)
+    if owner is None:  # the daemon never got as far as its journal: it started nothing
+        return 0
+    backend = make_engine(engine or EngineConfig(), owner)
+    try:
+        containers = await backend.list()
+        for container in containers:
+            await backend.remove(container.id)
+    finally:
+        await backend.close()
+    return len(containers)
+
+
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
-                 prune_strays: bool = False, watch: bool = False, takeover: bool = False) -> None:
+                 prune_strays: bool = False, watch: bool = False, takeover: bool = False,
+                 sockets: Mapping[str, socket.socket] | None = None,
+                 read_config: Callable[[], Config] | None = None) -> None:
+        """`sockets`: listening sockets passed by systemd, by name (proxy/socket_activation.py), served
+        instead of binding `config`'s addresses; `read_config`: the config as `turnout serve` read it
+        (its flags applied), read again by `turnout reload` and SIGHUP (controller/reload.py)."""
         self.config = config
         self.watch = watch  # apply config.source again whenever it changes (controller/apply/watch.py)
         self.state_dir = config.state_dir
@@ -73,6 +100,11 @@ class Daemon:
         self.proxy_server = ProxyServer(self.router, config.proxy)
         # The HTTPS listener ([proxy.tls]); it also makes the plain listener its front door.
         self.https = Https(self.router, config.proxy, self.proxy_server) if config.proxy.tls else None
+        sockets = sockets or {}
+        self.proxy_server.sock = sockets.get("http")
+        if self.https is not None:
+            self.https.server.sock = sockets.get("https")
+        self.reloader = Reloader(self, read_config or (lambda: load_config(config.source)))
         self.health = HealthChecker(self.router)
         self.journal: Journal | None = None
         self.backend: Engine | None = None
@@ -173,6 +205,8 @@ class Daemon:
             await self.proxy_server.start()
         except ValidationError as exc:  # the access log's file could not be opened
             raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
+        except OSError as exc:  # in use, or not an address of this host
+            raise UsageError(f"cannot listen on {self.config.proxy.listen}: {exc.strerror or exc}") from None
         stack.push_async_callback(self._stop_proxy)
         if self.https is not None:
             await self.https.start(acme_hosts=tuple(dict.fromkeys(
@@ -240,6 +274,7 @@ class Daemon:
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         add_tls_routes(app, self.https)
         add_fleet_routes(app, self.fleet)
+        add_reload_route(app, self.reloader)
         self.handover.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -262,6 +297,7 @@ class Daemon:
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             add_tls_routes(tcp_app, self.https)
             add_fleet_routes(tcp_app, self.fleet)
+            add_reload_route(tcp_app, self.reloader)
             self.handover.add_guard(tcp_app)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
@@ -327,9 +363,9 @@ class Daemon:
         stop = self._exit = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        # SIGHUP: reopen the access log's file (logrotate) and re-read the HTTPS certificates now.
-        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(
-            self.proxy_server, self.https.reload if self.https is not None else None))
+        # SIGHUP: reopen the access log's file (logrotate), then read the config again and apply it
+        # (controller/reload.py), which re-reads the HTTPS certificates too.
+        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(self.proxy_server, self.reloader.on_sighup))
         await self.start()
         try:
             await stop

@@ -107,7 +107,7 @@ async def _oneoff(ops: Operations, point: str, hook: Hook, state: dict[str, Any]
         volumes=tuple(str(v) for v in config.volumes), extra_labels={**config.labels, **ops.extra_labels},
         mem_limit=config.mem_limit, cpus=config.cpus, pids_limit=config.pids_limit or None,
         cap_drop=config.cap_drop, cap_add=config.cap_add, security_opt=config.security_opt,
-        init=config.init))
+        init=config.init, stop_timeout=config.stop_timeout))
     state["container"] = container
     # Recorded (only recorded containers are ever removed) and journalled: a daemon killed from here on
     # leaves the container to recovery, which keeps it for the operator and never starts another.

@@ -63,7 +63,11 @@ _P_PIPELINE = 4  # pipelined requests waiting behind the current one reached the
 PENDING_LIMIT = 256 * 1024
 
 # Deadline kinds (ClientConnection.dkind); 0 = none.
-D_HEADER, D_IDLE, D_BODY, D_UPSTREAM = 1, 2, 3, 4
+D_HEADER, D_IDLE, D_BODY, D_UPSTREAM, D_LINGER = 1, 2, 3, 4, 5
+# A lingering close (after a proxy-made answer that closes): how long and how much more of the client's
+# bytes are read and thrown away before the socket is closed for good (nginx's lingering_close).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
 PASSIVE_FAILURES_TO_EJECT = 3
 # The proxy's clock for request timing and deadlines (the server's sweeper reads the same one). Not
 # loop.time(): uvloop's has a resolution of 1 ms, too coarse for sub-millisecond latency buckets.
@@ -93,7 +97,7 @@ class ClientConnection(asyncio.Protocol):
         "loop", "lparts", "lpool", "lsame", "lup", "mjob", "peer", "pending", "pending_size", "pool",
         "reading_body", "req", "resp_extra", "router", "rpause", "sent", "server", "service", "status",
         "stopping", "suffix", "t0", "t_end", "task", "transport", "trusted", "tunnel", "upconn", "upstream",
-        "websocket", "wpaused", "_dispatch_needed",
+        "websocket", "wpaused", "_dispatch_needed", "linger", "client_eof",
     )
 
     def __init__(self, server: Listener) -> None:
@@ -148,6 +152,8 @@ class ClientConnection(asyncio.Protocol):
         self.lsame: tuple | None = None  # the access log's texts of this connection's last line
         self.lparts: tuple = ()
         self.mjob: MirrorJob | None = None  # a sampled request's copy, waiting for the rest of its body
+        self.linger = False  # the close after this answer lingers (a proxy-made answer: `_fail`)
+        self.client_eof = False  # the client half-closed: nothing more can come, no need to linger
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -195,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
             return True
         if self.busy:  # half-close: finish writing the answer, then close
             self.keep_alive = False
+            self.client_eof = True
             return True
         return None
 
@@ -706,6 +713,8 @@ class ClientConnection(asyncio.Protocol):
         if not self.keep_alive or self.closed:
             self.closed = True
             self.dkind = 0
+            if self.linger:
+                return Lingering.close(self)
             self.transport.close()
             return
         self.dkind = D_IDLE
@@ -739,6 +748,9 @@ class ClientConnection(asyncio.Protocol):
                                     head_only=self.is_head)
             self.transport.write(answer)
             self.sent += len(answer)
+            # The client may still be sending (a head, a body): a plain close with its bytes unread would
+            # send a RST, and a reset client may report the reset instead of this answer.
+            self.linger = not self.keep_alive and not self.client_eof
         self._next()
 
     def _error(self, status: int, reason: str) -> None:
@@ -781,6 +793,9 @@ class ClientConnection(asyncio.Protocol):
         """Called by the server's sweeper once `deadline` has passed."""
         kind = self.dkind
         self.dkind = 0
+        if kind == D_LINGER:  # the client had its time to read the answer
+            self.transport.abort()
+            return
         if self.closed:
             return
         if kind == D_IDLE or (kind == D_HEADER and not self.buf):
@@ -800,7 +815,9 @@ class ClientConnection(asyncio.Protocol):
         """Graceful stop: close now when idle, else after the current answer."""
         self.stopping = True
         self.keep_alive = False
-        if not self.busy and not self.closed:
+        if self.dkind == D_LINGER:
+            self.transport.abort()
+        elif not self.busy and not self.closed:
             self.closed = True
             self.transport.close()
 
@@ -822,6 +839,45 @@ class ClientConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer.decode()} busy={self.busy} tunnel={self.tunnel}>"
+
+
+class Lingering(asyncio.Protocol):
+    """A client connection's last moments after a proxy-made answer that closes it: the write side is shut
+    (the answer, then FIN), and what the client still sends is read and dropped, until its EOF, more than
+    LINGER_BYTES, or LINGER_SECONDS (the connection's deadline, checked by the server's sweeper). Only then
+    is the socket closed, with nothing unread in it: a close with unread bytes sends a RST instead of a FIN.
+    Takes the transport over from the connection (off the hot path: nothing changes there)."""
+
+    __slots__ = ("connection", "left")
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.left = LINGER_BYTES
+
+    @classmethod
+    def close(cls, connection: ClientConnection) -> None:
+        transport = connection.transport
+        if not transport.can_write_eof():  # TLS: no half-close, so close as before
+            transport.close()
+            return
+        transport.set_protocol(cls(connection))
+        transport.write_eof()  # once the answer is written
+        if connection.rpause:
+            connection.rpause = 0
+            transport.resume_reading()
+        connection.dkind = D_LINGER
+        connection.deadline = now() + LINGER_SECONDS
+
+    def data_received(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left < 0:
+            self.connection.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done too: the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.connection_lost(exc)
 
 
 _LOGGED: dict[type[ClientConnection], type[ClientConnection]] = {}

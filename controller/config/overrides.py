@@ -76,6 +76,38 @@ def service_from_flags(name: str, image: str | None, port: int | None = None, re
     return read_service(name, Table(data, "", CLI_SOURCE, flag_prefix=""), None)
 
 
+def flags_for_existing(service: ServiceConfig, flags: dict[str, Any]) -> ServiceConfig:
+    """`turnout deploy` flags for a service that exists already: `--replicas` scales it (and stays, as the
+    deployed image does); `--port`, `--health-path` and `--host` say how to create a service, so one that
+    differs from the service's is refused, never ignored (an existing service changes through its config).
+    Checked by the same reader as a new service's flags."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    if not given:
+        return service
+    if not service.managed:
+        raise ConfigError(_flag(next(iter(given))), f"service {service.name!r} has static upstreams; there "
+                          "is nothing to deploy", CLI_SOURCE)
+    current = {"port": service.port, "health_path": service.health.path if service.health else None,
+               "host": service.hosts}
+    asked = service_from_flags(service.name, None, port=given.get("port", service.port),
+                               replicas=given.get("replicas", service.replicas),
+                               health_path=given.get("health_path", current["health_path"] or "/healthz"),
+                               host=given.get("host", list(service.hosts)))
+    wanted = {"port": asked.port, "health_path": asked.health.path if asked.health else None,
+              "host": asked.hosts}
+    for key, value in current.items():
+        if key in given and wanted[key] != value:
+            shown = (", ".join(value) or "none") if key == "host" else value
+            raise ConfigError(_flag(key), f"service {service.name!r} exists, with {key.replace('_', ' ')} "
+                              f"{shown}: this flag only creates a service (change an existing one in its "
+                              "config, then `turnout apply`)", CLI_SOURCE)
+    return replace(service, replicas=asked.replicas)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
 def with_overrides(service: ServiceConfig, **options: Any) -> ServiceConfig:
     """Apply CLI options (steps, step_pause, preset, max_surge, keep_old, strategy, replicas, ...) with
     the config's validation. None values mean "not given". Values have TOML types; steps may also be

@@ -51,9 +51,9 @@ class ContainerSpec:
     cap_add: Sequence[str] = ()
     security_opt: Sequence[str] = ()
     init: bool = False  # Docker's --init
-    # `docker stop`'s timeout is given at stop (DockerBackend.stop): docker-py's create takes no StopTimeout.
-    # An engine that must know the SIGTERM grace up front (Swarm: the task's StopGracePeriod) uses this;
-    # None: the engine's default (10 s).
+    # The container's own StopTimeout (seconds; None: Docker's 10 s), for a `docker stop` or engine
+    # shutdown by others; Turnout's own stops give theirs (DockerBackend.stop). Swarm reads it as the
+    # task's StopGracePeriod, which its own stops use too.
     stop_timeout: float | None = None
     spec_hash: str = ""  # labelled turnout.spec-hash (controller/apply/spec.py)
 
@@ -82,6 +82,10 @@ class ContainerSpec:
                 if (problem := problem_of(value)) is not None:
                     raise ValueError(f"ContainerSpec.{name}: {problem}")
             object.__setattr__(self, name, tuple(values))
+        if self.stop_timeout is not None and (isinstance(self.stop_timeout, bool) or not isinstance(
+                self.stop_timeout, int | float) or not 0 <= self.stop_timeout < 2**31):
+            raise ValueError(f"ContainerSpec.stop_timeout must be seconds >= 0 or None, "
+                             f"got {self.stop_timeout!r}")
         if isinstance(self.volumes, str | Mapping):
             raise ValueError("ContainerSpec.volumes must be a list of 'source:target[:mode]' binds")
         # Copy what we were given, so the caller's later changes never reach a frozen spec.

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import structlog
+from docker.models.containers import _create_container_args
 from docker.types import LogConfig
 
 from controller import labels as lbl
@@ -57,10 +58,22 @@ CREATE_OPTIONS = frozenset(
         "cap_add",  # ContainerSpec.cap_add: only capabilities of Docker's default set
         "security_opt",  # ContainerSpec.security_opt: no-new-privileges, an AppArmor profile
         "init",  # ContainerSpec.init: Docker's --init (a tiny init as PID 1 that forwards signals)
+        "stop_timeout",  # ContainerSpec.stop_timeout, whole seconds: what a `docker stop` by others waits
         "restart_policy",  # always {"Name": "no"}
         "detach",
     }
 )
+
+def _create(client: Any, kwargs: dict[str, Any]) -> Any:
+    """`client.containers.create(**kwargs)`, plus `stop_timeout`, which the engine's create takes but
+    docker-py's `containers.create` does not: the same steps it takes, with that one argument added."""
+    kwargs = dict(kwargs)
+    stop_timeout = kwargs.pop("stop_timeout", None)
+    args = _create_container_args({**kwargs, "version": client.api._version})
+    if stop_timeout is not None:
+        args["stop_timeout"] = stop_timeout
+    return client.containers.get(client.api.create_container(**args)["Id"])
+
 
 def _published_address(attrs: Mapping[str, Any], port: str | None) -> str | None:
     ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
@@ -230,6 +243,8 @@ class DockerBackend:
                 kwargs[name] = list(getattr(spec, name))
         if spec.init:
             kwargs["init"] = True
+        if spec.stop_timeout is not None:  # whole seconds; rounded up as DockerBackend.stop does
+            kwargs["stop_timeout"] = math.ceil(spec.stop_timeout)
         unexpected = kwargs.keys() - CREATE_OPTIONS
         if unexpected:  # a programming error here, never user input
             raise RuntimeError(f"create option(s) outside the allowlist: {sorted(unexpected)}")
@@ -240,7 +255,7 @@ class DockerBackend:
         name = container_name(spec.service, spec.version)
         try:
             with translated(f"creating container {name} from {spec.image}"):
-                created = client.containers.create(**self._create_kwargs(spec, name))
+                created = _create(client, self._create_kwargs(spec, name))
         except DockerError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound):
                 raise ImageNotFound(spec.image) from exc.__cause__

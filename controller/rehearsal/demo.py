@@ -120,24 +120,11 @@ def _shutdown(daemon: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait(5)
-    from controller.daemon import owner_of
-    from controller.engine.docker import DockerBackend
+    from controller.daemon import remove_containers_of
     from proxy.log import configure
 
     configure(level="warning")  # the numbered steps say what happens; per-container events are in serve.log
-
-    async def remove_all() -> int:
-        owner = owner_of(STATE_DIR)
-        if owner is None:  # the daemon never got as far as its journal: it started nothing
-            return 0
-        backend = DockerBackend(owner=owner)
-        containers = await backend.list()
-        for container in containers:
-            await backend.remove(container.id)
-        await backend.close()
-        return len(containers)
-
-    removed = asyncio.run(remove_all())
+    removed = asyncio.run(remove_containers_of(STATE_DIR))
     print(f"5. cleaned up: Turnout stopped, {removed} demo container(s) removed "
           f"(the report stays in {STATE_DIR.relative_to(ROOT)}/)")
 

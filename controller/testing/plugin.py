@@ -83,14 +83,19 @@ class TurnoutDaemon:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"turnout serve exited with {self.process.returncode}:\n{self.log()}")
-            if (self.state_dir / "admin.sock").exists() and self._answers():
+            if self._answers():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"turnout serve did not come up in {timeout}s:\n{self.log()}")
 
     def _answers(self) -> bool:
+        """The proxy and the admin API both accept connections (the admin socket's file may be a killed
+        daemon's, and the admin API starts last, after recovery)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
+                admin.settimeout(0.2)
+                admin.connect(str(self.state_dir / "admin.sock"))
                 return True
         except OSError:
             return False
@@ -126,26 +131,13 @@ class TurnoutDaemon:
         names (the test's cleanup)."""
         from ..config.model import ConfigError, EngineConfig
         from ..config.reader import load_config
-        from ..daemon import owner_of
-        from ..engine.base import make_engine
+        from ..daemon import remove_containers_of
 
         try:
             engine = load_config(self.config_path).engine if self.config_path else EngineConfig()
         except ConfigError:  # a config the daemon refused: it started nothing on another engine
             engine = EngineConfig()
-
-        async def remove_all() -> int:
-            owner = owner_of(self.state_dir)
-            if owner is None:  # the daemon never got as far as its journal: it started nothing
-                return 0
-            backend = make_engine(engine, owner)
-            containers = await backend.list()
-            for container in containers:
-                await backend.remove(container.id)
-            await backend.close()
-            return len(containers)
-
-        return asyncio.run(remove_all())
+        return asyncio.run(remove_containers_of(self.state_dir, engine))
 
 
 class DeployFailed(AssertionError):

@@ -156,6 +156,17 @@ async def test_labels_log_options_and_limits_are_set(backend, docker_client, tes
 
 
 @pytest.mark.docker
+async def test_the_stop_timeout_is_the_containers_own(backend, docker_client):
+    """A `docker stop` by others (or the engine's shutdown) waits the service's stop_timeout, not 10 s."""
+    given = await backend.start(make_spec(stop_timeout=2.5))
+    default = await backend.start(make_spec())
+    attrs = await asyncio.to_thread(docker_client.api.inspect_container, given.id)
+    assert attrs["Config"]["StopTimeout"] == 3  # whole seconds, rounded up as DockerBackend.stop does
+    assert "StopTimeout" not in (await asyncio.to_thread(docker_client.api.inspect_container, default.id))[
+        "Config"]
+
+
+@pytest.mark.docker
 async def test_env_reaches_the_container(backend):
     container = await backend.start(make_spec(env={"APP_VERSION": "custom-7"}))
     await wait_healthy(backend, container.id, container.address, timeout=15)

@@ -13,7 +13,6 @@ healthy = 2) and then fails for good."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from controller.engine.base import ContainerSpec
 from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from helpers.daemon import Daemon
-from helpers.live import owner_containers, status, wait_for_version
+from helpers.live import admin_get, owner_containers, status, wait_for_version
 
 pytestmark = pytest.mark.docker
 
@@ -82,9 +81,8 @@ def faulty(tmp_path, docker_client, test_run_labels):
 
 
 def history(daemon: Daemon) -> list[dict]:
-    result = daemon.cli("history", "web", "--json", "--steps")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["deployments"]
+    """What `turnout history web --json --steps` prints."""
+    return admin_get(daemon, "/v1/history/web", limit="20", steps="1")["deployments"]
 
 
 def assert_consistent(daemon: Daemon, docker_client, version: str) -> dict:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import socket
+import termios
 import time
 
 import pytest
 
 from helpers.upstreams import RawClient, running_proxy, service, start_upstreams, wait_for
+from proxy import forward
 from proxy.router import Router
 
 HEADER_TIMEOUT = 0.5
@@ -52,6 +56,62 @@ async def trickle(client: RawClient, data: bytes, every: float) -> int:
         sent += 1
         await asyncio.sleep(every)
     return sent
+
+
+def unacked(sock: socket.socket) -> int:
+    """Bytes sent on `sock` that the peer's kernel has not acknowledged (taken into its buffer) yet."""
+    return int.from_bytes(fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4), "little")
+
+
+async def read_to_eof(sock: socket.socket) -> bytes:
+    """All the proxy sends until its EOF; ConnectionResetError when it resets the connection instead."""
+    loop = asyncio.get_running_loop()
+    parts = []
+    while data := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
+        parts.append(data)
+    return b"".join(parts)
+
+
+async def test_bytes_the_client_sent_on_before_the_408_do_not_turn_the_close_into_a_reset(up):
+    """The header deadline passes just as more of the client's head arrives, unread by the proxy: a plain
+    close of a socket with unread bytes sends a RST, and a reset client (asyncio's streams among them)
+    reports the reset instead of the 408 it had already received (the flaky slowloris test below, under
+    load). The proxy half-closes after a proxy-made answer and reads on for a while instead."""
+    loop = asyncio.get_running_loop()
+    async with running_proxy(router_for(up), header_timeout=60) as proxy:  # the test fires the deadline
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.setblocking(False)
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+            await wait_for(lambda: any(c.buf for c in proxy.connections))
+            (connection,) = proxy.connections
+            sock.send(b"X-Still: sending\r\n")
+            deadline = time.monotonic() + 5
+            while unacked(sock) and time.monotonic() < deadline:  # in the proxy's socket buffer, unread
+                pass
+            assert unacked(sock) == 0
+            connection.on_deadline()  # what the sweeper calls once the header deadline has passed
+            try:
+                answer = await read_to_eof(sock)
+            except ConnectionResetError:
+                raise AssertionError("the proxy reset the connection after its 408") from None
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"X-Turnout-Error: header-timeout" in answer
+        await wait_for(lambda: proxy.router.metrics.connections == 0)  # the client's close ended it
+    assert (up.connections, up.bytes_received) == (0, 0)
+
+
+async def test_the_lingering_close_reads_a_bounded_amount(up, monkeypatch):
+    """After its 408 the proxy reads on (and drops) at most LINGER_BYTES, then closes however long the
+    lingering might still last (here: much longer than the test)."""
+    monkeypatch.setattr(forward, "LINGER_SECONDS", 600.0)
+    async with running_proxy(router_for(up), header_timeout=HEADER_TIMEOUT) as proxy, \
+            connect(proxy.port) as client:
+        await client.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+        assert (await client.read_response()).status == 408
+        assert proxy.router.metrics.connections == 1  # lingering
+        with contextlib.suppress(ConnectionError):
+            for _ in range(forward.LINGER_BYTES // 65536 + 1):
+                await client.send(b"x" * 65536)
+        await wait_for(lambda: proxy.router.metrics.connections == 0)
 
 
 async def test_slowloris_head_trickled_byte_by_byte_gets_408_at_the_header_deadline(up):

@@ -9,6 +9,8 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -178,3 +180,31 @@ async def test_repair_with_prune_strays_removes_the_hand_made_container(tmp_path
     assert set(backend.containers) == real and stranger.id not in backend.containers
     assert upstreams(router) == {backend.containers[i].address for i in real}
     journal.close()
+
+
+async def test_a_stopped_daemons_cleanup_removes_the_containers_of_its_owner(tmp_path, monkeypatch):
+    """controller.daemon.remove_containers_of: the demo's and the test plugin's cleanup."""
+    import controller.daemon as daemon
+
+    made: list[Any] = []
+
+    class Backend:  # lists two containers for any owner, records what it is asked
+        def __init__(self, owner: str) -> None:
+            self.owner, self.removed, self.closed = owner, [], False
+            made.append(self)
+
+        async def list(self) -> list[Any]:
+            return [SimpleNamespace(id="c1"), SimpleNamespace(id="c2")]
+
+        async def remove(self, container_id: str) -> None:
+            self.removed.append(container_id)
+
+        async def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(daemon, "make_engine", lambda engine, owner: Backend(owner))
+    assert await daemon.remove_containers_of(tmp_path) == 0 and made == []  # no journal: it started nothing
+    with Journal(Config(state_dir=tmp_path).journal_path) as journal:
+        owner = journal.owner
+    assert await daemon.remove_containers_of(tmp_path) == 2
+    assert [(b.owner, b.removed, b.closed) for b in made] == [(owner, ["c1", "c2"], True)]

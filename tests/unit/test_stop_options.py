@@ -3,12 +3,23 @@ x-turnout), validated with the key named, and passed to Docker."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import pytest
 from test_create_options import full_spec
 
+import controller.operations as operations
 from controller.config.model import ConfigError
+from controller.config.overrides import service_from_flags
 from controller.config.reader import load_config, parse_config
+from controller.deployer import Deployer
+from controller.engine.base import ContainerSpec
 from controller.engine.docker import DockerBackend
+from controller.journal import Journal
+from controller.proxy_control import ProxyControl
+from helpers.fake_docker import FakeBackend
+from proxy.router import Router
 
 
 def web(**keys: object):
@@ -68,3 +79,31 @@ def test_init_reaches_the_create_options():
     backend = DockerBackend(owner="o")
     assert backend._create_kwargs(full_spec(init=True), "n")["init"] is True
     assert "init" not in backend._create_kwargs(full_spec(), "n")
+
+
+def test_stop_timeout_reaches_the_create_options_in_whole_seconds():
+    backend = DockerBackend(owner="o")
+    assert backend._create_kwargs(full_spec(stop_timeout=2.5), "n")["stop_timeout"] == 3
+    assert backend._create_kwargs(full_spec(stop_timeout=0), "n")["stop_timeout"] == 0
+    assert "stop_timeout" not in backend._create_kwargs(full_spec(), "n")
+    with pytest.raises(ValueError, match="stop_timeout"):
+        full_spec(stop_timeout=-1)
+
+
+async def test_a_deploy_creates_its_containers_with_the_services_stop_timeout(tmp_path, monkeypatch):
+    specs: list[ContainerSpec] = []
+
+    class Recording(FakeBackend):
+        async def start(self, spec):
+            specs.append(spec)
+            return await super().start(spec)
+
+    backend = Recording()
+    monkeypatch.setattr(operations, "wait_healthy", backend.wait_healthy)
+    config = dataclasses.replace(service_from_flags("web", "app:v1", port=8080, replicas=2),
+                                 stop_timeout=45.0)
+    with Journal(tmp_path / "journal.db") as journal:
+        active = Deployer(backend, ProxyControl(Router()), journal).deploy(config, "app:v1")
+        await asyncio.wait_for(active.task, 10)
+    assert active.status == "succeeded", active.message
+    assert [spec.stop_timeout for spec in specs] == [45.0, 45.0]
