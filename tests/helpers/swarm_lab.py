@@ -19,6 +19,9 @@ def lab_problem() -> str | None:
     """Why the lab is not usable, or None when the manager and both nodes are ready."""
     import docker
 
+    # Checked first: a client failing to connect leaves its socket for the garbage collector (a warning).
+    if not Path(MANAGER.removeprefix("unix://")).is_socket():
+        return f"no Swarm manager socket at {MANAGER}"
     try:
         client = docker.DockerClient(base_url=MANAGER, timeout=10)
     except Exception as exc:
