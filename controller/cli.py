@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove containers that carry this daemon's owner label but that its journal "
                        "never recorded (made by hand, or left by a lost journal); without it they are "
                        "left alone and reported")
+    serve.add_argument("--takeover", action="store_true",
+                       help="replace the turnout serve running with this state dir without closing a "
+                       "connection: take its listening sockets over its admin socket, rebuild routing from "
+                       "the journal, start accepting, then let the old one finish its requests and exit "
+                       "(same config and options; refused while a deploy runs)")
     serve.add_argument("--watch", action="store_true",
                        help="apply the --config file again whenever it changes (and once at start), as "
                        "`turnout apply --wait` would, never pruning")
@@ -315,7 +320,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.watch and args.config is None:
         raise UsageError("--watch: needs --config (the file to watch)")
     daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
-                    watch=args.watch)
+                    watch=args.watch, takeover=args.takeover)
     if args.loop == "uvloop":
         import uvloop
 

@@ -38,10 +38,12 @@ from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
+from .handover import Handover, Takeover, adopt
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
 from .state_dir import FILE_MODE, StateDirError, prepare_state_dir
+from .state_lock import StateLock
 from .testing import faults
 
 log = structlog.get_logger("turnout.daemon")
@@ -58,7 +60,7 @@ def owner_of(state_dir: Path) -> str | None:
 
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
-                 prune_strays: bool = False, watch: bool = False) -> None:
+                 prune_strays: bool = False, watch: bool = False, takeover: bool = False) -> None:
         self.config = config
         self.watch = watch  # apply config.source again whenever it changes (controller/apply/watch.py)
         self.state_dir = config.state_dir
@@ -78,6 +80,12 @@ class Daemon:
         self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
         self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
         self.dashboard: DashboardServer | None = None
+        self.state_lock: StateLock | None = None  # held for the daemon's life (controller/state_lock.py)
+        self.handover = Handover(self)  # a later `serve --takeover` replacing this one (handover.py)
+        self.takeover = Takeover(config) if takeover else None  # this one replacing a running daemon
+        self._tasks: list[asyncio.Task[None]] = []  # the reconciler and the watcher
+        self._admin_tcp: web.TCPSite | None = None
+        self._exit: asyncio.Future[None] | None = None  # set: serve_forever returns (after a hand-over)
 
     async def start(self) -> None:
         stack = AsyncExitStack()
@@ -93,15 +101,18 @@ class Daemon:
         faults.install_from_env()  # test-only fault hook; unset in any real deployment
         raise_open_files_limit(files_for_proxy(self.config.proxy.max_connections))
         prepare_state_dir(self.state_dir)
-        try:
-            await self.proxy_server.start()
-        except ValidationError as exc:  # the access log's file could not be opened
-            raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
-        stack.push_async_callback(self._stop_proxy)
-        if self.https is not None:
-            await self.https.start(acme_hosts=tuple(dict.fromkeys(
-                host for s in self.config.services.values() for host in s.hosts if "*" not in host)))
-            stack.push_async_callback(self._stop_https)
+        takeover = self.takeover
+        if takeover is None:
+            self.state_lock = StateLock.acquire(self.state_dir)
+            stack.callback(self.state_lock.release)
+            await self._start_listeners(stack)
+        else:  # the listeners start once the routing table is rebuilt, on the running daemon's sockets
+            received = await takeover.begin()
+            stack.push_async_callback(takeover.abort, "the new daemon failed to start")
+            self.state_lock = StateLock.inherited(received.lock_fd, self.state_dir)
+            self.proxy_server.sock = received.sockets["http"]
+            if self.https is not None:
+                self.https.server.sock = received.sockets.get("https")
         await self.health.start()
         stack.push_async_callback(self.health.stop)
         self.journal = Journal(self.config.journal_path)
@@ -116,7 +127,16 @@ class Daemon:
             self.deployer.configs[service.name] = service
             if not service.managed:
                 self.deployer.proxy.install_static(service)
-        outcome = await recover(self.deployer, self.config)
+        if takeover is None:
+            outcome = await recover(self.deployer, self.config)
+        else:
+            outcome = await adopt(self.deployer, self.config, received)
+            await self._start_listeners(stack)
+            self.deployer.proxy.listen = self.listen
+            committed = await takeover.commit()  # the old one stops accepting and lets go of the journal
+            stack.callback(self.state_lock.release)
+            self.state_lock.write_pid()
+            log.info("daemon.took_over", from_pid=received.pid, its_connections=committed["connections"])
         await self._start_dashboard(stack)
         await self._start_admin(stack)
         assert self.feed is not None
@@ -124,16 +144,49 @@ class Daemon:
         # From here on deploys run (the API's and the first ones): stopping cancels them first.
         stack.push_async_callback(self.deployer.close)
         for service in self.config.services.values():
-            if service.managed and service.image and service.name not in self.deployer.releases:
+            if (takeover is None and service.managed and service.image
+                    and service.name not in self.deployer.releases):
                 self.deployer.deploy(service, service.image)
         reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         stack.push_async_callback(_cancel, reconciler)
+        self._tasks.append(reconciler)
         if self.watch and self.config.source is not None:
             watcher = asyncio.get_running_loop().create_task(
                 watch(self.config.source, applier_for(self.deployer)))
             stack.push_async_callback(_cancel, watcher)
+            self._tasks.append(watcher)
         log.info("daemon.started", listen=self.config.proxy.listen, admin=str(self.admin_socket),
                  state_dir=str(self.state_dir), owner=self.journal.owner, recovered=outcome)
+
+    async def _start_listeners(self, stack: AsyncExitStack) -> None:
+        try:
+            await self.proxy_server.start()
+        except ValidationError as exc:  # the access log's file could not be opened
+            raise ConfigError(f"proxy.{exc.key}", exc.message, self.config.source) from None
+        stack.push_async_callback(self._stop_proxy)
+        if self.https is not None:
+            await self.https.start(acme_hosts=tuple(dict.fromkeys(
+                host for s in self.config.services.values() for host in s.hosts if "*" not in host)))
+            stack.push_async_callback(self._stop_https)
+
+    async def release_for_handover(self) -> None:
+        """The new daemon took over (controller/handover.py): let go of what it needs, keep serving the
+        connections we have. No deploy starts here any more: the reconciler and the watcher stop, the
+        journal closes, our copy of the state dir's lock closes (the new daemon holds the same lock)."""
+        for task in self._tasks:
+            await _cancel(task)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+        if self._admin_tcp is not None:
+            await self._admin_tcp.stop()
+        if self.journal is not None:
+            self.journal.close()
+        if self.state_lock is not None:
+            self.state_lock.release()
+
+    def request_exit(self) -> None:
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(None)
 
     async def _stop_proxy(self) -> None:
         await self.proxy_server.stop(self._stop_timeout)
@@ -174,6 +227,7 @@ class Daemon:
         add_controller_routes(app, self.deployer, self.listen)
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         add_tls_routes(app, self.https)
+        self.handover.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -194,11 +248,13 @@ class Daemon:
             add_controller_routes(tcp_app, self.deployer, self.listen)
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             add_tls_routes(tcp_app, self.https)
+            self.handover.add_guard(tcp_app)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
             stack.push_async_callback(tcp_runner.cleanup)
             host, _, port = proxy.admin_tcp.rpartition(":")
-            await web.TCPSite(tcp_runner, host.strip("[]"), int(port)).start()
+            self._admin_tcp = web.TCPSite(tcp_runner, host.strip("[]"), int(port))
+            await self._admin_tcp.start()
 
     async def _reconcile_forever(self) -> None:
         """Notice serving containers that stopped or vanished behind our back (e.g. the Docker engine
@@ -209,6 +265,8 @@ class Daemon:
         while True:
             await asyncio.sleep(RECONCILE_INTERVAL)
             for service in list(self.deployer.releases):
+                if self.handover.frozen:  # a hand-over under way: nothing may change what runs
+                    break
                 if loop.time() < retry_at.get(service, 0.0):
                     continue
                 try:
@@ -233,7 +291,7 @@ class Daemon:
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = loop.create_future()
+        stop = self._exit = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
         # SIGHUP: reopen the access log's file (logrotate) and re-read the HTTPS certificates now.

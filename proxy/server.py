@@ -9,6 +9,7 @@ returns how many it aborted. `reopen_logs()` reopens an access-log file (SIGHUP,
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 import structlog
@@ -37,6 +38,7 @@ class ProxyServer:
         self.config = config
         self.log_writer = log_writer
         self.listen = listen or config.listen
+        self.sock: socket.socket | None = None  # a listening socket to accept on instead of binding `listen`
         self.connection_class = connection_class  # a subclass on the plain listener of an HTTPS front door
         self.answer_extra = answer_extra  # header lines on every upstream answer (HSTS on HTTPS)
         self.forwarded_port = _port_of(self.listen)  # the bound port once started (X-Forwarded-Port)
@@ -63,8 +65,11 @@ class ProxyServer:
             self.connection_class = logged(self.connection_class)
         host, _, port = self.listen.rpartition(":")
         try:
-            self._server = await self.loop.create_server(
-                self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
+            if self.sock is not None:  # handed over by the process that listened before (proxy/handover.py)
+                self._server = await self.loop.create_server(self._protocol, sock=self.sock, backlog=1024)
+            else:
+                self._server = await self.loop.create_server(
+                    self._protocol, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
         except BaseException:
             await self._close_log()
             raise

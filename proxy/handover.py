@@ -1,0 +1,160 @@
+"""The proxy's side of a hand-over to a new process (`turnout serve --takeover`).
+
+Two jobs, no policy:
+- pass open file descriptors (the listening sockets, the state dir's lock) over a unix socket with
+  SCM_RIGHTS, in one framed message (`send_fds` / `recv_fds`), as HAProxy's `-x` fetches its listeners;
+- retire a listener whose socket the new process now accepts on (`retire`): stop accepting here (the
+  socket stays open in the other process, so the kernel's queue keeps every new connection), let each
+  exchange in flight finish, and close each keep-alive connection only between two requests: the next
+  answer on it says `Connection: close`, and one that stays idle is closed after a short grace. The
+  connections are retired spread over a few seconds, so their clients do not all reconnect at once.
+
+Nothing here runs on the request path: the connections are marked from the retire loop's sweep.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+import structlog
+
+from .forward import ClientConnection, now
+from .server import ProxyServer
+
+log = structlog.get_logger("turnout.proxy.handover")
+
+MAGIC = b"TOFD"  # "Turnout file descriptors": the frame that carries them
+_HEAD = struct.Struct("!4sI")  # magic, length of the JSON that follows
+MAX_FDS = 16  # far above what a hand-over passes (plain, https, lock); SCM_MAX_FD is 253
+MAX_FRAME = 1 << 20
+IDLE_GRACE = 1.0  # seconds a retired keep-alive connection may stay idle before it is closed
+CLOSE_SPREAD = 2.0  # seconds over which the connections are retired, one after another
+SWEEP = 0.02  # seconds between two sweeps of a retiring listener
+
+
+class HandoverProtocolError(ConnectionError):
+    """The other side's frame was not one (wrong magic, too long, cut); `data`: what was read."""
+
+    def __init__(self, message: str, data: bytes = b"") -> None:
+        super().__init__(message)
+        self.data = data
+
+
+def send_fds(fd: int, payload: dict[str, Any], fds: list[int]) -> None:
+    """Write one frame (`payload` as JSON) carrying `fds` on the connected unix socket `fd`, before
+    anything else is written on it. Works on a dup, so the caller's socket object (an event loop's
+    transport) is left as it was; a non-blocking socket with a full buffer raises BlockingIOError."""
+    body = json.dumps(payload).encode()
+    if len(fds) > MAX_FDS or len(body) > MAX_FRAME:
+        raise ValueError(f"hand-over frame too large ({len(fds)} fds, {len(body)} bytes)")
+    frame = _HEAD.pack(MAGIC, len(body)) + body
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        if sent < len(frame):  # the descriptors went with the first byte; the rest is plain data
+            sock.setblocking(True)
+            sock.sendall(frame[sent:])
+    finally:
+        sock.close()  # closes the dup only
+
+
+def recv_fds(sock: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
+    """Read one frame from the blocking unix socket `sock`: (payload, fds, the bytes read past the
+    frame). The descriptors are close-on-exec; the caller owns them."""
+    fds: list[int] = []
+    data = b""
+    try:
+        while True:
+            if len(data) >= _HEAD.size:
+                magic, length = _HEAD.unpack_from(data)
+                if magic != MAGIC or length > MAX_FRAME:
+                    raise HandoverProtocolError("not a hand-over frame", data)
+                if len(data) >= _HEAD.size + length:
+                    break
+            chunk, ancdata, flags, _ = sock.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * 4),
+                                                    socket.MSG_CMSG_CLOEXEC)
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got = array.array("i")
+                    got.frombytes(cdata[: len(cdata) - len(cdata) % got.itemsize])
+                    fds.extend(got)
+            if flags & socket.MSG_CTRUNC:
+                raise HandoverProtocolError("the descriptors were cut (more than expected)")
+            if not chunk:
+                raise HandoverProtocolError("the connection closed before the frame ended", data)
+            data += chunk
+        _, length = _HEAD.unpack_from(data)
+        end = _HEAD.size + length
+        return json.loads(data[_HEAD.size:end]), fds, data[end:]
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+# ------------------------------------------------------------------ retiring a listener
+def retire_connection(connection: ClientConnection) -> None:
+    """From now on this connection ends between requests: an answer whose head has not gone out yet
+    says `Connection: close`, and so does the answer to any next request."""
+    connection.stopping = True
+    if connection.busy and not connection.head_sent:
+        connection.keep_alive = False
+
+
+def idle_for(connection: ClientConnection, t: float) -> float:
+    """Seconds a keep-alive connection has waited for its next request; 0 when it is not idle (busy, a
+    request partly read, a tunnel, or no request yet: a new connection's request is on its way)."""
+    if connection.busy or connection.closed or connection.buf or connection.tunnel or not connection.t_end:
+        return 0.0
+    return t - connection.t_end
+
+
+def stop_accepting(server: ProxyServer) -> None:
+    """Close this process's copy of the listening socket; its connections are not touched."""
+    if server._server is not None:
+        server._server.close()
+
+
+async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
+                 spread: float = CLOSE_SPREAD) -> int:
+    """Stop accepting, then end every connection between requests (above) within `timeout` seconds;
+    abort what is left then. Returns how many were aborted.
+
+    The connections are retired one after another over `spread` seconds (at most half of `timeout`),
+    longest idle first, as HAProxy's `close-spread-time` does: their clients reconnect to the new process
+    a few at a time instead of all at once (a storm of TLS handshakes, from one address often enough)."""
+    stop_accepting(server)
+    start = now()
+    deadline = start + timeout
+    spread = min(spread, timeout / 2)
+    order = sorted(server.connections, key=lambda c: c.t_end)
+    due = {c: start + spread * i / len(order) for i, c in enumerate(order)}  # later ones: at once
+    handshakes: set[Any] = getattr(server, "handshakes", set())  # HTTPS: handshakes under way finish
+    closed_idle = 0
+    while server.connections or handshakes:
+        t = now()
+        if t >= deadline:
+            break
+        for connection in list(server.connections):
+            if not connection.stopping:
+                if t < due.get(connection, start):
+                    continue
+                retire_connection(connection)
+            if idle_for(connection, t) >= grace:
+                connection.closed = True
+                connection.transport.close()
+                closed_idle += 1
+        await asyncio.sleep(min(SWEEP, max(0.0, deadline - t)))
+    aborted = len(server.connections) + len(handshakes)
+    for connection in list(server.connections):
+        connection.transport.abort()
+    for handshake in list(handshakes):
+        handshake.abort()
+    log.info("proxy.retired", listen=server.listen, closed_idle=closed_idle, aborted=aborted)
+    return aborted
