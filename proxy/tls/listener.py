@@ -260,20 +260,24 @@ class Handshake(asyncio.Protocol):
         self.waiter = None
         self.ended = True
         exc = None if waiter.cancelled() else waiter.exception()
-        if waiter.cancelled() or exc is not None:
+        connection, self.connection = self.connection, None
+        tls_transport = connection.transport if connection is not None else None
+        if exc is not None or tls_transport is None:
+            # Failed; or lost without an error before the end (an abort: the layer then wakes its waiter
+            # with no exception, and never gave the ClientConnection a transport).
             self.transport.abort()  # type: ignore[union-attr]
             if exc is not None:
                 refused = self._sni_refusal(exc)
                 server.handshake_failed(self.peer, refused or failure_reason(exc),
                                         str(exc) or type(exc).__name__)
+            elif not server.closing:
+                server.handshake_failed(self.peer, "client-closed", "closed during the handshake")
             return
         server.completed += 1
         # The TLS transport keeps its extra info once closed (the answer may have been sent already).
-        transport = self.connection.transport if self.connection is not None else None
-        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        sslobj = tls_transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.session_reused:
             server.resumed += 1
-        self.connection = None
         if server.closing:
             self.transport.abort()  # type: ignore[union-attr]
 

@@ -554,6 +554,7 @@ def test_the_listener_on_uvloop_serves_resumes_refuses_and_stops(tmp_path):
                 assert await stopping == 0
                 writer.close()
                 assert front.failures == {"plain-http": 1, "unknown-sni": 1}  # stopping is no failure
+                assert (server.completed, server.resumed) == (3, 1)  # nor a handshake done
         finally:
             await up.close()
 
