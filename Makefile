@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint docker images chromium pebble clean-containers bench help
+.PHONY: demo test unit lint docker images chromium pebble socket-activate clean-containers bench help
 
 help:
 	@echo "make demo    set up, start Turnout, deploy a demo app v1, canary to v2 under load, report"
@@ -35,11 +35,13 @@ chromium:
 pebble:
 	scripts/ensure-pebble.sh
 
+socket-activate:
+	scripts/ensure-systemd-socket-activate.sh
 
 demo: $(STAMP) images
 	$(BIN)/python -m controller.rehearsal.demo
 
-test: $(STAMP) images chromium pebble
+test: $(STAMP) images chromium pebble socket-activate
 	$(BIN)/ruff check proxy controller tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

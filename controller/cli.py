@@ -46,8 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="admin socket of the daemon [default: STATE_DIR/admin.sock]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the proxy and the controller (the daemon)")
-    serve.add_argument("--config", type=Path, help="turnout.toml (without it: embedded defaults)")
+    serve = sub.add_parser(
+        "serve", help="run the proxy and the controller (the daemon), or a proxy following one",
+        description="Run the daemon: the proxy and the controller in one process (--role all, the "
+        "default). With --role proxy: only the data plane, on another node, with its routing table "
+        "pulled from the controller's routing listener ([proxy] routing_listen and routing_token in "
+        "the controller's turnout.toml); it probes its upstreams' health itself and reports its "
+        "requests in flight and counters with every pull. `turnout nodes` on the controller lists the "
+        "proxies following it.",
+        epilog="example: turnout serve --role proxy --listen 0.0.0.0:8000 "
+        "--controller http://10.0.0.1:8002 --token-file /etc/turnout/routing.token",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--role", choices=("all", "proxy"), default="all",
+                       help="all: proxy and controller (default); proxy: the data plane alone, following "
+                       "--controller")
+    serve.add_argument("--config", type=Path, help="turnout.toml (without it: embedded defaults; with "
+                       "--role proxy only its [proxy] section is read)")
     serve.add_argument("--listen", help="proxy listen address, e.g. 127.0.0.1:8000")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
@@ -66,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--watch", action="store_true",
                        help="apply the --config file again whenever it changes (and once at start), as "
                        "`turnout apply --wait` would, never pruning")
+    node = serve.add_argument_group("--role proxy")
+    node.add_argument("--controller", metavar="URL",
+                      help="the controller's routing listener, e.g. http://10.0.0.1:8002")
+    node.add_argument("--token", help="the controller's routing_token (visible in `ps`: prefer --token-file)")
+    node.add_argument("--token-file", type=Path, help="a file (mode 0600) holding the routing_token")
+    node.add_argument("--id", dest="proxy_id",
+                      help="this proxy's name in `turnout nodes` [default: the host name]")
+    node.add_argument("--advertise", metavar="HOST:PORT",
+                      help="the address clients reach this proxy at, as shown in `turnout nodes` "
+                      "[default: the listen address]")
 
     deploy = sub.add_parser("deploy", help="deploy an image to a service, following progress live",
                             description="Deploy IMAGE to SERVICE. Exits 0 when the new version serves "
@@ -124,9 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what serves each service, and any deploy in progress")
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--proxies", action="store_true",
+                        help="also list the remote proxies following this controller (as `turnout nodes`)")
     status.add_argument("--watch", action="store_true",
                         help="the live picture (the dashboard's, in the terminal), refreshed in place "
                         "until Ctrl-C")
+
+    nodes = sub.add_parser("nodes", help="the proxies following this controller: id, address, last seen, "
+                           "acknowledged generation, requests in flight")
+    nodes.add_argument("--json", action="store_true")
 
     dashboard = sub.add_parser("dashboard", help="print the address of the live dashboard (a browser page)")
     dashboard.add_argument("--with-token", action="store_true",
@@ -190,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--steps", help="canary weights, e.g. 10,50,100")
     rehearse.add_argument("--step-pause", help="canary pause per step, e.g. 5s")
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    reload = sub.add_parser(
+        "reload", help="read the daemon's config file again and apply what can change without a restart",
+        description="The daemon reads its --config file again (as on SIGHUP) and applies, without "
+        "a restart: the proxy's timeouts, limits and retries, the access log (file, format, sampling), "
+        "each service's routing settings (host, path, health, timeouts, rules, ...), static upstreams, "
+        "new services; and it re-reads the HTTPS certificates. A file with an error changes nothing and "
+        "the error names the key and the file. What needs a restart (listen addresses, the admin API, "
+        "the state dir, [proxy.tls] settings, [dashboard]) and what is a deploy (a service's image, "
+        "replicas or container definition: `turnout apply`) are listed, not applied. "
+        "Exits 0 when applied, 1 when a change failed, 2 when the reload was refused.")
+    reload.add_argument("--json", action="store_true", help="the result as JSON")
 
     logs = sub.add_parser("logs", help="the daemon's logs: `turnout logs reopen` after logrotate moved the "
                           "access log's file", description="reopen: the daemon reopens the access log's file "
@@ -278,7 +320,7 @@ def _main(argv: list[str] | None) -> int:
     socket = args.socket or (args.state_dir or Path(".turnout")) / "admin.sock"
     try:
         if args.command == "serve":
-            return _serve(args)
+            return _serve_proxy(args) if args.role == "proxy" else _serve(args)
         return asyncio.run(_command(args, socket))
     except KeyboardInterrupt:
         return 130
@@ -295,14 +337,52 @@ def _main(argv: list[str] | None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from proxy.config import ProxyConfig
+    for name in NODE_ONLY:
+        if getattr(args, name):
+            flag = "--id" if name == "proxy_id" else f"--{name.replace('_', '-')}"
+            raise UsageError(f"{flag}: only with --role proxy")
+
+    from proxy import socket_activation
     from proxy.log import configure
 
+    from .config.model import Config
     from .config.reader import load_config
     from .daemon import Daemon
 
     configure(args.log_level)
-    config = load_config(args.config)
+    try:  # systemd's sockets (a .socket unit, systemd-socket-activate): taken first, the variables unset
+        sockets = socket_activation.from_environment()
+    except socket_activation.SocketActivationError as exc:
+        raise UsageError(f"socket activation: {exc}") from None
+
+    def read_config() -> Config:
+        """The config file with this command's flags and systemd's sockets (`turnout reload` again)."""
+        config = _with_serve_flags(load_config(args.config), args)
+        try:
+            return replace(config, proxy=socket_activation.listening_config(config.proxy, sockets))
+        except socket_activation.SocketActivationError as exc:
+            raise UsageError(f"socket activation: {exc}") from None
+
+    config = read_config()
+    if args.watch and args.config is None:
+        raise UsageError("--watch: needs --config (the file to watch)")
+    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
+                    watch=args.watch, takeover=args.takeover, sockets=sockets, read_config=read_config)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(daemon.serve_forever())
+    else:
+        asyncio.run(daemon.serve_forever())
+    return 0
+
+
+def _with_serve_flags(config: Any, args: argparse.Namespace) -> Any:
+    """`turnout serve`'s --listen, --dashboard and --state-dir over the file's values."""
+    from dataclasses import replace
+
+    from proxy.config import ProxyConfig
+
     if args.listen:
         config = replace(config, proxy=replace(config.proxy, listen=args.listen))
     if args.dashboard:
@@ -317,17 +397,80 @@ def _serve(args: argparse.Namespace) -> int:
                              "a unix socket path may have; choose a shorter directory")
         config = replace(config, state_dir=args.state_dir,
                          proxy=replace(config.proxy, admin_socket=socket))
-    if args.watch and args.config is None:
-        raise UsageError("--watch: needs --config (the file to watch)")
-    daemon = Daemon(config, extra_labels=_labels_from_env(), prune_strays=args.prune_strays,
-                    watch=args.watch, takeover=args.takeover)
-    if args.loop == "uvloop":
-        import uvloop
+    return config
 
-        uvloop.run(daemon.serve_forever())
-    else:
-        asyncio.run(daemon.serve_forever())
+
+NODE_ONLY = ("controller", "token", "token_file", "proxy_id", "advertise")
+ALL_ONLY = ("dashboard", "prune_strays", "watch", "takeover")
+
+
+def _serve_proxy(args: argparse.Namespace) -> int:
+    """`serve --role proxy`: the flags checked here, each error naming its flag; then proxy/node.py."""
+    from dataclasses import replace
+
+    from proxy.config import check_token
+    from proxy.errors import ValidationError
+    from proxy.log import configure
+    from proxy.node import FollowerRefused, ProxyNode
+    from proxy.specs import parse_address
+
+    from .config.reader import load_config
+
+    for name in ALL_ONLY:
+        if getattr(args, name):
+            flag = f"--{name.replace('_', '-')}"
+            raise UsageError(f"{flag}: not with --role proxy (it runs the data plane only)")
+    if not args.controller:
+        raise UsageError("--controller: required with --role proxy (the controller's routing listener, "
+                         "e.g. http://10.0.0.1:8002)")
+    if not args.controller.startswith(("http://", "https://")) or "/" in args.controller.split("://", 1)[1]:
+        raise UsageError(f"--controller: expected http://HOST:PORT, got {args.controller!r}")
+    token = args.token
+    if args.token_file is not None:
+        if token is not None:
+            raise UsageError("--token-file: cannot be combined with --token (choose one)")
+        token = _read_token_file(args.token_file)
+    if not token:
+        raise UsageError("--token: required with --role proxy (the controller's [proxy] routing_token), "
+                         "or --token-file")
+    try:
+        check_token("--token", token)
+        if args.advertise:
+            parse_address("--advertise", args.advertise)
+    except ValidationError as exc:
+        raise UsageError(f"{exc.field}: {exc.message}") from None
+    configure(args.log_level)
+    config = load_config(args.config).proxy
+    if args.listen:
+        config = replace(config, listen=args.listen)
+    node = ProxyNode(config, args.controller, token, args.proxy_id, args.advertise)
+    try:
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(node.serve_forever())
+        else:
+            asyncio.run(node.serve_forever())
+    except FollowerRefused as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _read_token_file(path: Path) -> str:
+    import stat
+
+    try:
+        info = path.stat()
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file: cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise UsageError(f"--token-file: {path} is open to other users (mode {mode:04o}): chmod 600 it")
+    if not token:
+        raise UsageError(f"--token-file: {path} is empty")
+    return token
 
 
 def _dashboard_flag(listen: str, config: Any) -> Any:
@@ -482,6 +625,8 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     path = f"/v1/status/{args.service}" if args.service else "/v1/status"
     data = await client.request("GET", path)
     if args.json:
+        if args.proxies:
+            data["proxies"] = (await client.request("GET", "/v1/proxies"))["proxies"]
         print(json.dumps(data, indent=2))
         return 0
     print(f"owner: {data['owner']} (label turnout.owner on every container this daemon starts)")
@@ -500,12 +645,39 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
                 print(f"  FROZEN: {d['message']}")
         if info["previous"]:
             print(f"  previous: {info['previous']['version']} (rollback target)")
+    if args.proxies:
+        print_nodes(await client.request("GET", "/v1/proxies"))
     proxy = data.get("proxy", {})
     if proxy.get("tls_listen"):
         print(f"https: {proxy['tls_listen']}")
     for warning in proxy.get("tls_warnings", []):
         print(f"warning: {warning}")
     return 0
+
+
+async def _nodes(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("GET", "/v1/proxies")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print_nodes(data)
+    return 0
+
+
+def print_nodes(data: dict[str, Any]) -> None:
+    """The remote proxies as `turnout nodes` and `status --proxies` show them."""
+    if data.get("routing_listen") is None:
+        print("proxies: none (this daemon has no routing listener: set [proxy] routing_listen and "
+              "routing_token, then start `turnout serve --role proxy` on each node)")
+        return
+    proxies = data["proxies"]
+    print(f"proxies following {data['routing_listen']}: {len(proxies)}")
+    if proxies:
+        print(f"  {'ID':<20} {'ADDRESS':<22} {'LAST SEEN':>9} {'ACKED GEN':>9} {'IN FLIGHT':>9}")
+    for p in proxies:
+        seen = "polling" if p["connected"] else f"{p['last_seen_seconds']:.1f}s ago"
+        print(f"  {p['id']:<20} {p['address'] or '-':<22} {seen:>9} {p['acked_generation']:>9} "
+              f"{p['in_flight']:>9}")
 
 
 async def _dashboard(client: Any, args: argparse.Namespace) -> int:
@@ -574,6 +746,24 @@ async def _history(client: Any, args: argparse.Namespace) -> int:
     if not data["deployments"]:
         print(f"no deployments of {args.service} yet")
     return 0
+
+
+async def _reload(client: Any, args: argparse.Namespace) -> int:
+    data = await client.request("POST", "/v1/reload")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0 if data["succeeded"] else 1
+    print(f"reloaded {data['file']}" + ("" if data["applied"] else ": nothing to change"))
+    for line in data["applied"]:
+        print(f"  applied: {line}")
+    for line in data["needs_restart"]:
+        print(f"  needs a restart: {line}")
+    for line in data["not_applied"]:
+        print(f"  not applied: {line}")
+    for result in data["results"]:
+        if result["status"] not in ("succeeded", "running"):
+            print(f"  failed: services.{result['service']}: {result['message']}")
+    return 0 if data["succeeded"] else 1
 
 
 async def _logs(client: Any, args: argparse.Namespace) -> int:
@@ -746,6 +936,7 @@ COMMANDS = {
     "deploy": _deploy,
     "apply": _apply,
     "status": _status,
+    "nodes": _nodes,
     "dashboard": _dashboard,
     "history": _history,
     "certs": _certs,
@@ -757,6 +948,7 @@ COMMANDS = {
     "rules": _rules,
     "mirror": _mirror,
     "logs": _logs,
+    "reload": _reload,
 }
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -33,15 +35,19 @@ from .api import add_controller_routes
 from .apply.run import applier_for
 from .apply.watch import watch
 from .config.model import Config, ConfigError
+from .config.reader import load_config
 from .dashboard.app import DashboardServer
 from .dashboard.feed import Feed
 from .dashboard.stream import add_feed_routes
 from .deployer import Deployer
 from .docker_backend import DockerBackend
+from .fleet import Fleet
 from .handover import Handover, Takeover, adopt
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
+from .reload import Reloader, add_reload_route
+from .routing_api import add_fleet_routes, create_routing_app
 from .state_dir import FILE_MODE, StateDirError, prepare_state_dir
 from .state_lock import StateLock
 from .testing import faults
@@ -60,7 +66,12 @@ def owner_of(state_dir: Path) -> str | None:
 
 class Daemon:
     def __init__(self, config: Config, extra_labels: dict[str, str] | None = None,
-                 prune_strays: bool = False, watch: bool = False, takeover: bool = False) -> None:
+                 prune_strays: bool = False, watch: bool = False, takeover: bool = False,
+                 sockets: Mapping[str, socket.socket] | None = None,
+                 read_config: Callable[[], Config] | None = None) -> None:
+        """`sockets`: listening sockets passed by systemd, by name (proxy/socket_activation.py), served
+        instead of binding `config`'s addresses; `read_config`: the config as `turnout serve` read it
+        (its flags applied), read again by `turnout reload` and SIGHUP (controller/reload.py)."""
         self.config = config
         self.watch = watch  # apply config.source again whenever it changes (controller/apply/watch.py)
         self.state_dir = config.state_dir
@@ -71,6 +82,11 @@ class Daemon:
         self.proxy_server = ProxyServer(self.router, config.proxy)
         # The HTTPS listener ([proxy.tls]); it also makes the plain listener its front door.
         self.https = Https(self.router, config.proxy, self.proxy_server) if config.proxy.tls else None
+        sockets = sockets or {}
+        self.proxy_server.sock = sockets.get("http")
+        if self.https is not None:
+            self.https.server.sock = sockets.get("https")
+        self.reloader = Reloader(self, read_config or (lambda: load_config(config.source)))
         self.health = HealthChecker(self.router)
         self.journal: Journal | None = None
         self.backend: DockerBackend | None = None
@@ -79,6 +95,12 @@ class Daemon:
         self._stack = AsyncExitStack()  # the stops of the start steps done so far
         self._stop_timeout = 30.0  # seconds the proxy gives requests in flight when stopping
         self.feed: Feed | None = None  # the live picture: `status --watch` and the dashboard
+        # Remote proxies following this controller ([proxy] routing_listen); None: this proxy only.
+        proxy = config.proxy
+        self.fleet = Fleet(proxy.proxy_ack_timeout, proxy.proxy_unseen_timeout) if proxy.routing_listen \
+            else None
+        self.routing_port: int | None = None  # the routing listener's port as bound
+        self._routing_site: web.TCPSite | None = None
         self.dashboard: DashboardServer | None = None
         self.state_lock: StateLock | None = None  # held for the daemon's life (controller/state_lock.py)
         self.handover = Handover(self)  # a later `serve --takeover` replacing this one (handover.py)
@@ -119,7 +141,8 @@ class Daemon:
         stack.callback(self.journal.close)
         self.backend = DockerBackend(owner=self.journal.owner, extra_labels=self.extra_labels)
         stack.push_async_callback(self.backend.close)
-        self.deployer = Deployer(self.backend, ProxyControl(self.router), self.journal, self.extra_labels)
+        self.deployer = Deployer(self.backend, ProxyControl(self.router, self.fleet), self.journal,
+                                 self.extra_labels)
         self.deployer.prune_strays = self.prune_strays
         self.deployer.allow_host_hooks = self.config.allow_host_hooks
         self.deployer.proxy.listen = self.listen  # http hooks go through the proxy's preview route
@@ -139,6 +162,7 @@ class Daemon:
             log.info("daemon.took_over", from_pid=received.pid, its_connections=committed["connections"])
         await self._start_dashboard(stack)
         await self._start_admin(stack)
+        await self._start_routing(stack)
         assert self.feed is not None
         stack.push_async_callback(self.feed.stop)  # its streams end before the listeners stop
         # From here on deploys run (the API's and the first ones): stopping cancels them first.
@@ -179,6 +203,8 @@ class Daemon:
             await self.dashboard.stop()
         if self._admin_tcp is not None:
             await self._admin_tcp.stop()
+        if self._routing_site is not None:  # the proxies pull from the new daemon (a new epoch)
+            await self._routing_site.stop()
         if self.journal is not None:
             self.journal.close()
         if self.state_lock is not None:
@@ -227,6 +253,8 @@ class Daemon:
         add_controller_routes(app, self.deployer, self.listen)
         add_feed_routes(app, self.feed, self.dashboard)  # type: ignore[arg-type]
         add_tls_routes(app, self.https)
+        add_fleet_routes(app, self.fleet)
+        add_reload_route(app, self.reloader)
         self.handover.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -248,6 +276,8 @@ class Daemon:
             add_controller_routes(tcp_app, self.deployer, self.listen)
             add_feed_routes(tcp_app, self.feed, self.dashboard)  # type: ignore[arg-type]
             add_tls_routes(tcp_app, self.https)
+            add_fleet_routes(tcp_app, self.fleet)
+            add_reload_route(tcp_app, self.reloader)
             self.handover.add_guard(tcp_app)
             tcp_runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await tcp_runner.setup()
@@ -255,6 +285,25 @@ class Daemon:
             host, _, port = proxy.admin_tcp.rpartition(":")
             self._admin_tcp = web.TCPSite(tcp_runner, host.strip("[]"), int(port))
             await self._admin_tcp.start()
+
+    async def _start_routing(self, stack: AsyncExitStack) -> None:
+        """The routing listener remote proxies pull the table from (controller/routing_api.py)."""
+        proxy, fleet = self.config.proxy, self.fleet
+        if fleet is None or not proxy.routing_listen or not proxy.routing_token:
+            return
+        assert self.deployer is not None
+        self.router.subscribe(lambda table: fleet.published(self.router.generation))
+        app = create_routing_app(self.router, fleet, proxy.routing_token, self.deployer.proxy.drain_timeouts)
+        # Held pulls end at once on stop (the proxies retry), not after aiohttp's 60 s default.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        host, _, port = proxy.routing_listen.rpartition(":")
+        site = self._routing_site = web.TCPSite(runner, host.strip("[]"), int(port))
+        await site.start()
+        self.routing_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        fleet.listen = f"{host}:{self.routing_port}"
+        log.info("daemon.routing_listening", listen=fleet.listen)
 
     async def _reconcile_forever(self) -> None:
         """Notice serving containers that stopped or vanished behind our back (e.g. the Docker engine
@@ -294,9 +343,9 @@ class Daemon:
         stop = self._exit = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        # SIGHUP: reopen the access log's file (logrotate) and re-read the HTTPS certificates now.
-        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(
-            self.proxy_server, self.https.reload if self.https is not None else None))
+        # SIGHUP: reopen the access log's file (logrotate), then read the config again and apply it
+        # (controller/reload.py), which re-reads the HTTPS certificates too.
+        loop.add_signal_handler(signal.SIGHUP, reopen_on_sighup(self.proxy_server, self.reloader.on_sighup))
         await self.start()
         try:
             await stop

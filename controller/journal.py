@@ -136,7 +136,7 @@ class Step:
 REDACTED = "***"
 
 
-SECRET_KEYS = frozenset({"override_secret", "admin_token"})
+SECRET_KEYS = frozenset({"override_secret", "admin_token", "routing_token"})
 
 
 def redacted(value: Any) -> Any:

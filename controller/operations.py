@@ -25,6 +25,7 @@ from .config.model import HealthCheck, ServiceConfig
 from .docker_backend import Container, ContainerSpec, DockerBackend
 from .errors import AnalysisFailed, DeployFailed, TurnoutError
 from .events import EventLog
+from .fleet import ProxiesLagging
 from .hooks import HookFailed, HookResult, preview_config, preview_secret, run_hook
 from .journal import Journal
 from .proxy_control import ProxyControl
@@ -89,6 +90,7 @@ class Operations:
         fsync, ~0.3-0.5 ms) runs in a worker thread, so the requests the swap released are routed
         meanwhile instead of waiting behind the disk. It is written before this returns: what follows a
         switch (a drain, a stop, the verification) still follows its record, as recovery expects."""
+        await self.settled()  # remote proxies: the switch is done when each one applied it
         fault = faults.ARMED
         if fault is not None:
             fault.reached("switched", self.new.version, before=True)
@@ -274,6 +276,21 @@ class Operations:
             config = replace(config, hold_timeout=hold_timeout)
         return self.proxy.install(config, pools, labels=self._labels(weights))
 
+    async def settled(self) -> None:
+        """Until every remote proxy applied the last route (ProxiesLagging names one that did not in
+        time); at once without remote proxies. Once the deploy is ending (the old release being put
+        back) a lagging proxy does not stop that: it is named in the notes and the end goes on."""
+        try:
+            await self.proxy.settle()
+        except ProxiesLagging as exc:
+            if not self.ending:
+                raise
+            self._lagging(exc)
+
+    def _lagging(self, exc: ProxiesLagging) -> None:
+        self.log.error("deploy.proxies_lagging", error=str(exc))
+        self.notes.append(f"while ending: {exc}")
+
     def _labels(self, weights: Sequence[tuple[Release, int]]) -> dict[str, str]:
         """Which pool is stable (the heaviest) and, while the new release is routed beside it, which is
         the canary: what routing rules' `to = "stable"` / `"canary"` name (proxy/service.py)."""
@@ -287,7 +304,13 @@ class Operations:
         if not removed:
             return
         started = time.monotonic()
-        results = await self.proxy.wait_drained(removed)
+        try:
+            results = await self.proxy.wait_drained(removed)
+        except ProxiesLagging as exc:
+            if not self.ending:
+                raise
+            self._lagging(exc)
+            results = await self.proxy.router.wait_drained(removed)  # the local drain, at least
         self.add_time("drain", time.monotonic() - started)
         aborted = sum(r.aborted for r in results)
         self.step("drained", upstreams=[r.address for r in results],

@@ -147,6 +147,19 @@ class AccessLog:
     def flush(self) -> None:
         self.writer.flush()
 
+    def retarget(self, writer: LogWriter, fmt: str, sample: float) -> None:
+        """From now on write to `writer` in `fmt`, `sample` of the 2xx answers (`turnout reload`): every
+        connection holding this log follows at once. The lines so far go to the old writer."""
+        if fmt not in FORMATS:
+            raise ValueError(f"access log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        self.writer.flush()
+        self.writer, self._lines, self._batch = writer, writer.lines, writer.batch_lines
+        self.format, self.sample, self.sampling = fmt, sample, sample < 1.0
+        self._credit = 1.0 - sample
+        self._requests.clear()  # remembered texts are per format
+        self._routes.clear()
+        self.emit = self._json if fmt == "json" else self._combined
+
     def _new_second(self, second: int) -> None:
         """Forget the remembered parts once a second: they hold routing snapshots and request heads
         that may be gone since (a swap, the head cache's turnover); the live ones are remade at once."""
@@ -197,7 +210,7 @@ class AccessLog:
             duration = c.t_end - c.t0  # the end the pool's counters saw, when this exchange set it
             if duration < 0:  # it did not (cut or left before routing): now
                 duration = _monotonic() - c.t0
-            micros = int(duration * 1_000_000)
+            micros = int(duration * 1_000_000 + 0.5)  # nearest µs: a float difference falls short
             start = (wall_ns // 1000 - micros) // 1000
             if start == key:
                 started = self._now_text

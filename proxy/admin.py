@@ -50,10 +50,16 @@ class ApiError(ProxyError):
         self.headers = headers or {}
 
 
+def create_guarded_app(token: str | None = None) -> web.Application:
+    """An application with the admin API's error boundary and guard (bearer token, no browsers), and no
+    routes yet (the controller's routing listener is one)."""
+    # The first middleware is the outermost: `_errors` must wrap the guard, or its refusals become 500s.
+    return web.Application(middlewares=[_errors, _guard(token)])
+
+
 def create_admin_app(router: Router, token: str | None = None,
                      reopen_logs: LogReopener | None = None) -> web.Application:
-    # The first middleware is the outermost: `_errors` must wrap the guard, or its refusals become 500s.
-    app = web.Application(middlewares=[_errors, _guard(token)])
+    app = create_guarded_app(token)
     app[ROUTER_KEY] = router
     app[RULES_SETTER] = router.set_rules
     if reopen_logs is not None:

@@ -20,6 +20,13 @@ class ProxyConfig:
     admin_socket: str = ".turnout/admin.sock"  # HTTP over a unix socket, mode 0600
     admin_tcp: str | None = None  # e.g. "127.0.0.1:8001"; requires admin_token
     admin_token: str | None = None  # at least MIN_ADMIN_TOKEN visible ASCII characters
+    # Where remote proxies (`turnout serve --role proxy`) pull the routing table; requires routing_token,
+    # a token of its own that reads the table and steers nothing (controller/routing_api.py). It may
+    # listen beyond loopback: the proxies are on other nodes.
+    routing_listen: str | None = None
+    routing_token: str | None = None
+    proxy_ack_timeout: float = 10.0  # a routing change waits this long for every remote proxy to apply it
+    proxy_unseen_timeout: float = 5.0  # a remote proxy not heard from for this long leaves the set
     # Timeouts in seconds.
     connect_timeout: float = 5.0  # opening a connection to an upstream
     header_timeout: float = 10.0  # a client must send its whole request head within this (slowloris)
@@ -54,13 +61,13 @@ class ProxyConfig:
             raise ValidationError("admin_tcp", "a TCP admin listener requires proxy.admin_token")
         if self.admin_tcp and self.admin_tcp.rpartition(":")[0] not in ("127.0.0.1", "[::1]", "localhost"):
             raise ValidationError("admin_tcp", "the admin API listens on loopback only")
-        if self.admin_token is not None:
-            if not _TOKEN.fullmatch(self.admin_token):
-                raise ValidationError("admin_token", "must be visible ASCII characters without spaces")
-            if len(self.admin_token) < MIN_ADMIN_TOKEN:
-                raise ValidationError("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters, got "
-                                      f"{len(self.admin_token)} (make one with "
-                                      "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        for key in ("admin_token", "routing_token"):
+            check_token(key, getattr(self, key))
+        if self.routing_listen and not self.routing_token:
+            raise ValidationError("routing_listen", "the routing listener requires proxy.routing_token")
+        if self.routing_token is not None and self.routing_token == self.admin_token:
+            raise ValidationError("routing_token", "must differ from admin_token (a proxy's token must "
+                                  "not steer deploys)")
         where = self.access_log
         if not isinstance(where, bool) and (not isinstance(where, str) or not where.strip()):
             raise ValidationError("access_log", f"must be true, false or a file path, got {where!r}")
@@ -80,3 +87,14 @@ class ProxyConfig:
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def check_token(key: str, token: str | None) -> None:
+    """A bearer token: MIN_ADMIN_TOKEN or more visible ASCII characters (ValidationError naming `key`)."""
+    if token is None:
+        return
+    if not _TOKEN.fullmatch(token):
+        raise ValidationError(key, "must be visible ASCII characters without spaces")
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise ValidationError(key, f"must be at least {MIN_ADMIN_TOKEN} characters, got {len(token)} (make "
+                              "one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")

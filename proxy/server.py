@@ -9,6 +9,7 @@ returns how many it aborted. `reopen_logs()` reopens an access-log file (SIGHUP,
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 
@@ -50,10 +51,9 @@ class ProxyServer:
         self._empty: asyncio.Event | None = None
         self.access_log: AccessLog | None = None  # made by start() when the config turns it on
         self._log_file: LogWriter | None = None  # the access log's own file (stderr is the process's)
+        self._quiet_log: AccessLog | None = None  # the log turned off by a reload (open connections hold it)
         # Deadlines are floats on each connection; one sweeper checks them (no timer per request).
-        shortest = min(config.header_timeout, config.body_idle_timeout, config.idle_timeout,
-                       config.upstream_timeout)
-        self.tick = min(0.5, max(0.005, shortest / 8))
+        self.tick = _sweep_interval(config)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -65,7 +65,7 @@ class ProxyServer:
             self.connection_class = logged(self.connection_class)
         host, _, port = self.listen.rpartition(":")
         try:
-            if self.sock is not None:  # handed over by the process that listened before (proxy/handover.py)
+            if self.sock is not None:  # handed over (proxy/handover.py) or systemd's (socket_activation.py)
                 self._server = await self.loop.create_server(self._protocol, sock=self.sock, backlog=1024)
             else:
                 self._server = await self.loop.create_server(
@@ -127,16 +127,51 @@ class ProxyServer:
     async def _close_log(self) -> int:
         """Hand the access log's last lines over; a file of its own is closed once they are written.
         Returns the lines its writer has dropped in all."""
-        if self.access_log is None:
+        alog = self.access_log or self._quiet_log
+        if alog is None:
             return 0
-        writer = self.access_log.writer
+        writer = alog.writer
         writer.flush()
         if writer is self._log_file:
             self._log_file = None
-            writer.users -= 1
-            if not writer.users:  # the last listener logging there
-                await asyncio.to_thread(writer.close)
+            await _release(writer)
         return writer.dropped
+
+    async def reconfigure(self, config: ProxyConfig) -> None:
+        """Settings that change live (`turnout reload`): connections accepted from now on take `config`
+        (timeouts, limits, trusted proxies, retries; open ones keep theirs), and the access log moves to
+        its new place, format and sampling for every connection at once. Raises ValidationError, having
+        changed nothing, when the new log file cannot be opened."""
+        old = self.config
+        log_keys = ("access_log", "access_log_format", "access_log_sample")
+        if self.log_writer is None and any(getattr(old, k) != getattr(config, k) for k in log_keys):
+            await self._move_log(old, config)
+        self.config = config
+        self.tick = min(self.tick, _sweep_interval(config))  # only ever sooner: no deadline is missed
+
+    async def _move_log(self, old: ProxyConfig, config: ProxyConfig) -> None:
+        alog = self.access_log or self._quiet_log
+        old_file, where = self._log_file, config.access_log
+        if where is False:  # off: new connections get no log; open ones write to nowhere
+            writer = self._open_log(os.devnull) if self.access_log is not None else None
+        elif where == old.access_log and self.access_log is not None:
+            writer = self.access_log.writer  # format or sampling only
+        else:
+            writer = self._open_log(where)  # raises ValidationError before anything changed
+        if writer is None:
+            return
+        self._log_file = writer if writer.path is not None else None
+        if alog is None:  # it was off since the start
+            self.access_log = AccessLog(writer, config.access_log_format, config.access_log_sample)
+        else:
+            alog.retarget(writer, config.access_log_format, config.access_log_sample)
+            for connection in self.connections:
+                connection.lsame = None  # its last line's texts were made for the old format
+            self.access_log, self._quiet_log = (None, alog) if where is False else (alog, None)
+        if self.access_log is not None:
+            self.connection_class = logged(self.connection_class)
+        if old_file is not None and old_file is not writer:
+            await _release(old_file)
 
     async def reopen_logs(self) -> str | None:
         """Reopen the access log's file after the lines written so far (logrotate moved it). Returns the
@@ -209,6 +244,19 @@ def reopen_on_sighup(server: ProxyServer, also: Callable[[], object] | None = No
             also()
 
     return handler
+
+
+async def _release(writer: LogWriter) -> None:
+    """One listener stops logging to a file's writer; the last one closes it."""
+    writer.users -= 1
+    if not writer.users:
+        await asyncio.to_thread(writer.close)
+
+
+def _sweep_interval(config: ProxyConfig) -> float:
+    shortest = min(config.header_timeout, config.body_idle_timeout, config.idle_timeout,
+                   config.upstream_timeout)
+    return min(0.5, max(0.005, shortest / 8))
 
 
 def _port_of(listen: str) -> int:

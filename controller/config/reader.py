@@ -116,7 +116,7 @@ def _proxy(t: Table, base_dir: Path | None) -> tuple[ProxyConfig, Path]:
             options[name] = t.strings(name)
         else:
             options[name] = t.string(name)
-    for name in ("listen", "admin_tcp"):
+    for name in ("listen", "admin_tcp", "routing_listen"):
         if name in options:
             _address(t, name, options[name])
     if t.has("admin_token_file"):

@@ -41,6 +41,7 @@ class AB:
             return
         routing = replace(ops.config, rules=(options.match, *ops.config.rules))
         ops.route([(old, 100), (new, 0)], routing)
+        await ops.settled()
         ops.step("ab", pool=new.pool, match=match_text(options.match.to_dict()["match"]),
                  seconds=options.duration, then=options.then)
         judge = Judge(ops, stable=old, canary=new)

@@ -42,6 +42,7 @@ async def shift(ops: Operations, old: Release, new: Release, routing: ServiceCon
         if weight >= 100:
             break
         ops.route([(old, 100 - weight), (new, weight)], routing)
+        await ops.settled()  # every proxy routes by this weight before the step's window opens
         ops.step("weight", weights={old.pool: 100 - weight, new.pool: weight})
         judge = Judge(ops, stable=old, canary=new)
         outcome = await ops.wait_step(options.step_pause, judge.check, options.analysis_interval)

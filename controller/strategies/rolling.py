@@ -44,6 +44,7 @@ class Rolling:
             if len(new.containers) == count:  # the first batch: before any of it gets traffic
                 await ops.pre_traffic()
             ops.route(weights())
+            await ops.settled()
             late = min(count - early, len(old.containers))
             if late:
                 await ops.retire(old, old.containers[:late], weights, remove=True)

@@ -28,3 +28,12 @@ def test_help_prints_and_exits_0(argv, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage:") and len(out.splitlines()) > 3, out
     assert "%%" not in out, out  # texts argparse does not %-format (descriptions) print as written
+
+
+def test_reload_help_says_what_changes_live_what_needs_a_restart_and_the_exits(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reload", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for said in ("without a restart", "changes nothing", "names the key and the file", "needs a restart",
+                 "listen addresses", "`turnout apply`", "SIGHUP", "Exits 0"):
+        assert said in out, (said, out)
