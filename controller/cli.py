@@ -442,7 +442,7 @@ def _serve_proxy(args: argparse.Namespace) -> int:
     configure(args.log_level)
     config = load_config(args.config).proxy
     if args.listen:
-        config = replace(config, listen=_listen_flag(args.listen))
+        config = replace(config, listen=args.listen)
     node = ProxyNode(config, args.controller, token, args.proxy_id, args.advertise)
     try:
         if args.loop == "uvloop":

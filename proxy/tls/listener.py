@@ -2,9 +2,10 @@
 
 Each accepted connection first gets a `Handshake`: bounded per client address and in total, given
 `handshake_timeout` to finish, with the certificate chosen by SNI (`CertStore.map`, read once per
-handshake). Once done, the very same `ClientConnection` class the plain listener uses takes the TLS
-transport, so everything the plain listener does holds here; only its listener says `https` (forwarded
-headers, `Secure` cookies) and adds HSTS when configured. A failed handshake is counted by reason
+handshake). Its first bytes start the loop's own TLS layer (the one `create_server(ssl=...)` uses) with
+the very same `ClientConnection` class the plain listener uses above it, so everything the plain
+listener does holds here; only its listener says `https` (forwarded headers, `Secure` cookies) and adds
+HSTS when configured. A failed handshake is counted by reason
 (`turnout_tls_handshake_failures_total`) and logged (at most once a second per reason).
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from asyncio import sslproto
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -59,6 +60,17 @@ def failure_reason(exc: BaseException) -> str:
     return "client-closed"
 
 
+def tls_layer_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS layer the loop itself puts under `create_server(ssl=...)` connections: uvloop's
+    SSLProtocol or asyncio's (the same constructor and BufferedProtocol in both)."""
+    try:
+        import uvloop
+        from uvloop.loop import SSLProtocol
+    except ImportError:
+        return sslproto.SSLProtocol
+    return SSLProtocol if isinstance(loop, uvloop.Loop) else sslproto.SSLProtocol
+
+
 class TlsServer(ProxyServer):
     scheme = b"https"
 
@@ -77,8 +89,13 @@ class TlsServer(ProxyServer):
         self.completed = 0
         self.resumed = 0  # of those, abbreviated handshakes (a session ticket): no certificate signature
         self.closing = False
+        self.tls_layer: Any = sslproto.SSLProtocol  # set for the running loop by start()
         self._last_logged: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        self.tls_layer = tls_layer_class(asyncio.get_running_loop())
+        await super().start()
 
     def _protocol(self) -> asyncio.Protocol:
         return Handshake(self)
@@ -87,7 +104,7 @@ class TlsServer(ProxyServer):
         """The sweeper also closes connections that sent nothing within handshake_timeout."""
         if self.handshakes:
             t = now()
-            for handshake in [h for h in self.handshakes if h.step is None and h.deadline <= t]:
+            for handshake in [h for h in self.handshakes if h.waiter is None and h.deadline <= t]:
                 handshake.silent()
         super()._tick()
 
@@ -155,22 +172,21 @@ class TlsServer(ProxyServer):
 
 
 class Handshake(asyncio.Protocol):
-    """One accepted connection until its TLS handshake is over; then a ClientConnection takes over.
+    """One accepted connection until TLS starts; then the loop's TLS layer, with a ClientConnection above.
 
     The first bytes decide: a TLS handshake record starts TLS (those bytes are handed to the TLS layer);
     a plain HTTP request is answered 400 in plain text, anything else is cut."""
+
+    __slots__ = ("server", "transport", "peer", "waiter", "connection", "deadline", "ended")
 
     def __init__(self, server: TlsServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.step: _Steps | None = None  # the TLS handshake under way
+        self.waiter: asyncio.Future[Any] | None = None  # the TLS handshake under way
+        self.connection: Any = None  # the ClientConnection above the TLS layer, until the handshake is over
         self.deadline = 0.0  # for the first byte (the server's sweeper checks it; TLS has its own)
-        self.early: list[bytes] = []  # application data that arrived with the end of the handshake
-        self.connection: Any = None  # the ClientConnection that took over
-        self.eof = False
-        self.lost = False
-        self.ended = False  # refused, answered or failed before TLS started
+        self.ended = False  # refused, answered or failed before TLS started, or TLS started and over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -185,25 +201,12 @@ class Handshake(asyncio.Protocol):
         self.deadline = now() + self.server.tls.handshake_timeout
 
     def data_received(self, data: bytes) -> None:
-        step = self.step
-        if step is not None:  # from the TLS layer: the request that came with the handshake's end
-            self.early.append(data)
-            step.poll()  # the handshake is over: take over now rather than a turn of the loop later
-            return
         if self.ended:
             return
         transport = self.transport
         assert transport is not None
         if data[0] == 0x16:  # a TLS handshake record
-            # start_tls runs now up to its wait (a task would start a turn later): the TLS layer becomes
-            # the transport's protocol and reading pauses; these bytes go to it once it is set up, in the
-            # same turn of the loop as its connection_made, so nothing can come between.
-            self.step = step = _Steps(self.server.loop.start_tls(
-                transport, self, self.server.context, server_side=True,
-                ssl_handshake_timeout=self.server.tls.handshake_timeout), self._done)
-            step.start()
-            if self.step is step:  # not over already
-                self.server.loop.call_soon(self._hand_over, data)
+            self._start_tls(transport, data)
             return
         self.ended = True
         self.server.handshake_ended(self)
@@ -215,60 +218,68 @@ class Handshake(asyncio.Protocol):
             transport.abort()
             self.server.handshake_failed(self.peer, "malformed", f"first byte {data[0]:#04x}")
 
-    def _hand_over(self, data: bytes) -> None:
-        """The bytes read before TLS started, to the TLS layer (a BufferedProtocol, as uvloop's and
-        asyncio's are)."""
-        transport = self.transport
-        if self.step is None or transport is None or transport.is_closing():
+    def _start_tls(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Put the loop's own TLS layer (what `create_server(ssl=...)` uses) between the transport and a
+        new ClientConnection, and hand it the bytes read so far. No `start_tls` coroutine, no takeover:
+        the layer calls the ClientConnection's connection_made when the handshake is done, and
+        `_done` (the handshake's future) counts it; a new connection costs fewer steps of the loop."""
+        server = self.server
+        self.waiter = waiter = server.loop.create_future()
+        self.connection = connection = server.connection_class(server)
+        layer = server.tls_layer(server.loop, connection, server.context, waiter, server_side=True,
+                                 ssl_handshake_timeout=server.tls.handshake_timeout)
+        waiter.add_done_callback(self._done)
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+        if transport.is_closing():
             return
-        layer = transport.get_protocol()
         get_buffer = getattr(layer, "get_buffer", None)
-        if get_buffer is None:
-            layer.data_received(data)  # type: ignore[attr-defined]
+        if get_buffer is None:  # a plain Protocol
+            layer.data_received(data)
             return
         view = memoryview(data)
-        while view:
+        while view:  # a BufferedProtocol, as uvloop's and asyncio's are
             buffer = get_buffer(len(view))
             n = min(len(buffer), len(view))
             buffer[:n] = view[:n]
-            layer.buffer_updated(n)  # type: ignore[attr-defined]
+            layer.buffer_updated(n)
             view = view[n:]
 
     def silent(self) -> None:
         """No byte within handshake_timeout (called by the server's sweeper)."""
-        if not self.ended and self.step is None and self.transport is not None:
+        if not self.ended and self.waiter is None and self.transport is not None:
             self.ended = True
             self.server.handshake_ended(self)
             self.transport.abort()
             self.server.handshake_failed(self.peer, "timeout", "no byte within handshake_timeout")
 
-    def _done(self, tls_transport: asyncio.Transport | None, exc: BaseException | None) -> None:
+    def _done(self, waiter: asyncio.Future[Any]) -> None:
+        """The handshake is over (the TLS layer has already given the ClientConnection its transport)."""
         server = self.server
         server.handshake_ended(self)
-        self.step = None
+        self.waiter = None
         self.ended = True
-        if tls_transport is None:
-            if self.transport is not None:
-                self.transport.abort()
-            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+        exc = None if waiter.cancelled() else waiter.exception()
+        connection, self.connection = self.connection, None
+        tls_transport = connection.transport if connection is not None else None
+        if exc is not None or tls_transport is None:
+            # Failed; or lost without an error before the end (an abort: the layer then wakes its waiter
+            # with no exception, and never gave the ClientConnection a transport).
+            self.transport.abort()  # type: ignore[union-attr]
+            if exc is not None:
                 refused = self._sni_refusal(exc)
                 server.handshake_failed(self.peer, refused or failure_reason(exc),
                                         str(exc) or type(exc).__name__)
+            elif not server.closing:
+                server.handshake_failed(self.peer, "client-closed", "closed during the handshake")
             return
         server.completed += 1
+        # The TLS transport keeps its extra info once closed (the answer may have been sent already).
         sslobj = tls_transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.session_reused:
             server.resumed += 1
-        if server.closing or self.lost or tls_transport.is_closing():
-            tls_transport.abort()
-            return
-        self.connection = connection = server.connection_class(server)
-        tls_transport.set_protocol(connection)
-        connection.connection_made(tls_transport)
-        if self.early and not connection.closed:
-            connection.data_received(b"".join(self.early))
-        if self.eof and not connection.closed and not connection.eof_received():
-            tls_transport.close()
+        if server.closing:
+            self.transport.abort()  # type: ignore[union-attr]
 
     def _sni_refusal(self, exc: BaseException) -> str | None:
         """'no-sni' / 'unknown-sni' when the certificate choice refused this handshake."""
@@ -277,72 +288,16 @@ class Handshake(asyncio.Protocol):
         return None
 
     def abort(self) -> None:
-        if self.step is not None:
-            self.step.cancel()
-        elif self.transport is not None:
+        if self.transport is not None:  # during the handshake, the TLS layer fails its waiter: `_done`
             self.transport.abort()
 
     def eof_received(self) -> bool | None:
-        if self.step is None:  # the client closed before (or instead of) a handshake: close too
-            return None
-        self.eof = True  # from the TLS layer: handed to the ClientConnection with the early data
-        return True
+        return None  # the client closed before (or instead of) a handshake: close too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.connection is not None:  # lost while the takeover was under way: tell the new owner
-            self.connection.connection_lost(exc)
-            return
-        if self.step is None and not self.ended:  # closed before its first byte, or aborted by stop()
+        # Only until TLS starts: then the TLS layer is the transport's protocol.
+        if not self.ended:  # closed before its first byte, or aborted by stop()
             self.ended = True
             self.server.handshake_ended(self)
             if not self.server.closing:
                 self.server.handshake_failed(self.peer, "client-closed", "closed before any byte")
-
-
-
-class _Steps:
-    """Drives one coroutine like a task would, but runs its first step now (a Task's would run at the
-    loop's next turn); `done(result, None)` or `done(None, exc)` when it ends. Python 3.12's eager tasks
-    do this; 3.11 has none."""
-
-    __slots__ = ("coro", "done", "waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any],
-                 done: Callable[[Any, BaseException | None], None]) -> None:
-        self.coro = coro
-        self.done = done
-        self.waiting: asyncio.Future[Any] | None = None
-
-    def start(self) -> None:
-        self._send(None)
-
-    def _send(self, exc: BaseException | None) -> None:
-        try:
-            future = self.coro.send(None) if exc is None else self.coro.throw(exc)
-        except StopIteration as stop:
-            self.waiting = None
-            return self.done(stop.value, None)
-        except BaseException as error:  # the coroutine failed: that is its outcome
-            self.waiting = None
-            return self.done(None, error)
-        self.waiting = future
-        future.add_done_callback(self._wake)
-        return None
-
-    def _wake(self, future: asyncio.Future[Any]) -> None:
-        if self.waiting is future:
-            self._send(None)  # the awaited future is done: `await` returns or raises its outcome
-
-    def poll(self) -> None:
-        """Go on now if what the coroutine awaits is already done (its callback would come a turn later)."""
-        future = self.waiting
-        if future is not None and future.done():
-            future.remove_done_callback(self._wake)
-            self._send(None)
-
-    def cancel(self) -> None:
-        if self.waiting is not None:
-            self.waiting.remove_done_callback(self._wake)
-            self.waiting = None
-            self._send(asyncio.CancelledError())

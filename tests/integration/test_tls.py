@@ -505,3 +505,57 @@ async def test_session_tickets_resume_unless_turned_off(ups, tmp_path, tickets):
         assert reused is tickets
         server = front.https.server
         assert (server.completed, server.resumed) == (2, 1 if tickets else 0)
+
+
+# ------------------------------------------------------------------------------------------ uvloop
+def test_the_listener_on_uvloop_serves_resumes_refuses_and_stops(tmp_path):
+    """`turnout serve` runs uvloop, whose TLS layer is its own: the same listener on it, end to end
+    (the other tests run asyncio's loop)."""
+    import socket
+
+    import uvloop
+
+    async def scenario() -> None:
+        up = await TestUpstream("a").start()
+        try:
+            async with front_door(tmp_path, app_router(up), handshake_timeout=30.0) as front:
+                server = front.https.server
+                assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+                client = await front.connect()
+                r = await client.request("POST", "/echo", body=b"x" * 100_000)
+                assert (r.status, len(r.body)) == (200, 100_000)
+                await client.close()
+                context = front.ca.client_context()
+
+                def visit(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+                    with socket.create_connection(("127.0.0.1", front.port)) as raw, \
+                            context.wrap_socket(raw, server_hostname="app.test", session=session) as tls:
+                        tls.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                        while tls.recv(65536):
+                            pass
+                        return tls.session, tls.session_reused
+
+                loop = asyncio.get_running_loop()
+                session, _ = await loop.run_in_executor(None, visit, None)
+                _, reused = await loop.run_in_executor(None, visit, session)
+                assert reused
+                await wait_for(lambda: (server.completed, server.resumed) == (3, 1))
+                plain = await RawClient.connect(front.port)
+                r = await plain.request("GET", "/")
+                assert r.status == 400 and r.header("x-turnout-error") == "plain-http-to-https-port"
+                await plain.close()
+                await refused(front, sni="nope.test")
+                assert front.failures == {"plain-http": 1, "unknown-sni": 1}
+                reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+                writer.write(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello that stalls: TLS has started
+                await wait_for(lambda: [h.waiter is not None for h in server.handshakes] == [True])
+                stopping = asyncio.create_task(front.https.stop(5.0))
+                assert await closed_by_server(reader) == b""
+                assert await stopping == 0
+                writer.close()
+                assert front.failures == {"plain-http": 1, "unknown-sni": 1}  # stopping is no failure
+                assert (server.completed, server.resumed) == (3, 1)  # nor a handshake done
+        finally:
+            await up.close()
+
+    uvloop.run(scenario())
