@@ -6,7 +6,8 @@ Two jobs, no policy:
 - retire a listener whose socket the new process now accepts on (`retire`): stop accepting here (the
   socket stays open in the other process, so the kernel's queue keeps every new connection), let each
   exchange in flight finish, and close each keep-alive connection only between two requests: the next
-  answer on it says `Connection: close`, and one that stays idle is closed after a short grace. The
+  answer on it says `Connection: close`, and one that stays idle is closed after a short grace (not
+  while its next request waits unread in the socket: a loaded loop reads late). The
   connections are retired spread over a few seconds, so their clients do not all reconnect at once.
 
 Nothing here runs on the request path: the connections are marked from the retire loop's sweep.
@@ -115,6 +116,26 @@ def idle_for(connection: ClientConnection, t: float) -> float:
     return t - connection.t_end
 
 
+def request_waiting(connection: ClientConnection) -> bool:
+    """Bytes the client sent that this process has not read yet (its loop is busy): most likely its next
+    request, which closing now would lose (a close with unread bytes even sends a RST). It is read on
+    the loop's next turn and answered with `Connection: close` instead."""
+    sock = connection.transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return False
+    try:
+        peek = socket.socket(fileno=fd)  # a view of the transport's socket: detached below, never closed
+    except OSError:
+        return False
+    try:
+        return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the connection is already gone
+        return False
+    finally:
+        peek.detach()
+
+
 def stop_accepting(server: ProxyServer) -> None:
     """Close this process's copy of the listening socket; its connections are not touched."""
     if server._server is not None:
@@ -146,7 +167,7 @@ async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
                 if t < due.get(connection, start):
                     continue
                 retire_connection(connection)
-            if idle_for(connection, t) >= grace:
+            if idle_for(connection, t) >= grace and not request_waiting(connection):
                 connection.closed = True
                 connection.transport.close()
                 closed_idle += 1
