@@ -6,9 +6,9 @@ Two jobs, no policy:
 - retire a listener whose socket the new process now accepts on (`retire`): stop accepting here (the
   socket stays open in the other process, so the kernel's queue keeps every new connection), let each
   exchange in flight finish, and close each keep-alive connection only between two requests: the next
-  answer on it says `Connection: close`, and one that stays idle is closed after a short grace (not
-  while its next request waits unread in the socket: a loaded loop reads late). The
-  connections are retired spread over a few seconds, so their clients do not all reconnect at once.
+  answer on it says `Connection: close`; one that stays idle is closed only at the end (drain_timeout),
+  never while its next request waits unread in the socket. The connections are retired spread over a
+  few seconds, so their clients do not all reconnect at once.
 
 Nothing here runs on the request path: the connections are marked from the retire loop's sweep.
 """
@@ -34,7 +34,6 @@ MAGIC = b"TOFD"  # "Turnout file descriptors": the frame that carries them
 _HEAD = struct.Struct("!4sI")  # magic, length of the JSON that follows
 MAX_FDS = 16  # far above what a hand-over passes (plain, https, lock); SCM_MAX_FD is 253
 MAX_FRAME = 1 << 20
-IDLE_GRACE = 1.0  # seconds a retired keep-alive connection may stay idle before it is closed
 CLOSE_SPREAD = 2.0  # seconds over which the connections are retired, one after another
 SWEEP = 0.02  # seconds between two sweeps of a retiring listener
 
@@ -142,15 +141,22 @@ def stop_accepting(server: ProxyServer) -> None:
         server._server.close()
 
 
-async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
+async def retire(server: ProxyServer, timeout: float, grace: float | None = None,
                  spread: float = CLOSE_SPREAD) -> int:
     """Stop accepting, then end every connection between requests (above) within `timeout` seconds;
-    abort what is left then. Returns how many were aborted.
+    then close what is idle and abort what is left. Returns how many were aborted.
+
+    An idle keep-alive connection is closed only then (or once idle `grace` seconds, when given), not
+    sooner: its client may pick it for its next request at the very moment it is closed, and that
+    request is lost (on a loaded machine a client's pool is full of such connections, closed by the
+    server but not yet seen closed by the client). Waiting, its next request is answered with
+    `Connection: close`, as HAProxy's `idle-close-on-response` does.
 
     The connections are retired one after another over `spread` seconds (at most half of `timeout`),
     longest idle first, as HAProxy's `close-spread-time` does: their clients reconnect to the new process
     a few at a time instead of all at once (a storm of TLS handshakes, from one address often enough)."""
     stop_accepting(server)
+    grace = float("inf") if grace is None else grace
     start = now()
     deadline = start + timeout
     spread = min(spread, timeout / 2)
@@ -172,8 +178,15 @@ async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
                 connection.transport.close()
                 closed_idle += 1
         await asyncio.sleep(min(SWEEP, max(0.0, deadline - t)))
-    aborted = len(server.connections) + len(handshakes)
-    for connection in list(server.connections):
+    t = now()
+    for connection in list(server.connections):  # at the deadline: the idle ones close as above
+        if idle_for(connection, t) > 0 and not request_waiting(connection):
+            connection.closed = True
+            connection.transport.close()
+            closed_idle += 1
+    left = [c for c in server.connections if not c.closed]  # the closed ones are only being flushed
+    aborted = len(left) + len(handshakes)
+    for connection in left:
         connection.transport.abort()
     for handshake in list(handshakes):
         handshake.abort()
