@@ -426,8 +426,11 @@ class _Run:
     """One load run: the sessions, the clock origin, the records."""
 
     def __init__(self, config: LoadConfig, keepalive: aiohttp.ClientSession,
-                 fresh: aiohttp.ClientSession) -> None:
+                 fresh: aiohttp.ClientSession, stop: asyncio.Event | None = None) -> None:
         self.config = config
+        # Read before every start, so nothing starts once it is set, even in the loop turn that set it
+        # (the watcher that brings the deadline forward runs a turn later).
+        self.stop = stop if stop is not None else asyncio.Event()
         self.keepalive = keepalive
         self.fresh = fresh
         self.target = config.target
@@ -486,7 +489,8 @@ class _Run:
 
     async def closed_loop(self, clients: int) -> None:
         async def client() -> None:
-            while time.monotonic() < self.deadline and self.started < self.config.max_requests:
+            while (time.monotonic() < self.deadline and self.started < self.config.max_requests
+                   and not self.stop.is_set()):
                 await self.request()
 
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -498,7 +502,7 @@ class _Run:
         limit, bound = self.config.max_in_flight, self.config.max_requests
         index = 0
         try:
-            while index < bound:
+            while index < bound and not self.stop.is_set():
                 due = self.origin + index / rate
                 if due >= self.deadline:
                     break
@@ -507,7 +511,7 @@ class _Run:
                     await asyncio.sleep(min(due - now, _MAX_NAP))
                     continue
                 while index < bound and self.origin + index / rate <= now:
-                    if self.origin + index / rate >= self.deadline:
+                    if self.origin + index / rate >= self.deadline or self.stop.is_set():
                         break
                     index += 1
                     if len(in_flight) >= limit:
@@ -547,7 +551,7 @@ async def run_load(config: LoadConfig, marks: Marks | None = None,
                                      headers={"User-Agent": "turnout-rehearse"})
 
     async with session(force_close=False) as keepalive, session(force_close=True) as fresh:
-        run = _Run(config, keepalive, fresh)
+        run = _Run(config, keepalive, fresh, stop)
         watcher = asyncio.create_task(_stop_when_set(stop, run)) if stop is not None else None
         try:
             if config.rate is not None:
