@@ -383,6 +383,15 @@ class LoadResult:
                 "app_errors": self.app_errors, "truncated": self.truncated, "misrouted": self.misrouted,
                 "not_sent": self.not_sent}
 
+    def failure_lines(self, limit: int = 60) -> list[str]:
+        """The counts, the marks, then each request that got no good answer: its outcome, when it started
+        and ended (seconds since the load began), its status and what failed it."""
+        marks = ", ".join(f"{m.name}@{m.at:.3f}" for m in self.marks)
+        failed = [f"  {o.value} {r.start:.3f}->{r.end:.3f} status={r.status} {r.error or ''}".rstrip()
+                  for r, o in zip(self.records, self.outcomes, strict=True) if o not in SERVED]
+        shown = failed[:limit] + ([f"  ... and {len(failed) - limit} more"] if len(failed) > limit else [])
+        return [str(self.summary()), f"marks: {marks}", *shown]
+
     def to_dict(self, include_records: bool = False) -> dict[str, Any]:
         window = self.both_versions_window()
         data: dict[str, Any] = {
@@ -468,6 +477,8 @@ class _Run:
                 expected = resp.content_length
                 record.complete = expected is None or expected == record.bytes
                 record.outcome = classify(resp.status, resp.headers, record.complete)
+                if record.outcome is Outcome.PROXY_ERROR:  # the proxy's reason, for the failure lines
+                    record.error = f"{PROXY_ERROR_HEADER}: {resp.headers.get(PROXY_ERROR_HEADER)}"
                 if record.outcome is not Outcome.PROXY_ERROR:  # the proxy's own body names no version
                     record.version = self.config.version_of(resp.headers, head)
         except TimeoutError as exc:  # before the broader connection errors: ServerTimeoutError is both

@@ -43,7 +43,7 @@ async def traffic(serve: Daemon, marks: Marks | None = None,
 
 
 def assert_no_loss(result: LoadResult) -> None:
-    summary = result.summary()
+    summary = "\n".join(result.failure_lines())
     assert result.sent > 50, summary
     assert result.failed_by_proxy == 0, summary
     assert result.truncated == 0, summary

@@ -139,6 +139,10 @@ async def test_every_outcome_class_is_told_apart(start_server):
     assert by_outcome[Outcome.OK].version == "v1" and by_outcome[Outcome.OK].complete
     assert by_outcome[Outcome.TRUNCATED].bytes == 3 and not by_outcome[Outcome.TRUNCATED].complete
     assert by_outcome[Outcome.PROXY_ERROR].status == 503 and by_outcome[Outcome.PROXY_ERROR].version is None
+    # the failure lines name each failed request with the proxy's reason or what cut it
+    lines = result.failure_lines(limit=5)  # 30 were not served: 5 shown, then the rest counted
+    assert lines[0] == str(result.summary()) and len(lines) == 2 + 5 + 1 and lines[-1] == "  ... and 25 more"
+    assert any("status=503 X-Turnout-Error: no_upstream" in line for line in lines[2:])
     # every request carried its own id, and the server saw exactly those
     ids = [r.id for r in result.records]
     assert len(set(ids)) == 40 and sorted(server.request_ids) == sorted(ids)

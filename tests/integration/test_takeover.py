@@ -11,7 +11,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from controller.rehearsal.loadgen import SERVED, LoadConfig, LoadResult, Marks, Outcome, run_load
+from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, Outcome, run_load
 from controller.state_lock import StateLock
 from helpers.certs import CertAuthority
 from helpers.daemon import Daemon, free_port
@@ -150,13 +150,7 @@ async def _marked_take_over(serve: Daemon, marks: Marks) -> dict:
 
 
 def _failures(result: LoadResult) -> str:
-    """The counts, then each request that got no good answer: its outcome, what failed it, and when it
-    started and ended (seconds since the load began), after the hand-overs' marks."""
-    marks = ", ".join(f"{m.name}@{m.at:.3f}" for m in result.marks)
-    failed = [f"  {o.value} {r.start:.3f}->{r.end:.3f} status={r.status} {r.error or ''}"
-              for r, o in zip(result.records, result.outcomes, strict=True) if o not in SERVED]
-    shown = failed[:60] + ([f"  ... and {len(failed) - 60} more"] if len(failed) > 60 else [])
-    return "\n".join([str(result.summary()), f"marks: {marks}", *shown])
+    return "\n".join(result.failure_lines())
 
 
 def _run(args: list[str], daemon: Daemon) -> tuple[int, str]:
