@@ -7,13 +7,15 @@ The conversation, on the admin unix socket (never on the TCP one: descriptors do
 1. `POST /v1/handover/begin` with the new process's facts (state dir, listeners, config file digest).
    The old one refuses a different config or a deploy in progress (409, saying which); else it freezes
    (no deploy, apply, rollback or repair starts; the freeze lapses after FREEZE_LEASE s without a
-   commit) and writes one frame carrying its listening sockets (plain, HTTPS) and the state dir's lock,
-   then a JSON answer with its routing table.
+   commit) and writes one frame carrying its listening sockets (plain, HTTPS, the routing listener the
+   remote proxies pull from) and the state dir's lock, then a JSON answer with its routing table.
 2. The new process reads the journal and the engine, installs the same pools and weights (no container
    started or stopped), checks the table equals the old one's, and starts accepting on the sockets.
 3. `POST /v1/handover/commit`: the old one stops accepting, closes the journal and its copy of the lock,
-   stops its dashboard and TCP admin listeners, and answers; then it retires its connections (each ends
-   between requests, up to `drain_timeout`) and exits. The new one then binds the admin socket and runs.
+   stops its dashboard and TCP admin listeners, answers the remote proxies' pulls at once on connections
+   it closes (their next pull waits in the shared routing socket for the new one), and answers; then it
+   retires its connections (each ends between requests, up to `drain_timeout`) and exits. The new one
+   then binds the admin socket and runs.
    Any failure before the commit: `POST /v1/handover/abort`, and the old one serves on as before.
 """
 
@@ -188,6 +190,11 @@ class Handover:
         if daemon.https is not None:
             names.append("https")
             fds.append(daemon.https.server.sockets[0].fileno())
+        routing = daemon.routing_socket
+        takes = hello.get("takes")
+        if routing is not None and isinstance(takes, list) and "routing" in takes:
+            names.append("routing")
+            fds.append(routing.fileno())
         names.append("lock")
         fds.append(daemon.state_lock.fd)  # type: ignore[union-attr]
         self._freeze(pid)
@@ -293,7 +300,9 @@ class Takeover:
                                     "(an older Turnout): stop it, then start this one")
             raise HandoverError(f"--takeover: no daemon to take over: no turnout serve holds the state dir "
                                 f"{self.state_dir}; start it without --takeover")
-        hello = {"protocol": PROTOCOL, "pid": os.getpid(), "facts": config_facts(self.config)}
+        # "takes": the optional sockets this version serves (an older one would leave them unused, bound).
+        hello = {"protocol": PROTOCOL, "pid": os.getpid(), "facts": config_facts(self.config),
+                 "takes": ["routing"]}
         sock = self._connect(holder)
         try:
             _send_request(sock, "/v1/handover/begin", hello)
