@@ -43,7 +43,7 @@ from .deployer import Deployer
 from .engine.base import Engine, make_engine
 from .errors import UsageError
 from .fleet import Fleet
-from .handover import Handover, Takeover, adopt
+from .handover import Handover, Takeover, adopt, carry_totals
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
@@ -177,6 +177,7 @@ class Daemon:
             await self._start_listeners(stack)
             self.deployer.proxy.listen = self.listen
             committed = await takeover.commit()  # the old one stops accepting and lets go of the journal
+            carry_totals(self, committed.get("totals"))  # before the feed's first reading
             stack.callback(self.state_lock.release)
             self.state_lock.write_pid()
             log.info("daemon.took_over", from_pid=received.pid, its_connections=committed["connections"])

@@ -14,8 +14,9 @@ The conversation, on the admin unix socket (never on the TCP one: descriptors do
 3. `POST /v1/handover/commit`: the old one stops accepting, closes the journal and its copy of the lock,
    stops its dashboard and TCP admin listeners, answers the remote proxies' pulls at once on connections
    it closes (their next pull waits in the shared routing socket for the new one), and answers; then it
-   retires its connections (each ends between requests, up to `drain_timeout`) and exits. The new one
-   then binds the admin socket and runs.
+   retires its connections (each ends between requests, up to `drain_timeout`) and exits. Its answer
+   carries its request counters as they were when it stopped accepting: the new one adds them to its own
+   (proxy/carried_totals.py), so the totals go on. The new one then binds the admin socket and runs.
    Any failure before the commit: `POST /v1/handover/abort`, and the old one serves on as before.
 """
 
@@ -35,6 +36,7 @@ import structlog
 from aiohttp import web
 
 from proxy.admin import ApiError, read_json
+from proxy.carried_totals import TotalsRefused, add_totals, read_totals
 from proxy.handover import HandoverProtocolError, recv_fds, retire, send_fds, stop_accepting
 from proxy.router import Router
 
@@ -251,12 +253,14 @@ class Handover:
         stop_accepting(daemon.proxy_server)
         if daemon.https is not None:
             stop_accepting(daemon.https.server)
+        totals = read_totals(daemon.router.metrics, daemon.https.server if daemon.https is not None else None,
+                             daemon.proxy_server.front_door)  # what finishes from here is ours only
         await daemon.release_for_handover()  # journal, lock, dashboard and TCP admin listeners
         connections = len(daemon.proxy_server.connections) + (
             len(daemon.https.server.connections) if daemon.https is not None else 0)
         self.retired = asyncio.get_running_loop().create_task(self._retire_and_exit())
         log.info("handover.committed", to_pid=pid, connections=connections)
-        return web.json_response({"pid": os.getpid(), "connections": connections})
+        return web.json_response({"pid": os.getpid(), "connections": connections, "totals": totals})
 
     async def _retire_and_exit(self) -> None:
         daemon = self.daemon
@@ -270,6 +274,18 @@ class Handover:
 
 
 # ------------------------------------------------------------------ the new process's side
+def carry_totals(daemon: Daemon, totals: Any) -> None:
+    """Add the old daemon's counters (its commit answer's) to ours; counters that do not fit (another
+    Turnout's layout) are left out with a warning: they restart at zero."""
+    if totals is None:  # a daemon from before carried totals
+        return
+    https = daemon.https.server if daemon.https is not None else None
+    try:
+        add_totals(totals, daemon.router.metrics, https, daemon.proxy_server.front_door)
+    except TotalsRefused as exc:
+        log.warning("handover.totals_not_carried", error=str(exc))
+
+
 @dataclass
 class Received:
     pid: int

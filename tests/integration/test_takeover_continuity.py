@@ -1,6 +1,7 @@
 """What goes on across `turnout serve --takeover`, as real processes: a remote proxy following the
 controller ([proxy] routing_listen) keeps following, since the routing listener's socket is handed over
-with the others (its pulls wait in the shared socket, never refused)."""
+with the others (its pulls wait in the shared socket, never refused); and the request counters go on
+from the old daemon's totals instead of restarting at zero."""
 
 from __future__ import annotations
 
@@ -107,3 +108,37 @@ async def test_a_following_proxy_keeps_following_across_a_hand_over(following, u
     assert "follower.unreachable" not in log, log[-4000:]  # its pulls were never refused nor cut
     assert log.count("follower.applied") >= 3, log[-4000:]  # the first table, the new daemon's, green
 
+
+@pytest.fixture
+def serve(tmp_path: Path, ups) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path, {}, f"""
+[proxy]
+access_log = false
+drain_timeout = "5s"
+[services.api]
+upstreams = ["{ups[0].address}"]
+""")
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+async def counters(serve: Daemon) -> dict:
+    admin = aiohttp.UnixConnector(path=str(serve.state_dir / "admin.sock"))
+    async with aiohttp.ClientSession(connector=admin, headers={"X-Turnout-Client": "test"}) as session:
+        async with session.get("http://turnout/v1/services/api/counters") as answer:
+            assert answer.status == 200, await answer.text()
+            return await answer.json()
+
+
+async def test_request_counters_go_on_from_the_old_daemons_totals(serve):
+    for _ in range(5):
+        assert (await fetch(serve.port)).status == 200
+    before = await counters(serve)
+    (pool,) = before
+    assert before[pool]["requests"] == 5
+    await atake_over(serve)
+    assert await counters(serve) == before  # the same totals (and latency quantiles), not zero
+    assert (await fetch(serve.port)).status == 200
+    after = await counters(serve)
+    assert (after[pool]["requests"], after[pool]["by_class"]["2xx"]) == (6, 6)
