@@ -166,9 +166,9 @@ async def test_the_https_listener_is_handed_over_too_and_the_other_listeners_mov
     ca.write(tmp_path / "certs", "web", ["web.test"])
     tls_port, admin_port, dashboard_port = free_port(), free_port(), free_port()
     token = "t" * 32
-    # The load's many clients share one address: with the default bound (256 handshakes under way per
-    # address), a daemon stalled for a second on a loaded machine (a new process starting beside it)
-    # cuts the excess before any TLS work (`too-many-handshakes`), which is not what this test is about.
+    # The load's many clients share one address: a daemon stalled for a second on a loaded machine (a new
+    # process starting beside it) has more than the default 256 handshakes per address under way; the
+    # excess waits for a slot (it was cut before: 90 lost requests in one run), which this test also shows.
     config = f"""
 [proxy]
 access_log = false
@@ -179,7 +179,6 @@ admin_token = "{token}"
 listen = "127.0.0.1:{tls_port}"
 certs_dir = "{tmp_path / 'certs'}"
 redirect_http = false
-max_handshakes_per_client = 10000
 [dashboard]
 listen = "127.0.0.1:{dashboard_port}"
 [services.api]
