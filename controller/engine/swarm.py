@@ -47,6 +47,7 @@ _DEAD = frozenset({"rejected", "orphaned", "remove"})  # never ran, or lost with
 POLL_INTERVAL = 0.1
 STOP_SLACK = 30.0
 NEW_TASK_WAIT = 30.0
+NODE_STATE_TTL = 1.0  # how long the nodes' states read once serve every slot's inspect
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 
@@ -81,14 +82,18 @@ def _replicas(attrs: Mapping[str, Any]) -> int | None:
 
 
 def to_container(attrs: Mapping[str, Any], task: Mapping[str, Any] | None,
-                 node_address: str | None) -> Container:
-    """A slot as a Container: the service's identity and labels, its current task's state and address."""
+                 node_address: str | None, node_lost: bool = False) -> Container:
+    """A slot as a Container: the service's identity and labels, its current task's state and address.
+    `node_lost`: the task's node is not ready (its engine stopped, the machine gone); its task may still
+    read "running", as the node can no longer report otherwise, and the slot is dead."""
     spec = attrs.get("Spec") or {}
     labels = dict(spec.get("Labels") or {})
     port = labels.get(lbl.PORT)
     status = (task or {}).get("Status") or {}
     task_state = status.get("State") or "new"
-    if task_state in _RUNNING:
+    if node_lost and task_state not in _EXITED:
+        state = "dead"
+    elif task_state in _RUNNING:
         state = "running"
     elif task_state in _EXITED:
         state = "exited"
@@ -135,6 +140,7 @@ class SwarmBackend:
         self._owns_client = client is None
         self._client_lock = threading.Lock()
         self._node_addresses: dict[str, str] = {}  # node ID -> its address (a node keeps its address)
+        self._lost_nodes: tuple[float, frozenset[str]] = (-NODE_STATE_TTL, frozenset())  # (read at, IDs)
         self._warned: set[str] = set()
         self._log = log.bind(owner=owner, engine="swarm")
 
@@ -299,10 +305,29 @@ class SwarmBackend:
             self._node_addresses[node_id] = status["Addr"]
         return self._node_addresses[node_id]
 
+    def _nodes_lost(self) -> frozenset[str]:
+        """The IDs of the nodes that are not ready (read at most once a NODE_STATE_TTL)."""
+        read_at, lost = self._lost_nodes
+        if time.monotonic() - read_at >= NODE_STATE_TTL:
+            with translated("listing the Swarm's nodes"):
+                nodes = self._docker().nodes.list()
+            lost = frozenset(node.id for node in nodes
+                             if ((node.attrs.get("Status") or {}).get("State")) != "ready")
+            for node_id in lost - self._lost_nodes[1]:
+                self._log.warning("swarm.node_lost", node_id=node_id[:12])
+            self._lost_nodes = (time.monotonic(), lost)
+        return lost
+
     def _container(self, found: Any) -> Container:
         task = self._task(found)
-        address = self._node_address(task.get("NodeID")) if task else None
-        return to_container(found.attrs, task, address)
+        node_id = task.get("NodeID") if task else None
+        address = self._node_address(node_id) if task else None
+        return to_container(found.attrs, task, address, bool(node_id) and node_id in self._nodes_lost())
+
+    def _task_lost(self, found: Any) -> bool:
+        task = self._task(found)
+        return bool(task and task.get("NodeID") in self._nodes_lost()
+                    and ((task.get("Status") or {}).get("State")) not in _EXITED)
 
     def _inspect_sync(self, service_id: str) -> Container:
         return self._container(self._get(service_id))
@@ -349,6 +374,13 @@ class SwarmBackend:
 
     def _restart_sync(self, service_id: str) -> Container:
         found = self._get_ours(service_id, "restart")
+        if _replicas(found.attrs) == 1 and self._task_lost(found):
+            # Its node is gone and Swarm does not replace the task (restart condition "none"): scaling
+            # to 0 and back to 1 makes a new task, which the scheduler places on a ready node.
+            self._log.warning("slot.replacing_lost_task", slot_id=service_id[:12])
+            self._scale(found, 0, "restarting")
+            with translated(f"inspecting service {service_id[:12]}", service_id):
+                found.reload()
         if _replicas(found.attrs) != 1:
             # Until the orchestrator adds the new task, the newest is the stopped one: wait for the new.
             before = {task["ID"] for task in self._tasks(found)}
