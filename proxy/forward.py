@@ -567,14 +567,22 @@ class ClientConnection(asyncio.Protocol):
     def _retry_target(self, failed: Upstream) -> tuple[Pool, Upstream] | None:
         pool = self.pool
         assert pool is not None and self.service is not None
-        other = pool.pick(avoid=failed)
-        if other is not None and other is not failed:
-            return pool, other
-        for candidate in self.service.pools:  # this pool has no other upstream: try another pool
-            if candidate is not pool and candidate.weight > 0 and candidate.routable:
-                other = candidate.pick(avoid=failed)
-                if other is not None and other is not failed:
-                    return candidate, other
+        others = [c for c in self.service.pools if c is not pool and c.weight > 0 and c.routable]
+        picked = pool.pick(avoid=failed)
+        if picked is not None and picked is not failed and picked.host != failed.host:
+            return pool, picked
+        # A host that refused one connection likely refuses them all (its engine or machine is gone, as
+        # a lost Swarm node's): an upstream on another host first, this pool's then another pool's.
+        for candidate in (pool, *others):
+            elsewhere = [u for u in candidate.eligible if u.host != failed.host]
+            if elsewhere:
+                return candidate, min(elsewhere, key=lambda u: len(u.inflight))
+        if picked is not None and picked is not failed:
+            return pool, picked
+        for candidate in others:  # this pool has no other upstream: try another pool
+            other = candidate.pick(avoid=failed)
+            if other is not None and other is not failed:
+                return candidate, other
         return None
 
     def _move(self, pool: Pool, upstream: Upstream) -> None:

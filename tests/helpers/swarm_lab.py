@@ -40,3 +40,8 @@ def lab_problem() -> str | None:
         client.close()
 
 
+
+
+def engine_pid(node: str) -> int:
+    """The PID of a lab node's dockerd, from the pidfile scripts/swarm-lab.sh gives it."""
+    return int(Path(f"/run/turnout-lab/{node}/dockerd.pid").read_text().strip())

@@ -5,9 +5,11 @@ elsewhere (no root, no dockerd) they are skipped with the reason."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,7 @@ def swarm_node_proxies(tmp_path: Path, swarm_lab: Any,
                      "--token", ROUTING_TOKEN, "--id", proxy_id],
                     stdout=log, stderr=log, cwd=tmp_path))
             urls[proxy_id] = f"http://{listen}"
+        wait_following(serve, set(urls))
         yield serve, urls
     finally:
         for process in processes:
@@ -109,3 +112,18 @@ def swarm_node_proxies(tmp_path: Path, swarm_lab: Any,
             process.wait(30)
         serve.stop()
         serve.remove_containers()
+
+
+def wait_following(serve: Daemon, ids: set[str], timeout: float = 60.0) -> None:
+    """Until exactly the proxies `ids` follow the controller, each having applied a routing table (a
+    proxy acks only what it applied, and it listens before its first pull)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = serve.cli("nodes", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        proxies = json.loads(done.stdout)["proxies"]
+        if {p["id"] for p in proxies} == ids and all(p["acked_generation"] >= 0 for p in proxies):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not the proxies {sorted(ids)} following the controller: {done.stdout}")
+        time.sleep(0.2)
