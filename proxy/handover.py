@@ -6,8 +6,9 @@ Two jobs, no policy:
 - retire a listener whose socket the new process now accepts on (`retire`): stop accepting here (the
   socket stays open in the other process, so the kernel's queue keeps every new connection), let each
   exchange in flight finish, and close each keep-alive connection only between two requests: the next
-  answer on it says `Connection: close`, and one that stays idle is closed after a short grace. The
-  connections are retired spread over a few seconds, so their clients do not all reconnect at once.
+  answer on it says `Connection: close`; one that stays idle is closed only at the end (drain_timeout),
+  never while its next request waits unread in the socket. The connections are retired spread over a
+  few seconds, so their clients do not all reconnect at once.
 
 Nothing here runs on the request path: the connections are marked from the retire loop's sweep.
 """
@@ -33,7 +34,6 @@ MAGIC = b"TOFD"  # "Turnout file descriptors": the frame that carries them
 _HEAD = struct.Struct("!4sI")  # magic, length of the JSON that follows
 MAX_FDS = 16  # far above what a hand-over passes (plain, https, lock); SCM_MAX_FD is 253
 MAX_FRAME = 1 << 20
-IDLE_GRACE = 1.0  # seconds a retired keep-alive connection may stay idle before it is closed
 CLOSE_SPREAD = 2.0  # seconds over which the connections are retired, one after another
 SWEEP = 0.02  # seconds between two sweeps of a retiring listener
 
@@ -115,21 +115,48 @@ def idle_for(connection: ClientConnection, t: float) -> float:
     return t - connection.t_end
 
 
+def request_waiting(connection: ClientConnection) -> bool:
+    """Bytes the client sent that this process has not read yet (its loop is busy): most likely its next
+    request, which closing now would lose (a close with unread bytes even sends a RST). It is read on
+    the loop's next turn and answered with `Connection: close` instead."""
+    sock = connection.transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return False
+    try:
+        peek = socket.socket(fileno=fd)  # a view of the transport's socket: detached below, never closed
+    except OSError:
+        return False
+    try:
+        return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the connection is already gone
+        return False
+    finally:
+        peek.detach()
+
+
 def stop_accepting(server: ProxyServer) -> None:
     """Close this process's copy of the listening socket; its connections are not touched."""
     if server._server is not None:
         server._server.close()
 
 
-async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
+async def retire(server: ProxyServer, timeout: float, grace: float | None = None,
                  spread: float = CLOSE_SPREAD) -> int:
     """Stop accepting, then end every connection between requests (above) within `timeout` seconds;
-    abort what is left then. Returns how many were aborted.
+    then close what is idle and abort what is left. Returns how many were aborted.
+
+    An idle keep-alive connection is closed only then (or once idle `grace` seconds, when given), not
+    sooner: its client may pick it for its next request at the very moment it is closed, and that
+    request is lost (on a loaded machine a client's pool is full of such connections, closed by the
+    server but not yet seen closed by the client). Waiting, its next request is answered with
+    `Connection: close`, as HAProxy's `idle-close-on-response` does.
 
     The connections are retired one after another over `spread` seconds (at most half of `timeout`),
     longest idle first, as HAProxy's `close-spread-time` does: their clients reconnect to the new process
     a few at a time instead of all at once (a storm of TLS handshakes, from one address often enough)."""
     stop_accepting(server)
+    grace = float("inf") if grace is None else grace
     start = now()
     deadline = start + timeout
     spread = min(spread, timeout / 2)
@@ -146,13 +173,20 @@ async def retire(server: ProxyServer, timeout: float, grace: float = IDLE_GRACE,
                 if t < due.get(connection, start):
                     continue
                 retire_connection(connection)
-            if idle_for(connection, t) >= grace:
+            if idle_for(connection, t) >= grace and not request_waiting(connection):
                 connection.closed = True
                 connection.transport.close()
                 closed_idle += 1
         await asyncio.sleep(min(SWEEP, max(0.0, deadline - t)))
-    aborted = len(server.connections) + len(handshakes)
-    for connection in list(server.connections):
+    t = now()
+    for connection in list(server.connections):  # at the deadline: the idle ones close as above
+        if idle_for(connection, t) > 0 and not request_waiting(connection):
+            connection.closed = True
+            connection.transport.close()
+            closed_idle += 1
+    left = [c for c in server.connections if not c.closed]  # the closed ones are only being flushed
+    aborted = len(left) + len(handshakes)
+    for connection in left:
         connection.transport.abort()
     for handshake in list(handshakes):
         handshake.abort()

@@ -173,6 +173,7 @@ class RequestRecord:
     version: str | None = None
     bytes: int = 0
     complete: bool = False  # the whole body arrived (Content-Length honoured)
+    error: str | None = None  # what failed a request that got no whole answer (exception type: message)
 
     @property
     def latency(self) -> float:
@@ -410,6 +411,10 @@ class LoadResult:
 OPEN_FILES_MARGIN = 64  # descriptors beyond one per connection: the loop, logs, the admin socket
 
 
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def ensure_open_files(max_in_flight: int) -> int:
     """Lift this process's soft open-files limit so `max_in_flight` connections fit (one descriptor
     each, plus a margin), up to the hard limit; returns the limit now in force. The usual soft default
@@ -462,9 +467,11 @@ class _Run:
                 record.outcome = classify(resp.status, resp.headers, record.complete)
                 if record.outcome is not Outcome.PROXY_ERROR:  # the proxy's own body names no version
                     record.version = self.config.version_of(resp.headers, head)
-        except TimeoutError:  # before the broader connection errors: ServerTimeoutError is both
+        except TimeoutError as exc:  # before the broader connection errors: ServerTimeoutError is both
             record.outcome = Outcome.TIMEOUT
-        except (aiohttp.ClientError, OSError):
+            record.error = _describe(exc)
+        except (aiohttp.ClientError, OSError) as exc:
+            record.error = _describe(exc)
             # After the head, any failure means the body was cut; before it, no response at all.
             record.outcome = Outcome.TRUNCATED if record.status is not None else Outcome.CONNECT_ERROR
         except asyncio.CancelledError:  # still in flight when the run's grace period ended

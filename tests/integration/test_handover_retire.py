@@ -126,3 +126,37 @@ async def test_connections_are_retired_one_after_another_longest_idle_first(ups)
         retiring.cancel()
         await first.close()
         await second.close()
+
+
+async def test_a_request_sent_as_its_idle_connection_is_retired_is_answered_not_lost(ups):
+    async with old_and_new(ups) as (old, start_new):
+        kept = await RawClient.connect(old.port)
+        assert (await kept.request()).status == 200
+        await start_new()
+        # The request reaches the old server's socket before its loop reads it: the retiring's first
+        # sweep (run before `retire` first yields) finds the connection idle past the grace.
+        kept.writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert await retire(old, timeout=5.0, grace=0.0, spread=0) == 0
+        answer = await kept.read_response()
+        assert answer.status == 200 and answer.body == b"old" and answer.header("connection") == "close"
+        assert await kept.at_eof()
+        await kept.close()
+
+
+async def test_a_long_idle_connection_waits_for_its_next_request_and_is_closed_at_the_deadline(ups):
+    async with old_and_new(ups) as (old, start_new):
+        kept, idle = await RawClient.connect(old.port), await RawClient.connect(old.port)
+        assert (await kept.request()).status == 200
+        assert (await idle.request()).status == 200
+        for connection in old.connections:
+            connection.t_end -= 5.0  # as if idle for 5 s already: its client may still pick it any moment
+        await start_new()
+        retiring = asyncio.create_task(retire(old, timeout=2.0, spread=0))
+        await wait_for(lambda: all(c.stopping for c in old.connections))
+        answer = await kept.request()  # not closed under the client: answered, and told it ends
+        assert answer.status == 200 and answer.body == b"old" and answer.header("connection") == "close"
+        assert await kept.at_eof()
+        assert await asyncio.wait_for(retiring, 5) == 0  # the one still idle is closed then, not aborted
+        assert await idle.at_eof()
+        await kept.close()
+        await idle.close()
