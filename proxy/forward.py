@@ -545,7 +545,7 @@ class ClientConnection(asyncio.Protocol):
             conn.release(True)  # type: ignore[attr-defined]
             return None
         self._bind(conn)  # type: ignore[arg-type]
-        conn.request = None  # type: ignore[attr-defined]  # a first exchange is never replayed
+        conn.first = conn.request  # type: ignore[attr-defined]  # a first exchange replays elsewhere
         return None
 
     def _connect_failed(self, upstream: Upstream) -> None:
@@ -628,20 +628,31 @@ class ClientConnection(asyncio.Protocol):
             self.reading_body = False
         self._next()
 
-    def upstream_lost(self, replay: bytes | None) -> None:
+    def upstream_lost(self, replay: bytes | None, first: bool = False) -> None:
         """The upstream connection closed before its answer was complete. `replay`: what was sent on it,
-        when it was a pooled connection that closed without a byte of an answer (closed while idle): an
-        idempotent request without a body goes again, once, on a fresh connection (so does Go's Transport)."""
+        when it closed without a byte of an answer. An idempotent request without a body then goes again:
+        on a pooled connection (closed while idle), once, on a fresh connection to the same upstream (so
+        does Go's Transport); on the connection's `first` exchange (the upstream took the request and went
+        away: its app stopped, its node was lost), within `retries`, to an upstream on another host (as
+        nginx's `proxy_next_upstream error` does). Not to one on the same host: there the close may be
+        the app's answer to this very request, which would only fail again."""
         self.upconn = None
         if not self.head_sent:
             req = self.req
+            upstream = self.upstream
             if (replay is not None and req is not None and req.method in IDEMPOTENT
                     and req.content_length <= 0 and not req.chunked
-                    and self.upstream is not None and not self.closed and self.task is None):
-                self.pending = [replay]
-                self.pending_size = 0
-                self.task = self.loop.create_task(self._connect(self.upstream))
-                return None
+                    and upstream is not None and not self.closed and self.task is None):
+                if not first:
+                    self.pending, self.pending_size = [replay], 0
+                    self.task = self.loop.create_task(self._connect(upstream))
+                    return None
+                target = self._retry_target(upstream) if self.attempts < self.config.retries else None
+                if target is not None and target[1].host != upstream.host:
+                    self.attempts += 1
+                    self._move(*target)
+                    self.pending, self.pending_size = [replay], 0
+                    return self._dispatch()
         return self._error(502, "upstream-closed")
 
     def upstream_error(self, reason: str, unsent: bool) -> None:
