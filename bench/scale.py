@@ -12,7 +12,8 @@ with 1,000 concurrent clients -- each beside a reference measured in the same ru
             1,000 addresses are 1,000 listening ports of one asyncio upstream process, vs the 1x1 table.
 (c) clients wrk -t1 -c1000 through `python -m proxy` vs nginx (same upstream: nginx `return 200`),
             plus a c=50 run of each for the ratio c1000/c50. Rounds alternate the order. `--with-log`:
-            also the proxy with its access log on (JSON lines to a file).
+            also the proxy with its access log on (JSON lines to a file). `--serve`: also `turnout serve`
+            at its defaults (the daemon as users start it, access log on to stderr).
 
 CPU placement as in bench/harness.sh: wrk and upstreams on CPU 0, the proxy under test on CPU 1.
 
@@ -551,6 +552,18 @@ def part_clients(args: argparse.Namespace, work: Path, procs: Procs, lua: Path) 
         )
         wait_port(log_port, proc=pxl)
         targets["turnout-log"] = (log_port, pxl.pid)
+    if args.serve:  # `turnout serve` as users start it: the daemon at its defaults (access log on, stderr)
+        serve_port = free_port()
+        srv = procs.start(
+            [str(ROOT / "bench" / "serve_target.sh"), "serve", str(serve_port), f"127.0.0.1:{up_port}"],
+            log=work / "clients-serve.log",
+            cpu=PROXY_CPU,
+            nofile=NOFILE,
+            cwd=str(ROOT),
+            env={**os.environ, "WORK": str(work)},
+        )
+        wait_port(serve_port, proc=srv)
+        targets["serve"] = (serve_port, srv.pid)
     for port, _ in targets.values():
         wrk(port, args.clients, 2, lua)
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -621,6 +634,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000, help="concurrent clients for part c [1000]")
     parser.add_argument("--with-log", action="store_true",
                         help="part c: also the proxy with its access log on (JSON lines to a file)")
+    parser.add_argument("--serve", action="store_true",
+                        help="part c: also `turnout serve` at its defaults (needs dockerd)")
     parser.add_argument("--calls", type=int, default=200000, help="in-process routing calls per round")
     parser.add_argument("--micro-rounds", type=int, default=5)
     args = parser.parse_args()

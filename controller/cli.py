@@ -337,10 +337,7 @@ def _main(argv: list[str] | None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    for name in NODE_ONLY:
-        if getattr(args, name):
-            flag = "--id" if name == "proxy_id" else f"--{name.replace('_', '-')}"
-            raise UsageError(f"{flag}: only with --role proxy")
+    _refuse_flags(args, NODE_ONLY, "only with --role proxy")
 
     from proxy import socket_activation
     from proxy.log import configure
@@ -404,6 +401,14 @@ NODE_ONLY = ("controller", "token", "token_file", "proxy_id", "advertise")
 ALL_ONLY = ("dashboard", "prune_strays", "watch", "takeover")
 
 
+def _refuse_flags(args: argparse.Namespace, names: tuple[str, ...], why: str) -> None:
+    """A UsageError naming the first flag of `names` (argparse dests) given, and `why` it is refused."""
+    for name in names:
+        if getattr(args, name):
+            flag = "--id" if name == "proxy_id" else f"--{name.replace('_', '-')}"
+            raise UsageError(f"{flag}: {why}")
+
+
 def _serve_proxy(args: argparse.Namespace) -> int:
     """`serve --role proxy`: the flags checked here, each error naming its flag; then proxy/node.py."""
     from dataclasses import replace
@@ -416,10 +421,7 @@ def _serve_proxy(args: argparse.Namespace) -> int:
 
     from .config.reader import load_config
 
-    for name in ALL_ONLY:
-        if getattr(args, name):
-            flag = f"--{name.replace('_', '-')}"
-            raise UsageError(f"{flag}: not with --role proxy (it runs the data plane only)")
+    _refuse_flags(args, ALL_ONLY, "not with --role proxy (it runs the data plane only)")
     if not args.controller:
         raise UsageError("--controller: required with --role proxy (the controller's routing listener, "
                          "e.g. http://10.0.0.1:8002)")

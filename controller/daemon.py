@@ -43,7 +43,7 @@ from .deployer import Deployer
 from .engine.base import Engine, make_engine
 from .errors import UsageError
 from .fleet import Fleet
-from .handover import Handover, Takeover, adopt
+from .handover import Handover, Takeover, adopt, carry_totals
 from .journal import Journal, read_owner
 from .proxy_control import ProxyControl
 from .recovery import recover
@@ -118,7 +118,8 @@ class Daemon:
         self.fleet = Fleet(proxy.proxy_ack_timeout, proxy.proxy_unseen_timeout) if proxy.routing_listen \
             else None
         self.routing_port: int | None = None  # the routing listener's port as bound
-        self._routing_site: web.TCPSite | None = None
+        self.routing_sock: socket.socket | None = None  # a routing socket handed over (serve --takeover)
+        self._routing_site: web.BaseSite | None = None
         self.dashboard: DashboardServer | None = None
         self.state_lock: StateLock | None = None  # held for the daemon's life (controller/state_lock.py)
         self.handover = Handover(self)  # a later `serve --takeover` replacing this one (handover.py)
@@ -153,6 +154,7 @@ class Daemon:
             self.proxy_server.sock = received.sockets["http"]
             if self.https is not None:
                 self.https.server.sock = received.sockets.get("https")
+            self.routing_sock = received.sockets.get("routing")  # None: the old one had none, or is older
         await self.health.start()
         stack.push_async_callback(self.health.stop)
         self.journal = Journal(self.config.journal_path)
@@ -175,6 +177,7 @@ class Daemon:
             await self._start_listeners(stack)
             self.deployer.proxy.listen = self.listen
             committed = await takeover.commit()  # the old one stops accepting and lets go of the journal
+            carry_totals(self, committed.get("totals"))  # before the feed's first reading
             stack.callback(self.state_lock.release)
             self.state_lock.write_pid()
             log.info("daemon.took_over", from_pid=received.pid, its_connections=committed["connections"])
@@ -224,7 +227,9 @@ class Daemon:
         if self._admin_tcp is not None:
             await self._admin_tcp.stop()
         if self._routing_site is not None:  # the proxies pull from the new daemon (a new epoch)
-            await self._routing_site.stop()
+            if self.fleet is not None:
+                self.fleet.handed_over()  # held pulls answer now, on connections that close
+            await self._routing_site.stop()  # our copy of the socket: the new daemon holds it
         if self.journal is not None:
             self.journal.close()
         if self.state_lock is not None:
@@ -240,6 +245,13 @@ class Daemon:
     async def _stop_https(self) -> None:
         assert self.https is not None
         await self.https.stop(self._stop_timeout)
+
+    @property
+    def routing_socket(self) -> socket.socket | None:
+        """The routing listener's listening socket (passed on by a hand-over), or None."""
+        server = getattr(self._routing_site, "_server", None)
+        sockets = getattr(server, "sockets", None)
+        return sockets[0] if sockets else None
 
     @property
     def tls_listen(self) -> str | None:
@@ -319,7 +331,12 @@ class Daemon:
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         host, _, port = proxy.routing_listen.rpartition(":")
-        site = self._routing_site = web.TCPSite(runner, host.strip("[]"), int(port))
+        site: web.BaseSite
+        if self.routing_sock is not None:  # handed over: pulls queued meanwhile are answered now
+            site = web.SockSite(runner, self.routing_sock)
+        else:
+            site = web.TCPSite(runner, host.strip("[]"), int(port))
+        self._routing_site = site
         await site.start()
         self.routing_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         fleet.listen = f"{host}:{self.routing_port}"

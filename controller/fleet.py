@@ -125,6 +125,7 @@ class Fleet:
         self._changed = asyncio.Event()  # set on every report, pull end and drop; waiters re-check
         self._generation = 0  # the table generation pulls wait past (Fleet.published)
         self._published = asyncio.Event()
+        self.moved = False  # the routing listener was handed to a new controller (serve --takeover)
 
     # ------------------------------------------------------------ from the pulls
     def report(self, report: Report) -> RemoteProxy:
@@ -163,6 +164,13 @@ class Fleet:
     def published(self, generation: int) -> None:
         """The controller's table changed (router listener): wake the pulls waiting past it."""
         self._generation = generation
+        self._published.set()
+        self._published = asyncio.Event()
+
+    def handed_over(self) -> None:
+        """A new controller took the routing listener over: the held pulls are answered now, and every
+        answer from here closes its connection, so each proxy's next pull reaches the new controller."""
+        self.moved = True
         self._published.set()
         self._published = asyncio.Event()
 

@@ -7,13 +7,16 @@ The conversation, on the admin unix socket (never on the TCP one: descriptors do
 1. `POST /v1/handover/begin` with the new process's facts (state dir, listeners, config file digest).
    The old one refuses a different config or a deploy in progress (409, saying which); else it freezes
    (no deploy, apply, rollback or repair starts; the freeze lapses after FREEZE_LEASE s without a
-   commit) and writes one frame carrying its listening sockets (plain, HTTPS) and the state dir's lock,
-   then a JSON answer with its routing table.
+   commit) and writes one frame carrying its listening sockets (plain, HTTPS, the routing listener the
+   remote proxies pull from) and the state dir's lock, then a JSON answer with its routing table.
 2. The new process reads the journal and the engine, installs the same pools and weights (no container
    started or stopped), checks the table equals the old one's, and starts accepting on the sockets.
 3. `POST /v1/handover/commit`: the old one stops accepting, closes the journal and its copy of the lock,
-   stops its dashboard and TCP admin listeners, and answers; then it retires its connections (each ends
-   between requests, up to `drain_timeout`) and exits. The new one then binds the admin socket and runs.
+   stops its dashboard and TCP admin listeners, answers the remote proxies' pulls at once on connections
+   it closes (their next pull waits in the shared routing socket for the new one), and answers; then it
+   retires its connections (each ends between requests, up to `drain_timeout`) and exits. Its answer
+   carries its request counters as they were when it stopped accepting: the new one adds them to its own
+   (proxy/carried_totals.py), so the totals go on. The new one then binds the admin socket and runs.
    Any failure before the commit: `POST /v1/handover/abort`, and the old one serves on as before.
 """
 
@@ -33,6 +36,7 @@ import structlog
 from aiohttp import web
 
 from proxy.admin import ApiError, read_json
+from proxy.carried_totals import TotalsRefused, add_totals, read_totals
 from proxy.handover import HandoverProtocolError, recv_fds, retire, send_fds, stop_accepting
 from proxy.router import Router
 
@@ -188,6 +192,11 @@ class Handover:
         if daemon.https is not None:
             names.append("https")
             fds.append(daemon.https.server.sockets[0].fileno())
+        routing = daemon.routing_socket
+        takes = hello.get("takes")
+        if routing is not None and isinstance(takes, list) and "routing" in takes:
+            names.append("routing")
+            fds.append(routing.fileno())
         names.append("lock")
         fds.append(daemon.state_lock.fd)  # type: ignore[union-attr]
         self._freeze(pid)
@@ -244,12 +253,14 @@ class Handover:
         stop_accepting(daemon.proxy_server)
         if daemon.https is not None:
             stop_accepting(daemon.https.server)
+        totals = read_totals(daemon.router.metrics, daemon.https.server if daemon.https is not None else None,
+                             daemon.proxy_server.front_door)  # what finishes from here is ours only
         await daemon.release_for_handover()  # journal, lock, dashboard and TCP admin listeners
         connections = len(daemon.proxy_server.connections) + (
             len(daemon.https.server.connections) if daemon.https is not None else 0)
         self.retired = asyncio.get_running_loop().create_task(self._retire_and_exit())
         log.info("handover.committed", to_pid=pid, connections=connections)
-        return web.json_response({"pid": os.getpid(), "connections": connections})
+        return web.json_response({"pid": os.getpid(), "connections": connections, "totals": totals})
 
     async def _retire_and_exit(self) -> None:
         daemon = self.daemon
@@ -263,6 +274,18 @@ class Handover:
 
 
 # ------------------------------------------------------------------ the new process's side
+def carry_totals(daemon: Daemon, totals: Any) -> None:
+    """Add the old daemon's counters (its commit answer's) to ours; counters that do not fit (another
+    Turnout's layout) are left out with a warning: they restart at zero."""
+    if totals is None:  # a daemon from before carried totals
+        return
+    https = daemon.https.server if daemon.https is not None else None
+    try:
+        add_totals(totals, daemon.router.metrics, https, daemon.proxy_server.front_door)
+    except TotalsRefused as exc:
+        log.warning("handover.totals_not_carried", error=str(exc))
+
+
 @dataclass
 class Received:
     pid: int
@@ -293,7 +316,9 @@ class Takeover:
                                     "(an older Turnout): stop it, then start this one")
             raise HandoverError(f"--takeover: no daemon to take over: no turnout serve holds the state dir "
                                 f"{self.state_dir}; start it without --takeover")
-        hello = {"protocol": PROTOCOL, "pid": os.getpid(), "facts": config_facts(self.config)}
+        # "takes": the optional sockets this version serves (an older one would leave them unused, bound).
+        hello = {"protocol": PROTOCOL, "pid": os.getpid(), "facts": config_facts(self.config),
+                 "takes": ["routing"]}
         sock = self._connect(holder)
         try:
             _send_request(sock, "/v1/handover/begin", hello)

@@ -28,8 +28,8 @@ from proxy.config import ProxyConfig
 from proxy.errors import ValidationError
 from proxy.limits import files_for_proxy, raise_open_files_limit
 
-from .apply.plan import SETTINGS, _differences, _show
-from .apply.run import _reroute, applier_for
+from .apply.plan import SETTINGS, differences, show
+from .apply.run import applier_for, reroute
 from .apply.spec import CONTAINER_FIELDS
 from .config.duration import format_duration
 from .config.model import Config, ConfigError, ServiceConfig
@@ -170,7 +170,7 @@ class Reloader:
         for key in LIVE_PROXY_KEYS:
             a, b = getattr(old.proxy, key), getattr(new.proxy, key)
             if a != b:
-                shown = format_duration if key.endswith("_timeout") else _show
+                shown = format_duration if key.endswith("_timeout") else show
                 result.applied.append(f"proxy.{key} {shown(a)} -> {shown(b)}")
         for key in RESTART_PROXY_KEYS:
             a, b = getattr(old.proxy, key), getattr(new.proxy, key)
@@ -180,20 +180,20 @@ class Reloader:
                 for sub in fields(a):
                     x, y = getattr(a, sub.name), getattr(b, sub.name)
                     if x != y:
-                        result.needs_restart.append(f"proxy.tls.{sub.name} {_show(x)} -> {_show(y)}")
+                        result.needs_restart.append(f"proxy.tls.{sub.name} {show(x)} -> {show(y)}")
             elif key == "tls":
                 result.needs_restart.append(f"proxy.tls {'added' if b is not None else 'removed'}")
             elif key in ("admin_token", "routing_token"):  # a secret: never shown
                 result.needs_restart.append(f"proxy.{key} changed")
             else:
-                result.needs_restart.append(f"proxy.{key} {_show(a)} -> {_show(b)}")
+                result.needs_restart.append(f"proxy.{key} {show(a)} -> {show(b)}")
         if old.state_dir != new.state_dir:
             result.needs_restart.append(f"proxy.state_dir {old.state_dir} -> {new.state_dir}")
         if old.dashboard != new.dashboard:
             result.needs_restart.append("dashboard changed")
         if old.allow_host_hooks != new.allow_host_hooks:
-            result.applied.append(f"proxy.allow_host_hooks {_show(old.allow_host_hooks)} -> "
-                                  f"{_show(new.allow_host_hooks)}")
+            result.applied.append(f"proxy.allow_host_hooks {show(old.allow_host_hooks)} -> "
+                                  f"{show(new.allow_host_hooks)}")
         running = {key: getattr(old.proxy, key) for key in RESTART_PROXY_KEYS}
         return replace(new.proxy, **running)
 
@@ -220,11 +220,11 @@ class Reloader:
                 result.not_applied.append(f"services.{name}: static upstreams <-> containers: remove the "
                                           "service and add it again (`turnout apply --prune`)")
                 continue
-            settings = _differences(have, want, SETTINGS)
+            settings = differences(have, want, SETTINGS)
             if not want.managed and want.upstreams != have.upstreams:
-                settings.insert(0, f"upstreams {_show(have.upstreams)} -> {_show(want.upstreams)}")
+                settings.insert(0, f"upstreams {show(have.upstreams)} -> {show(want.upstreams)}")
             if want.managed:
-                deploys = _differences(have, want, _DEPLOY_FIELDS)
+                deploys = differences(have, want, _DEPLOY_FIELDS)
                 if deploys:
                     result.not_applied.append(f"services.{name}: {'; '.join(deploys)}: a deploy, not a "
                                               "reload (`turnout apply` makes it)")
@@ -250,7 +250,7 @@ class Reloader:
         if kind == "known":
             deployer.configs[config.name] = config
             return None
-        return deployer.change(config, "routing", _reroute(deployer, config), ORIGIN)
+        return deployer.change(config, "routing", reroute(deployer, config), ORIGIN)
 
 
 def _check_first_deploy(config: ServiceConfig, source: str) -> None:

@@ -67,15 +67,19 @@ async def post_routing(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc), field=exc.key) from None
     after = min(after, report.applied)  # a table of another controller run: this run's table at once
     proxy = fleet.report(report)
-    if router.generation <= after and wait > 0:
+    if router.generation <= after and wait > 0 and not fleet.moved:
         fleet.pull_opened(proxy)
         try:
             await fleet.wait_published(after, wait)
         finally:
             fleet.pull_closed(proxy)
     if router.generation <= after:
-        return _json({"generation": router.generation, "epoch": fleet.epoch, "unchanged": True})
-    return _json({**describe_routing(router, request.app[DRAIN_TIMEOUTS_KEY]), "epoch": fleet.epoch})
+        response = _json({"generation": router.generation, "epoch": fleet.epoch, "unchanged": True})
+    else:
+        response = _json({**describe_routing(router, request.app[DRAIN_TIMEOUTS_KEY]), "epoch": fleet.epoch})
+    if fleet.moved:  # handed over: the proxy's next pull, on a new connection, reaches the new controller
+        response.force_close()
+    return response
 
 
 async def get_proxies(request: web.Request) -> web.Response:

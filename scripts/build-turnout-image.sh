@@ -3,14 +3,18 @@
 #   BASE   the image to build on [python:3.11-slim when the engine has it, else turnout-base:bookworm]
 #   TAG    the image to build [turnout:local]
 # With no registry, the base is made here: a minimal Debian bookworm with python3 (debootstrap from the
-# Debian mirror apt already uses), imported with `docker import`. Turnout and its dependencies go in as
-# wheels built on this host (`pip wheel`, PyPI), so the build itself needs no network.
+# Debian mirror apt already uses), imported with `docker import`. Turnout's dependencies (pyproject.toml's,
+# and its build backend) go in as wheels built on this host (`pip wheel`, PyPI) and kept per dependency
+# list in $TURNOUT_WHEEL_CACHE [~/.cache/turnout/image-wheels], so the build itself needs no network and
+# the image's dependency layer stays cached: after a change to Turnout's source alone, a rebuild only
+# reinstalls Turnout (seconds).
 # Also installs docker-compose (Debian's) when absent, for `docker-compose -f compose/turnout.yml up`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 TAG=${TAG:-turnout:local}
 LOCAL_BASE=turnout-base:bookworm
 pip=${PIP:-$here/.venv/bin/pip}
+python=${PYTHON:-$here/.venv/bin/python}
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -50,11 +54,38 @@ fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$here/compose/turnout/Dockerfile" "$ctx/"
-if ! "$pip" wheel -q --disable-pip-version-check -w "$ctx/wheels" "$here" >"$ctx/pip.log" 2>&1; then
-  cat "$ctx/pip.log" >&2
-  echo "build-turnout-image: pip wheel failed" >&2
-  exit 1
+
+# The dependency wheels, built once per dependency list and interpreter: the Dockerfile's dependency layer
+# is cached on exactly these bytes (freshly built wheels would differ, and reinstall everything).
+"$python" - "$here/pyproject.toml" >"$ctx/requirements.txt" <<'EOF'
+import sys
+import tomllib
+
+with open(sys.argv[1], "rb") as f:
+    pyproject = tomllib.load(f)
+print("\n".join([*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]))
+EOF
+key=$( { cat "$ctx/requirements.txt"
+         "$python" -c 'import sys, sysconfig; print(sys.implementation.cache_tag, sysconfig.get_platform())'
+       } | sha256sum | cut -c1-16)
+cache=${TURNOUT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turnout/image-wheels}
+if [ ! -d "$cache/$key" ]; then
+  mkdir -p "$cache"
+  fresh=$(mktemp -d "$cache/.$key.XXXXXX")
+  if ! "$pip" wheel -q --disable-pip-version-check -w "$fresh" -r "$ctx/requirements.txt" \
+      >"$ctx/pip.log" 2>&1; then
+    rm -rf "$fresh"
+    cat "$ctx/pip.log" >&2
+    echo "build-turnout-image: pip wheel failed" >&2
+    exit 1
+  fi
+  mv -T "$fresh" "$cache/$key" 2>/dev/null || rm -rf "$fresh"  # another build made it meanwhile
 fi
+cp -r "$cache/$key" "$ctx/wheels"
+
+# Turnout's source, installed into the image on top of that layer.
+mkdir "$ctx/src"
+tar -C "$here" --exclude=__pycache__ -c pyproject.toml README.md proxy controller | tar -C "$ctx/src" -x
 if ! out=$(DOCKER_BUILDKIT=0 docker build -q -t "$TAG" --build-arg "BASE=$BASE" "$ctx" 2>&1); then
   echo "$out" >&2
   echo "build-turnout-image: building $TAG failed" >&2

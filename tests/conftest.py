@@ -3,8 +3,10 @@ is missing, and every container a test run starts is removed by label at the end
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +15,16 @@ pytest_plugins = ["pytester"]
 # Every container started by this test run carries this label value, so cleanup touches only ours.
 TEST_RUN_ID = os.environ.get("TURNOUT_TEST_RUN") or uuid.uuid4().hex[:12]
 TEST_RUN_LABEL = "turnout.test-run"
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collected_after_each_test() -> Iterator[None]:
+    """TURNOUT_GC_EACH_TEST=1: a full garbage collection after every test, so a socket or transport a
+    test left open warns (and fails: warnings are errors) in that test's teardown, not in whichever later
+    test the collector happens to run. Off by default: a full collection per test costs time."""
+    yield
+    if os.environ.get("TURNOUT_GC_EACH_TEST") == "1":
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

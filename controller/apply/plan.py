@@ -131,14 +131,14 @@ def _new(config: ServiceConfig) -> tuple[str, ...]:
 
 def _compare(name: str, want: Desired, have: Live) -> Action:
     new, old = want.config, have.config
-    settings = _differences(old, new, SETTINGS)
+    settings = differences(old, new, SETTINGS)
     if not new.managed:
         if new.upstreams != old.upstreams:
             settings.insert(0, f"upstreams {', '.join(old.upstreams)} -> {', '.join(new.upstreams)}")
         return Action(name, ROUTING, tuple(settings), new) if settings else Action(name, UNCHANGED)
     assert new.image is not None
     version = version_of(new.image)
-    container = _differences(old, new, CONTAINER_FIELDS)
+    container = differences(old, new, CONTAINER_FIELDS)
     if want.spec_hash != have.spec_hash or version != have.version:
         image = _image_change(have, new.image, version, want.spec_hash, container)
         changes = [f"{image} ({strategy_text(new)})", *container]
@@ -173,7 +173,9 @@ def _repository(image: str) -> str:
     return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
 
 
-def _differences(old: ServiceConfig, new: ServiceConfig, names: tuple[str, ...]) -> list[str]:
+def differences(old: ServiceConfig, new: ServiceConfig, names: tuple[str, ...]) -> list[str]:
+    """Each of the fields `names` that differs, as `name old -> new` (secrets and hooks only named);
+    the plan's and `turnout reload`'s lines."""
     out = []
     for name in names:
         a, b = getattr(old, name), getattr(new, name)
@@ -193,28 +195,29 @@ def _differences(old: ServiceConfig, new: ServiceConfig, names: tuple[str, ...])
             for sub in fields(a):
                 x, y = getattr(a, sub.name), getattr(b, sub.name)
                 if x != y:
-                    out.append(f"{name}.{sub.name} {_show(x)} -> {_show(y)}")
+                    out.append(f"{name}.{sub.name} {show(x)} -> {show(y)}")
         else:
-            out.append(f"{_DISPLAY.get(name, name)} {_show(a)} -> {_show(b)}")
+            out.append(f"{_DISPLAY.get(name, name)} {show(a)} -> {show(b)}")
     return out
 
 
 _DISPLAY = {"hosts": "host"}
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A config value as plan lines show it: `-` for none, lists comma-separated."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple | list):
-        return ",".join(_show(v) for v in value) or "-"
+        return ",".join(show(v) for v in value) or "-"
     if isinstance(value, dict):
-        return ",".join(f"{k}={_show(v)}" for k, v in value.items()) or "-"
+        return ",".join(f"{k}={show(v)}" for k, v in value.items()) or "-"
     if isinstance(value, Volume):
         return str(value)
     if hasattr(value, "__dataclass_fields__"):
-        return "{" + ", ".join(f"{f.name}={_show(getattr(value, f.name))}" for f in fields(value)) + "}"
+        return "{" + ", ".join(f"{f.name}={show(getattr(value, f.name))}" for f in fields(value)) + "}"
     return str(value)
 
 

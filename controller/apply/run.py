@@ -181,7 +181,7 @@ class Applier:
             outcome.deployment = deployer.deploy(config, config.image, origin=ORIGIN)
             deployer.configs[config.name] = config  # the file's values last (not the previous ones)
         elif action.action in (NEW, ROUTING) and config is not None:
-            outcome.deployment = deployer.change(config, "routing", _reroute(deployer, config), ORIGIN)
+            outcome.deployment = deployer.change(config, "routing", reroute(deployer, config), ORIGIN)
         elif action.action == SCALE and config is not None:
             outcome.deployment = deployer.change(config, "scale", _rescale(deployer, config), ORIGIN)
         elif action.action == PRUNE:
@@ -240,7 +240,8 @@ async def finish(run: ApplyRun) -> ApplyRun:
 
 
 # ---------------------------------------------------------------- the changes that are not deploys
-def _reroute(deployer: Deployer, config: ServiceConfig) -> Any:
+def reroute(deployer: Deployer, config: ServiceConfig) -> Any:
+    """The work of a change that only re-installs routing (apply's and reload's settings changes)."""
     async def work(ops: Operations) -> str:
         deployer.configs[config.name] = config
         if not config.managed:

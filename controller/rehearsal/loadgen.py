@@ -383,6 +383,15 @@ class LoadResult:
                 "app_errors": self.app_errors, "truncated": self.truncated, "misrouted": self.misrouted,
                 "not_sent": self.not_sent}
 
+    def failure_lines(self, limit: int = 60) -> list[str]:
+        """The counts, the marks, then each request that got no good answer: its outcome, when it started
+        and ended (seconds since the load began), its status and what failed it."""
+        marks = ", ".join(f"{m.name}@{m.at:.3f}" for m in self.marks)
+        failed = [f"  {o.value} {r.start:.3f}->{r.end:.3f} status={r.status} {r.error or ''}".rstrip()
+                  for r, o in zip(self.records, self.outcomes, strict=True) if o not in SERVED]
+        shown = failed[:limit] + ([f"  ... and {len(failed) - limit} more"] if len(failed) > limit else [])
+        return [str(self.summary()), f"marks: {marks}", *shown]
+
     def to_dict(self, include_records: bool = False) -> dict[str, Any]:
         window = self.both_versions_window()
         data: dict[str, Any] = {
@@ -426,8 +435,11 @@ class _Run:
     """One load run: the sessions, the clock origin, the records."""
 
     def __init__(self, config: LoadConfig, keepalive: aiohttp.ClientSession,
-                 fresh: aiohttp.ClientSession) -> None:
+                 fresh: aiohttp.ClientSession, stop: asyncio.Event | None = None) -> None:
         self.config = config
+        # Read before every start, so nothing starts once it is set, even in the loop turn that set it
+        # (the watcher that brings the deadline forward runs a turn later).
+        self.stop = stop if stop is not None else asyncio.Event()
         self.keepalive = keepalive
         self.fresh = fresh
         self.target = config.target
@@ -465,6 +477,8 @@ class _Run:
                 expected = resp.content_length
                 record.complete = expected is None or expected == record.bytes
                 record.outcome = classify(resp.status, resp.headers, record.complete)
+                if record.outcome is Outcome.PROXY_ERROR:  # the proxy's reason, for the failure lines
+                    record.error = f"{PROXY_ERROR_HEADER}: {resp.headers.get(PROXY_ERROR_HEADER)}"
                 if record.outcome is not Outcome.PROXY_ERROR:  # the proxy's own body names no version
                     record.version = self.config.version_of(resp.headers, head)
         except TimeoutError as exc:  # before the broader connection errors: ServerTimeoutError is both
@@ -486,7 +500,8 @@ class _Run:
 
     async def closed_loop(self, clients: int) -> None:
         async def client() -> None:
-            while time.monotonic() < self.deadline and self.started < self.config.max_requests:
+            while (time.monotonic() < self.deadline and self.started < self.config.max_requests
+                   and not self.stop.is_set()):
                 await self.request()
 
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -498,7 +513,7 @@ class _Run:
         limit, bound = self.config.max_in_flight, self.config.max_requests
         index = 0
         try:
-            while index < bound:
+            while index < bound and not self.stop.is_set():
                 due = self.origin + index / rate
                 if due >= self.deadline:
                     break
@@ -507,7 +522,7 @@ class _Run:
                     await asyncio.sleep(min(due - now, _MAX_NAP))
                     continue
                 while index < bound and self.origin + index / rate <= now:
-                    if self.origin + index / rate >= self.deadline:
+                    if self.origin + index / rate >= self.deadline or self.stop.is_set():
                         break
                     index += 1
                     if len(in_flight) >= limit:
@@ -547,7 +562,7 @@ async def run_load(config: LoadConfig, marks: Marks | None = None,
                                      headers={"User-Agent": "turnout-rehearse"})
 
     async with session(force_close=False) as keepalive, session(force_close=True) as fresh:
-        run = _Run(config, keepalive, fresh)
+        run = _Run(config, keepalive, fresh, stop)
         watcher = asyncio.create_task(_stop_when_set(stop, run)) if stop is not None else None
         try:
             if config.rate is not None:

@@ -19,6 +19,7 @@ DEFAULT_REJECT = "reject"
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HOST_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+WAITING_PER_RUNNING = 4  # connections of one address that may wait for a handshake slot, per slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class TlsConfig:
     handshake_timeout: float = 10.0  # a handshake not done by then is closed
     # Handshakes under way at once from one client address: one address cannot take every slot, while a
     # burst of new connections from one busy client (a NAT, a load generator held by a big-bang gap)
-    # still gets through.
+    # still gets through. More connections wait for a slot (up to 4 times as many, `max_waiting_per_client`).
     max_handshakes_per_client: int = 256
     reload_interval: float = 2.0  # seconds between re-reads of the certificate directories
     session_tickets: bool = True  # TLS session resumption by tickets (as nginx's ssl_session_tickets)
@@ -79,6 +80,12 @@ class TlsConfig:
             raise ValidationError("hsts", f"must be 0 or longer, got {self.hsts!r}")
         if not 1 <= self.max_handshakes_per_client <= 100_000:
             raise ValidationError("max_handshakes_per_client", "must be between 1 and 100000")
+
+    @property
+    def max_waiting_per_client(self) -> int:
+        """Connections of one address that may wait for a handshake slot (within handshake_timeout) once
+        its `max_handshakes_per_client` are under way; one more is cut."""
+        return WAITING_PER_RUNNING * self.max_handshakes_per_client
 
     @property
     def tls_version(self) -> ssl.TLSVersion:

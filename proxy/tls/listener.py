@@ -2,11 +2,17 @@
 
 Each accepted connection first gets a `Handshake`: bounded per client address and in total, given
 `handshake_timeout` to finish, with the certificate chosen by SNI (`CertStore.map`, read once per
-handshake). Its first bytes start the loop's own TLS layer (the one `create_server(ssl=...)` uses) with
-the very same `ClientConnection` class the plain listener uses above it, so everything the plain
-listener does holds here; only its listener says `https` (forwarded headers, `Secure` cookies) and adds
-HSTS when configured. A failed handshake is counted by reason
-(`turnout_tls_handshake_failures_total`) and logged (at most once a second per reason).
+handshake). A connection over its address's bound (`max_handshakes_per_client`) waits for a slot, oldest
+first, its bytes left in the kernel (reading paused), within the same `handshake_timeout`; only one over
+the waiting bound (`TlsConfig.max_waiting_per_client`) is cut. A burst from one address (clients behind
+a NAT, the backlog of a loop that stalled or of a hand-over) is served late rather than refused.
+
+Its first bytes start the loop's own TLS layer (the one `create_server(ssl=...)` uses) with the very
+same `ClientConnection` class the plain listener uses above it, so everything the plain listener does
+holds here; only its listener says `https` (forwarded headers, `Secure` cookies) and adds HSTS when
+configured. A failed handshake is counted by reason (`turnout_tls_handshake_failures_total`) and logged
+(at most once a second per reason); so is a wait (`turnout_tls_handshake_waits_total`,
+`tls.handshake_waiting`).
 """
 
 from __future__ import annotations
@@ -36,8 +42,11 @@ _VERSION = frozenset({"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "W
 _MALFORMED = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
                         "UNEXPECTED_MESSAGE", "BAD_PACKET_LENGTH", "LENGTH_MISMATCH", "BAD_PACKET",
                         "DECODE_ERROR", "LENGTH_TOO_SHORT", "BAD_EXTENSION", "UNEXPECTED_RECORD"})
+# "too-many-handshakes": over its address's running and waiting bounds; "too-many-connections": the
+# proxy's max_connections; "wait-timeout": handshake_timeout passed while waiting for a slot.
 REASONS = ("plain-http", "protocol-version", "no-sni", "unknown-sni", "timeout", "too-many-handshakes",
-           "malformed", "no-shared-cipher", "client-closed", "tls-error")
+           "too-many-connections", "wait-timeout", "malformed", "no-shared-cipher", "client-closed",
+           "tls-error")
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -82,8 +91,12 @@ class TlsServer(ProxyServer):
         # Holds no certificate: SNI picks one per handshake (the one `_choose` switches to).
         self.context = server_context(tls.tls_version, tls.session_tickets)
         self.context.sni_callback = self._choose
-        self.handshakes: set[Handshake] = set()
+        self.handshakes: set[Handshake] = set()  # under way or waiting for a slot
         self.per_client: Counter[str] = Counter()  # handshakes under way, by client address
+        self.waiting: Counter[str] = Counter()  # handshakes waiting for a slot, by client address
+        # In arrival order, by client address; a waiter that ended stays until it comes to the front.
+        self.queues: dict[str, deque[Handshake]] = {}
+        self.waits = 0  # connections that waited for a slot (started or not)
         self.failures: Counter[str] = Counter({reason: 0 for reason in REASONS})
         self.refusals: deque[str] = deque(maxlen=1024)  # SNI refusals whose handshakes have not ended yet
         self.completed = 0
@@ -105,7 +118,7 @@ class TlsServer(ProxyServer):
         if self.handshakes:
             t = now()
             for handshake in [h for h in self.handshakes if h.waiter is None and h.deadline <= t]:
-                handshake.silent()
+                handshake.silent()  # a waiter too: its deadline counts from the accept
         super()._tick()
 
     def _choose(self, sslobj: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> int | None:
@@ -129,35 +142,70 @@ class TlsServer(ProxyServer):
 
     # ------------------------------------------------------------------ called by handshakes
     def handshake_started(self, handshake: Handshake) -> str | None:
-        """Admit a handshake, or say why not."""
+        """Admit a handshake, queue it for a slot of its address (`handshake.queued`), or say why not."""
         if self.closing:
             return "client-closed"
-        if self.per_client[handshake.peer] >= self.tls.max_handshakes_per_client:
-            return "too-many-handshakes"
         if len(self.connections) + len(self.handshakes) >= self.config.max_connections:
-            return "too-many-handshakes"
+            return "too-many-connections"
+        peer = handshake.peer
+        if self.per_client[peer] >= self.tls.max_handshakes_per_client:
+            if self.waiting[peer] >= self.tls.max_waiting_per_client:
+                return "too-many-handshakes"
+            handshake.queued = True
+            self.waiting[peer] += 1
+            queue = self.queues.get(peer)
+            if queue is None:
+                queue = self.queues[peer] = deque()
+            queue.append(handshake)
+            self.waits += 1
+            self._log_limited("waiting", "tls.handshake_waiting", client=peer, waiting=self.waiting[peer])
+        else:
+            self.per_client[peer] += 1
         self.handshakes.add(handshake)
-        self.per_client[handshake.peer] += 1
         return None
 
     def handshake_ended(self, handshake: Handshake) -> None:
         if handshake in self.handshakes:
             self.handshakes.discard(handshake)
-            left = self.per_client[handshake.peer] - 1
-            if left > 0:
-                self.per_client[handshake.peer] = left
+            peer = handshake.peer
+            if handshake.queued:  # it never started: its place in the queue is skipped
+                handshake.queued = False
+                _decrement(self.waiting, peer)
             else:
-                del self.per_client[handshake.peer]
+                _decrement(self.per_client, peer)
+                self._start_next(peer)
+            if peer not in self.per_client and peer not in self.waiting:
+                self.queues.pop(peer, None)
+
+    def _start_next(self, peer: str) -> None:
+        """A slot of `peer` is free: start its oldest waiter whose deadline has not passed (the others
+        are closed on the way)."""
+        queue = self.queues.get(peer)
+        t = now()
+        while queue and not self.closing:
+            handshake = queue.popleft()
+            if not handshake.queued:
+                continue  # it ended while waiting
+            if handshake.deadline <= t:
+                handshake.silent()
+                continue
+            handshake.queued = False
+            _decrement(self.waiting, peer)
+            self.per_client[peer] += 1
+            handshake.admitted()
+            return
 
     def handshake_failed(self, peer: str, reason: str, detail: str) -> None:
         self.failures[reason] += 1
+        self._log_limited(reason, "tls.handshake_failed", reason=reason, client=peer, detail=detail)
+
+    def _log_limited(self, key: str, event: str, **fields: Any) -> None:
         t = now()
-        if t - self._last_logged.get(reason, -1e9) < 1.0:  # a flood is counted, not logged line by line
-            self._suppressed[reason] += 1
+        if t - self._last_logged.get(key, -1e9) < 1.0:  # a flood is counted, not logged line by line
+            self._suppressed[key] += 1
             return
-        self._last_logged[reason] = t
-        log.info("tls.handshake_failed", reason=reason, client=peer, detail=detail,
-                 suppressed=self._suppressed.pop(reason, 0))
+        self._last_logged[key] = t
+        log.info(event, **fields, suppressed=self._suppressed.pop(key, 0))
 
     def metrics_lines(self) -> list[str]:
         out = ["# HELP turnout_tls_handshake_failures_total TLS handshakes that failed, by reason.",
@@ -167,17 +215,34 @@ class TlsServer(ProxyServer):
         out += ["# HELP turnout_tls_handshakes_total TLS handshakes completed, full or resumed.",
                 "# TYPE turnout_tls_handshakes_total counter",
                 f'turnout_tls_handshakes_total{{resumed="false"}} {self.completed - self.resumed}',
-                f'turnout_tls_handshakes_total{{resumed="true"}} {self.resumed}']
+                f'turnout_tls_handshakes_total{{resumed="true"}} {self.resumed}',
+                "# HELP turnout_tls_handshake_waits_total Connections that waited for a handshake slot of "
+                "their client address (max_handshakes_per_client).",
+                "# TYPE turnout_tls_handshake_waits_total counter",
+                f"turnout_tls_handshake_waits_total {self.waits}",
+                "# HELP turnout_tls_handshakes_waiting Connections waiting for a handshake slot now.",
+                "# TYPE turnout_tls_handshakes_waiting gauge",
+                f"turnout_tls_handshakes_waiting {sum(self.waiting.values())}"]
         return out
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    left = counter[key] - 1
+    if left > 0:
+        counter[key] = left
+    else:
+        del counter[key]
 
 
 class Handshake(asyncio.Protocol):
     """One accepted connection until TLS starts; then the loop's TLS layer, with a ClientConnection above.
 
     The first bytes decide: a TLS handshake record starts TLS (those bytes are handed to the TLS layer);
-    a plain HTTP request is answered 400 in plain text, anything else is cut."""
+    a plain HTTP request is answered 400 in plain text, anything else is cut. One over its address's
+    bound first waits (`queued`), reading paused, until `admitted`."""
 
-    __slots__ = ("server", "transport", "peer", "waiter", "connection", "deadline", "ended")
+    __slots__ = ("server", "transport", "peer", "waiter", "connection", "deadline", "ended", "queued",
+                 "waited", "held")
 
     def __init__(self, server: TlsServer) -> None:
         self.server = server
@@ -187,6 +252,9 @@ class Handshake(asyncio.Protocol):
         self.connection: Any = None  # the ClientConnection above the TLS layer, until the handshake is over
         self.deadline = 0.0  # for the first byte (the server's sweeper checks it; TLS has its own)
         self.ended = False  # refused, answered or failed before TLS started, or TLS started and over
+        self.queued = False  # waiting for a handshake slot of its address
+        self.waited = False  # it did: its handshake gets what is left of handshake_timeout
+        self.held = b""  # bytes read while waiting (the read that was under way when reading paused)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -199,12 +267,41 @@ class Handshake(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self.deadline = now() + self.server.tls.handshake_timeout
+        if self.queued:
+            self.waited = True
+            # Not from here: the loop starts reading after connection_made whatever it says (asyncio,
+            # uvloop); paused on the loop's next turn, its bytes wait in the kernel.
+            self.server.loop.call_soon(self._pause)
+
+    def _pause(self) -> None:
+        if self.queued and self.transport is not None and self.transport.is_reading():
+            self.transport.pause_reading()
+
+    def admitted(self) -> None:
+        """A slot is free (called while another handshake ends): go on at the loop's next turn."""
+        self.server.loop.call_soon(self._go_on)
+
+    def _go_on(self) -> None:
+        """What was read while waiting first, then read on."""
+        transport = self.transport
+        if self.ended or transport is None:
+            return
+        held, self.held = self.held, b""
+        if held:
+            self.data_received(held)
+        if not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.ended:
             return
         transport = self.transport
         assert transport is not None
+        if self.queued:  # read before reading paused: kept (bounded by one read) until admitted
+            self.held += data
+            if transport.is_reading():
+                transport.pause_reading()
+            return
         if data[0] == 0x16:  # a TLS handshake record
             self._start_tls(transport, data)
             return
@@ -226,8 +323,11 @@ class Handshake(asyncio.Protocol):
         server = self.server
         self.waiter = waiter = server.loop.create_future()
         self.connection = connection = server.connection_class(server)
+        timeout = server.tls.handshake_timeout
+        if self.waited:  # the wait counted against its handshake_timeout
+            timeout = max(0.001, self.deadline - now())
         layer = server.tls_layer(server.loop, connection, server.context, waiter, server_side=True,
-                                 ssl_handshake_timeout=server.tls.handshake_timeout)
+                                 ssl_handshake_timeout=timeout)
         waiter.add_done_callback(self._done)
         transport.set_protocol(layer)
         layer.connection_made(transport)
@@ -246,12 +346,17 @@ class Handshake(asyncio.Protocol):
             view = view[n:]
 
     def silent(self) -> None:
-        """No byte within handshake_timeout (called by the server's sweeper)."""
+        """No byte within handshake_timeout, or no slot (called by the server's sweeper)."""
         if not self.ended and self.waiter is None and self.transport is not None:
             self.ended = True
+            queued = self.queued
             self.server.handshake_ended(self)
             self.transport.abort()
-            self.server.handshake_failed(self.peer, "timeout", "no byte within handshake_timeout")
+            if queued:
+                self.server.handshake_failed(self.peer, "wait-timeout",
+                                             "no handshake slot of its address within handshake_timeout")
+            else:
+                self.server.handshake_failed(self.peer, "timeout", "no byte within handshake_timeout")
 
     def _done(self, waiter: asyncio.Future[Any]) -> None:
         """The handshake is over (the TLS layer has already given the ClientConnection its transport)."""

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from helpers.daemon import Daemon
-from helpers.live import owner_containers, status
+from helpers.live import apply, configless_daemon, owner_containers, status
 
 pytestmark = pytest.mark.docker
 
@@ -51,11 +51,9 @@ def file(image: str = "turnout-testapp:v1", replicas: int = 2, pause: str = "200
 
 @pytest.fixture
 def serve(tmp_path, docker_client, test_run_labels):
-    daemon = Daemon(tmp_path, test_run_labels)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    owner_containers(docker_client, daemon, remove=True)
+    with configless_daemon(tmp_path, test_run_labels, docker_client) as daemon:
+        daemon.start()
+        yield daemon
 
 
 @pytest.fixture
@@ -67,12 +65,6 @@ def rebuilt_tag(docker_client):
         docker_client.images.remove(tag)
     except Exception:  # the test may not have made it
         pass
-
-
-def apply(serve: Daemon, text: str, *args: str):
-    path = serve.workdir / "turnout.toml"
-    path.write_text(text)
-    return serve.cli("apply", "-f", str(path), *args, timeout=120)
 
 
 def ids(docker_client, serve: Daemon, service: str = "web") -> set[str]:

@@ -17,7 +17,7 @@ import pytest
 from controller.journal import Journal
 from controller.rehearsal.loadgen import LoadConfig, run_load
 from helpers.daemon import Daemon
-from helpers.live import owner_containers, status
+from helpers.live import apply, configless_daemon, owner_containers, status
 
 pytestmark = pytest.mark.docker
 
@@ -54,17 +54,8 @@ def spec(data: Path, version: str, migrate_seconds: int = 0, extra: str = "") ->
 def serve(tmp_path, docker_client, test_run_labels):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "schema").write_text("1\n")
-    daemon = Daemon(tmp_path, test_run_labels)
-    yield daemon
-    if daemon.process is not None:
-        daemon.stop(signal.SIGKILL)
-    owner_containers(docker_client, daemon, remove=True)
-
-
-def apply(serve: Daemon, text: str, *args: str):
-    path = serve.workdir / "turnout.toml"
-    path.write_text(text)
-    return serve.cli("apply", "-f", str(path), *args, timeout=120)
+    with configless_daemon(tmp_path, test_run_labels, docker_client, signal.SIGKILL) as daemon:
+        yield daemon
 
 
 def schema(serve: Daemon) -> str:

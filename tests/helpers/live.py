@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlencode
 
 from helpers.daemon import Daemon
+from proxy.admin import CLIENT_HEADER
 
 CONFIG = """
 [services.web]
@@ -46,6 +52,27 @@ def owner_containers(docker_client, serve: Daemon, remove: bool = False) -> list
     return found
 
 
+@contextmanager
+def configless_daemon(workdir: Path, labels: dict[str, str], docker_client,
+                      stop_signal: int = signal.SIGTERM) -> Iterator[Daemon]:
+    """`turnout serve` with no config file (services come by `turnout apply`), not started yet; when the
+    block ends it is stopped with `stop_signal` (if running) and its containers are removed."""
+    daemon = Daemon(workdir, labels)
+    try:
+        yield daemon
+    finally:
+        if daemon.process is not None:
+            daemon.stop(stop_signal)
+        owner_containers(docker_client, daemon, remove=True)
+
+
+def apply(serve: Daemon, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`turnout apply -f` of `text`, written to the daemon's workdir as turnout.toml."""
+    path = serve.workdir / "turnout.toml"
+    path.write_text(text)
+    return serve.cli("apply", "-f", str(path), *args, timeout=120)
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("turnout", timeout=timeout)
@@ -58,9 +85,17 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def _get(serve: Daemon, path: str, params: dict[str, str]) -> tuple[int, dict]:
+    return _request(serve, "GET", path + ("?" + urlencode(params) if params else ""))
+
+
+def _request(serve: Daemon, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     connection = _UnixConnection(str(serve.state_dir / "admin.sock"), timeout=10)
     try:
-        connection.request("GET", path + ("?" + urlencode(params) if params else ""))
+        if body is None:
+            connection.request(method, path)
+        else:  # a change: the admin API wants to know who asks (proxy/admin.py)
+            connection.request(method, path, json.dumps(body),
+                               {"Content-Type": "application/json", CLIENT_HEADER: "test"})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -73,6 +108,12 @@ def admin_get(serve: Daemon, path: str, **params: str) -> dict:
     code, data = _get(serve, path, params)
     assert code == 200, (path, code, data)
     return data
+
+
+def admin_post(serve: Daemon, path: str, body: dict) -> tuple[int, dict]:
+    """POST on the daemon's admin API: what the CLI sends (e.g. `turnout deploy --detach` is POST
+    /v1/deploy), without starting a CLI process. Raises OSError when the daemon drops the connection."""
+    return _request(serve, "POST", path, body)
 
 
 def status(serve: Daemon) -> dict:

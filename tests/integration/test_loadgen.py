@@ -139,6 +139,10 @@ async def test_every_outcome_class_is_told_apart(start_server):
     assert by_outcome[Outcome.OK].version == "v1" and by_outcome[Outcome.OK].complete
     assert by_outcome[Outcome.TRUNCATED].bytes == 3 and not by_outcome[Outcome.TRUNCATED].complete
     assert by_outcome[Outcome.PROXY_ERROR].status == 503 and by_outcome[Outcome.PROXY_ERROR].version is None
+    # the failure lines name each failed request with the proxy's reason or what cut it
+    lines = result.failure_lines(limit=5)  # 30 were not served: 5 shown, then the rest counted
+    assert lines[0] == str(result.summary()) and len(lines) == 2 + 5 + 1 and lines[-1] == "  ... and 25 more"
+    assert any("status=503 X-Turnout-Error: no_upstream" in line for line in lines[2:])
     # every request carried its own id, and the server saw exactly those
     ids = [r.id for r in result.records]
     assert len(set(ids)) == 40 and sorted(server.request_ids) == sorted(ids)
@@ -293,16 +297,25 @@ async def test_clean_switch_has_a_short_both_versions_window_and_nothing_misrout
 async def test_stop_event_ends_a_long_run_early(start_server, mode):
     server = await start_server()
     stop = asyncio.Event()
+    marks = Marks()
 
     def stop_after_50(n: int) -> None:
         if n == 50:
+            marks.mark("stop")
             stop.set()
 
     server.on_request = stop_after_50
     loop = asyncio.get_running_loop()
     started = loop.time()
-    result = await run_load(LoadConfig(url=server.url, duration=60.0, **mode), stop=stop)
-    # a 60 s run ended right after the stop: a handful of requests past the 50th, not thousands
-    assert loop.time() - started < 30.0
-    assert 51 <= result.sent <= 150 and result.succeeded == result.sent
-    assert result.duration < 30.0
+    result = await run_load(LoadConfig(url=server.url, duration=60.0, **mode), marks=marks, stop=stop)
+    # a 60 s run ended right after the stop, every request answered
+    assert loop.time() - started < 30.0 and result.duration < 30.0
+    assert result.succeeded == result.sent >= 51
+    # and nothing started once the stop was set: the open loop started only the slots due by then
+    # (however late a busy loop woke), the closed loop's clients only what they had in flight
+    stop_at = result.mark_at("stop")
+    assert stop_at is not None
+    if "rate" in mode:
+        assert result.sent <= mode["rate"] * stop_at + 1, (result.sent, stop_at)
+    else:
+        assert result.sent <= 50 + mode["concurrency"], result.sent

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from controller.rehearsal.loadgen import LoadResult, Mark, Outcome, RequestRecord
 from controller.rehearsal.report import DeployInfo, write_html
+from helpers.chromium import chromium
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=5000"]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    hint = "install it with `apt-get install -y chromium`"
-    if os.environ.get("CI") == "true":  # CI must prove the report renders: never skip there
-        pytest.fail(f"chromium is not installed; {hint}")
-    pytest.skip(f"chromium is not installed (needed to render the HTML report); {hint}")
 
 
 def rehearsal() -> LoadResult:

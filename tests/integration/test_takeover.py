@@ -11,7 +11,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from controller.rehearsal.loadgen import SERVED, LoadConfig, LoadResult, Marks, Outcome, run_load
+from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, Outcome, run_load
 from controller.state_lock import StateLock
 from helpers.certs import CertAuthority
 from helpers.daemon import Daemon, free_port
@@ -150,13 +150,7 @@ async def _marked_take_over(serve: Daemon, marks: Marks) -> dict:
 
 
 def _failures(result: LoadResult) -> str:
-    """The counts, then each request that got no good answer: its outcome, what failed it, and when it
-    started and ended (seconds since the load began), after the hand-overs' marks."""
-    marks = ", ".join(f"{m.name}@{m.at:.3f}" for m in result.marks)
-    failed = [f"  {o.value} {r.start:.3f}->{r.end:.3f} status={r.status} {r.error or ''}"
-              for r, o in zip(result.records, result.outcomes, strict=True) if o not in SERVED]
-    shown = failed[:60] + ([f"  ... and {len(failed) - 60} more"] if len(failed) > 60 else [])
-    return "\n".join([str(result.summary()), f"marks: {marks}", *shown])
+    return "\n".join(result.failure_lines())
 
 
 def _run(args: list[str], daemon: Daemon) -> tuple[int, str]:
@@ -172,9 +166,9 @@ async def test_the_https_listener_is_handed_over_too_and_the_other_listeners_mov
     ca.write(tmp_path / "certs", "web", ["web.test"])
     tls_port, admin_port, dashboard_port = free_port(), free_port(), free_port()
     token = "t" * 32
-    # The load's many clients share one address: with the default bound (256 handshakes under way per
-    # address), a daemon stalled for a second on a loaded machine (a new process starting beside it)
-    # cuts the excess before any TLS work (`too-many-handshakes`), which is not what this test is about.
+    # The load's many clients share one address: a daemon stalled for a second on a loaded machine (a new
+    # process starting beside it) has more than the default 256 handshakes per address under way; the
+    # excess waits for a slot (it was cut before: 90 lost requests in one run), which this test also shows.
     config = f"""
 [proxy]
 access_log = false
@@ -185,7 +179,6 @@ admin_token = "{token}"
 listen = "127.0.0.1:{tls_port}"
 certs_dir = "{tmp_path / 'certs'}"
 redirect_http = false
-max_handshakes_per_client = 10000
 [dashboard]
 listen = "127.0.0.1:{dashboard_port}"
 [services.api]

@@ -327,22 +327,77 @@ async def test_a_silent_client_is_closed_at_the_handshake_timeout(ups, tmp_path)
         await wait_for(lambda: front.failures == {"timeout": 1})
 
 
-async def test_concurrent_handshakes_per_client_address_are_bounded(ups, tmp_path):
+async def stalled(front: Front, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`n` connections to the HTTPS port that have sent nothing yet (a client held up, or a proxy whose
+    loop stalled with their handshakes in the kernel)."""
+    return [await asyncio.open_connection("127.0.0.1", front.port, limit=1 << 20) for _ in range(n)]
+
+
+async def test_handshakes_over_the_per_address_bound_wait_for_a_slot_and_all_complete(ups, tmp_path):
     async with front_door(tmp_path, app_router(ups[0]), max_handshakes_per_client=2,
                           handshake_timeout=30.0) as front:
         server = front.https.server
-        stalled = [await asyncio.open_connection("127.0.0.1", front.port) for _ in range(2)]
-        await wait_for(lambda: server.per_client.get("127.0.0.1") == 2)
+        held = await stalled(front, 7)  # 2 under way, 5 waiting for a slot of 127.0.0.1
+        await wait_for(lambda: (server.per_client["127.0.0.1"], server.waiting["127.0.0.1"]) == (2, 5))
+        context = front.ca.client_context()
+
+        async def handshake_then_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+            await writer.start_tls(context, server_hostname="app.test")
+            client = RawClient(reader, writer)
+            status = (await client.request("GET", "/")).status
+            await client.close()
+            return status
+
+        async def new_client() -> int:  # its ClientHello arrives at once, while it waits
+            client = await front.connect()
+            status = (await client.request("GET", "/")).status
+            await client.close()
+            return status
+
+        statuses = await asyncio.gather(*(handshake_then_get(r, w) for r, w in held),
+                                        *(new_client() for _ in range(3)))
+        assert statuses == [200] * 10
+        assert front.failures == {} and server.waits >= 5
+        await wait_for(lambda: not server.per_client and not server.waiting and not server.queues)
+        assert f"turnout_tls_handshake_waits_total {server.waits}" in server.metrics_lines()
+
+
+async def test_a_flood_beyond_the_waiting_bound_is_cut_and_the_address_may_handshake_again(ups, tmp_path):
+    async with front_door(tmp_path, app_router(ups[0]), max_handshakes_per_client=2,
+                          handshake_timeout=30.0) as front:
+        server = front.https.server
+        assert front.https.tls.max_waiting_per_client == 8
+        held = await stalled(front, 10)
+        await wait_for(lambda: (server.per_client["127.0.0.1"], server.waiting["127.0.0.1"]) == (2, 8))
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
-        assert await closed_by_server(reader) == b""  # the third is cut before any handshake
+        assert await closed_by_server(reader) == b""  # the eleventh is cut before any handshake
         writer.close()
-        assert front.failures == {"too-many-handshakes": 1}
-        for _, w in stalled:
+        assert front.failures == {"too-many-handshakes": 1} and server.waits == 8
+        for _, w in held:
             w.close()
-        await wait_for(lambda: not server.per_client)
+        await wait_for(lambda: not server.per_client and not server.waiting and not server.queues)
         client = await front.connect()  # the address may handshake again
         assert (await client.request("GET", "/")).status == 200
         await client.close()
+
+
+async def test_a_waiter_past_its_deadline_is_closed(ups, tmp_path):
+    async with front_door(tmp_path, app_router(ups[0]), max_handshakes_per_client=1,
+                          handshake_timeout=1.0) as front:
+        server = front.https.server
+        ((a_reader, a_writer),) = await stalled(front, 1)
+        await wait_for(lambda: server.per_client.get("127.0.0.1") == 1)
+        ((b_reader, b_writer),) = await stalled(front, 1)
+        await wait_for(lambda: server.waiting.get("127.0.0.1") == 1)
+        # A's handshake starts only now (one byte of a record): handshake_timeout from here, so it holds
+        # the slot past B's deadline, which counted from B's accept.
+        a_writer.write(b"\x16")
+        assert await closed_by_server(b_reader) == b""
+        assert await closed_by_server(a_reader) == b""
+        await wait_for(lambda: front.failures == {"wait-timeout": 1, "timeout": 1})
+        for w in (a_writer, b_writer):
+            w.close()
+        assert not server.per_client and not server.waiting and not server.handshakes
 
 
 async def test_stop_ends_handshakes_under_way(ups, tmp_path):
