@@ -13,8 +13,14 @@ held pull's answer, the proxy applying the table (one swap per changed service),
 carrying the acknowledgement; so it bounds from above the time until both proxies route by the change.
 Each flip is bounded (`--timeout`, 5 s): one that times out is counted and reported, never waited on.
 
+`--lab`: between nodes of the Swarm lab (scripts/swarm-lab.sh up): the routing listener on the lab's
+bridge (10.231.0.1, the root namespace) and each proxy in one node's network namespace
+(`nsenter --net=/var/run/netns/turnout-lab-nX`), pulling over the bridge and its veth pairs, as a proxy
+per node does on real machines (minus the wire). Needs root.
+
     .venv/bin/python bench/proxy_fanout.py                  # 100 flips, ~10 s
     .venv/bin/python bench/proxy_fanout.py --flips 500 --json
+    .venv/bin/python bench/proxy_fanout.py --lab            # the two proxies in the lab's namespaces
 """
 
 from __future__ import annotations
@@ -40,9 +46,19 @@ from proxy.specs import ServiceSpec
 
 TOKEN = "bench-" + "f" * 40
 TURNOUT = str(ROOT / ".venv" / "bin" / "turnout")
+Placement = tuple[str, dict[str, tuple[str, list[str]]]]
 
 
-async def run(flips: int, timeout: float, logs: Path) -> dict[str, object]:
+def placement(lab: bool) -> Placement:
+    """(the routing listener's host, {proxy id: (its listen address, its command's prefix)})."""
+    if not lab:
+        return "127.0.0.1", {name: (f"127.0.0.1:{free_port()}", []) for name in ("node-a", "node-b")}
+    # In a node's namespace no port of this one is known to be free: port 0, the kernel's pick.
+    return "10.231.0.1", {f"n{n}": (f"10.231.0.1{n}:0", ["nsenter", f"--net=/var/run/netns/turnout-lab-n{n}",
+                                                          "--"]) for n in (1, 2)}
+
+
+async def run(flips: int, timeout: float, logs: Path, where: Placement) -> dict[str, object]:
     from aiohttp import web
 
     router = Router()
@@ -54,14 +70,15 @@ async def run(flips: int, timeout: float, logs: Path) -> dict[str, object]:
     runner = web.AppRunner(create_routing_app(router, fleet, TOKEN, {}), access_log=None,
                            handle_signals=False, shutdown_timeout=0.1)
     await runner.setup()
+    routing_host, proxies = where
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, routing_host, port).start()
     seconds: list[float] = []
     timeouts = 0
     with Procs() as procs:
-        for proxy_id in ("node-a", "node-b"):
-            procs.start([TURNOUT, "serve", "--role", "proxy", "--listen", f"127.0.0.1:{free_port()}",
-                         "--controller", f"http://127.0.0.1:{port}", "--token", TOKEN, "--id", proxy_id],
+        for proxy_id, (listen, prefix) in proxies.items():
+            procs.start([*prefix, TURNOUT, "serve", "--role", "proxy", "--listen", listen,
+                         "--controller", f"http://{routing_host}:{port}", "--token", TOKEN, "--id", proxy_id],
                         log=logs / f"{proxy_id}.log", cwd=logs)
         deadline = time.monotonic() + 30
         while len(fleet.proxies) < 2 or any(p.acked < router.generation for p in fleet.proxies.values()):
@@ -90,6 +107,8 @@ def main() -> None:
     parser.add_argument("--flips", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds a flip may take at most [5]")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--lab", action="store_true",
+                        help="the proxies in the Swarm lab's node namespaces, the listener on its bridge")
     args = parser.parse_args()
     import uvloop
 
@@ -97,7 +116,7 @@ def main() -> None:
 
     configure("warning")  # a table.changed line per flip would be most of this process's work
     with tempfile.TemporaryDirectory(prefix="turnout-fanout-") as tmp:
-        result = uvloop.run(run(args.flips, args.timeout, Path(tmp)))
+        result = uvloop.run(run(args.flips, args.timeout, Path(tmp), placement(args.lab)))
     if args.json:
         print(json.dumps(result))
         return

@@ -545,7 +545,7 @@ class ClientConnection(asyncio.Protocol):
             conn.release(True)  # type: ignore[attr-defined]
             return None
         self._bind(conn)  # type: ignore[arg-type]
-        conn.request = None  # type: ignore[attr-defined]  # a first exchange is never replayed
+        conn.first = conn.request  # type: ignore[attr-defined]  # a first exchange replays elsewhere
         return None
 
     def _connect_failed(self, upstream: Upstream) -> None:
@@ -567,14 +567,22 @@ class ClientConnection(asyncio.Protocol):
     def _retry_target(self, failed: Upstream) -> tuple[Pool, Upstream] | None:
         pool = self.pool
         assert pool is not None and self.service is not None
-        other = pool.pick(avoid=failed)
-        if other is not None and other is not failed:
-            return pool, other
-        for candidate in self.service.pools:  # this pool has no other upstream: try another pool
-            if candidate is not pool and candidate.weight > 0 and candidate.routable:
-                other = candidate.pick(avoid=failed)
-                if other is not None and other is not failed:
-                    return candidate, other
+        others = [c for c in self.service.pools if c is not pool and c.weight > 0 and c.routable]
+        picked = pool.pick(avoid=failed)
+        if picked is not None and picked is not failed and picked.host != failed.host:
+            return pool, picked
+        # A host that refused one connection likely refuses them all (its engine or machine is gone, as
+        # a lost Swarm node's): an upstream on another host first, this pool's then another pool's.
+        for candidate in (pool, *others):
+            elsewhere = [u for u in candidate.eligible if u.host != failed.host]
+            if elsewhere:
+                return candidate, min(elsewhere, key=lambda u: len(u.inflight))
+        if picked is not None and picked is not failed:
+            return pool, picked
+        for candidate in others:  # this pool has no other upstream: try another pool
+            other = candidate.pick(avoid=failed)
+            if other is not None and other is not failed:
+                return candidate, other
         return None
 
     def _move(self, pool: Pool, upstream: Upstream) -> None:
@@ -620,20 +628,31 @@ class ClientConnection(asyncio.Protocol):
             self.reading_body = False
         self._next()
 
-    def upstream_lost(self, replay: bytes | None) -> None:
+    def upstream_lost(self, replay: bytes | None, first: bool = False) -> None:
         """The upstream connection closed before its answer was complete. `replay`: what was sent on it,
-        when it was a pooled connection that closed without a byte of an answer (closed while idle): an
-        idempotent request without a body goes again, once, on a fresh connection (so does Go's Transport)."""
+        when it closed without a byte of an answer. An idempotent request without a body then goes again:
+        on a pooled connection (closed while idle), once, on a fresh connection to the same upstream (so
+        does Go's Transport); on the connection's `first` exchange (the upstream took the request and went
+        away: its app stopped, its node was lost), within `retries`, to an upstream on another host (as
+        nginx's `proxy_next_upstream error` does). Not to one on the same host: there the close may be
+        the app's answer to this very request, which would only fail again."""
         self.upconn = None
         if not self.head_sent:
             req = self.req
+            upstream = self.upstream
             if (replay is not None and req is not None and req.method in IDEMPOTENT
                     and req.content_length <= 0 and not req.chunked
-                    and self.upstream is not None and not self.closed and self.task is None):
-                self.pending = [replay]
-                self.pending_size = 0
-                self.task = self.loop.create_task(self._connect(self.upstream))
-                return None
+                    and upstream is not None and not self.closed and self.task is None):
+                if not first:
+                    self.pending, self.pending_size = [replay], 0
+                    self.task = self.loop.create_task(self._connect(upstream))
+                    return None
+                target = self._retry_target(upstream) if self.attempts < self.config.retries else None
+                if target is not None and target[1].host != upstream.host:
+                    self.attempts += 1
+                    self._move(*target)
+                    self.pending, self.pending_size = [replay], 0
+                    return self._dispatch()
         return self._error(502, "upstream-closed")
 
     def upstream_error(self, reason: str, unsent: bool) -> None:

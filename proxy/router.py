@@ -167,11 +167,12 @@ class Router:
         before = self.specs.get(changed) if changed is not None else None
         after = specs.get(changed) if changed is not None else None
         if before is not None and after is not None and before.upstream_addresses == after.upstream_addresses:
-            upstreams, removed = self.upstreams, []  # weights or state only: the same upstream objects
+            upstreams, removed, added = self.upstreams, [], []  # weights or state only: the same upstreams
         else:
             wanted = {address for spec in specs.values() for address in spec.upstream_addresses}
             upstreams = {a: u for a, u in self.upstreams.items() if a in wanted}
-            for address in wanted - upstreams.keys():
+            added = sorted(wanted - upstreams.keys())
+            for address in added:
                 upstreams[address] = Upstream(address)
             removed = [u for a, u in self.upstreams.items() if a not in wanted]
         table = self._build(specs, upstreams, changed)
@@ -187,9 +188,9 @@ class Router:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (unit tests of the table): nothing is waiting to be routed
-            self._after_swap(table, self.generation, reason, removed, context)
+            self._after_swap(table, self.generation, reason, added, removed, context)
         else:
-            loop.call_soon(self._after_swap, table, self.generation, reason, removed, context)
+            loop.call_soon(self._after_swap, table, self.generation, reason, added, removed, context)
         return removed
 
     def _build(self, specs: dict[str, ServiceSpec], upstreams: dict[str, Upstream],
@@ -203,12 +204,14 @@ class Router:
         current = self.table.services
         return RoutingTable(tuple(fresh[n] if n == changed else current[n] for n in specs))
 
-    def _after_swap(self, table: RoutingTable, generation: int, reason: str, removed: list[Upstream],
-                    context: dict[str, str]) -> None:
-        """What follows a swap but need not delay the next request: the log line, then the listeners."""
+    def _after_swap(self, table: RoutingTable, generation: int, reason: str, added: list[str],
+                    removed: list[Upstream], context: dict[str, str]) -> None:
+        """What follows a swap but need not delay the next request: the log line, then the listeners.
+        `added`: the upstreams routed from this swap on (a deploy's evidence that a slot got traffic only
+        after its readiness passed)."""
         log.info("table.changed", reason=reason, generation=generation, **context,
                  services={s.name: {p.name: p.weight for p in s.pools} for s in table.services.values()},
-                 removed=[u.address for u in removed])
+                 added=added, removed=[u.address for u in removed])
         for listener in self._listeners:
             try:
                 listener(table)

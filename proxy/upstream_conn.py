@@ -57,7 +57,7 @@ class Client(Protocol):
     def response_started(self, status: int) -> None: ...
     def answered_whole(self, conn: UpstreamConnection, status: int, answer: bytes) -> None: ...
     def upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
-    def upstream_lost(self, replay: bytes | None) -> None: ...
+    def upstream_lost(self, replay: bytes | None, first: bool = False) -> None: ...
     def upstream_error(self, reason: str, unsent: bool) -> None: ...
     def internal_error(self, where: str, error: BaseException, unsent: bool) -> None: ...
     def close_after_answer(self) -> None: ...
@@ -76,9 +76,9 @@ class _HeadAnswered(Exception):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("bad", "chunked", "client", "closed", "complete", "conn_close", "head_only", "headbuf",
-                 "head_pending", "interim", "out", "parser", "read_paused", "request", "reusable", "status",
-                 "transport", "tunnel", "until_close", "upstream")
+    __slots__ = ("bad", "chunked", "client", "closed", "complete", "conn_close", "first", "head_only",
+                 "headbuf", "head_pending", "interim", "out", "parser", "read_paused", "request", "reusable",
+                 "status", "transport", "tunnel", "until_close", "upstream")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -100,10 +100,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.complete = False
         self.reusable = False
-        # What the current exchange wrote at its start, kept for a replay (`connection_lost`); None on a
-        # connection's first exchange (`ClientConnection._connect` clears it): a new connection the
-        # upstream closes without answering has refused the request, not timed out while idle.
+        # What the current exchange wrote at its start, kept for a replay (`connection_lost`); None when
+        # its body went with it. `first`: what the connection's first exchange wrote (set by
+        # `ClientConnection._connect`), so a close of that exchange is told from an idle close.
         self.request: bytes | None = None
+        self.first: bytes | None = None
 
     # ------------------------------------------------------------------ driven by the client side
     def bind(self, client: Client, data: bytes) -> None:
@@ -164,9 +165,11 @@ class UpstreamConnection(asyncio.Protocol):
                 client.sent += 5
             client.upstream_complete(self, False)
         elif self.head_pending and not self.headbuf and not self.interim and self.request is not None:
-            # Not a byte of an answer on a connection that had served one before: the upstream closed it
-            # while idle, crossing this request (the race with its keep-alive timeout). Safe to replay?
-            client.upstream_lost(self.request)
+            # Not a byte of an answer. On a connection that had served one before: the upstream closed
+            # it while idle, crossing this request (the race with its keep-alive timeout). On its first
+            # exchange: the upstream took the request and went away (its app stopped, its node lost).
+            # Safe to replay?
+            client.upstream_lost(self.request, self.request is self.first)
         else:
             client.upstream_lost(None)
 

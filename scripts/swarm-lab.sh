@@ -53,6 +53,14 @@ up_network() {
   done
 }
 
+close_inherited_fds() {
+  local pid=$BASHPID fd
+  for fd in $(ls "/proc/$pid/fd"); do
+    [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+  done
+  return 0
+}
+
 up_daemon() {
   local node=$1 dir="$RUN/$1"
   mkdir -p "$dir" "$DATA/$node"
@@ -61,10 +69,13 @@ up_daemon() {
     # setsid: the daemon outlives this script; it is stopped by the PID in its pidfile.
     # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: a Swarm agent otherwise tries to pull every task's image
     # (and waits ~10 s for DNS to fail here) before using the local copy. Nothing is ever pulled.
-    DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 setsid nsenter --net="/var/run/netns/$(netns "$node")" dockerd \
-      --config-file "$dir/daemon.json" --data-root "$DATA/$node" --exec-root "$dir/exec" \
-      --pidfile "$dir/dockerd.pid" -H "$(sock "$node")" --cgroup-parent "turnout-lab-$node" \
-      >"$dir/dockerd.log" 2>&1 </dev/null &
+    # It keeps no descriptor of this script's beyond 0-2: a lock its caller holds (`flock -s LOCK
+    # scripts/swarm-lab.sh up`) would otherwise stay held, by the daemon, for as long as the lab runs.
+    ( close_inherited_fds
+      DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 exec setsid nsenter --net="/var/run/netns/$(netns "$node")" \
+        dockerd --config-file "$dir/daemon.json" --data-root "$DATA/$node" --exec-root "$dir/exec" \
+        --pidfile "$dir/dockerd.pid" -H "$(sock "$node")" --cgroup-parent "turnout-lab-$node" \
+    ) >"$dir/dockerd.log" 2>&1 </dev/null &
   fi
   for _ in $(seq 1 300); do
     ldocker "$node" version >/dev/null 2>&1 && return 0

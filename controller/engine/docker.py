@@ -10,11 +10,9 @@ pull), so a missing image fails at once with `ImageNotFound`.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import docker
 import docker.errors
@@ -25,12 +23,10 @@ from docker.types import LogConfig
 from controller import labels as lbl
 from controller.errors import ContainerNotFound, DockerError, ImageNotFound
 
-from .base import Container, ContainerSpec, container_name, copy_labels
-from .sdk import client_for, translated
+from .base import Container, ContainerSpec, container_name
+from .sdk import SdkBackend, translated
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 # Containers are reachable only from this host; the proxy forwards to them on loopback.
 PUBLISH_HOST_IP = "127.0.0.1"
@@ -105,12 +101,11 @@ def _to_container(attrs: Mapping[str, Any]) -> Container:
     )
 
 
-class DockerBackend:
+class DockerBackend(SdkBackend):
     """Starts and manages the containers belonging to one Turnout `owner` on one Docker engine.
 
-    `client` is a `docker.DockerClient`; when omitted one is made on first use (in a worker thread, since
-    making it may talk to the engine) for `host`, or from the environment when `host` is None.
-    `extra_labels` go on every container this backend starts (tests use them to clean up by label).
+    `client` is a `docker.DockerClient`; when omitted one is made on first use for `host`, or from the
+    environment when `host` is None. `extra_labels` go on every container this backend starts.
     """
 
     def __init__(
@@ -120,16 +115,7 @@ class DockerBackend:
         extra_labels: Mapping[str, str] | None = None,
         host: str | None = None,
     ) -> None:
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
-        self.owner = owner
-        self.extra_labels = copy_labels(extra_labels)
-        # Fail now, not at the first start, if the extras clash with our own keys.
-        lbl.labels_for(owner, "check", "check", "", "check", 1, self.extra_labels)
-        self._client = client
-        self._host = host  # the engine's address; None: from the environment (DOCKER_HOST, the socket)
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
+        super().__init__(owner, client, extra_labels, host)
         self._log = log.bind(owner=owner)
 
     # -- public API (async; every SDK call runs in a thread) ------------------------------------------
@@ -183,46 +169,13 @@ class DockerBackend:
         """The labels of the local image `image` (e.g. turnout.schema). ImageNotFound when absent."""
         return await self._run(self._image_labels_sync, image)
 
-    async def ping(self) -> bool:
-        """Whether the engine answers; never raises."""
-        try:
-            return await self._run(self._ping_sync)
-        except DockerError:
-            return False
-
-    async def close(self) -> None:
-        """Close the SDK client if this backend made it (a client passed in belongs to the caller)."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
-
     # -- blocking implementations -----------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
-
-    def _docker(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                with translated("connecting to the Docker engine"):
-                    self._client = client_for(self._host)
-            return self._client
-
     def _create_kwargs(self, spec: ContainerSpec, name: str) -> dict[str, Any]:
-        labels = lbl.labels_for(
-            self.owner,
-            spec.service,
-            spec.version,
-            spec.deployment_id,
-            spec.pool,
-            spec.port,
-            {**self.extra_labels, **spec.extra_labels},
-            spec.spec_hash,
-        )
         kwargs: dict[str, Any] = {
             "image": spec.image,
             "name": name,
-            "labels": labels,
+            "labels": self._labels(spec),
             "ports": {f"{spec.port}/tcp": (PUBLISH_HOST_IP, None)},
             "log_config": LogConfig(**LOG_CONFIG),
             "environment": dict(spec.env),
@@ -293,14 +246,7 @@ class DockerBackend:
 
     def _get_ours(self, container_id: str, action: str) -> Any:
         found = self._get(container_id)
-        labels = found.labels
-        if not lbl.is_ours(labels, self.owner):
-            theirs = labels.get(lbl.OWNER) if labels.get(lbl.MANAGED) == lbl.MANAGED_VALUE else None
-            whose = f"owned by {theirs!r}" if theirs else "not managed by Turnout"
-            raise DockerError(
-                f"refusing to {action} container {container_id[:12]}: it is {whose}, "
-                f"not by this Turnout instance (owner {self.owner!r})"
-            )
+        self._check_ours(found.labels, action, f"container {container_id[:12]}")
         return found
 
     def _inspect_sync(self, container_id: str) -> Container:
@@ -406,7 +352,3 @@ class DockerBackend:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
                 raise ImageNotFound(image) from exc.__cause__
             raise
-
-    def _ping_sync(self) -> bool:
-        with translated("pinging the Docker engine"):
-            return bool(self._docker().ping())

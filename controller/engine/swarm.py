@@ -14,13 +14,11 @@ node: Turnout never pulls; each node gets them from the team's registry).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import docker.errors
 import structlog
@@ -30,13 +28,11 @@ from docker.utils import parse_bytes
 from controller import labels as lbl
 from controller.errors import ContainerNotFound, DockerError, ImageNotFound
 
-from .base import Container, ContainerSpec, copy_labels, slug
+from .base import Container, ContainerSpec, slug
 from .docker import LOG_CONFIG
-from .sdk import client_for, translated
+from .sdk import SdkBackend, translated
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 # Task states (swarmkit's) as the container states the rest of Turnout knows.
 _RUNNING = frozenset({"running"})
@@ -47,6 +43,7 @@ _DEAD = frozenset({"rejected", "orphaned", "remove"})  # never ran, or lost with
 POLL_INTERVAL = 0.1
 STOP_SLACK = 30.0
 NEW_TASK_WAIT = 30.0
+NODE_STATE_TTL = 1.0  # how long the nodes' states read once serve every slot's inspect
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 
@@ -81,14 +78,18 @@ def _replicas(attrs: Mapping[str, Any]) -> int | None:
 
 
 def to_container(attrs: Mapping[str, Any], task: Mapping[str, Any] | None,
-                 node_address: str | None) -> Container:
-    """A slot as a Container: the service's identity and labels, its current task's state and address."""
+                 node_address: str | None, node_lost: bool = False) -> Container:
+    """A slot as a Container: the service's identity and labels, its current task's state and address.
+    `node_lost`: the task's node is not ready (its engine stopped, the machine gone); its task may still
+    read "running", as the node can no longer report otherwise, and the slot is dead."""
     spec = attrs.get("Spec") or {}
     labels = dict(spec.get("Labels") or {})
     port = labels.get(lbl.PORT)
     status = (task or {}).get("Status") or {}
     task_state = status.get("State") or "new"
-    if task_state in _RUNNING:
+    if node_lost and task_state not in _EXITED:
+        state = "dead"
+    elif task_state in _RUNNING:
         state = "running"
     elif task_state in _EXITED:
         state = "exited"
@@ -115,7 +116,7 @@ def to_container(attrs: Mapping[str, Any], task: Mapping[str, Any] | None,
     )
 
 
-class SwarmBackend:
+class SwarmBackend(SdkBackend):
     """Starts and manages the slots (one-replica services) of one Turnout `owner` on a Swarm.
 
     `host` is a manager's API address ("unix:///run/turnout-lab/n1.sock", "tcp://10.0.0.5:2376"); None
@@ -123,18 +124,13 @@ class SwarmBackend:
     belongs to the caller.
     """
 
+    engine = "the Swarm manager"
+
     def __init__(self, owner: str, host: str | None = None, client: Any | None = None,
                  extra_labels: Mapping[str, str] | None = None) -> None:
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
-        self.owner = owner
-        self.extra_labels = copy_labels(extra_labels)
-        lbl.labels_for(owner, "check", "check", "", "check", 1, self.extra_labels)
-        self._host = host
-        self._client = client
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
+        super().__init__(owner, client, extra_labels, host)
         self._node_addresses: dict[str, str] = {}  # node ID -> its address (a node keeps its address)
+        self._lost_nodes: tuple[float, frozenset[str]] = (-NODE_STATE_TTL, frozenset())  # (read at, IDs)
         self._warned: set[str] = set()
         self._log = log.bind(owner=owner, engine="swarm")
 
@@ -185,32 +181,10 @@ class SwarmBackend:
     async def image_labels(self, image: str) -> dict[str, str]:
         return await self._run(self._image_sync, image, "labels")
 
-    async def ping(self) -> bool:
-        try:
-            return await self._run(self._ping_sync)
-        except DockerError:
-            return False
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
-
     # -- blocking implementations -----------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
-
-    def _docker(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                with translated("connecting to the Swarm manager"):
-                    self._client = client_for(self._host)
-            return self._client
-
     def _create_kwargs(self, spec: ContainerSpec, name: str) -> dict[str, Any]:
-        labels = lbl.labels_for(self.owner, spec.service, spec.version, spec.deployment_id, spec.pool,
-                                spec.port, {**self.extra_labels, **spec.extra_labels}, spec.spec_hash)
+        labels = self._labels(spec)
         kwargs: dict[str, Any] = {
             "image": spec.image,
             "name": name,
@@ -273,12 +247,7 @@ class SwarmBackend:
 
     def _get_ours(self, service_id: str, action: str) -> Any:
         found = self._get(service_id)
-        labels = (found.attrs.get("Spec") or {}).get("Labels") or {}
-        if not lbl.is_ours(labels, self.owner):
-            theirs = labels.get(lbl.OWNER) if labels.get(lbl.MANAGED) == lbl.MANAGED_VALUE else None
-            whose = f"owned by {theirs!r}" if theirs else "not managed by Turnout"
-            raise DockerError(f"refusing to {action} service {service_id[:12]}: it is {whose}, "
-                              f"not by this Turnout instance (owner {self.owner!r})")
+        self._check_ours((found.attrs.get("Spec") or {}).get("Labels"), action, f"service {service_id[:12]}")
         return found
 
     def _tasks(self, found: Any) -> list[Mapping[str, Any]]:
@@ -299,10 +268,29 @@ class SwarmBackend:
             self._node_addresses[node_id] = status["Addr"]
         return self._node_addresses[node_id]
 
+    def _nodes_lost(self) -> frozenset[str]:
+        """The IDs of the nodes that are not ready (read at most once a NODE_STATE_TTL)."""
+        read_at, lost = self._lost_nodes
+        if time.monotonic() - read_at >= NODE_STATE_TTL:
+            with translated("listing the Swarm's nodes"):
+                nodes = self._docker().nodes.list()
+            lost = frozenset(node.id for node in nodes
+                             if ((node.attrs.get("Status") or {}).get("State")) != "ready")
+            for node_id in lost - self._lost_nodes[1]:
+                self._log.warning("swarm.node_lost", node_id=node_id[:12])
+            self._lost_nodes = (time.monotonic(), lost)
+        return lost
+
     def _container(self, found: Any) -> Container:
         task = self._task(found)
-        address = self._node_address(task.get("NodeID")) if task else None
-        return to_container(found.attrs, task, address)
+        node_id = task.get("NodeID") if task else None
+        address = self._node_address(node_id) if task else None
+        return to_container(found.attrs, task, address, bool(node_id) and node_id in self._nodes_lost())
+
+    def _task_lost(self, found: Any) -> bool:
+        task = self._task(found)
+        return bool(task and task.get("NodeID") in self._nodes_lost()
+                    and ((task.get("Status") or {}).get("State")) not in _EXITED)
 
     def _inspect_sync(self, service_id: str) -> Container:
         return self._container(self._get(service_id))
@@ -349,6 +337,13 @@ class SwarmBackend:
 
     def _restart_sync(self, service_id: str) -> Container:
         found = self._get_ours(service_id, "restart")
+        if _replicas(found.attrs) == 1 and self._task_lost(found):
+            # Its node is gone and Swarm does not replace the task (restart condition "none"): scaling
+            # to 0 and back to 1 makes a new task, which the scheduler places on a ready node.
+            self._log.warning("slot.replacing_lost_task", slot_id=service_id[:12])
+            self._scale(found, 0, "restarting")
+            with translated(f"inspecting service {service_id[:12]}", service_id):
+                found.reload()
         if _replicas(found.attrs) != 1:
             # Until the orchestrator adds the new task, the newest is the stopped one: wait for the new.
             before = {task["ID"] for task in self._tasks(found)}
@@ -401,7 +396,3 @@ class SwarmBackend:
                 raise ImageNotFound(image) from exc.__cause__
             raise
         return str(found.id) if what == "id" else dict(found.labels or {})
-
-    def _ping_sync(self) -> bool:
-        with translated("pinging the Swarm manager"):
-            return bool(self._docker().ping())

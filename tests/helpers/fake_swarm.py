@@ -40,7 +40,9 @@ class FakeService:
             tasks.clear()
         elif replicas == 0:
             for task in tasks:
-                if task["Status"]["State"] == "running":  # the agent stops it: SIGTERM, exit 0
+                if task["NodeID"] in self.swarm.lost:  # no agent to stop it: it still reads "running"
+                    task["DesiredState"] = "shutdown"
+                elif task["Status"]["State"] == "running":  # the agent stops it: SIGTERM, exit 0
                     task["DesiredState"] = "shutdown"
                     task["Status"] = {"State": "shutdown",
                                       "ContainerStatus": {"ExitCode": self.swarm.stop_exit}}
@@ -96,8 +98,9 @@ class FakeServices:
 
 
 class FakeNode:
-    def __init__(self, address: str) -> None:
-        self.attrs = {"Status": {"State": "ready", "Addr": address}}
+    def __init__(self, node_id: str, address: str, ready: bool) -> None:
+        self.id = node_id
+        self.attrs = {"Status": {"State": "ready" if ready else "down", "Addr": address}}
 
 
 class FakeNodes:
@@ -106,7 +109,12 @@ class FakeNodes:
 
     def get(self, node_id: str) -> FakeNode:
         self.swarm.calls.append(("node", node_id))
-        return FakeNode(NODES[node_id])
+        return FakeNode(node_id, NODES[node_id], node_id not in self.swarm.lost)
+
+    def list(self) -> list[FakeNode]:
+        self.swarm.calls.append(("nodes",))
+        return [FakeNode(node_id, address, node_id not in self.swarm.lost)
+                for node_id, address in NODES.items()]
 
 
 class FakeImage:
@@ -139,6 +147,7 @@ class FakeSwarm:
         self.reap_at_once = False  # a scaled-down task is deleted before anyone sees it end
         self.orchestrator_lag = 0  # task listings after a scale-up before its new task shows
         self.lagging: dict[str, int] = {}
+        self.lost: set[str] = set()  # nodes whose engine stopped: down, their tasks frozen as last reported
         self.ids = itertools.count(1)
         self._ports = itertools.count(30000)
         self._clock = itertools.count(1)
@@ -151,7 +160,10 @@ class FakeSwarm:
     def new_task(self, service_id: str) -> dict[str, Any]:
         # Go trims trailing zeros from the nanoseconds: ".5Z" is later than ".123Z".
         tick = next(self._clock)
-        task = {"ID": f"task{tick}", "NodeID": next(self._nodes), "DesiredState": "running",
+        node = next(self._nodes)
+        while node in self.lost:  # the scheduler places tasks on ready nodes only
+            node = next(self._nodes)
+        task = {"ID": f"task{tick}", "NodeID": node, "DesiredState": "running",
                 "CreatedAt": f"2026-01-01T00:00:{tick:02d}.{'5' if tick % 2 else '123456789'}Z",
                 "Status": {"State": "pending"}}
         self.tasks.setdefault(service_id, []).append(task)

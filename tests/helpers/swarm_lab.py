@@ -9,6 +9,9 @@ from helpers.live import CONFIG
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "swarm-lab.sh"
 MANAGER = "unix:///run/turnout-lab/n1.sock"
 NODE_ADDRESSES = ("10.231.0.11", "10.231.0.12")
+NODE_NAMESPACES = ("/var/run/netns/turnout-lab-n1", "/var/run/netns/turnout-lab-n2")
+BRIDGE_ADDRESS = "10.231.0.1"  # the root namespace (the controller) as the nodes reach it
+NODE_PROXY_PORT = 8000  # each node proxy's port in its node's namespace (below Docker's ephemeral range)
 
 # The live tests' config (tests/helpers/live.py) on the lab's Swarm, 4 replicas.
 SWARM_CONFIG = f'[engine]\nkind = "swarm"\nhost = "{MANAGER}"\n' + (
@@ -37,3 +40,8 @@ def lab_problem() -> str | None:
         client.close()
 
 
+
+
+def engine_pid(node: str) -> int:
+    """The PID of a lab node's dockerd, from the pidfile scripts/swarm-lab.sh gives it."""
+    return int(Path(f"/run/turnout-lab/{node}/dockerd.pid").read_text().strip())

@@ -385,6 +385,18 @@ async def test_connect_failure_is_retried_for_get_but_not_post(ups, clients):
     assert sum(1 for r in a.requests if r.method == "POST") == len(posts) - 1
 
 
+async def test_a_connect_failure_is_retried_on_another_host_first(ups, clients):
+    """A host that refused one connection likely refuses all (its engine or machine is gone, as a lost
+    Swarm node's): the retry goes to an upstream on another host, not to the failed one's neighbour."""
+    a = ups[0]
+    dead = [f"127.0.0.2:{dead_address().rpartition(':')[2]}" for _ in range(2)]  # one host, both down
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [*dead, a.address])}))
+    async with running_proxy(router) as proxy:
+        statuses = [(await (await clients(proxy.port)).request("GET", "/")).status for _ in range(6)]
+    assert statuses == [200] * 6  # before: a retry on the other dead port of 127.0.0.2 answered 502
+
+
 async def test_three_connect_failures_eject_the_upstream(ups, clients):
     a = ups[0]
     dead = dead_address()

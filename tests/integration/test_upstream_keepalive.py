@@ -20,7 +20,9 @@ class KeepAliveUpstream:
     request once `dead`): closes the connection (`rst`: resets it) without a byte of an answer, as if
     its idle close had crossed that request."""
 
-    def __init__(self, idle: float | None = None, drop: int = 0, rst: bool = False) -> None:
+    def __init__(self, idle: float | None = None, drop: int = 0, rst: bool = False,
+                 host: str = "127.0.0.1") -> None:
+        self.host = host
         self.idle = idle
         self.drop = drop
         self.rst = rst
@@ -32,13 +34,13 @@ class KeepAliveUpstream:
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> KeepAliveUpstream:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self.serve, self.host, 0)
         return self
 
     @property
     def address(self) -> str:
         assert self.server is not None
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return f"{self.host}:{self.server.sockets[0].getsockname()[1]}"
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -153,6 +155,29 @@ async def test_a_fresh_connection_closed_without_an_answer_is_not_retried(upstre
         finally:
             await client.close()
     assert up.connections == 1 and len(up.heads) == 1
+
+
+async def test_a_fresh_connection_closed_without_an_answer_is_retried_on_another_host(upstreams):
+    """An upstream that takes a request on a new connection and closes without a byte of an answer is
+    going away (a lost Swarm node's app, stopped by its engine): an idempotent request goes again, to an
+    upstream on another host; the others get a 502 as before."""
+    dying = await upstreams(host="127.0.0.2")
+    dying.dead = True
+    alive = await upstreams()
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [dying.address, alive.address])}))
+    async def one(method: str) -> int:
+        client = await RawClient.connect(proxy.port)  # a 502 closes the client's connection
+        try:
+            return (await client.request(method, "/")).status
+        finally:
+            await client.close()
+
+    async with running_proxy(router) as proxy:
+        statuses = [await one("GET") for _ in range(20)]
+        posts = [await one("POST") for _ in range(20)]
+    assert dying.dropped > 0 and statuses == [200] * 20  # before: 502 upstream-closed for each dropped
+    assert 502 in posts  # a POST the dying upstream took may have acted: never sent twice
 
 
 async def test_the_replay_happens_once(upstreams):

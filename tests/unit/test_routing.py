@@ -219,6 +219,20 @@ async def test_with_a_loop_listeners_and_the_log_line_come_right_after_the_swap(
     assert len(failures) == 2 and failures[0]["log_level"] == "error"
 
 
+def test_the_log_line_names_the_upstreams_a_swap_added_and_removed():
+    # What says, from a proxy's log, since when it could route to a slot (tests/swarm: a replacement
+    # slot is routed only after the controller's readiness passed for it).
+    router = Router()
+    with capture_logs() as logs:
+        router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1", "127.0.0.1:3")),)))
+        router.set_weights("web", {"blue": 50})
+        router.set_service(service(pools=(("blue", 100, ("127.0.0.1:3",)), ("green", 0, ("127.0.0.1:2",)))))
+        router.set_health(router.upstreams["127.0.0.1:2"], Health.UNHEALTHY)
+    changes = [(e["reason"], e["added"], e["removed"]) for e in logs if e["event"] == "table.changed"]
+    assert changes == [("service.set", ["127.0.0.1:1", "127.0.0.1:3"], []), ("weights", [], []),
+                       ("service.set", ["127.0.0.1:2"], ["127.0.0.1:1"]), ("health", [], [])]
+
+
 def test_the_override_is_off_unless_the_service_opts_in():
     router = Router()
     router.set_service(service(pools=(("blue", 100, ("127.0.0.1:1",)), ("green", 0, ("127.0.0.1:2",)))))

@@ -15,7 +15,7 @@ from controller.engine.base import ContainerSpec, make_engine
 from controller.engine.docker import DockerBackend
 from controller.engine.swarm import SwarmBackend, current_task, service_name
 from controller.errors import DockerError, ImageNotFound
-from helpers.fake_swarm import FakeSwarm
+from helpers.fake_swarm import NODES, FakeSwarm
 
 
 def spec(**overrides: object) -> ContainerSpec:
@@ -133,6 +133,43 @@ async def test_restart_waits_for_the_new_task_while_the_stopped_one_is_still_the
     swarm.orchestrator_lag = 3
     restarted = await engine.restart(slot.id)
     assert restarted.state == "created" and restarted.exit_code is None  # not the stopped task's "exited"
+
+
+async def test_a_slot_on_a_lost_node_is_dead_though_its_task_still_reads_running(engine, swarm, monkeypatch):
+    monkeypatch.setattr("controller.engine.swarm.NODE_STATE_TTL", 0.0)
+    slot = await engine.start(spec())
+    swarm.run(slot.id)
+    node = swarm.current(slot.id)["NodeID"]
+    assert (await engine.inspect(slot.id)).running
+    swarm.lost.add(node)  # its engine stopped: the manager marks the node down, the task as it was
+    assert swarm.current(slot.id)["Status"]["State"] == "running"
+    seen = await engine.inspect(slot.id)
+    assert (seen.state, seen.running, seen.address) == ("dead", False, None)
+    assert [c.state for c in await engine.list()] == ["dead"]
+
+
+async def test_stopping_a_slot_on_a_lost_node_does_not_wait_for_its_task(engine, swarm, monkeypatch):
+    monkeypatch.setattr("controller.engine.swarm.NODE_STATE_TTL", 0.0)
+    monkeypatch.setattr("controller.engine.swarm.STOP_SLACK", 0.5)  # else: polled until this ran out
+    slot = await engine.start(spec())
+    swarm.run(slot.id)
+    swarm.lost.add(swarm.current(slot.id)["NodeID"])
+    stopped = await engine.stop(slot.id, timeout=0)
+    assert stopped.state == "dead" and ("scale", slot.id, 0) in swarm.calls
+
+
+async def test_restarting_a_slot_on_a_lost_node_replaces_its_task_on_a_ready_node(engine, swarm, monkeypatch):
+    monkeypatch.setattr("controller.engine.swarm.NODE_STATE_TTL", 0.0)
+    slot = await engine.start(spec())
+    swarm.run(slot.id)
+    lost = swarm.current(slot.id)["NodeID"]
+    swarm.lost.add(lost)
+    restarted = await engine.restart(slot.id)  # Swarm itself never replaces it (restart condition none)
+    assert [c[2] for c in swarm.calls if c[:2] == ("scale", slot.id)] == [0, 1]
+    assert restarted.state == "created" and swarm.current(slot.id)["NodeID"] != lost
+    port = swarm.run(slot.id)
+    seen = await engine.inspect(slot.id)
+    assert seen.running and seen.address == f"{NODES[swarm.current(slot.id)['NodeID']]}:{port}"
 
 
 def test_the_current_task_is_the_newest_even_when_go_trims_the_nanoseconds():
