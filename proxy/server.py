@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from . import log_writer
+from .accepting import stop_accepting
 from .access_log import AccessLog
 from .config import ProxyConfig
 from .errors import ValidationError
@@ -85,6 +86,7 @@ class ProxyServer:
         """Graceful stop; returns how many connections had to be aborted at the deadline."""
         if self._server is None:
             return 0
+        await stop_accepting(self._server)
         self._server.close()
         for connection in list(self.connections):
             connection.shutdown()

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from helpers import loopback
 from proxy.config import ProxyConfig
 from proxy.log_writer import LogWriter
 from proxy.router import Router
@@ -114,7 +115,7 @@ class TestUpstream:
     requests: list[Received] = field(default_factory=list)
     connections: int = 0  # accepted so far
     open_connections: int = 0
-    server: asyncio.base_events.Server | None = None
+    server: loopback.LoopbackServer | None = None
     _writers: set = field(default_factory=set)
     _tasks: set = field(default_factory=set)
 
@@ -133,7 +134,7 @@ class TestUpstream:
         return f"127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> TestUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.server = await loopback.start_server(self._serve, "127.0.0.1", port)
         return self
 
     async def close(self) -> None:

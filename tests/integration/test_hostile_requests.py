@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from helpers import loopback
 from helpers.upstreams import RawClient, running_proxy, service, start_upstreams, wait_for
 from proxy.router import Router
 
@@ -361,11 +362,11 @@ class ContinueUpstream:
 
     def __init__(self) -> None:
         self.heads: list[bytes] = []
-        self.server: asyncio.base_events.Server | None = None
+        self.server: loopback.LoopbackServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> ContinueUpstream:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.server = await loopback.start_server(self.serve, "127.0.0.1", 0)
         return self
 
     @property

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from helpers import loopback
 from helpers.upstreams import RawClient, running_proxy, service
 from proxy.router import Router
 from proxy.upstream_conn import _KNOWN_ANSWERS, MAX_INTERIM
@@ -28,12 +29,12 @@ class ScriptedUpstream:
         self.connections = 0
         self.open_connections = 0
         self.heads: list[bytes] = []
-        self.server: asyncio.base_events.Server | None = None
+        self.server: loopback.LoopbackServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> ScriptedUpstream:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.server = await loopback.start_server(self.serve, "127.0.0.1", 0)
         return self
 
     @property

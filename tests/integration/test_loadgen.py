@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from controller.rehearsal.loadgen import LoadConfig, Marks, Outcome, run_load
+from proxy.accepting import stop_accepting
 
 # What a server does with request number n (counted from 0 across all its connections).
 OK, PROXY_503, APP_500, TRUNCATE, RESET, HANG = "ok", "proxy503", "app500", "truncate", "reset", "hang"
@@ -30,6 +31,7 @@ class Server:
         self.held: list[tuple[asyncio.Transport, bytes]] = []
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.Transport] = set()
+        self.closing = False
 
     @property
     def url(self) -> str:
@@ -51,10 +53,12 @@ class Server:
 
     async def close(self) -> None:
         assert self._server is not None
+        self.closing = True
+        await stop_accepting(self._server)  # the accepts under way finish first (proxy/accepting.py)
         self._server.close()
         for transport in list(self._transports):
             transport.abort()
-        await self._server.wait_closed()
+        await asyncio.sleep(0)  # their connection_lost (and the sockets' close) run
 
 
 class _Protocol(asyncio.Protocol):
@@ -68,6 +72,8 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport
         self.server.connections += 1
         self.server._transports.add(transport)
+        if self.server.closing:  # accepted just before close()
+            transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._transports.discard(self.transport)

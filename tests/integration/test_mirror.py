@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 
+from helpers import loopback
 from helpers.upstreams import RawClient, fetch, running_proxy, service
 from proxy.mirror import FAILURES_TO_PAUSE, MAX_QUEUE, MAX_WORKERS
 from proxy.router import Router
@@ -85,21 +86,16 @@ async def test_post_is_never_copied_unless_listed(ups):
 @contextlib.asynccontextmanager
 async def silent_server():
     """Accepts connections and reads them, never answering."""
-    held: list[asyncio.StreamWriter] = []
-
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
         with contextlib.suppress(Exception):
             while await reader.read(65536):
                 pass
 
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    server = await loopback.start_server(hold, "127.0.0.1", 0)
     try:
         yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
-        server.close()
-        for writer in held:
-            writer.transport.abort()
+        await server.wait_closed()  # every connection it accepted, also those whose handler never ran
 
 
 @pytest.mark.parametrize("target", ["dead", "silent"])

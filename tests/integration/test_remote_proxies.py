@@ -252,7 +252,9 @@ async def test_the_drain_waits_for_a_request_in_flight_on_a_remote_proxy(tmp_pat
             response.release()
         assert active.status == "succeeded", active.message
         drained = [s for s in world.deployer.journal.steps(active.id) if s.name == "drained"]
-        assert drained and world.backend.running("v1") == []
+        assert drained
+        # blue-green stops the old set after its success, in the background (bluegreen.stop_old)
+        await wait_for(lambda: world.backend.running("v1") == [], timeout=10)
 
 
 async def test_a_proxy_killed_mid_deploy_is_dropped_and_the_deploy_goes_on(tmp_path, monkeypatch):

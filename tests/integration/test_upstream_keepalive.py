@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from helpers import loopback
 from helpers.upstreams import RawClient, running_proxy, service, wait_for
 from proxy.router import Router
 
@@ -30,11 +31,11 @@ class KeepAliveUpstream:
         self.heads: list[bytes] = []
         self.connections = 0
         self.dropped = 0
-        self.server: asyncio.base_events.Server | None = None
+        self.server: loopback.LoopbackServer | None = None
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> KeepAliveUpstream:
-        self.server = await asyncio.start_server(self.serve, self.host, 0)
+        self.server = await loopback.start_server(self.serve, self.host, 0)
         return self
 
     @property
