@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,13 +29,3 @@ async def ups(upstream_names: tuple[str, ...], upstream_class: type[TestUpstream
     yield upstreams
     for upstream in upstreams:
         await upstream.close()
-
-
-@pytest.fixture(autouse=True)
-def _garbage_collected_after_each_test() -> Iterator[None]:
-    """TURNOUT_GC_EACH_TEST=1: a full garbage collection after every test, so a socket or transport a
-    test left open warns (and fails: warnings are errors) in that test's teardown, not in whichever later
-    test the collector happens to run. Off by default: a full collection per test costs time."""
-    yield
-    if os.environ.get("TURNOUT_GC_EACH_TEST") == "1":
-        gc.collect()
