@@ -314,7 +314,8 @@ class Operations:
         self.add_time("drain", time.monotonic() - started)
         aborted = sum(r.aborted for r in results)
         self.step("drained", upstreams=[r.address for r in results],
-                  completed=sum(r.completed for r in results), aborted=aborted)
+                  completed=sum(r.completed for r in results), aborted=aborted,
+                  replayed=sum(r.replayed for r in results))
 
     async def wait_idle(self, release: Release, timeout: float) -> None:
         """Wait until nothing is in flight on a release still in the table (weight 0, kept warm)."""

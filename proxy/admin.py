@@ -343,5 +343,5 @@ async def _maybe_drain(request: web.Request, router: Router, removed: list) -> d
     if removed and request.query.get("wait") == "drain":
         results = await router.wait_drained(removed)
         result["drained"] = [{"address": r.address, "completed": r.completed, "aborted": r.aborted,
-                              "seconds": round(r.seconds, 3)} for r in results]
+                              "replayed": r.replayed, "seconds": round(r.seconds, 3)} for r in results]
     return result

@@ -696,13 +696,55 @@ class ClientConnection(asyncio.Protocol):
         self._resume(_P_UPSTREAM)
 
     # ------------------------------------------------------------------ drain (Upstream.drain)
-    def abort_for_drain(self) -> None:
-        """The drain deadline passed with this exchange still in flight."""
+    def abort_for_drain(self) -> bool:
+        """The drain deadline passed with this exchange still in flight. The upstream is leaving and its
+        answer may never come (a stalled connection, an app that hangs as it goes): an idempotent request
+        without a body that has had no byte of its answer goes once more, within `retries`, to a serving
+        upstream of the current table. Returns True then; the rest end in 504 (or a cut) and False."""
+        replay = self._drain_replay()
         self._abandon_upstream()
         if self.tunnel:
-            return self._cut()
+            self._cut()
+            return False
+        if replay is not None:
+            target = self._drain_retry_target()
+            if target is not None:
+                self.attempts += 1
+                self.service, (pool, upstream) = target
+                self._move(pool, upstream)
+                self.pending, self.pending_size = [replay], 0
+                self._dispatch()
+                return True
         self.keep_alive = False
-        return self._error(504, "drain-deadline")
+        self._error(504, "drain-deadline")
+        return False
+
+    def _drain_replay(self) -> bytes | None:
+        """What the exchange sent upstream, when it may be sent again (see `abort_for_drain`)."""
+        req = self.req
+        if (req is None or self.head_sent or self.reading_body or self.closed or req.method not in IDEMPOTENT
+                or req.content_length > 0 or req.chunked or self.attempts >= self.config.retries):
+            return None
+        if self.upconn is not None:
+            return self.upconn.request
+        return b"".join(self.pending) if self.pending else None  # still connecting
+
+    def _drain_retry_target(self) -> tuple[Service, tuple[Pool, Upstream]] | None:
+        """A serving upstream for a request leaving a drained one, from the current table: in the pool of
+        the same name (the version it was routed to) while that still serves, else where a new request
+        would go."""
+        req, left = self.req, self.upstream
+        assert req is not None and self.pool is not None
+        service = self.router.table.match(req.host, req.path)
+        if service is None or service.state != "active":
+            return None
+        pool = next((p for p in service.pools if p.name == self.pool.name and p.routable), None)
+        if pool is None:
+            pool, _ = service.select(None, None, req)
+        upstream = pool.pick(avoid=left) if pool is not None else None
+        if pool is None or upstream is None or upstream is left or upstream.draining:
+            return None
+        return service, (pool, upstream)
 
     # ================================================================== ending exchanges
     def _abandon_upstream(self) -> None:

@@ -149,7 +149,7 @@ class Router:
         result = task.result()
         self.metrics.drain_aborted += result.aborted
         log.info("upstream.drained", upstream=result.address, completed=result.completed,
-                 aborted=result.aborted, seconds=round(result.seconds, 3))
+                 aborted=result.aborted, replayed=result.replayed, seconds=round(result.seconds, 3))
         # Keep the finished task a little so wait_drained() right after still finds it.
         asyncio.get_running_loop().call_later(60, self._drains.pop, upstream, None)
 

@@ -22,9 +22,11 @@ class Health(enum.Enum):
 
 
 class Exchange(Protocol):
-    """A request in flight on an upstream; drain aborts the ones left at its deadline."""
+    """A request in flight on an upstream; drain ends the ones left at its deadline."""
 
-    def abort_for_drain(self) -> None: ...
+    def abort_for_drain(self) -> bool:
+        """Leave this upstream: True when the request went again elsewhere, False when it was cut."""
+        ...
 
 
 class IdleConnection(Protocol):
@@ -37,6 +39,7 @@ class DrainResult:
     completed: int  # in flight when the drain began and finished in time
     aborted: int  # still in flight at the deadline, cut (504 or a closed stream)
     seconds: float
+    replayed: int = 0  # still in flight at the deadline, waiting for an answer: sent to a serving upstream
 
 
 # Idle connections kept per upstream at least; more once the upstream has had more requests in flight at
@@ -102,10 +105,10 @@ class Upstream:
             finally:
                 self._drained = None
         leftover = list(self.inflight)
-        for exchange in leftover:
-            exchange.abort_for_drain()
+        replayed = sum(exchange.abort_for_drain() for exchange in leftover)
         self.close_idle()  # connections released while draining were closed, not pooled; be sure
-        return DrainResult(self.address, before - len(leftover), len(leftover), time.monotonic() - started)
+        return DrainResult(self.address, before - len(leftover), len(leftover) - replayed,
+                           time.monotonic() - started, replayed)
 
     def __repr__(self) -> str:
         return f"<Upstream {self.address} {self.health.value} inflight={len(self.inflight)}>"

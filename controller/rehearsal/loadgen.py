@@ -383,12 +383,14 @@ class LoadResult:
                 "app_errors": self.app_errors, "truncated": self.truncated, "misrouted": self.misrouted,
                 "not_sent": self.not_sent}
 
-    def failure_lines(self, limit: int = 60) -> list[str]:
-        """The counts, the marks, then each request that got no good answer: its outcome, when it started
-        and ended (seconds since the load began), its status and what failed it."""
+    def failure_lines(self, limit: int = 60, only: frozenset[Outcome] | None = None) -> list[str]:
+        """The counts, the marks, then each request that got no good answer (or, given `only`, each with
+        one of those outcomes): its outcome, when it started and ended (seconds since the load began), its
+        status and what failed it."""
         marks = ", ".join(f"{m.name}@{m.at:.3f}" for m in self.marks)
         failed = [f"  {o.value} {r.start:.3f}->{r.end:.3f} status={r.status} {r.error or ''}".rstrip()
-                  for r, o in zip(self.records, self.outcomes, strict=True) if o not in SERVED]
+                  for r, o in zip(self.records, self.outcomes, strict=True)
+                  if (o in only if only is not None else o not in SERVED)]
         shown = failed[:limit] + ([f"  ... and {len(failed) - limit} more"] if len(failed) > limit else [])
         return [str(self.summary()), f"marks: {marks}", *shown]
 

@@ -273,7 +273,8 @@ async def test_wait_drain_counts_what_was_aborted_at_the_deadline(ups, tmp_path)
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
     async with serve_unix(router, tmp_path / "admin.sock") as admin, running_proxy(router) as proxy:
-        slow = asyncio.create_task(fetch(proxy.port, path="/slow?s=10"))
+        # a POST with a body: never sent twice, so the deadline cuts it (a GET would go to b)
+        slow = asyncio.create_task(fetch(proxy.port, "POST", "/slow?s=10", body=b"order=1"))
         await wait_for(lambda: router.upstreams[a.address].inflight)
         status, body = await admin.request("PUT", "/v1/services/app?wait=drain&drain_timeout=0.1", spec_body(
             [{"name": "green", "weight": 1, "upstreams": [b.address]}]))
@@ -281,7 +282,7 @@ async def test_wait_drain_counts_what_was_aborted_at_the_deadline(ups, tmp_path)
         status_drains, drains = await admin.request("GET", "/v1/drains")
     assert status == 200, body
     assert body["removed"] == [a.address]
-    assert [(d["completed"], d["aborted"]) for d in body["drained"]] == [(0, 1)]
+    assert [(d["completed"], d["aborted"], d["replayed"]) for d in body["drained"]] == [(0, 1, 0)]
     assert response.status == 504 and response.header("x-turnout-error") == "drain-deadline"
     assert (status_drains, drains) == (200, {})
     assert router.metrics.drain_aborted == 1

@@ -237,12 +237,13 @@ async def test_inflight_request_survives_a_swap_that_removes_its_upstream(ups, c
 
 
 async def test_drain_deadline_answers_504_and_counts(ups, clients):
+    """A request that may not go twice (a POST with a body) ends at the deadline in 504."""
     a, b, _ = ups
     router = Router()
     router.set_service(service(pools={"blue": (1, [a.address])}))
     async with running_proxy(router) as proxy:
         client = await clients(proxy.port)
-        slow = asyncio.create_task(client.request("GET", "/slow?s=3"))
+        slow = asyncio.create_task(client.request("POST", "/slow?s=3", body=b"order=1"))
         await wait_for(lambda: router.upstreams[a.address].outstanding == 1)
         removed = router.set_service(service(pools={"green": (1, [b.address])}), drain_timeout=0.1)
         results = await router.wait_drained(removed)
@@ -252,6 +253,46 @@ async def test_drain_deadline_answers_504_and_counts(ups, clients):
     assert results[0].aborted == 1 and router.metrics.drain_aborted == 1
     stats = router.metrics.pools[("app", "blue")]
     assert stats.proxy_errors == 1 and stats.by_class[5] == 1 and stats.inflight == 0
+
+
+@pytest.mark.parametrize("next_pool", ["blue", "green"])
+async def test_drain_deadline_sends_a_waiting_get_to_a_serving_upstream(ups, clients, next_pool):
+    """A GET still waiting for its answer when its upstream's drain deadline passes goes once to a serving
+    upstream (the pool of its version while it serves, as in a rolling step; else where new requests
+    go) instead of failing: the client gets an answer, the drain counts it as replayed, not aborted."""
+    a, b, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router) as proxy:
+        client = await clients(proxy.port)
+        waiting = asyncio.create_task(client.request("GET", "/slow?s=1"))
+        await wait_for(lambda: router.upstreams[a.address].outstanding == 1)
+        removed = router.set_service(service(pools={next_pool: (1, [b.address])}), drain_timeout=0.1)
+        results = await router.wait_drained(removed)
+        assert (results[0].completed, results[0].aborted, results[0].replayed) == (0, 0, 1)
+        r = await waiting
+        assert (await client.request("GET", "/")).status == 200  # the client connection goes on
+    assert (r.status, r.header("x-upstream")) == (200, "b"), r
+    assert router.metrics.drain_aborted == 0
+    stats = router.metrics.pools[("app", next_pool)]
+    assert stats.proxy_errors == 0 and stats.by_class[5] == 0 and stats.by_class[2] == 2
+    assert all(s.inflight == 0 for s in router.metrics.pools.values())
+
+
+async def test_drain_deadline_replays_within_retries_only(ups, clients):
+    """retries = 0 turns the replay off: the waiting GET ends in 504 like any other."""
+    a, b, _ = ups
+    router = Router()
+    router.set_service(service(pools={"blue": (1, [a.address])}))
+    async with running_proxy(router, retries=0) as proxy:
+        client = await clients(proxy.port)
+        waiting = asyncio.create_task(client.request("GET", "/slow?s=3"))
+        await wait_for(lambda: router.upstreams[a.address].outstanding == 1)
+        removed = router.set_service(service(pools={"green": (1, [b.address])}), drain_timeout=0.1)
+        results = await router.wait_drained(removed)
+        r = await waiting
+    assert r.status == 504 and r.header("x-turnout-error") == "drain-deadline"
+    assert (results[0].aborted, results[0].replayed) == (1, 0)
 
 
 async def test_drain_cuts_a_streaming_answer_and_closes_the_client(ups, clients):

@@ -80,8 +80,9 @@ class InFlight:
     def __init__(self, calls: list[tuple[str, str]]) -> None:
         self.calls = calls
 
-    def abort_for_drain(self) -> None:
+    def abort_for_drain(self) -> bool:
         self.calls.append(("request_aborted", "v1"))
+        return False  # cut, not sent elsewhere
 
 
 async def test_bigbang_does_not_stop_the_old_container_while_a_request_is_in_flight(world):
