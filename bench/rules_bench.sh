@@ -11,6 +11,12 @@
 #                          request (each one routed by a rule to the canary pool, on the same upstream)
 #   MODE=mirror            turnout, and a mirror at PERCENT (10) of the requests to a canary that is dead
 #                          (turnout-mirror-dead) or answers after SLOW seconds (turnout-mirror-slow)
+#   MODE=serve-rules       the same question on `turnout serve` as users run it (its defaults: access log
+#                          on; bench/serve_target.sh), beside nginx with its log on (nginx-log):
+#                          serve          this tree, a service without rules
+#                          serve-rules3   this tree, the same service with three rules (RULES=3)
+#                          serve-before   BEFORE_SRC (required: a whole checkout of the commit before
+#                                         rules, e.g. `git archive a45f469 | tar -x -C /tmp/before`)
 #
 #   flock -x /tmp/turnout-machine.lock env BEFORE_SRC=/tmp/before REPS=5 bench/rules_bench.sh
 #   flock -x /tmp/turnout-machine.lock env MODE=mirror REPS=5 bench/rules_bench.sh
@@ -49,7 +55,13 @@ case "$MODE" in
     export BASELINE_CMD="$RULES_CMD --listen 127.0.0.1:\$BASELINE_PORT --mirror dead --percent $PERCENT"
     export EXTRA_NAME=turnout-mirror-slow
     export EXTRA_CMD="$RULES_CMD --listen 127.0.0.1:\$EXTRA_PORT --mirror slow --slow $SLOW --percent $PERCENT" ;;
-  *) echo "rules_bench.sh: MODE must be rules, match or mirror" >&2; exit 2 ;;
+  serve-rules)
+    : "${BEFORE_SRC:?MODE=serve-rules needs BEFORE_SRC: a whole checkout of the commit before rules}"
+    export MORE_TARGETS="serve 18096 $HERE/serve_target.sh serve 18096 \$UPSTREAM
+serve-rules3 18095 env RULES=3 $HERE/serve_target.sh serve-rules3 18095 \$UPSTREAM
+serve-before 18094 env TURNOUT_SRC=$BEFORE_SRC $HERE/serve_target.sh serve-before 18094 \$UPSTREAM"
+    export ONLY=${ONLY:-"direct nginx-log serve serve-before serve-rules3"} ;;
+  *) echo "rules_bench.sh: MODE must be rules, match, mirror or serve-rules" >&2; exit 2 ;;
 esac
 export ONLY=${ONLY:-"direct nginx turnout $BASELINE_NAME $EXTRA_NAME"}
 exec "$HERE/harness.sh"

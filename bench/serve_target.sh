@@ -6,10 +6,15 @@
 #   e.g. bench/serve_target.sh serve-nolog 18096 127.0.0.1:18080 access_log=false
 #
 # Its state dir is $WORK/NAME; logs go to stderr as they do for a user (the harness sends them to a file).
+# RULES=N (1-3) gives the service N routing rules that the benchmark's requests do not match (issue 14's
+# "three rules": a header, a cookie hash and a query regex). TURNOUT_SRC=DIR runs the `turnout serve` of
+# another checkout (e.g. `git archive OLD | tar -x -C DIR`) with this tree's interpreter.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 PY="${TURNOUT_PYTHON:-$ROOT/.venv/bin/python}"
+SRC="${TURNOUT_SRC:-$ROOT}"
+RULES=${RULES:-0}
 name=$1 port=$2 upstream=$3; shift 3
 dir="${WORK:-/tmp/turnout-bench}/$name"
 rm -rf "$dir" && mkdir -p "$dir"
@@ -21,6 +26,14 @@ rm -rf "$dir" && mkdir -p "$dir"
   echo
   echo "[services.bench]"
   echo "upstreams = [\"$upstream\"]"
+  rules=(
+    'name = "insiders"\nmatch = { header = { "X-Canary" = "always" } }'
+    'name = "beta-10pct"\nmatch = { hash = { cookie = "account_id", percent = 10 } }'
+    'name = "preview"\nmatch = { query = { preview = "regex:[0-9]+" } }'
+  )
+  for ((i = 0; i < RULES && i < ${#rules[@]}; i++)); do
+    printf '\n[[services.bench.rules]]\n%b\nto = "canary"\n' "${rules[$i]}"
+  done
 } >"$dir/turnout.toml"
-cd "$ROOT"
+cd "$SRC"
 exec "$PY" -m controller.cli serve --config "$dir/turnout.toml"
