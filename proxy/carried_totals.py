@@ -44,7 +44,8 @@ def read_totals(metrics: Metrics, https: TlsServer | None = None,
         "rules": [[service, rule, stats.matches] for (service, rule), stats in metrics.rules.items()],
         "mirrors": {service: stats.as_dict() for service, stats in metrics.mirrors.items()},
         "unrouted": list(metrics.unrouted), "hold_timeouts": dict(metrics.hold_timeouts),
-        "drain_aborted": metrics.drain_aborted, "internal_errors": metrics.internal_errors}
+        "drain_aborted": metrics.drain_aborted, "drain_replayed": metrics.drain_replayed,
+        "internal_errors": metrics.internal_errors}
     if https is not None:
         out["tls"] = {"failures": dict(https.failures), **{k: getattr(https, k) for k in _TLS}}
     if front_door is not None:
@@ -73,6 +74,7 @@ def add_totals(data: Any, metrics: Metrics, https: TlsServer | None = None,
     for service, count in data["hold_timeouts"].items():
         metrics.hold_timeouts[service] = metrics.hold_timeouts.get(service, 0) + count
     metrics.drain_aborted += data["drain_aborted"]
+    metrics.drain_replayed += data.get("drain_replayed", 0)  # absent from an older process's totals
     metrics.internal_errors += data["internal_errors"]
     tls = data.get("tls")
     if https is not None and tls is not None:
@@ -135,6 +137,8 @@ def _check(data: Any, metrics: Metrics) -> None:
         raise TotalsRefused("hold_timeouts: not counts by service")
     if not _count(data.get("drain_aborted")) or not _count(data.get("internal_errors")):
         raise TotalsRefused("drain_aborted or internal_errors: not a count")
+    if not _count(data.get("drain_replayed", 0)):
+        raise TotalsRefused("drain_replayed: not a count")
     tls = data.get("tls")
     if tls is not None and not (isinstance(tls, dict) and isinstance(tls.get("failures"), dict)
                                 and all(map(_count, tls["failures"].values()))

@@ -144,6 +144,7 @@ class Metrics:
         self.unrouted = [0] * 6  # answers with no pool: unknown host (404), hold expired (503) ...
         self.hold_timeouts: dict[str, int] = {}  # by service: held requests answered 503 at their deadline
         self.drain_aborted = 0
+        self.drain_replayed = 0  # in flight at a drain deadline, waiting: sent to a serving upstream
         self.internal_errors = 0  # exceptions caught at the data plane's error boundaries: Turnout's bugs
         self.connections = 0  # client connections open now
         self.sources: list[Callable[[], list[str]]] = []  # more exposition lines (the HTTPS listener's)
@@ -236,6 +237,10 @@ class Metrics:
             out.append(f'turnout_unrouted_total{{code="{cls}xx"}} {self.unrouted[cls]}')
         out += ["# TYPE turnout_drain_aborted_total counter",
                 f"turnout_drain_aborted_total {self.drain_aborted}",
+                "# HELP turnout_drain_replayed_total Requests still waiting for their answer at a drain "
+                "deadline, sent again to a serving upstream.",
+                "# TYPE turnout_drain_replayed_total counter",
+                f"turnout_drain_replayed_total {self.drain_replayed}",
                 "# HELP turnout_internal_errors_total Requests failed by a bug of the proxy's own (logged).",
                 "# TYPE turnout_internal_errors_total counter",
                 f"turnout_internal_errors_total {self.internal_errors}",

@@ -148,6 +148,7 @@ class Router:
             return
         result = task.result()
         self.metrics.drain_aborted += result.aborted
+        self.metrics.drain_replayed += result.replayed
         log.info("upstream.drained", upstream=result.address, completed=result.completed,
                  aborted=result.aborted, replayed=result.replayed, seconds=round(result.seconds, 3))
         # Keep the finished task a little so wait_drained() right after still finds it.

@@ -273,7 +273,8 @@ async def test_drain_deadline_sends_a_waiting_get_to_a_serving_upstream(ups, cli
         r = await waiting
         assert (await client.request("GET", "/")).status == 200  # the client connection goes on
     assert (r.status, r.header("x-upstream")) == (200, "b"), r
-    assert router.metrics.drain_aborted == 0
+    assert (router.metrics.drain_aborted, router.metrics.drain_replayed) == (0, 1)
+    assert "turnout_drain_replayed_total 1" in router.metrics.render([])
     stats = router.metrics.pools[("app", next_pool)]
     assert stats.proxy_errors == 0 and stats.by_class[5] == 0 and stats.by_class[2] == 2
     assert all(s.inflight == 0 for s in router.metrics.pools.values())

@@ -20,7 +20,7 @@ def old_metrics() -> Metrics:
     metrics.mirror("web").sent = 3
     metrics.unrouted[4] = 2
     metrics.hold_timeouts["web"] = 1
-    metrics.drain_aborted, metrics.internal_errors = 4, 1
+    metrics.drain_aborted, metrics.drain_replayed, metrics.internal_errors = 4, 2, 1
     return metrics
 
 
@@ -34,11 +34,19 @@ def test_the_new_process_goes_on_from_the_old_totals_plus_its_own():
     assert new.pool("web", "green").overridden.snapshot().requests == 1
     assert new.rule("web", "beta").matches == 7 and new.mirror("web").sent == 3
     assert (new.unrouted[4], new.hold_timeouts) == (3, {"web": 1})
-    assert (new.drain_aborted, new.internal_errors) == (4, 1)
+    assert (new.drain_aborted, new.drain_replayed, new.internal_errors) == (4, 2, 1)
     assert new.failed("web") == 2  # the proxy's 502 and the hold timeout, as status reads them
 
 
-@pytest.mark.parametrize("damage", ["version", "buckets", "negative", "rules"])
+def test_totals_of_a_process_from_before_drain_replays_still_add():
+    totals = read_totals(old_metrics())
+    del totals["drain_replayed"]
+    new = Metrics()
+    add_totals(totals, new)
+    assert (new.drain_aborted, new.drain_replayed) == (4, 0)
+
+
+@pytest.mark.parametrize("damage", ["version", "buckets", "negative", "rules", "replayed"])
 def test_a_reading_that_does_not_fit_adds_nothing(damage):
     totals = read_totals(old_metrics())
     if damage == "version":
@@ -47,6 +55,8 @@ def test_a_reading_that_does_not_fit_adds_nothing(damage):
         totals["pools"][1]["buckets"] = [1, 2]  # another histogram's bounds
     elif damage == "negative":
         totals["drain_aborted"] = -1
+    elif damage == "replayed":
+        totals["drain_replayed"] = "2"
     else:
         totals["rules"] = [["web", "beta"]]
     new = Metrics()
