@@ -69,6 +69,7 @@ D_HEADER, D_IDLE, D_BODY, D_UPSTREAM, D_LINGER = 1, 2, 3, 4, 5
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 256 * 1024
 PASSIVE_FAILURES_TO_EJECT = 3
+Target = tuple[Service, Pool, Upstream]  # where an exchange goes again (a retry, a drain's replay)
 # The proxy's clock for request timing and deadlines (the server's sweeper reads the same one). Not
 # loop.time(): uvloop's has a resolution of 1 ms, too coarse for sub-millisecond latency buckets.
 now = time.monotonic
@@ -558,32 +559,54 @@ class ClientConnection(asyncio.Protocol):
         if self.attempts < self.config.retries and req is not None and req.method in IDEMPOTENT:
             target = self._retry_target(upstream)
             if target is not None:
-                self.attempts += 1
-                pool, other = target
-                self._move(pool, other)
+                self._go_again(target)
                 return self._dispatch()
         return self._fail(502, "upstream-connect")
 
-    def _retry_target(self, failed: Upstream) -> tuple[Pool, Upstream] | None:
-        pool = self.pool
-        assert pool is not None and self.service is not None
-        others = [c for c in self.service.pools if c is not pool and c.weight > 0 and c.routable]
-        picked = pool.pick(avoid=failed)
-        if picked is not None and picked is not failed and picked.host != failed.host:
-            return pool, picked
+    def _current_route(self) -> tuple[Service, Pool | None] | None:
+        """The request's service in the routing table of now, with its pool of the same name while that
+        pool serves. A retry reads this, not the snapshot the request was routed by: routing may have
+        changed since (a connect can take `connect_timeout`), and what that snapshot named may be
+        draining or gone."""
+        req, pool = self.req, self.pool
+        assert req is not None and pool is not None
+        service = self.router.table.match(req.host, req.path)
+        if service is None or service.state != "active":
+            return None
+        return service, next((p for p in service.pools if p.name == pool.name and p.routable), None)
+
+    def _retry_target(self, failed: Upstream) -> Target | None:
+        route = self._current_route()
+        if route is None:
+            return None
+        service, pool = route
+        mine = (pool,) if pool is not None else ()
+        others = [c for c in service.pools if c is not pool and c.weight > 0 and c.routable]
+        picked = pool.pick(avoid=failed) if pool is not None else None
+        if picked is failed:
+            picked = None
+        if pool is not None and picked is not None and picked.host != failed.host:
+            return service, pool, picked
         # A host that refused one connection likely refuses them all (its engine or machine is gone, as
         # a lost Swarm node's): an upstream on another host first, this pool's then another pool's.
-        for candidate in (pool, *others):
+        for candidate in (*mine, *others):
             elsewhere = [u for u in candidate.eligible if u.host != failed.host]
             if elsewhere:
-                return candidate, min(elsewhere, key=lambda u: len(u.inflight))
-        if picked is not None and picked is not failed:
-            return pool, picked
+                return service, candidate, min(elsewhere, key=lambda u: len(u.inflight))
+        if pool is not None and picked is not None:
+            return service, pool, picked
         for candidate in others:  # this pool has no other upstream: try another pool
             other = candidate.pick(avoid=failed)
             if other is not None and other is not failed:
-                return candidate, other
+                return service, candidate, other
         return None
+
+    def _go_again(self, target: Target) -> None:
+        """Send the exchange once more, to `target` (from `_retry_target` or `_drain_retry_target`)."""
+        self.attempts += 1
+        service, pool, upstream = target
+        self.service = service
+        self._move(pool, upstream)
 
     def _move(self, pool: Pool, upstream: Upstream) -> None:
         old = self.upstream
@@ -648,9 +671,8 @@ class ClientConnection(asyncio.Protocol):
                     self.task = self.loop.create_task(self._connect(upstream))
                     return None
                 target = self._retry_target(upstream) if self.attempts < self.config.retries else None
-                if target is not None and target[1].host != upstream.host:
-                    self.attempts += 1
-                    self._move(*target)
+                if target is not None and target[2].host != upstream.host:
+                    self._go_again(target)
                     self.pending, self.pending_size = [replay], 0
                     return self._dispatch()
         return self._error(502, "upstream-closed")
@@ -709,9 +731,7 @@ class ClientConnection(asyncio.Protocol):
         if replay is not None:
             target = self._drain_retry_target()
             if target is not None:
-                self.attempts += 1
-                self.service, (pool, upstream) = target
-                self._move(pool, upstream)
+                self._go_again(target)
                 self.pending, self.pending_size = [replay], 0
                 self._dispatch()
                 return True
@@ -729,22 +749,20 @@ class ClientConnection(asyncio.Protocol):
             return self.upconn.request
         return b"".join(self.pending) if self.pending else None  # still connecting
 
-    def _drain_retry_target(self) -> tuple[Service, tuple[Pool, Upstream]] | None:
-        """A serving upstream for a request leaving a drained one, from the current table: in the pool of
-        the same name (the version it was routed to) while that still serves, else where a new request
-        would go."""
-        req, left = self.req, self.upstream
-        assert req is not None and self.pool is not None
-        service = self.router.table.match(req.host, req.path)
-        if service is None or service.state != "active":
+    def _drain_retry_target(self) -> Target | None:
+        """A serving upstream for a request leaving a drained one: in its version's pool while that still
+        serves, else where a new request would go."""
+        route = self._current_route()
+        if route is None:
             return None
-        pool = next((p for p in service.pools if p.name == self.pool.name and p.routable), None)
+        service, pool = route
         if pool is None:
-            pool, _ = service.select(None, None, req)
+            pool, _ = service.select(None, None, self.req)
+        left = self.upstream
         upstream = pool.pick(avoid=left) if pool is not None else None
         if pool is None or upstream is None or upstream is left or upstream.draining:
             return None
-        return service, (pool, upstream)
+        return service, pool, upstream
 
     # ================================================================== ending exchanges
     def _abandon_upstream(self) -> None:

@@ -29,7 +29,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -448,3 +448,26 @@ def dead_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def stalled_address() -> Iterator[str]:
+    """host:port where a connect neither succeeds nor fails: a listener that accepts nothing and whose
+    accept queue (backlog 0) is already full, so the kernel drops new SYNs and the connect waits (as for
+    a host that went away) until the connector's own timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(2):  # backlog 0 holds one connection; the second makes sure
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield f"127.0.0.1:{port}"
+        finally:
+            for filler in fillers:
+                filler.close()

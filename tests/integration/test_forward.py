@@ -15,6 +15,7 @@ from helpers.upstreams import (
     fetch,
     running_proxy,
     service,
+    stalled_address,
     wait_for,
 )
 from proxy.router import Router
@@ -294,6 +295,23 @@ async def test_drain_deadline_replays_within_retries_only(ups, clients):
         r = await waiting
     assert r.status == 504 and r.header("x-turnout-error") == "drain-deadline"
     assert (results[0].aborted, results[0].replayed) == (1, 0)
+
+
+async def test_a_retry_after_a_slow_connect_goes_by_the_routing_of_now(ups, clients):
+    """A connect that waits out `connect_timeout` is retried by the table in place when it fails, not
+    by the one the request was routed with: here that one's only upstream was swapped out meanwhile,
+    and the retry reaches the new pool's."""
+    _, b, _ = ups
+    router = Router()
+    with stalled_address() as stalled:
+        router.set_service(service(pools={"blue": (1, [stalled])}))
+        async with running_proxy(router, connect_timeout=0.5) as proxy:
+            client = await clients(proxy.port)
+            waiting = asyncio.create_task(client.request("GET", "/"))
+            await wait_for(lambda: router.upstreams[stalled].outstanding == 1)
+            router.set_service(service(pools={"green": (1, [b.address])}), drain_timeout=5)
+            r = await waiting
+    assert (r.status, r.header("x-upstream")) == (200, "b"), r
 
 
 async def test_drain_cuts_a_streaming_answer_and_closes_the_client(ups, clients):
