@@ -8,9 +8,9 @@ import json
 import time
 
 import pytest
-from test_deploys_live import assert_no_loss, traffic
+from test_deploys_live import assert_no_loss
 
-from helpers.live import status
+from helpers.live import status, traffic
 from helpers.upstreams import fetch
 
 pytestmark = pytest.mark.docker

@@ -11,36 +11,16 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, run_load
+from controller.rehearsal.loadgen import LoadResult
 from controller.testing.plugin import CLI
 from helpers.daemon import Daemon
-from helpers.live import CONFIG, admin_get, owner_containers, status, wait_for_version
+from helpers.live import CONFIG, admin_get, owner_containers, status, traffic, wait_for_version
 
 pytestmark = pytest.mark.docker
-
-@asynccontextmanager
-async def traffic(serve: Daemon, marks: Marks | None = None,
-                  **load: object) -> AsyncIterator[list[LoadResult]]:
-    """Keep-alive and new-connection clients for as long as the block runs (bounded at 120 s); `load`
-    overrides LoadConfig's fields."""
-    stop = asyncio.Event()
-    config = LoadConfig(**{"url": serve.url, "duration": 120.0, "concurrency": 6, "new_connections": 0.3,
-                           "timeout": 20.0, "max_requests": 200_000, **load})  # type: ignore[arg-type]
-    task = asyncio.create_task(run_load(config, marks, stop=stop))
-    results: list[LoadResult] = []
-    await asyncio.sleep(0.5)  # traffic flows before the deploy starts
-    try:
-        yield results
-    finally:
-        await asyncio.sleep(0.5)  # and after it finished
-        stop.set()
-        results.append(await task)
 
 
 def assert_no_loss(result: LoadResult) -> None:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_deploys_live import assert_no_loss, traffic
+from test_deploys_live import assert_no_loss
 
 from controller.engine.base import ContainerSpec
 from controller.engine.docker import DockerBackend
 from controller.journal import Journal
 from controller.rehearsal.loadgen import FAILED_BY_PROXY, Outcome
 from helpers.daemon import Daemon
-from helpers.live import admin_get, owner_containers, status, wait_for_version
+from helpers.live import admin_get, owner_containers, status, traffic, wait_for_version
 
 pytestmark = pytest.mark.docker
 
@@ -380,3 +380,4 @@ async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(faulty):
     assert code == 0, faulty.log()
     assert time.monotonic() - started < 10  # graceful, not a drain deadline or a kill
     assert "daemon.stopped" in faulty.log()
+

@@ -9,12 +9,12 @@ import json
 import uuid
 
 import pytest
-from test_deploys_live import assert_no_loss, traffic
+from test_deploys_live import assert_no_loss
 
 from controller.engine.base import ContainerSpec
 from controller.engine.docker import DockerBackend
 from helpers.daemon import Daemon
-from helpers.live import owner_containers, wait_for_version
+from helpers.live import owner_containers, traffic, wait_for_version
 
 pytestmark = pytest.mark.docker
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
+from controller.rehearsal.loadgen import LoadConfig, LoadResult, Marks, run_load
 from helpers.daemon import Daemon
 from proxy.admin import CLIENT_HEADER
 
@@ -134,3 +136,35 @@ def wait_for_version(serve: Daemon, version: str, timeout: float = 30.0) -> None
     raise AssertionError(f"web never served {version}:\n{serve.log()}")
 
 
+
+
+@asynccontextmanager
+async def load_while(urls: Mapping[str, str], marks: Marks | None = None,
+                     **load: object) -> AsyncIterator[dict[str, LoadResult]]:
+    """Keep-alive and new-connection clients to each of `urls` for as long as the block runs (bounded at
+    120 s); `load` overrides LoadConfig's fields. Each URL's result is in the yielded dict, under its
+    key, once the block ends."""
+    stop = asyncio.Event()
+    settings = {"duration": 120.0, "concurrency": 6, "new_connections": 0.3, "timeout": 20.0,
+                "max_requests": 200_000, **load}
+    tasks = {key: asyncio.create_task(run_load(LoadConfig(url=url, **settings), marks, stop=stop))  # type: ignore[arg-type]
+             for key, url in urls.items()}
+    results: dict[str, LoadResult] = {}
+    await asyncio.sleep(0.5)  # traffic flows before the deploy starts
+    try:
+        yield results
+    finally:
+        await asyncio.sleep(0.5)  # and after it finished
+        stop.set()
+        for key, task in tasks.items():
+            results[key] = await task
+
+
+@asynccontextmanager
+async def traffic(serve: Daemon, marks: Marks | None = None,
+                  **load: object) -> AsyncIterator[list[LoadResult]]:
+    """`load_while` through `serve`'s proxy; its result is the yielded list's one item once the block ends."""
+    results: list[LoadResult] = []
+    async with load_while({"proxy": serve.url}, marks, **load) as by_key:
+        yield results
+    results.append(by_key["proxy"])

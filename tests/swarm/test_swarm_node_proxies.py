@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
-from controller.rehearsal.loadgen import LoadConfig, LoadResult, run_load
 from helpers.daemon import Daemon
-from helpers.live import status
+from helpers.live import load_while, status
 from helpers.swarm_lab import NODE_ADDRESSES, NODE_PROXY_PORT
 
 pytestmark = pytest.mark.swarm
@@ -35,31 +32,13 @@ async def proxies_following(serve: Daemon, ids: set[str], timeout: float = 60.0)
         await asyncio.sleep(0.2)
 
 
-@asynccontextmanager
-async def split_load(urls: dict[str, str]) -> AsyncIterator[dict[str, LoadResult]]:
-    """Keep-alive and new-connection clients through each node's proxy while the block runs."""
-    stop = asyncio.Event()
-    tasks = {proxy_id: asyncio.create_task(run_load(LoadConfig(
-        url=url, duration=120.0, concurrency=3, new_connections=0.3, timeout=20.0, max_requests=100_000),
-        stop=stop)) for proxy_id, url in urls.items()}
-    results: dict[str, LoadResult] = {}
-    await asyncio.sleep(0.5)  # traffic flows before the deploy starts
-    try:
-        yield results
-    finally:
-        await asyncio.sleep(0.5)  # and after it finished
-        stop.set()
-        for proxy_id, task in tasks.items():
-            results[proxy_id] = await task
-
-
 @pytest.mark.parametrize("strategy", ["rolling", "bigbang", "bluegreen", "canary"])
 async def test_strategy_through_a_proxy_on_each_node_loses_nothing(swarm_node_proxies, strategy):
     serve, urls = swarm_node_proxies
     proxies = await proxies_following(serve, set(urls))
     assert {p["id"]: p["address"] for p in proxies} == {
         f"n{number}": f"{address}:{NODE_PROXY_PORT}" for number, address in enumerate(NODE_ADDRESSES, 1)}
-    async with split_load(urls) as results:
+    async with load_while(urls, concurrency=3, max_requests=100_000) as results:
         code, out = await serve.acli("deploy", "web", "--image", "turnout-testapp:v2", "--strategy", strategy)
     assert code == 0, out
     versions: set[str] = set()

@@ -4,36 +4,16 @@ controller's proxy the whole time. Each slot is a one-replica Swarm service publ
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import pytest
 
-from controller.rehearsal.loadgen import LoadConfig, LoadResult, run_load
 from helpers.daemon import Daemon
-from helpers.live import status
+from helpers.live import status, traffic
 from helpers.swarm_lab import NODE_ADDRESSES
 
 pytestmark = pytest.mark.swarm
-
-
-@asynccontextmanager
-async def traffic(serve: Daemon) -> AsyncIterator[list[LoadResult]]:
-    """Keep-alive and new-connection clients through the proxy while the block runs (at most 120 s)."""
-    stop = asyncio.Event()
-    config = LoadConfig(url=serve.url, duration=120.0, concurrency=6, new_connections=0.3, timeout=20.0,
-                        max_requests=200_000)
-    task = asyncio.create_task(run_load(config, stop=stop))
-    results: list[LoadResult] = []
-    await asyncio.sleep(0.5)  # traffic flows before the deploy starts
-    try:
-        yield results
-    finally:
-        await asyncio.sleep(0.5)  # and after it finished
-        stop.set()
-        results.append(await task)
 
 
 def stable_nodes(info: dict, version: str) -> list[str]:
