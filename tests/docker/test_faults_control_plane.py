@@ -381,3 +381,25 @@ async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(faulty):
     assert time.monotonic() - started < 10  # graceful, not a drain deadline or a kill
     assert "daemon.stopped" in faulty.log()
 
+
+# ------------------------------------------------------------------ 6) a request outlasting the drain
+async def test_a_get_outlasting_the_drain_is_answered_by_the_new_version(faulty):
+    """Blue-green with a slow request on each v1 container's way out: at the 5 s drain deadline the GET,
+    still without a byte of its answer, goes to v2 and is answered there; the POST (which may not go
+    twice) ends in 504. The drained step counts one of each."""
+    async def slow(session: aiohttp.ClientSession, method: str) -> tuple[int, str, str]:
+        async with session.request(method, f"{faulty.url}/cgi-bin/slow?7",
+                                   data=b"order=1" if method == "POST" else None) as response:
+            return response.status, await response.text(), response.headers.get("X-Turnout-Error", "")
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        requests = [asyncio.create_task(slow(session, method)) for method in ("GET", "POST")]
+        await asyncio.sleep(0.5)  # both are at v1 (each takes 7 s)
+        code, out = await faulty.acli("deploy", "web", "--image", "turnout-testapp:v2",
+                                      "--strategy", "bluegreen", "--verify", "0")
+        (get_status, get_body, _), (post_status, _, post_error) = await asyncio.gather(*requests)
+    assert code == 0, out
+    assert (get_status, get_body) == (200, "v2 slow\n")
+    assert (post_status, post_error) == (504, "drain-deadline")
+    drained = [s["detail"] for s in history(faulty)[0]["steps"] if s["name"] == "drained"]
+    assert [(d["aborted"], d["replayed"]) for d in drained] == [(1, 1)], drained
